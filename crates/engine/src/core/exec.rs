@@ -1,0 +1,460 @@
+//! Transition bookkeeping and commands.
+
+use std::collections::VecDeque;
+
+use serde_json::{json, Value};
+use steadyflow_expr::{Context, Layered};
+use steadyflow_model::{ElementKind, ProcessDefinition, TimerDef};
+use steadyflow_store::{
+    ChangeSet, ExternalTaskRecord, HistoryRecord, IncidentRecord, InstanceRecord, InstanceState,
+    TaskRecord, TimerRecord, Timestamp, Vars,
+};
+
+use super::runtime::{Runtime, Token, Wait};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CoreError {
+    #[error("instance {0} has ended")]
+    Ended(String),
+    #[error("no token of instance {instance} waits for {what} {id}")]
+    NotWaiting {
+        instance: String,
+        what: &'static str,
+        id: String,
+    },
+    #[error("corrupt runtime state of instance {0}: {1}")]
+    Corrupt(String, String),
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// One command's worth of change to one instance.
+pub struct Transition<'d> {
+    pub(super) def: &'d ProcessDefinition,
+    pub(super) now: Timestamp,
+    pub(super) inst: InstanceRecord,
+    pub(super) rt: Runtime,
+    pub(super) queue: VecDeque<u64>,
+    pub(super) cs: ChangeSet,
+}
+
+impl<'d> Transition<'d> {
+    /// A new instance of `def` (stored as `definition_id`), not yet started.
+    pub fn create(
+        def: &'d ProcessDefinition,
+        definition_id: &str,
+        variables: Vars,
+        business_key: Option<String>,
+        now: Timestamp,
+    ) -> Self {
+        let inst = InstanceRecord {
+            id: new_id(),
+            definition_id: definition_id.to_string(),
+            definition_key: def.key.clone(),
+            business_key,
+            state: InstanceState::Active,
+            variables,
+            runtime: Value::Null,
+            version: 0,
+            started_at: now,
+            ended_at: None,
+        };
+        let cs = ChangeSet::new(inst.clone(), None);
+        Transition { def, now, inst, rt: Runtime::default(), queue: VecDeque::new(), cs }
+    }
+
+    /// Opens a transition on a stored, running instance.
+    pub fn open(def: &'d ProcessDefinition, inst: InstanceRecord, now: Timestamp) -> Result<Self, CoreError> {
+        if inst.state.is_ended() {
+            return Err(CoreError::Ended(inst.id));
+        }
+        let rt = Runtime::from_json(&inst.runtime).map_err(|e| CoreError::Corrupt(inst.id.clone(), e.to_string()))?;
+        let cs = ChangeSet::new(inst.clone(), Some(inst.version));
+        Ok(Transition { def, now, inst, rt, queue: VecDeque::new(), cs })
+    }
+
+    pub fn instance_id(&self) -> &str {
+        &self.inst.id
+    }
+
+    /// Starts the instance at its none start event and runs it to rest.
+    pub fn start(&mut self) {
+        self.hist("instanceStarted", None, json!({ "definitionId": self.inst.definition_id }));
+        if !self.inst.variables.is_empty() {
+            let names: Vec<&String> = self.inst.variables.keys().collect();
+            let detail = json!({ "names": names });
+            self.hist("variablesChanged", None, detail);
+        }
+        let start = self.def.start;
+        self.spawn(start, None);
+        self.run();
+    }
+
+    /// Completes the user task `task_id` with `variables` (set on the instance).
+    pub fn complete_user_task(&mut self, task_id: &str, variables: Vars) -> Result<(), CoreError> {
+        let tid = self.waiting(|w| matches!(w, Wait::UserTask { task_id: t } if t == task_id), "user task", task_id)?;
+        self.cs.tasks_removed.push(task_id.to_string());
+        self.set_vars(variables);
+        self.complete_activity(tid, None);
+        self.run();
+        Ok(())
+    }
+
+    /// Completes the external task `task_id`; `variables` go through the element's output
+    /// mappings when it has some, else straight onto the instance.
+    pub fn complete_external_task(&mut self, task_id: &str, variables: Vars) -> Result<(), CoreError> {
+        let tid = self.waiting(|w| matches!(w, Wait::ExternalTask { task_id: t } if t == task_id), "external task", task_id)?;
+        self.cs.external_removed.push(task_id.to_string());
+        self.resolve_task_incidents(task_id);
+        self.complete_activity(tid, Some(variables));
+        self.run();
+        Ok(())
+    }
+
+    /// Records a worker's failure report: `task` is the updated external task row. With no
+    /// retries left, an incident stops the token until retries are set again.
+    pub fn fail_external_task(&mut self, task: ExternalTaskRecord) -> Result<(), CoreError> {
+        let tid = self.waiting(|w| matches!(w, Wait::ExternalTask { task_id: t } if *t == task.id), "external task", &task.id)?;
+        if task.retries == Some(0) && !self.rt.task_incidents.iter().any(|(_, t)| *t == task.id) {
+            let el = self.token(tid).element.clone();
+            let msg = format!(
+                "external task at `{el}` failed with no retries left: {}",
+                task.error_message.clone().unwrap_or_default()
+            );
+            let inc = self.new_incident(&el, "failedExternalTask", msg, Some(task.id.clone()));
+            self.rt.task_incidents.push((inc, task.id.clone()));
+        }
+        self.cs.external_upserted.push(task);
+        Ok(())
+    }
+
+    /// Sets the retries of an external task (`task` is the updated row); retries above
+    /// zero resolve its incident.
+    pub fn set_external_retries(&mut self, task: ExternalTaskRecord) -> Result<(), CoreError> {
+        self.waiting(|w| matches!(w, Wait::ExternalTask { task_id: t } if *t == task.id), "external task", &task.id)?;
+        if task.retries.unwrap_or(1) > 0 {
+            self.resolve_task_incidents(&task.id);
+        }
+        self.cs.external_upserted.push(task);
+        Ok(())
+    }
+
+    /// Fires timer `timer_id`. `Err(NotWaiting)` when no token waits for it any more.
+    pub fn fire_timer(&mut self, timer_id: &str) -> Result<(), CoreError> {
+        let tid = self.waiting(|w| matches!(w, Wait::Timer { timer_id: t } if t == timer_id), "timer", timer_id)?;
+        self.cs.timers_removed.push(timer_id.to_string());
+        self.complete_activity(tid, None);
+        self.run();
+        Ok(())
+    }
+
+    /// Sets instance variables (outside any task).
+    pub fn set_variables(&mut self, variables: Vars) {
+        self.set_vars(variables);
+        self.run();
+    }
+
+    /// Retries the element an incident stopped at (after its cause was fixed, e.g. by
+    /// setting variables).
+    pub fn retry_incident(&mut self, incident_id: &str) -> Result<(), CoreError> {
+        let tid = self.waiting(
+            |w| matches!(w, Wait::Incident { incident_id: i, .. } if i == incident_id),
+            "incident",
+            incident_id,
+        )?;
+        let Wait::Incident { leaving, .. } = self.token(tid).wait.clone() else { unreachable!() };
+        self.cs.incidents_resolved.push(incident_id.to_string());
+        let el = self.token(tid).element.clone();
+        self.hist("incidentResolved", Some(&el), json!({ "incidentId": incident_id }));
+        self.token_mut(tid).wait = Wait::Ready;
+        if leaving {
+            self.leave(tid);
+        } else {
+            self.queue.push_back(tid);
+        }
+        self.run();
+        Ok(())
+    }
+
+    /// Cancels the instance: every token and its work item is removed.
+    pub fn cancel(&mut self, reason: &str) {
+        self.clear_tokens();
+        self.inst.state = InstanceState::Cancelled;
+        self.inst.ended_at = Some(self.now);
+        self.hist("instanceCancelled", None, json!({ "reason": reason }));
+    }
+
+    /// Closes the transition into the change set to commit.
+    pub fn finish(mut self) -> ChangeSet {
+        debug_assert!(self.rt.tokens.iter().all(|t| t.wait != Wait::Ready));
+        if self.inst.state != InstanceState::Cancelled {
+            if self.rt.tokens.is_empty() {
+                if self.inst.state != InstanceState::Completed {
+                    self.inst.state = InstanceState::Completed;
+                    self.inst.ended_at = Some(self.now);
+                    self.hist("instanceCompleted", None, Value::Null);
+                }
+            } else if self.rt.has_incident() {
+                self.inst.state = InstanceState::Incident;
+            } else {
+                self.inst.state = InstanceState::Active;
+            }
+        }
+        self.inst.version += 1;
+        self.inst.runtime = self.rt.to_json();
+        self.cs.instance = self.inst;
+        self.cs
+    }
+
+    // ---- bookkeeping -------------------------------------------------------------
+
+    pub(super) fn hist(&mut self, event: &str, activity: Option<&str>, detail: Value) {
+        self.cs.history.push(HistoryRecord {
+            instance_id: self.inst.id.clone(),
+            time: self.now,
+            event: event.to_string(),
+            activity_id: activity.map(str::to_string),
+            detail,
+        });
+    }
+
+    fn set_vars(&mut self, variables: Vars) {
+        if variables.is_empty() {
+            return;
+        }
+        let names: Vec<String> = variables.keys().cloned().collect();
+        self.inst.variables.extend(variables);
+        self.hist("variablesChanged", None, json!({ "names": names }));
+    }
+
+    fn waiting(&self, f: impl Fn(&Wait) -> bool, what: &'static str, id: &str) -> Result<u64, CoreError> {
+        self.rt
+            .tokens
+            .iter()
+            .find(|t| f(&t.wait))
+            .map(|t| t.id)
+            .ok_or_else(|| CoreError::NotWaiting { instance: self.inst.id.clone(), what, id: id.to_string() })
+    }
+
+    pub(super) fn pos(&self, tid: u64) -> usize {
+        self.rt.tokens.iter().position(|t| t.id == tid).expect("token exists")
+    }
+
+    pub(super) fn token(&self, tid: u64) -> &Token {
+        &self.rt.tokens[self.pos(tid)]
+    }
+
+    pub(super) fn token_mut(&mut self, tid: u64) -> &mut Token {
+        let p = self.pos(tid);
+        &mut self.rt.tokens[p]
+    }
+
+    pub(super) fn element_of(&self, tid: u64) -> usize {
+        let t = self.token(tid);
+        self.def.element_index(&t.element).expect("token stands at an element of its definition")
+    }
+
+    /// New token at element `el`, queued for processing.
+    pub(super) fn spawn(&mut self, el: usize, via: Option<usize>) -> u64 {
+        let id = self.rt.next_token;
+        self.rt.next_token += 1;
+        self.rt.tokens.push(Token {
+            id,
+            element: self.def.elements[el].id.clone(),
+            via: via.map(|f| self.def.flows[f].id.clone()),
+            wait: Wait::Ready,
+            locals: Vars::new(),
+        });
+        self.queue.push_back(id);
+        id
+    }
+
+    /// Moves token `tid` along flow `f` and queues it.
+    pub(super) fn move_token(&mut self, tid: u64, f: usize) {
+        let flow = &self.def.flows[f];
+        let (target, fid) = (self.def.elements[flow.target].id.clone(), flow.id.clone());
+        let t = self.token_mut(tid);
+        t.element = target;
+        t.via = Some(fid);
+        t.wait = Wait::Ready;
+        t.locals.clear();
+        self.queue.push_back(tid);
+    }
+
+    pub(super) fn remove_token(&mut self, tid: u64) {
+        let p = self.pos(tid);
+        self.rt.tokens.remove(p);
+    }
+
+    /// Evaluates with the token's local variables over the instance's.
+    pub(super) fn with_ctx<T>(&self, tid: u64, f: impl FnOnce(&dyn Context) -> T) -> T {
+        let locals = &self.token(tid).locals;
+        if locals.is_empty() {
+            f(&self.inst.variables)
+        } else {
+            f(&Layered { inner: locals, outer: &self.inst.variables })
+        }
+    }
+
+    pub(super) fn new_incident(&mut self, el: &str, kind: &str, message: String, task: Option<String>) -> String {
+        let id = new_id();
+        self.hist("incidentCreated", Some(el), json!({ "incidentId": id, "type": kind, "message": message }));
+        self.cs.incidents_created.push(IncidentRecord {
+            id: id.clone(),
+            instance_id: self.inst.id.clone(),
+            activity_id: el.to_string(),
+            incident_type: kind.to_string(),
+            message,
+            external_task_id: task,
+            created_at: self.now,
+            resolved_at: None,
+        });
+        id
+    }
+
+    /// Stops token `tid` at an incident.
+    pub(super) fn incident(&mut self, tid: u64, kind: &str, message: String, leaving: bool) {
+        let el = self.token(tid).element.clone();
+        tracing::debug!(instance = %self.inst.id, element = %el, %message, "incident");
+        let incident_id = self.new_incident(&el, kind, message, None);
+        self.token_mut(tid).wait = Wait::Incident { incident_id, leaving };
+    }
+
+    fn resolve_task_incidents(&mut self, task_id: &str) {
+        let (resolved, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.rt.task_incidents).into_iter().partition(|(_, t)| t == task_id);
+        self.rt.task_incidents = kept;
+        for (inc, _) in resolved {
+            self.cs.incidents_resolved.push(inc);
+        }
+    }
+
+    /// Removes every token with its work item, and resolves open incidents.
+    pub(super) fn clear_tokens(&mut self) {
+        for t in std::mem::take(&mut self.rt.tokens) {
+            match t.wait {
+                Wait::UserTask { task_id } => self.cs.tasks_removed.push(task_id),
+                Wait::ExternalTask { task_id } => self.cs.external_removed.push(task_id),
+                Wait::Timer { timer_id } => self.cs.timers_removed.push(timer_id),
+                Wait::Incident { incident_id, .. } => self.cs.incidents_resolved.push(incident_id),
+                Wait::Ready | Wait::Join => {}
+            }
+        }
+        for (inc, _) in std::mem::take(&mut self.rt.task_incidents) {
+            self.cs.incidents_resolved.push(inc);
+        }
+        self.queue.clear();
+    }
+
+    // ---- work items ------------------------------------------------------------
+
+    pub(super) fn create_user_task(&mut self, tid: u64, el: usize) -> Result<(), String> {
+        let e = &self.def.elements[el];
+        let ElementKind::UserTask(ut) = &e.kind else { unreachable!() };
+        let (name, assignee, users, groups) = self.with_ctx(tid, |ctx| -> Result<_, String> {
+            let name = match &ut.name {
+                Some(x) => Some(x.eval_string(ctx).map_err(|e| e.to_string())?),
+                None => e.name.clone(),
+            };
+            let assignee = match &ut.assignee {
+                Some(x) => Some(x.eval_string(ctx).map_err(|e| e.to_string())?).filter(|s| !s.is_empty()),
+                None => None,
+            };
+            Ok((name, assignee, people(&ut.candidate_users, ctx)?, people(&ut.candidate_groups, ctx)?))
+        })?;
+        let task_id = new_id();
+        self.cs.tasks_created.push(TaskRecord {
+            id: task_id.clone(),
+            instance_id: self.inst.id.clone(),
+            definition_id: self.inst.definition_id.clone(),
+            activity_id: e.id.clone(),
+            name,
+            assignee,
+            candidate_users: users,
+            candidate_groups: groups,
+            created_at: self.now,
+        });
+        self.token_mut(tid).wait = Wait::UserTask { task_id };
+        Ok(())
+    }
+
+    pub(super) fn create_external_task(&mut self, tid: u64, el: usize) -> Result<(), String> {
+        let e = &self.def.elements[el];
+        let ElementKind::ExternalTask { topic, .. } = &e.kind else { unreachable!() };
+        let mut locals = Vars::new();
+        for m in &e.inputs {
+            let v = self.with_ctx(tid, |ctx| m.source.eval(ctx)).map_err(|err| err.to_string())?;
+            locals.insert(m.target.clone(), v);
+        }
+        self.token_mut(tid).locals = locals;
+        let topic = self.with_ctx(tid, |ctx| topic.eval_string(ctx)).map_err(|err| err.to_string())?;
+        let task_id = new_id();
+        self.cs.external_upserted.push(ExternalTaskRecord {
+            id: task_id.clone(),
+            instance_id: self.inst.id.clone(),
+            definition_id: self.inst.definition_id.clone(),
+            activity_id: e.id.clone(),
+            topic,
+            worker_id: None,
+            lock_expires_at: None,
+            retries: None,
+            error_message: None,
+            retry_at: None,
+            created_at: self.now,
+        });
+        self.token_mut(tid).wait = Wait::ExternalTask { task_id };
+        Ok(())
+    }
+
+    pub(super) fn create_timer(&mut self, tid: u64, el: usize) -> Result<(), String> {
+        let e = &self.def.elements[el];
+        let ElementKind::TimerCatch(td) = &e.kind else { unreachable!() };
+        let due = self.with_ctx(tid, |ctx| -> Result<Timestamp, String> {
+            match td {
+                TimerDef::Duration(x) => {
+                    let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
+                    steadyflow_model::parse_duration(&text)
+                        .and_then(|d| d.after(self.now))
+                        .ok_or_else(|| format!("`{text}` is not an ISO-8601 duration"))
+                }
+                TimerDef::Date(x) => {
+                    let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
+                    steadyflow_model::parse_date_time(&text)
+                        .ok_or_else(|| format!("`{text}` is not an ISO-8601 date-time"))
+                }
+            }
+        })?;
+        let timer_id = new_id();
+        self.cs.timers_created.push(TimerRecord {
+            id: timer_id.clone(),
+            instance_id: self.inst.id.clone(),
+            activity_id: e.id.clone(),
+            due_at: due,
+            owner: None,
+            lock_until: None,
+            created_at: self.now,
+        });
+        self.token_mut(tid).wait = Wait::Timer { timer_id };
+        Ok(())
+    }
+}
+
+/// Candidate users/groups: each expression gives a comma separated string or a list.
+fn people(exprs: &[steadyflow_expr::Expression], ctx: &dyn Context) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for x in exprs {
+        match x.eval(ctx).map_err(|e| e.to_string())? {
+            Value::Array(items) => out.extend(items.iter().map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })),
+            Value::String(s) => out.extend(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)),
+            Value::Null => {}
+            other => out.push(other.to_string()),
+        }
+    }
+    out.dedup();
+    Ok(out)
+}

@@ -1,0 +1,258 @@
+//! Moving tokens: entering elements, choosing outgoing flows, forks and joins.
+
+use serde_json::{json, Value};
+use steadyflow_model::ElementKind;
+use steadyflow_store::Vars;
+
+use super::exec::Transition;
+use super::runtime::Wait;
+
+/// Why no outgoing flow could be chosen.
+enum NoFlow {
+    NoneMatched,
+    Eval(String),
+}
+
+impl Transition<'_> {
+    /// Processes queued tokens until every token rests; then fires inclusive joins whose
+    /// last possible arrival is gone, and goes on until nothing moves.
+    pub(super) fn run(&mut self) {
+        loop {
+            while let Some(tid) = self.queue.pop_front() {
+                if self.rt.tokens.iter().any(|t| t.id == tid && t.wait == Wait::Ready) {
+                    self.enter(tid);
+                }
+            }
+            if !self.fire_ready_inclusive_join() {
+                break;
+            }
+        }
+    }
+
+    fn enter(&mut self, tid: u64) {
+        let el = self.element_of(tid);
+        let e = &self.def.elements[el];
+        let id = e.id.clone();
+        self.hist("activityStarted", Some(&id), json!({ "type": e.tag }));
+        let created = match &e.kind {
+            ElementKind::StartEvent | ElementKind::PassThrough => {
+                self.complete_activity(tid, None);
+                Ok(())
+            }
+            ElementKind::EndEvent => {
+                self.hist("activityCompleted", Some(&id), Value::Null);
+                self.remove_token(tid);
+                Ok(())
+            }
+            ElementKind::TerminateEndEvent => {
+                self.hist("activityCompleted", Some(&id), Value::Null);
+                self.clear_tokens();
+                Ok(())
+            }
+            ElementKind::UserTask(_) => self.create_user_task(tid, el),
+            ElementKind::ExternalTask { .. } => self.create_external_task(tid, el),
+            ElementKind::TimerCatch(_) => self.create_timer(tid, el),
+            ElementKind::ExclusiveGateway => {
+                self.hist("activityCompleted", Some(&id), Value::Null);
+                self.leave(tid);
+                Ok(())
+            }
+            ElementKind::ParallelGateway | ElementKind::InclusiveGateway if e.incoming.len() > 1 => {
+                self.token_mut(tid).wait = Wait::Join;
+                self.try_join(el);
+                Ok(())
+            }
+            ElementKind::ParallelGateway | ElementKind::InclusiveGateway => {
+                self.hist("activityCompleted", Some(&id), Value::Null);
+                self.leave(tid);
+                Ok(())
+            }
+        };
+        if let Err(message) = created {
+            self.incident(tid, "expressionFailed", format!("cannot enter `{id}`: {message}"), false);
+        }
+    }
+
+    /// Completes the activity token `tid` stands at: output mappings (or plain
+    /// variables), history, then leaves along its outgoing flows.
+    pub(super) fn complete_activity(&mut self, tid: u64, completion: Option<Vars>) {
+        let el = self.element_of(tid);
+        let e = &self.def.elements[el];
+        let id = e.id.clone();
+        if !e.outputs.is_empty() {
+            let mut scope = self.token(tid).locals.clone();
+            scope.extend(completion.unwrap_or_default());
+            let mut out = Vars::new();
+            for m in &e.outputs {
+                let ctx = steadyflow_expr::Layered { inner: &scope, outer: &self.inst.variables };
+                match m.source.eval(&ctx) {
+                    Ok(v) => {
+                        out.insert(m.target.clone(), v);
+                    }
+                    Err(err) => {
+                        self.incident(tid, "expressionFailed", format!("output mapping of `{id}` failed: {err}"), true);
+                        return;
+                    }
+                }
+            }
+            self.set_vars_from(out);
+        } else if let Some(vars) = completion {
+            self.set_vars_from(vars);
+        }
+        self.hist("activityCompleted", Some(&id), Value::Null);
+        self.leave(tid);
+    }
+
+    fn set_vars_from(&mut self, vars: Vars) {
+        if vars.is_empty() {
+            return;
+        }
+        let names: Vec<String> = vars.keys().cloned().collect();
+        self.inst.variables.extend(vars);
+        self.hist("variablesChanged", None, json!({ "names": names }));
+    }
+
+    /// Chooses the outgoing flows of the element token `tid` stands at and follows them.
+    /// No outgoing flow at all ends the token; flows that exist but none can be taken
+    /// stop it at an incident.
+    pub(super) fn leave(&mut self, tid: u64) {
+        let el = self.element_of(tid);
+        let e = &self.def.elements[el];
+        if e.outgoing.is_empty() {
+            self.remove_token(tid);
+            return;
+        }
+        let chosen = match &e.kind {
+            ElementKind::ParallelGateway => Ok(e.outgoing.clone()),
+            ElementKind::ExclusiveGateway => self.select(tid, el, true),
+            _ => self.select(tid, el, false),
+        };
+        match chosen {
+            Ok(flows) => {
+                let mut first = true;
+                for f in flows {
+                    if first {
+                        self.move_token(tid, f);
+                        first = false;
+                    } else {
+                        let target = self.def.flows[f].target;
+                        self.spawn(target, Some(f));
+                    }
+                }
+            }
+            Err(NoFlow::NoneMatched) => {
+                let what = if e.kind.is_gateway() { "gateway" } else { "element" };
+                let msg = format!("no outgoing sequence flow of {what} `{}` can be taken: no condition holds and there is no default flow", e.id);
+                self.incident(tid, "noMatchingFlow", msg, true);
+            }
+            Err(NoFlow::Eval(err)) => {
+                let msg = format!("condition on a flow out of `{}` failed: {err}", e.id);
+                self.incident(tid, "expressionFailed", msg, true);
+            }
+        }
+    }
+
+    /// Flows whose condition holds (no condition counts as true), excluding the default;
+    /// `first_only` for exclusive gateways (document order). Falls back to the default.
+    fn select(&self, tid: u64, el: usize, first_only: bool) -> Result<Vec<usize>, NoFlow> {
+        let e = &self.def.elements[el];
+        let mut out = Vec::new();
+        for &f in e.outgoing.iter().filter(|f| Some(**f) != e.default_flow) {
+            let take = match &self.def.flows[f].condition {
+                None => true,
+                Some(c) => self.with_ctx(tid, |ctx| c.eval_bool(ctx)).map_err(|e| NoFlow::Eval(e.to_string()))?,
+            };
+            if take {
+                out.push(f);
+                if first_only {
+                    break;
+                }
+            }
+        }
+        if out.is_empty() {
+            out.extend(e.default_flow);
+        }
+        if out.is_empty() { Err(NoFlow::NoneMatched) } else { Ok(out) }
+    }
+
+    /// Checks the joining gateway `el` after a token arrived there.
+    fn try_join(&mut self, el: usize) {
+        match self.def.elements[el].kind {
+            ElementKind::ParallelGateway => self.try_parallel_join(el),
+            _ => {
+                self.try_inclusive_join(el);
+            }
+        }
+    }
+
+    /// A parallel join fires once a token waits on every incoming flow; it consumes one
+    /// token per flow.
+    fn try_parallel_join(&mut self, el: usize) {
+        let e = &self.def.elements[el];
+        let mut picked: Vec<u64> = Vec::with_capacity(e.incoming.len());
+        for &f in &e.incoming {
+            let fid = &self.def.flows[f].id;
+            let found = self.rt.tokens.iter().find(|t| {
+                t.wait == Wait::Join
+                    && t.element == e.id
+                    && t.via.as_deref() == Some(fid.as_str())
+                    && !picked.contains(&t.id)
+            });
+            match found {
+                Some(t) => picked.push(t.id),
+                None => return,
+            }
+        }
+        self.fire_join(el, &picked);
+    }
+
+    /// An inclusive join fires when tokens wait at it and no other token of the instance
+    /// can still reach it; it consumes every waiting token.
+    fn try_inclusive_join(&mut self, el: usize) -> bool {
+        let id = &self.def.elements[el].id;
+        let mut waiting = Vec::new();
+        for t in &self.rt.tokens {
+            if t.wait == Wait::Join && t.element == *id {
+                waiting.push(t.id);
+            } else {
+                let at = self.def.element_index(&t.element).expect("token element exists");
+                if self.def.can_reach(at, el) {
+                    return false;
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return false;
+        }
+        self.fire_join(el, &waiting);
+        true
+    }
+
+    fn fire_join(&mut self, el: usize, consumed: &[u64]) {
+        for &t in consumed {
+            self.remove_token(t);
+        }
+        let tid = self.spawn(el, None);
+        // The merged token continues at once: it does not enter the gateway again.
+        self.queue.retain(|q| *q != tid);
+        let id = self.def.elements[el].id.clone();
+        self.hist("activityCompleted", Some(&id), json!({ "joined": consumed.len() }));
+        self.leave(tid);
+    }
+
+    /// After the instance came to rest: an inclusive join may have become ready because
+    /// a token that could have reached it went elsewhere.
+    fn fire_ready_inclusive_join(&mut self) -> bool {
+        let mut joins: Vec<usize> = self
+            .rt
+            .tokens
+            .iter()
+            .filter(|t| t.wait == Wait::Join)
+            .filter_map(|t| self.def.element_index(&t.element))
+            .filter(|el| matches!(self.def.elements[*el].kind, ElementKind::InclusiveGateway))
+            .collect();
+        joins.sort_unstable();
+        joins.dedup();
+        joins.into_iter().any(|el| self.try_inclusive_join(el))
+    }
+}

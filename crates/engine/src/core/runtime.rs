@@ -1,0 +1,71 @@
+//! The persisted execution state of one instance (`InstanceRecord::runtime`).
+
+use serde::{Deserialize, Serialize};
+use steadyflow_store::Vars;
+
+/// Where a token stands while the instance is at rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum Wait {
+    /// Arrived, not yet processed (only inside a transition, never persisted).
+    Ready,
+    UserTask { task_id: String },
+    ExternalTask { task_id: String },
+    Timer { timer_id: String },
+    /// Waiting at a joining parallel or inclusive gateway.
+    Join,
+    /// Stopped by an incident; `leaving` tells whether it stopped while choosing outgoing
+    /// flows (retry re-evaluates them) or while entering (retry enters again).
+    Incident { incident_id: String, leaving: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Token {
+    pub id: u64,
+    /// Element id the token stands at.
+    pub element: String,
+    /// Sequence flow the token arrived by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+    pub wait: Wait,
+    /// Local variables (input mappings).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub locals: Vars,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Runtime {
+    pub tokens: Vec<Token>,
+    pub next_token: u64,
+    /// Open incidents that hold a waiting token (failed external tasks): (incident, task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_incidents: Vec<(String, String)>,
+}
+
+impl Runtime {
+    pub fn from_json(v: &serde_json::Value) -> Result<Runtime, serde_json::Error> {
+        if v.is_null() {
+            return Ok(Runtime::default());
+        }
+        serde_json::from_value(v.clone())
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).expect("runtime serializes")
+    }
+
+    pub fn has_incident(&self) -> bool {
+        !self.task_incidents.is_empty()
+            || self.tokens.iter().any(|t| matches!(t.wait, Wait::Incident { .. }))
+    }
+
+    /// Element ids where tokens stand (deduplicated, sorted): the active activities.
+    pub fn active_activity_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.tokens.iter().map(|t| t.element.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}

@@ -1,0 +1,17 @@
+//! The Steadyflow engine.
+//!
+//! * [`core`]: the pure, synchronous token state machine. A command plus the instance's
+//!   current state yields the new state and a [`steadyflow_store::ChangeSet`]; no IO.
+//! * [`Engine`]: the command service the REST handlers (and tests) call. It loads what a
+//!   command touches from the [`steadyflow_store::Store`], runs the core, and commits the
+//!   change set, retrying on a lost optimistic lock.
+//! * [`Clock`]: all time comes from here, so tests and drills can move it.
+
+pub mod clock;
+pub mod core;
+mod error;
+mod service;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::EngineError;
+pub use service::{DeployedDefinition, Engine, ExternalFailure, StartRequest};

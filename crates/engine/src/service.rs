@@ -1,0 +1,393 @@
+//! The command service: load, transition, commit (retrying a lost optimistic lock).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use sha2::{Digest, Sha256};
+use steadyflow_model::{parse_definitions, ProcessDefinition};
+use steadyflow_store::*;
+
+use crate::clock::Clock;
+use crate::core::{CoreError, Transition};
+use crate::error::EngineError;
+
+type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// How often a command is retried on fresh state after losing an optimistic lock.
+const MAX_ATTEMPTS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct DeployedDefinition {
+    pub record: DefinitionRecord,
+    /// False when an identical definition was already deployed (same version returned).
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub variables: Vars,
+    pub business_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExternalFailure {
+    pub worker_id: String,
+    pub error_message: String,
+    /// Retries left; 0 raises an incident.
+    pub retries: i32,
+    pub retry_timeout_ms: i64,
+}
+
+struct CachedDef {
+    graph: ProcessDefinition,
+}
+
+/// The engine's command service. Cheap to share (`Arc<Engine>`); every node of a cluster
+/// runs one over the same store.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    node_id: String,
+    defs: RwLock<HashMap<String, Arc<CachedDef>>>,
+}
+
+impl From<CoreError> for EngineError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Ended(id) => EngineError::Conflict(format!("process instance {id} has already ended")),
+            CoreError::NotWaiting { what, id, .. } => EngineError::NotFound { what, id },
+            CoreError::Corrupt(..) => EngineError::Store(StoreError::Corrupt(e.to_string())),
+        }
+    }
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Engine {
+            store,
+            clock,
+            node_id: format!("node-{}", uuid::Uuid::now_v7()),
+            defs: RwLock::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    // ---- definitions -----------------------------------------------------------
+
+    /// Deploys every executable process of `xml`, all or nothing.
+    pub async fn deploy(&self, xml: &str) -> Result<Vec<DeployedDefinition>> {
+        let graphs = parse_definitions(xml)?;
+        let checksum = format!("{:x}", Sha256::digest(xml.as_bytes()));
+        let defs = graphs
+            .iter()
+            .map(|g| NewDefinition {
+                key: g.key.clone(),
+                name: g.name.clone(),
+                xml: xml.to_string(),
+                checksum: checksum.clone(),
+            })
+            .collect();
+        let deployed = self.store.deploy(defs, self.clock.now()).await?;
+        let mut cache = self.defs.write().expect("definition cache poisoned");
+        for (d, g) in deployed.iter().zip(graphs) {
+            cache.entry(d.definition.id.clone()).or_insert_with(|| Arc::new(CachedDef { graph: g }));
+        }
+        Ok(deployed
+            .into_iter()
+            .map(|d| DeployedDefinition {
+                record: DefinitionRecord { xml: None, ..d.definition },
+                created: d.created,
+            })
+            .collect())
+    }
+
+    /// A definition with its XML.
+    pub async fn definition(&self, id: &str) -> Result<DefinitionRecord> {
+        self.store
+            .definition(id)
+            .await?
+            .ok_or_else(|| EngineError::not_found("process definition", id))
+    }
+
+    pub async fn definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
+        Ok(self.store.list_definitions(key).await?)
+    }
+
+    async fn graph(&self, id: &str) -> Result<Arc<CachedDef>> {
+        if let Some(d) = self.defs.read().expect("definition cache poisoned").get(id) {
+            return Ok(d.clone());
+        }
+        let rec = self.definition(id).await?;
+        let xml = rec.xml.unwrap_or_default();
+        let graph = parse_definitions(&xml)?
+            .into_iter()
+            .find(|g| g.key == rec.key)
+            .ok_or_else(|| EngineError::Store(StoreError::Corrupt(format!("definition {id} lost its process"))))?;
+        let cached = Arc::new(CachedDef { graph });
+        self.defs
+            .write()
+            .expect("definition cache poisoned")
+            .insert(id.to_string(), cached.clone());
+        Ok(cached)
+    }
+
+    // ---- instances -------------------------------------------------------------
+
+    /// Starts the latest version of `key` and runs it to its first wait states; the
+    /// instance is committed with them in one transaction.
+    pub async fn start(&self, key: &str, req: StartRequest) -> Result<InstanceRecord> {
+        let rec = self
+            .store
+            .latest_definition(key)
+            .await?
+            .ok_or_else(|| EngineError::not_found("process definition key", key))?;
+        self.start_definition(&rec.id, req).await
+    }
+
+    pub async fn start_definition(&self, definition_id: &str, req: StartRequest) -> Result<InstanceRecord> {
+        let def = self.graph(definition_id).await?;
+        let mut tr = Transition::create(&def.graph, definition_id, req.variables, req.business_key, self.clock.now());
+        tr.start();
+        let cs = tr.finish();
+        let out = cs.instance.clone();
+        self.store.apply(cs).await?;
+        Ok(out)
+    }
+
+    pub async fn instance(&self, id: &str) -> Result<InstanceRecord> {
+        self.store
+            .instance(id)
+            .await?
+            .ok_or_else(|| EngineError::not_found("process instance", id))
+    }
+
+    pub async fn instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
+        Ok(self.store.list_instances(filter).await?)
+    }
+
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryRecord>> {
+        self.instance(id).await?;
+        Ok(self.store.history(id).await?)
+    }
+
+    pub async fn cancel(&self, id: &str, reason: &str) -> Result<InstanceRecord> {
+        let reason = reason.to_string();
+        self.command(id, move |tr| {
+            tr.cancel(&reason);
+            Ok(())
+        })
+        .await
+    }
+
+    pub async fn set_variables(&self, id: &str, vars: Vars) -> Result<InstanceRecord> {
+        self.command(id, move |tr| {
+            tr.set_variables(vars.clone());
+            Ok(())
+        })
+        .await
+    }
+
+    /// Loads the instance, applies `f` in a transition and commits; on a lost optimistic
+    /// lock it starts over on fresh state.
+    async fn command<F>(&self, instance_id: &str, mut f: F) -> Result<InstanceRecord>
+    where
+        F: FnMut(&mut Transition<'_>) -> Result<()> + Send,
+    {
+        for attempt in 0..MAX_ATTEMPTS {
+            let inst = self.instance(instance_id).await?;
+            let def = self.graph(&inst.definition_id).await?;
+            let cs = {
+                let mut tr = Transition::open(&def.graph, inst, self.clock.now())?;
+                f(&mut tr)?;
+                tr.finish()
+            };
+            let out = cs.instance.clone();
+            match self.store.apply(cs).await {
+                Ok(()) => return Ok(out),
+                Err(StoreError::Conflict(_)) => {
+                    tracing::debug!(instance = instance_id, attempt, "optimistic lock lost; retrying");
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(EngineError::Conflict(format!(
+            "process instance {instance_id} is too busy: gave up after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
+    // ---- user tasks ------------------------------------------------------------
+
+    pub async fn tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        Ok(self.store.list_tasks(filter).await?)
+    }
+
+    pub async fn task(&self, id: &str) -> Result<TaskRecord> {
+        self.store.task(id).await?.ok_or_else(|| EngineError::not_found("task", id))
+    }
+
+    pub async fn claim_task(&self, id: &str, user: &str) -> Result<TaskRecord> {
+        if user.trim().is_empty() {
+            return Err(EngineError::BadRequest("userId must not be empty".into()));
+        }
+        Ok(self.store.claim_task(id, user, self.clock.now()).await?)
+    }
+
+    /// Completes a user task; its variables are set on the instance.
+    pub async fn complete_task(&self, id: &str, vars: Vars) -> Result<InstanceRecord> {
+        let task = self.task(id).await?;
+        let task_id = task.id.clone();
+        self.command(&task.instance_id, move |tr| Ok(tr.complete_user_task(&task_id, vars.clone())?))
+            .await
+    }
+
+    // ---- external tasks --------------------------------------------------------
+
+    pub async fn external_tasks(&self, filter: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
+        Ok(self.store.list_external_tasks(filter).await?)
+    }
+
+    pub async fn external_task(&self, id: &str) -> Result<ExternalTaskRecord> {
+        self.store
+            .external_task(id)
+            .await?
+            .ok_or_else(|| EngineError::not_found("external task", id))
+    }
+
+    pub async fn fetch_and_lock(&self, worker: &str, max: usize, topics: &[TopicLock]) -> Result<Vec<LockedTask>> {
+        if worker.trim().is_empty() {
+            return Err(EngineError::BadRequest("workerId must not be empty".into()));
+        }
+        if let Some(t) = topics.iter().find(|t| t.lock_duration_ms <= 0) {
+            return Err(EngineError::BadRequest(format!(
+                "lockDuration of topic `{}` must be positive",
+                t.topic
+            )));
+        }
+        Ok(self.store.fetch_and_lock(worker, max, topics, self.clock.now()).await?)
+    }
+
+    /// The task, if `worker` holds an unexpired lock on it.
+    async fn locked_by(&self, id: &str, worker: &str) -> Result<ExternalTaskRecord> {
+        let task = self.external_task(id).await?;
+        let now = self.clock.now();
+        match (&task.worker_id, task.lock_expires_at) {
+            (Some(w), Some(until)) if w == worker && until > now => Ok(task),
+            (Some(w), Some(_)) if w == worker => Err(EngineError::Conflict(format!(
+                "the lock of worker `{worker}` on external task {id} has expired"
+            ))),
+            (Some(_), _) => Err(EngineError::Conflict(format!(
+                "external task {id} is locked by another worker"
+            ))),
+            _ => Err(EngineError::Conflict(format!("external task {id} is not locked by worker `{worker}`"))),
+        }
+    }
+
+    pub async fn complete_external_task(&self, id: &str, worker: &str, vars: Vars) -> Result<InstanceRecord> {
+        let task = self.locked_by(id, worker).await?;
+        let task_id = task.id.clone();
+        self.command(&task.instance_id, move |tr| Ok(tr.complete_external_task(&task_id, vars.clone())?))
+            .await
+    }
+
+    pub async fn fail_external_task(&self, id: &str, failure: ExternalFailure) -> Result<ExternalTaskRecord> {
+        if failure.retries < 0 || failure.retry_timeout_ms < 0 {
+            return Err(EngineError::BadRequest("retries and retryTimeout must not be negative".into()));
+        }
+        let mut task = self.locked_by(id, &failure.worker_id).await?;
+        let now = self.clock.now();
+        task.retries = Some(failure.retries);
+        task.error_message = Some(failure.error_message);
+        task.worker_id = None;
+        task.lock_expires_at = None;
+        task.retry_at = (failure.retries > 0 && failure.retry_timeout_ms > 0)
+            .then(|| now + chrono::Duration::milliseconds(failure.retry_timeout_ms));
+        let row = task.clone();
+        self.command(&task.instance_id, move |tr| Ok(tr.fail_external_task(row.clone())?))
+            .await?;
+        Ok(task)
+    }
+
+    /// Gives a failed external task new retries (resolving its incident when above 0).
+    pub async fn set_external_retries(&self, id: &str, retries: i32) -> Result<ExternalTaskRecord> {
+        if retries < 0 {
+            return Err(EngineError::BadRequest("retries must not be negative".into()));
+        }
+        let mut task = self.external_task(id).await?;
+        task.retries = Some(retries);
+        task.retry_at = None;
+        let row = task.clone();
+        self.command(&task.instance_id, move |tr| Ok(tr.set_external_retries(row.clone())?))
+            .await?;
+        Ok(task)
+    }
+
+    // ---- incidents -------------------------------------------------------------
+
+    pub async fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRecord>> {
+        Ok(self.store.list_incidents(filter).await?)
+    }
+
+    /// Retries the element an incident stopped at (after fixing its cause).
+    pub async fn retry_incident(&self, id: &str) -> Result<InstanceRecord> {
+        let filter = IncidentFilter { instance_id: None, open_only: true };
+        let inc = self
+            .store
+            .list_incidents(&filter)
+            .await?
+            .into_iter()
+            .find(|i| i.id == id)
+            .ok_or_else(|| EngineError::not_found("open incident", id))?;
+        if inc.external_task_id.is_some() {
+            return Err(EngineError::BadRequest(
+                "this incident belongs to an external task: set its retries instead".into(),
+            ));
+        }
+        let inc_id = inc.id.clone();
+        self.command(&inc.instance_id, move |tr| Ok(tr.retry_incident(&inc_id)?)).await
+    }
+
+    // ---- timers ----------------------------------------------------------------
+
+    /// Fires up to `limit` due timers; returns how many fired.
+    pub async fn fire_due_timers(&self, limit: usize) -> Result<usize> {
+        let now = self.clock.now();
+        let lock_until = now + chrono::Duration::minutes(5);
+        let due = self.store.acquire_due_timers(&self.node_id, now, lock_until, limit).await?;
+        let mut fired = 0;
+        for t in due {
+            let timer_id = t.id.clone();
+            match self.command(&t.instance_id, move |tr| Ok(tr.fire_timer(&timer_id)?)).await {
+                Ok(_) => fired += 1,
+                Err(EngineError::NotFound { .. }) | Err(EngineError::Conflict(_)) => {
+                    tracing::debug!(timer = %t.id, "timer no longer awaited");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Fires every due timer, including those that firing makes due; earliest first.
+    pub async fn run_due_timers(&self) -> Result<usize> {
+        let mut total = 0;
+        loop {
+            let n = self.fire_due_timers(64).await?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n;
+        }
+    }
+}

@@ -1,0 +1,110 @@
+use std::collections::HashMap;
+
+use steadyflow_expr::Expression;
+
+/// One executable `<process>`: elements, sequence flows and precomputed reachability.
+#[derive(Debug, Clone)]
+pub struct ProcessDefinition {
+    /// The process id: the definition key.
+    pub key: String,
+    pub name: Option<String>,
+    pub elements: Vec<Element>,
+    pub flows: Vec<Flow>,
+    /// Index of the none start event.
+    pub start: usize,
+    pub(crate) index: HashMap<String, usize>,
+    /// `reach[a]` has bit `b` set when element `b` can be reached from `a` along flows.
+    pub(crate) reach: Vec<Vec<u64>>,
+}
+
+impl ProcessDefinition {
+    /// Element index by its id.
+    pub fn element_index(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    pub fn element(&self, idx: usize) -> &Element {
+        &self.elements[idx]
+    }
+
+    /// True when a token at `from` can still arrive at `to` by following sequence flows
+    /// (`from == to` counts as reachable).
+    pub fn can_reach(&self, from: usize, to: usize) -> bool {
+        from == to || self.reach[from][to / 64] & (1u64 << (to % 64)) != 0
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// Sequence flows without an id attribute get a generated one (`flow#<n>`).
+    pub id: String,
+    pub source: usize,
+    pub target: usize,
+    pub condition: Option<Expression>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Element {
+    pub id: String,
+    pub name: Option<String>,
+    /// The XML tag (local name), for messages.
+    pub tag: String,
+    pub kind: ElementKind,
+    /// Indices into [`ProcessDefinition::flows`], in document order.
+    pub incoming: Vec<usize>,
+    pub outgoing: Vec<usize>,
+    pub default_flow: Option<usize>,
+    /// Input mappings (`zeebe:ioMapping` input): evaluated on entry into token-local variables.
+    pub inputs: Vec<IoMapping>,
+    /// Output mappings (`zeebe:ioMapping` output): evaluated on completion into instance variables.
+    pub outputs: Vec<IoMapping>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IoMapping {
+    pub source: Expression,
+    pub target: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum ElementKind {
+    StartEvent,
+    EndEvent,
+    TerminateEndEvent,
+    /// Passes the token straight on: manual task, plain task, none intermediate throw event.
+    PassThrough,
+    UserTask(UserTaskDef),
+    /// Service/send/business-rule task executed by an external worker (topic / job type).
+    ExternalTask { topic: Expression, retries: Option<i32> },
+    ExclusiveGateway,
+    ParallelGateway,
+    InclusiveGateway,
+    TimerCatch(TimerDef),
+}
+
+impl ElementKind {
+    pub fn is_gateway(&self) -> bool {
+        matches!(
+            self,
+            ElementKind::ExclusiveGateway | ElementKind::ParallelGateway | ElementKind::InclusiveGateway
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserTaskDef {
+    /// The task name when it holds an expression (`My Task ${loopCounter}`).
+    pub name: Option<Expression>,
+    pub assignee: Option<Expression>,
+    /// Each expression yields a comma separated string or a list.
+    pub candidate_users: Vec<Expression>,
+    pub candidate_groups: Vec<Expression>,
+}
+
+#[derive(Debug, Clone)]
+pub enum TimerDef {
+    /// ISO-8601 duration (`PT5M`), possibly from an expression.
+    Duration(Expression),
+    /// ISO-8601 date-time (`2026-01-01T10:00:00Z`, or local time read as UTC).
+    Date(Expression),
+}

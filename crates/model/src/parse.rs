@@ -1,0 +1,496 @@
+//! XML -> [`ProcessDefinition`].
+
+use std::collections::HashMap;
+
+use roxmltree::{Document, Node};
+use steadyflow_expr::Expression;
+
+use crate::graph::{Element, ElementKind, Flow, IoMapping, ProcessDefinition, TimerDef, UserTaskDef};
+use crate::timer::{parse_date_time, parse_duration};
+use crate::ModelError;
+
+const BPMN: &str = "http://www.omg.org/spec/BPMN/20100524/MODEL";
+const CAMUNDA: &str = "http://camunda.org/schema/1.0/bpmn";
+const ZEEBE: &str = "http://camunda.org/schema/zeebe/1.0";
+
+/// Children of a process that carry no execution semantics.
+const IGNORED: &[&str] = &[
+    "documentation",
+    "extensionElements",
+    "laneSet",
+    "textAnnotation",
+    "association",
+    "group",
+    "dataObject",
+    "dataObjectReference",
+    "dataStoreReference",
+    "ioSpecification",
+    "property",
+];
+
+/// Extension elements that would change behaviour and that Steadyflow cannot honour yet.
+const REFUSED_EXTENSIONS: &[&str] = &[
+    "executionListener",
+    "taskListener",
+    "inputOutput",
+    "field",
+    "connector",
+    "executionListeners",
+    "taskListeners",
+    "in",
+    "out",
+];
+
+/// Parses a BPMN document into one definition per executable process. All or nothing:
+/// the first problem found is returned and nothing else.
+pub fn parse_definitions(xml: &str) -> Result<Vec<ProcessDefinition>, ModelError> {
+    let doc = Document::parse(xml).map_err(|e| {
+        let pos = e.pos();
+        ModelError::Xml {
+            line: pos.row,
+            column: pos.col,
+            message: e.to_string(),
+        }
+    })?;
+    let root = doc.root_element();
+    if !is_bpmn(root, "definitions") {
+        return Err(ModelError::invalid(
+            root.tag_name().name(),
+            "the root element must be a BPMN 2.0 <definitions> element",
+        ));
+    }
+    let mut out: Vec<ProcessDefinition> = Vec::new();
+    for process in root.children().filter(|n| is_bpmn(*n, "process")) {
+        if process.attribute("isExecutable") == Some("false") {
+            continue;
+        }
+        let def = parse_process(process)?;
+        if out.iter().any(|d| d.key == def.key) {
+            return Err(ModelError::invalid(&def.key, "two processes share this id"));
+        }
+        out.push(def);
+    }
+    if out.is_empty() {
+        return Err(ModelError::invalid(
+            "definitions",
+            "the document holds no executable <process>",
+        ));
+    }
+    Ok(out)
+}
+
+fn is_bpmn(n: Node, local: &str) -> bool {
+    n.is_element() && n.tag_name().namespace() == Some(BPMN) && n.tag_name().name() == local
+}
+
+fn bpmn_children<'a, 'i>(n: Node<'a, 'i>) -> impl Iterator<Item = Node<'a, 'i>> {
+    n.children()
+        .filter(|c| c.is_element() && c.tag_name().namespace() == Some(BPMN))
+}
+
+fn child<'a, 'i>(n: Node<'a, 'i>, local: &str) -> Option<Node<'a, 'i>> {
+    n.children().find(|c| is_bpmn(*c, local))
+}
+
+/// All text below a node (CDATA included), trimmed.
+fn text_of(n: Node) -> String {
+    n.descendants()
+        .filter(|d| d.is_text())
+        .filter_map(|d| d.text())
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
+fn required_id(n: Node) -> Result<String, ModelError> {
+    n.attribute("id").map(str::to_string).ok_or_else(|| {
+        ModelError::invalid(
+            n.tag_name().name(),
+            format!("<{}> has no id attribute", n.tag_name().name()),
+        )
+    })
+}
+
+fn expr(text: &str, at: &str) -> Result<Expression, ModelError> {
+    Expression::parse(text).map_err(|e| ModelError::invalid(at, e.to_string()))
+}
+
+fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
+    let key = required_id(process)?;
+    let mut elements: Vec<Element> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut flow_nodes: Vec<Node> = Vec::new();
+    let mut defaults: Vec<(usize, String)> = Vec::new();
+
+    for n in bpmn_children(process) {
+        let tag = n.tag_name().name();
+        if tag == "sequenceFlow" {
+            flow_nodes.push(n);
+            continue;
+        }
+        if IGNORED.contains(&tag) {
+            continue;
+        }
+        let id = required_id(n)?;
+        let element = parse_element(n, &id)?;
+        if index.insert(id.clone(), elements.len()).is_some() {
+            return Err(ModelError::invalid(&id, "two elements share this id"));
+        }
+        if let Some(d) = n.attribute("default") {
+            defaults.push((elements.len(), d.to_string()));
+        }
+        elements.push(element);
+    }
+
+    let mut flows: Vec<Flow> = Vec::new();
+    let mut flow_index: HashMap<String, usize> = HashMap::new();
+    for (i, n) in flow_nodes.iter().enumerate() {
+        let id = n
+            .attribute("id")
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("flow#{i}"));
+        let endpoint = |attr: &str| -> Result<usize, ModelError> {
+            let r = n.attribute(attr).ok_or_else(|| {
+                ModelError::invalid(&id, format!("sequence flow has no {attr}"))
+            })?;
+            index.get(r).copied().ok_or_else(|| {
+                ModelError::invalid(&id, format!("{attr} `{r}` names no element of the process"))
+            })
+        };
+        let source = endpoint("sourceRef")?;
+        let target = endpoint("targetRef")?;
+        let condition = match child(*n, "conditionExpression") {
+            Some(c) => {
+                if let Some(lang) = c.attribute("language") {
+                    return Err(ModelError::unsupported(
+                        "conditionExpression",
+                        &id,
+                        format!("script conditions (language `{lang}`) are not supported"),
+                    ));
+                }
+                let text = text_of(c);
+                if text.is_empty() { None } else { Some(expr(&text, &id)?) }
+            }
+            None => None,
+        };
+        flow_index.insert(id.clone(), flows.len());
+        elements[source].outgoing.push(flows.len());
+        elements[target].incoming.push(flows.len());
+        flows.push(Flow {
+            id,
+            source,
+            target,
+            condition,
+        });
+    }
+
+    for (el, flow_id) in defaults {
+        let f = *flow_index.get(&flow_id).ok_or_else(|| {
+            ModelError::invalid(&elements[el].id, format!("default flow `{flow_id}` does not exist"))
+        })?;
+        if flows[f].source != el {
+            return Err(ModelError::invalid(
+                &elements[el].id,
+                format!("default flow `{flow_id}` does not leave this element"),
+            ));
+        }
+        elements[el].default_flow = Some(f);
+    }
+
+    let starts: Vec<usize> = (0..elements.len())
+        .filter(|i| matches!(elements[*i].kind, ElementKind::StartEvent))
+        .collect();
+    let start = match starts.as_slice() {
+        [one] => *one,
+        [] => return Err(ModelError::invalid(&key, "the process has no none start event")),
+        _ => return Err(ModelError::invalid(&key, "the process has more than one none start event")),
+    };
+    for e in &elements {
+        if matches!(e.kind, ElementKind::StartEvent) && !e.incoming.is_empty() {
+            return Err(ModelError::invalid(&e.id, "a start event cannot have incoming flows"));
+        }
+    }
+
+    let reach = reachability(&elements, &flows);
+    Ok(ProcessDefinition {
+        name: process.attribute("name").map(str::to_string),
+        key,
+        elements,
+        flows,
+        start,
+        index,
+        reach,
+    })
+}
+
+fn reachability(elements: &[Element], flows: &[Flow]) -> Vec<Vec<u64>> {
+    let words = elements.len().div_ceil(64).max(1);
+    let mut reach = vec![vec![0u64; words]; elements.len()];
+    for (from, row) in reach.iter_mut().enumerate() {
+        let mut stack: Vec<usize> = elements[from].outgoing.iter().map(|f| flows[*f].target).collect();
+        while let Some(n) = stack.pop() {
+            if row[n / 64] & (1 << (n % 64)) != 0 {
+                continue;
+            }
+            row[n / 64] |= 1 << (n % 64);
+            stack.extend(elements[n].outgoing.iter().map(|f| flows[*f].target));
+        }
+    }
+    reach
+}
+
+fn event_definitions<'a, 'i>(n: Node<'a, 'i>) -> Vec<Node<'a, 'i>> {
+    bpmn_children(n)
+        .filter(|c| c.tag_name().name().ends_with("EventDefinition"))
+        .collect()
+}
+
+fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
+    let tag = n.tag_name().name();
+    let unsupported = |reason: &str| ModelError::unsupported(tag, id, reason);
+    for c in bpmn_children(n) {
+        let name = c.tag_name().name();
+        if name == "multiInstanceLoopCharacteristics" || name == "standardLoopCharacteristics" {
+            return Err(unsupported(&format!("<{name}> (loops and multi-instance) is not supported yet")));
+        }
+    }
+    let ext = extensions(n, tag, id)?;
+    let defs = event_definitions(n);
+    let only_def = |allowed: &[&str]| -> Result<Option<Node>, ModelError> {
+        match defs.as_slice() {
+            [] => Ok(None),
+            [d] if allowed.contains(&d.tag_name().name()) => Ok(Some(*d)),
+            [d] => Err(unsupported(&format!(
+                "<{}> on <{tag}> is not supported yet",
+                d.tag_name().name()
+            ))),
+            _ => Err(unsupported("several event definitions on one event are not supported")),
+        }
+    };
+    let kind = match tag {
+        "startEvent" => {
+            only_def(&[])?;
+            ElementKind::StartEvent
+        }
+        "endEvent" => match only_def(&["terminateEventDefinition"])? {
+            Some(_) => ElementKind::TerminateEndEvent,
+            None => ElementKind::EndEvent,
+        },
+        "intermediateThrowEvent" => {
+            only_def(&[])?;
+            ElementKind::PassThrough
+        }
+        "intermediateCatchEvent" => match only_def(&["timerEventDefinition"])? {
+            Some(t) => ElementKind::TimerCatch(timer(t, tag, id)?),
+            None => return Err(unsupported("an intermediate catch event needs an event definition")),
+        },
+        "task" | "manualTask" => ElementKind::PassThrough,
+        "userTask" => ElementKind::UserTask(user_task(n, id, &ext)?),
+        "serviceTask" | "sendTask" | "businessRuleTask" => external_task(n, tag, id, &ext)?,
+        "exclusiveGateway" => ElementKind::ExclusiveGateway,
+        "parallelGateway" => ElementKind::ParallelGateway,
+        "inclusiveGateway" => ElementKind::InclusiveGateway,
+        "scriptTask" => {
+            return Err(unsupported(&format!(
+                "script tasks{} cannot run in Steadyflow yet; model the work as an external service task",
+                n.attribute("scriptFormat").map(|f| format!(" ({f})")).unwrap_or_default()
+            )));
+        }
+        _ => return Err(unsupported(&format!("<{tag}> is not supported yet"))),
+    };
+    Ok(Element {
+        id: id.to_string(),
+        name: n.attribute("name").map(str::to_string),
+        tag: tag.to_string(),
+        kind,
+        incoming: Vec::new(),
+        outgoing: Vec::new(),
+        default_flow: None,
+        inputs: ext.inputs,
+        outputs: ext.outputs,
+    })
+}
+
+/// What the `<extensionElements>` of an element say.
+#[derive(Default)]
+struct Extensions<'a, 'i> {
+    inputs: Vec<IoMapping>,
+    outputs: Vec<IoMapping>,
+    zeebe_task: Option<Node<'a, 'i>>,
+    zeebe_assignment: Option<Node<'a, 'i>>,
+}
+
+fn extensions<'a, 'i>(n: Node<'a, 'i>, tag: &str, id: &str) -> Result<Extensions<'a, 'i>, ModelError> {
+    let mut ext = Extensions::default();
+    let Some(block) = child(n, "extensionElements") else {
+        return Ok(ext);
+    };
+    for e in block.children().filter(|c| c.is_element()) {
+        let ns = e.tag_name().namespace();
+        if ns != Some(CAMUNDA) && ns != Some(ZEEBE) {
+            continue; // other vendors' metadata (Signavio ...) carries no execution meaning
+        }
+        let name = e.tag_name().name();
+        if REFUSED_EXTENSIONS.contains(&name) {
+            return Err(ModelError::unsupported(
+                tag,
+                id,
+                format!("extension <{name}> is not supported yet"),
+            ));
+        }
+        match (ns == Some(ZEEBE), name) {
+            (true, "ioMapping") => {
+                for m in e.children().filter(|c| c.is_element()) {
+                    let source = m.attribute("source").unwrap_or("");
+                    let target = m.attribute("target").ok_or_else(|| {
+                        ModelError::invalid(id, "an io mapping has no target")
+                    })?;
+                    let mapping = IoMapping {
+                        source: expr(source, id)?,
+                        target: target.to_string(),
+                    };
+                    match m.tag_name().name() {
+                        "input" => ext.inputs.push(mapping),
+                        "output" => ext.outputs.push(mapping),
+                        other => {
+                            return Err(ModelError::invalid(id, format!("unknown io mapping <{other}>")));
+                        }
+                    }
+                }
+            }
+            (true, "taskDefinition") => ext.zeebe_task = Some(e),
+            (true, "assignmentDefinition") => ext.zeebe_assignment = Some(e),
+            _ => {}
+        }
+    }
+    Ok(ext)
+}
+
+fn split_list(text: &str, id: &str) -> Result<Vec<Expression>, ModelError> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| expr(s, id))
+        .collect()
+}
+
+fn user_task(n: Node, id: &str, ext: &Extensions) -> Result<UserTaskDef, ModelError> {
+    let mut def = UserTaskDef::default();
+    if let Some(name) = n.attribute("name").filter(|s| s.contains("${") || s.contains("#{")) {
+        def.name = Some(expr(name, id)?);
+    }
+    let attr = |local: &str| {
+        n.attribute((CAMUNDA, local)).or_else(|| {
+            ext.zeebe_assignment.and_then(|z| z.attribute(local))
+        })
+    };
+    if let Some(a) = attr("assignee").filter(|s| !s.trim().is_empty()) {
+        def.assignee = Some(expr(a, id)?);
+    }
+    if let Some(u) = attr("candidateUsers") {
+        def.candidate_users = split_list(u, id)?;
+    }
+    if let Some(g) = attr("candidateGroups") {
+        def.candidate_groups = split_list(g, id)?;
+    }
+    // Standard BPMN people assignment.
+    for role in bpmn_children(n) {
+        let rname = role.tag_name().name();
+        if rname != "potentialOwner" && rname != "humanPerformer" {
+            continue;
+        }
+        let Some(fe) = role.descendants().find(|d| is_bpmn(*d, "formalExpression")) else {
+            continue;
+        };
+        let text = text_of(fe);
+        if rname == "humanPerformer" {
+            def.assignee = Some(expr(&text, id)?);
+            continue;
+        }
+        for part in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            // `user(x)` and `group(x)`; a bare name means a group, as in Camunda.
+            let (is_user, inner) = if let Some(r) = part.strip_prefix("user(") {
+                (true, r.strip_suffix(')'))
+            } else if let Some(r) = part.strip_prefix("group(") {
+                (false, r.strip_suffix(')'))
+            } else {
+                (false, Some(part))
+            };
+            let inner = inner.ok_or_else(|| {
+                ModelError::invalid(id, format!("malformed potential owner `{part}`"))
+            })?;
+            let e = expr(inner.trim(), id)?;
+            if is_user {
+                def.candidate_users.push(e);
+            } else {
+                def.candidate_groups.push(e);
+            }
+        }
+    }
+    Ok(def)
+}
+
+fn external_task(n: Node, tag: &str, id: &str, ext: &Extensions) -> Result<ElementKind, ModelError> {
+    let unsupported = |reason: String| ModelError::unsupported(tag, id, reason);
+    for java in ["class", "expression", "delegateExpression", "decisionRef"] {
+        if let Some(v) = n.attribute((CAMUNDA, java)) {
+            return Err(unsupported(format!(
+                "camunda:{java}=\"{v}\" needs Java code; use camunda:type=\"external\" with a topic"
+            )));
+        }
+    }
+    if let Some(z) = ext.zeebe_task {
+        let ty = z
+            .attribute("type")
+            .ok_or_else(|| ModelError::invalid(id, "zeebe:taskDefinition has no type"))?;
+        let retries = match z.attribute("retries") {
+            Some(r) => Some(r.trim().parse::<i32>().map_err(|_| {
+                ModelError::invalid(id, format!("zeebe:taskDefinition retries `{r}` is not a number"))
+            })?),
+            None => None,
+        };
+        return Ok(ElementKind::ExternalTask {
+            topic: expr(ty, id)?,
+            retries,
+        });
+    }
+    match n.attribute((CAMUNDA, "type")) {
+        Some("external") => {
+            let topic = n
+                .attribute((CAMUNDA, "topic"))
+                .filter(|t| !t.trim().is_empty())
+                .ok_or_else(|| ModelError::invalid(id, "an external task needs camunda:topic"))?;
+            Ok(ElementKind::ExternalTask {
+                topic: expr(topic, id)?,
+                retries: None,
+            })
+        }
+        Some(other) => Err(unsupported(format!("camunda:type=\"{other}\" is not supported yet"))),
+        None => Err(unsupported(
+            "no implementation given: use camunda:type=\"external\" with camunda:topic, or zeebe:taskDefinition"
+                .to_string(),
+        )),
+    }
+}
+
+fn timer(def: Node, tag: &str, id: &str) -> Result<TimerDef, ModelError> {
+    let pick = |local: &str| child(def, local).map(text_of);
+    if pick("timeCycle").is_some() {
+        return Err(ModelError::unsupported(tag, id, "timeCycle timers are not supported yet"));
+    }
+    if let Some(text) = pick("timeDuration") {
+        let e = expr(&text, id)?;
+        if e.is_literal() && parse_duration(&text).is_none() {
+            return Err(ModelError::invalid(id, format!("`{text}` is not an ISO-8601 duration")));
+        }
+        return Ok(TimerDef::Duration(e));
+    }
+    if let Some(text) = pick("timeDate") {
+        let e = expr(&text, id)?;
+        if e.is_literal() && parse_date_time(&text).is_none() {
+            return Err(ModelError::invalid(id, format!("`{text}` is not an ISO-8601 date-time")));
+        }
+        return Ok(TimerDef::Date(e));
+    }
+    Err(ModelError::invalid(id, "a timer needs timeDuration or timeDate"))
+}

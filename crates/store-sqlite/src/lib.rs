@@ -1,0 +1,251 @@
+//! SQLite store for Steadyflow, the embedded default.
+//!
+//! One writer thread owns the only write connection and commits queued commands in
+//! batches (group commit): every command runs in its own savepoint, so one failing
+//! command (a lost optimistic lock) never takes the others down, and one fsync at
+//! `synchronous=FULL` serves the whole batch. Reads go to a small pool of read-only
+//! connections (WAL mode lets them run beside the writer).
+
+mod migrate;
+mod reads;
+mod rows;
+mod writer;
+mod writes;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use steadyflow_store::*;
+
+use writer::Writer;
+
+/// SQLite-backed [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Writer,
+    readers: Arc<Readers>,
+}
+
+struct Readers {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+pub(crate) fn backend_err(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::CannotOpen
+                    | rusqlite::ErrorCode::DatabaseBusy
+                    | rusqlite::ErrorCode::DatabaseLocked
+                    | rusqlite::ErrorCode::DiskFull
+                    | rusqlite::ErrorCode::ReadOnly
+                    | rusqlite::ErrorCode::SystemIoFailure
+            ) =>
+        {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Backend(e.to_string()),
+    }
+}
+
+fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display()))
+    })?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    if !read_only {
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
+        )
+        .map_err(backend_err)?;
+    }
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and runs migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let mut conn = open_conn(&path, false)?;
+        migrate::run(&mut conn)?;
+        Ok(SqliteStore {
+            writer: Writer::start(conn)?,
+            readers: Arc::new(Readers {
+                path: path.clone(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            path,
+        })
+    }
+
+    /// Opens from a `sqlite://PATH` (or `sqlite:PATH`) URL.
+    pub fn open_url(url: &str) -> Result<Self> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::Unavailable(format!("not a sqlite URL: {url}")))?;
+        Self::open(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn read<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match readers.idle.lock().expect("reader pool poisoned").pop() {
+                Some(c) => c,
+                None => open_conn(&readers.path, true)?,
+            };
+            let out = f(&conn).map_err(backend_err);
+            let mut idle = readers.idle.lock().expect("reader pool poisoned");
+            if idle.len() < 8 {
+                idle.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await?;
+        // The writer thread must be alive too.
+        self.writer.run(|_, _| Ok(())).await
+    }
+
+    async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
+        self.writer.run(move |c, tx| writes::deploy(c, tx, &defs, now)).await
+    }
+
+    async fn definition(&self, id: &str) -> Result<Option<DefinitionRecord>> {
+        let id = id.to_string();
+        self.read(move |c| reads::definition(c, "id", &id)).await
+    }
+
+    async fn latest_definition(&self, key: &str) -> Result<Option<DefinitionRecord>> {
+        let key = key.to_string();
+        self.read(move |c| reads::definition(c, "key", &key)).await
+    }
+
+    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
+        let key = key.map(str::to_string);
+        self.read(move |c| reads::list_definitions(c, key.as_deref())).await
+    }
+
+    async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
+        let id = id.to_string();
+        self.read(move |c| reads::instance(c, &id)).await
+    }
+
+    async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
+        let filter = filter.clone();
+        self.read(move |c| reads::list_instances(c, &filter)).await
+    }
+
+    async fn apply(&self, change: ChangeSet) -> Result<()> {
+        self.writer.run(move |c, tx| writes::apply(c, tx, &change)).await
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>> {
+        let id = id.to_string();
+        self.read(move |c| reads::task(c, &id)).await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        let filter = filter.clone();
+        self.read(move |c| reads::list_tasks(c, &filter)).await
+    }
+
+    async fn claim_task(&self, id: &str, user: &str, _now: Timestamp) -> Result<TaskRecord> {
+        let (id, user) = (id.to_string(), user.to_string());
+        self.writer.run(move |c, tx| writes::claim_task(c, tx, &id, &user)).await
+    }
+
+    async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {
+        let id = id.to_string();
+        self.read(move |c| reads::external_task(c, &id)).await
+    }
+
+    async fn list_external_tasks(&self, filter: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
+        let filter = filter.clone();
+        self.read(move |c| reads::list_external_tasks(c, &filter)).await
+    }
+
+    async fn fetch_and_lock(
+        &self,
+        worker: &str,
+        max: usize,
+        topics: &[TopicLock],
+        now: Timestamp,
+    ) -> Result<Vec<LockedTask>> {
+        let (worker, topics) = (worker.to_string(), topics.to_vec());
+        self.writer
+            .run(move |c, tx| writes::fetch_and_lock(c, tx, &worker, max, &topics, now))
+            .await
+    }
+
+    async fn acquire_due_timers(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lock_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>> {
+        let owner = owner.to_string();
+        self.writer
+            .run(move |c, tx| writes::acquire_due_timers(c, tx, &owner, now, lock_until, limit))
+            .await
+    }
+
+    async fn list_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>> {
+        let id = instance_id.to_string();
+        self.read(move |c| reads::list_timers(c, &id)).await
+    }
+
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>> {
+        self.read(reads::next_timer_due).await
+    }
+
+    async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRecord>> {
+        let filter = filter.clone();
+        self.read(move |c| reads::list_incidents(c, &filter)).await
+    }
+
+    async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
+        let id = instance_id.to_string();
+        self.read(move |c| reads::history(c, &id)).await
+    }
+
+    async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
+        // One writer: sequence order is commit order, and readers only see committed rows.
+        self.read(move |c| reads::journal_since(c, after, limit)).await
+    }
+}

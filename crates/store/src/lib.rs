@@ -1,0 +1,97 @@
+//! Storage for Steadyflow: the records the engine persists, the [`Store`] trait every
+//! backend implements, and one [`conformance`] suite that every backend must pass.
+//!
+//! A store only persists; it never decides. The engine hands it a [`ChangeSet`] per
+//! command, which the store commits atomically together with its journal rows.
+
+pub mod conformance;
+mod records;
+
+pub use records::*;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+pub type Timestamp = DateTime<Utc>;
+pub type Vars = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Optimistic lock lost: the instance changed since it was read.
+    #[error("instance {0} was changed concurrently")]
+    Conflict(String),
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    /// A precondition held by the store failed (lock held by another worker, ...).
+    #[error("{0}")]
+    Rejected(String),
+    /// The database cannot be reached or refused the operation.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Backend(String),
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Durable state of the engine. Implementations: SQLite (`steadyflow-store-sqlite`) and
+/// PostgreSQL (`steadyflow-store-pg`); both run [`conformance`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+    /// Cheap round trip proving the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Deploys process definitions atomically: per key, an unchanged checksum returns the
+    /// latest existing version, a changed one is stored as version + 1.
+    async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>>;
+    async fn definition(&self, id: &str) -> Result<Option<DefinitionRecord>>;
+    async fn latest_definition(&self, key: &str) -> Result<Option<DefinitionRecord>>;
+    /// Without XML bodies, newest first per key.
+    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>>;
+
+    async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>>;
+    async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>>;
+    /// Commits one engine command. `Err(Conflict)` when the instance version moved.
+    async fn apply(&self, change: ChangeSet) -> Result<()>;
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>>;
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>>;
+    /// Sets the assignee of an open task. `Rejected` when another user holds it.
+    async fn claim_task(&self, id: &str, user: &str, now: Timestamp) -> Result<TaskRecord>;
+
+    async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>>;
+    async fn list_external_tasks(&self, filter: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>>;
+    /// Locks up to `max` fetchable tasks of the given topics for `worker` (skipping rows
+    /// another node is locking right now), oldest first.
+    async fn fetch_and_lock(
+        &self,
+        worker: &str,
+        max: usize,
+        topics: &[TopicLock],
+        now: Timestamp,
+    ) -> Result<Vec<LockedTask>>;
+
+    /// Locks up to `limit` timers due at `now` for `owner` until `lock_until`.
+    async fn acquire_due_timers(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lock_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>>;
+    async fn list_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>>;
+    /// Earliest due time of any timer, for the scheduler's sleep.
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>>;
+
+    async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRecord>>;
+    async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>>;
+
+    /// Journal rows with `seq > after`, in sequence order, at most `limit`. Only rows
+    /// whose transaction is visible and can no longer be overtaken are returned, so a
+    /// reader that resumes from the last seq it saw never skips one.
+    async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>>;
+}
