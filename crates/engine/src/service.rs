@@ -328,7 +328,18 @@ impl Engine {
         task.retries = Some(retries);
         task.retry_at = None;
         let row = task.clone();
-        self.command(&task.instance_id, move |tr| Ok(tr.set_external_retries(row.clone())?))
+        self.command(&task.instance_id, move |tr| Ok(tr.update_external_task(row.clone())?))
+            .await?;
+        Ok(task)
+    }
+
+    /// Releases a worker's lock so the task can be fetched again at once.
+    pub async fn unlock_external_task(&self, id: &str) -> Result<ExternalTaskRecord> {
+        let mut task = self.external_task(id).await?;
+        task.worker_id = None;
+        task.lock_expires_at = None;
+        let row = task.clone();
+        self.command(&task.instance_id, move |tr| Ok(tr.update_external_task(row.clone())?))
             .await?;
         Ok(task)
     }

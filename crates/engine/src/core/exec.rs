@@ -130,9 +130,9 @@ impl<'d> Transition<'d> {
         Ok(())
     }
 
-    /// Sets the retries of an external task (`task` is the updated row); retries above
-    /// zero resolve its incident.
-    pub fn set_external_retries(&mut self, task: ExternalTaskRecord) -> Result<(), CoreError> {
+    /// Replaces the row of an external task a token waits for (new retries, unlock);
+    /// retries above zero resolve its incident.
+    pub fn update_external_task(&mut self, task: ExternalTaskRecord) -> Result<(), CoreError> {
         self.waiting(|w| matches!(w, Wait::ExternalTask { task_id: t } if *t == task.id), "external task", &task.id)?;
         if task.retries.unwrap_or(1) > 0 {
             self.resolve_task_incidents(&task.id);
