@@ -1,1 +1,57 @@
-fn main() {}
+//! `steadyflow`: the BPMN engine with disaster recovery built in.
+
+mod bench;
+mod config;
+mod serve;
+mod stores;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "steadyflow", version, about = "Steadyflow: a BPMN 2.0 workflow engine with disaster recovery built in")]
+struct Cli {
+    /// Configuration file (default: configs/config.yaml when present).
+    #[arg(long, global = true, env = "STEADYFLOW_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine and its REST API (default: SQLite at ./data/steadyflow.db, port 8080).
+    Serve(config::ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate(config::DbArgs),
+    /// Benchmark: run the reference process (external task -> exclusive gateway -> parallel
+    /// fork of two external tasks -> join) for N instances with persistence; prints instances/s.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STEADYFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                let cfg = config::load(cli.config.as_deref(), &args.db, args.listen.as_deref())?;
+                serve::run(cfg).await
+            }
+            Command::Migrate(args) => {
+                let cfg = config::load(cli.config.as_deref(), &args, None)?;
+                stores::open(&cfg.database_url()).await?;
+                tracing::info!(url = %config::redact(&cfg.database_url()), "migrations applied");
+                Ok(())
+            }
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

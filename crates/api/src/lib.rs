@@ -1,0 +1,116 @@
+//! Steadyflow's HTTP edge: axum routes over the [`Engine`], their OpenAPI document, and
+//! the mapping of every failure to a JSON error with a stable code.
+//!
+//! * [`router`] builds the whole service: `/health` plus everything under `/api/v1`.
+//! * [`openapi`] is the document of exactly those routes (it is built from the same
+//!   route table, and served at `/api/v1/openapi.json`).
+//! * [`Authenticator`] is the seam for authentication; every `/api/v1` request passes it.
+//! * [`ApiError`] is the only error type handlers return.
+//!
+//! Handlers never touch a database: they call [`Engine`] and convert its records to the
+//! JSON shapes in [`model`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::Request;
+use axum::http::{Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use steadyflow_engine::Engine;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+
+mod auth;
+mod error;
+mod json;
+pub mod model;
+mod params;
+mod routes;
+
+pub use auth::{AllowAll, Authenticator, Principal};
+pub use error::{ApiError, ErrorBody, ErrorResponse};
+pub use json::{Json, JsonOrEmpty};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    pub auth: Arc<dyn Authenticator>,
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Steadyflow",
+        description = "BPMN workflow engine REST API. Errors are \
+            `{\"error\":{\"code\":\"...\",\"message\":\"...\",\"details\":{...}}}` with stable codes."
+    ),
+    tags(
+        (name = "process definitions", description = "Deploy BPMN and start instances"),
+        (name = "process instances", description = "Inspect and steer running instances"),
+        (name = "tasks", description = "User tasks"),
+        (name = "external tasks", description = "The worker protocol"),
+        (name = "incidents", description = "Where instances are stuck"),
+        (name = "health", description = "Probes"),
+        (name = "meta", description = "This document"),
+    )
+)]
+struct ApiDoc;
+
+/// The complete route table with its OpenAPI document; `v1` is the `/api/v1` part,
+/// with or without its authentication layer.
+fn table(v1: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(v1)
+        .merge(routes::public())
+}
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    table(routes::v1()).into_openapi()
+}
+
+/// The HTTP service: `/health`, and everything under `/api/v1` behind `state.auth`.
+/// Unknown routes answer `404 not_found`, known routes with another method
+/// `405 method_not_allowed`, both as JSON errors.
+pub fn router(state: AppState) -> axum::Router {
+    let v1 = routes::v1().route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        auth::authenticate,
+    ));
+    let router: axum::Router<AppState> = table(v1).into();
+    router
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// One debug line per request: method, path, status, duration.
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    tracing::debug!(
+        %method,
+        path,
+        status = response.status().as_u16(),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,403 @@
+//! The API's JSON shapes (camelCase, ids as strings, timestamps RFC 3339) and their
+//! conversions from the store's records. Kept apart from the records so the wire format
+//! does not change when storage does.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use steadyflow_engine::DeployedDefinition as EngineDeployed;
+use steadyflow_engine::core::Runtime;
+use steadyflow_store::{
+    DefinitionRecord, ExternalTaskRecord, HistoryRecord, IncidentRecord, InstanceRecord,
+    InstanceState, LockedTask, TaskRecord, Vars,
+};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// Timestamps leave the API with millisecond precision, whether they come from the
+/// store (which keeps milliseconds) or fresh from a command (which may carry nanoseconds),
+/// so the same instant always reads the same.
+fn ms(t: DateTime<Utc>) -> DateTime<Utc> {
+    t.trunc_subsecs(3)
+}
+
+// ---- definitions -------------------------------------------------------------------
+
+/// A deployed version of a process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessDefinition {
+    /// `<key>:<version>`.
+    pub id: String,
+    /// The `<process id>` of the BPMN file.
+    pub key: String,
+    pub version: i32,
+    pub name: Option<String>,
+    pub deployed_at: DateTime<Utc>,
+}
+
+impl From<DefinitionRecord> for ProcessDefinition {
+    fn from(r: DefinitionRecord) -> Self {
+        ProcessDefinition {
+            id: r.id,
+            key: r.key,
+            version: r.version,
+            name: r.name,
+            deployed_at: ms(r.deployed_at),
+        }
+    }
+}
+
+/// One process of a deployed file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployedDefinition {
+    pub id: String,
+    pub key: String,
+    pub version: i32,
+    pub name: Option<String>,
+    pub deployed_at: DateTime<Utc>,
+    /// False when this exact process was already deployed (its existing version is returned).
+    pub created: bool,
+}
+
+impl From<EngineDeployed> for DeployedDefinition {
+    fn from(d: EngineDeployed) -> Self {
+        let r = d.record;
+        DeployedDefinition {
+            id: r.id,
+            key: r.key,
+            version: r.version,
+            name: r.name,
+            deployed_at: ms(r.deployed_at),
+            created: d.created,
+        }
+    }
+}
+
+/// The result of a deployment: the top-level fields describe the first process of the
+/// file, `definitions` lists every process in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Deployment {
+    pub id: String,
+    pub key: String,
+    pub version: i32,
+    pub name: Option<String>,
+    pub deployed_at: DateTime<Utc>,
+    /// False when nothing in the file changed.
+    pub created: bool,
+    pub definitions: Vec<DeployedDefinition>,
+}
+
+impl Deployment {
+    /// `None` for an empty list (the engine never deploys nothing).
+    pub fn from_deployed(deployed: Vec<EngineDeployed>) -> Option<Self> {
+        let definitions: Vec<DeployedDefinition> = deployed.into_iter().map(Into::into).collect();
+        let first = definitions.first()?.clone();
+        Some(Deployment {
+            id: first.id,
+            key: first.key,
+            version: first.version,
+            name: first.name,
+            deployed_at: first.deployed_at,
+            created: definitions.iter().any(|d| d.created),
+            definitions,
+        })
+    }
+}
+
+// ---- instances ---------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessInstanceState {
+    Active,
+    Completed,
+    Cancelled,
+    /// Running, but stopped at one or more open incidents.
+    Incident,
+}
+
+impl From<InstanceState> for ProcessInstanceState {
+    fn from(s: InstanceState) -> Self {
+        match s {
+            InstanceState::Active => ProcessInstanceState::Active,
+            InstanceState::Completed => ProcessInstanceState::Completed,
+            InstanceState::Cancelled => ProcessInstanceState::Cancelled,
+            InstanceState::Incident => ProcessInstanceState::Incident,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessInstance {
+    pub id: String,
+    pub definition_id: String,
+    pub definition_key: String,
+    pub business_key: Option<String>,
+    pub state: ProcessInstanceState,
+    #[schema(value_type = Object)]
+    pub variables: Vars,
+    /// Element ids where tokens stand (sorted, deduplicated); empty once ended.
+    pub active_activity_ids: Vec<String>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<InstanceRecord> for ProcessInstance {
+    type Error = ApiError;
+
+    fn try_from(r: InstanceRecord) -> Result<Self, ApiError> {
+        let runtime = Runtime::from_json(&r.runtime).map_err(|e| {
+            tracing::error!(instance = %r.id, error = %e, "unreadable instance runtime");
+            ApiError::internal()
+        })?;
+        Ok(ProcessInstance {
+            active_activity_ids: runtime.active_activity_ids(),
+            id: r.id,
+            definition_id: r.definition_id,
+            definition_key: r.definition_key,
+            business_key: r.business_key,
+            state: r.state.into(),
+            variables: r.variables,
+            started_at: ms(r.started_at),
+            ended_at: r.ended_at.map(ms),
+        })
+    }
+}
+
+/// One entry of an instance's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEvent {
+    pub time: DateTime<Utc>,
+    /// `instanceStarted`, `activityStarted`, `activityCompleted`, `variablesChanged`,
+    /// `incidentCreated`, `instanceCompleted`, `instanceCancelled` ...
+    pub event: String,
+    pub activity_id: Option<String>,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+impl From<HistoryRecord> for HistoryEvent {
+    fn from(r: HistoryRecord) -> Self {
+        HistoryEvent {
+            time: ms(r.time),
+            event: r.event,
+            activity_id: r.activity_id,
+            detail: r.detail,
+        }
+    }
+}
+
+/// Body of the start endpoints; may be left out entirely.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StartInstance {
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub variables: Vars,
+    #[serde(default)]
+    pub business_key: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetVariables {
+    /// Merged into the instance's variables.
+    #[schema(value_type = Object)]
+    pub variables: Vars,
+}
+
+// ---- user tasks --------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Task {
+    pub id: String,
+    pub name: Option<String>,
+    /// The userTask element id.
+    pub task_definition_key: String,
+    pub process_instance_id: String,
+    pub process_definition_id: String,
+    pub assignee: Option<String>,
+    pub candidate_users: Vec<String>,
+    pub candidate_groups: Vec<String>,
+    pub created: DateTime<Utc>,
+}
+
+impl From<TaskRecord> for Task {
+    fn from(r: TaskRecord) -> Self {
+        Task {
+            id: r.id,
+            name: r.name,
+            task_definition_key: r.activity_id,
+            process_instance_id: r.instance_id,
+            process_definition_id: r.definition_id,
+            assignee: r.assignee,
+            candidate_users: r.candidate_users,
+            candidate_groups: r.candidate_groups,
+            created: ms(r.created_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimTask {
+    pub user_id: String,
+}
+
+/// Body of task completion; may be left out entirely.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompleteTask {
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub variables: Vars,
+}
+
+// ---- external tasks ----------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalTask {
+    pub id: String,
+    pub topic_name: String,
+    pub activity_id: String,
+    pub process_instance_id: String,
+    pub process_definition_id: String,
+    pub worker_id: Option<String>,
+    pub lock_expiration_time: Option<DateTime<Utc>>,
+    /// `null` until a worker reports a failure; 0 means an incident holds the task.
+    pub retries: Option<i32>,
+    pub error_message: Option<String>,
+    /// The instance's variables; only filled by fetch-and-lock, otherwise `null`.
+    #[schema(value_type = Option<Object>)]
+    pub variables: Option<Vars>,
+}
+
+impl From<ExternalTaskRecord> for ExternalTask {
+    fn from(r: ExternalTaskRecord) -> Self {
+        ExternalTask {
+            id: r.id,
+            topic_name: r.topic,
+            activity_id: r.activity_id,
+            process_instance_id: r.instance_id,
+            process_definition_id: r.definition_id,
+            worker_id: r.worker_id,
+            lock_expiration_time: r.lock_expires_at.map(ms),
+            retries: r.retries,
+            error_message: r.error_message,
+            variables: None,
+        }
+    }
+}
+
+impl From<LockedTask> for ExternalTask {
+    fn from(l: LockedTask) -> Self {
+        ExternalTask {
+            variables: Some(l.variables),
+            ..l.task.into()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchTopic {
+    pub topic_name: String,
+    /// How long the lock holds, in milliseconds.
+    pub lock_duration: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchAndLock {
+    pub worker_id: String,
+    pub max_tasks: usize,
+    pub topics: Vec<FetchTopic>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CompleteExternalTask {
+    pub worker_id: String,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub variables: Vars,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalTaskFailure {
+    pub worker_id: String,
+    #[serde(default)]
+    pub error_message: String,
+    /// Retries left; 0 raises an incident on the instance.
+    pub retries: i32,
+    /// Milliseconds before the task can be fetched again.
+    #[serde(default)]
+    pub retry_timeout: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SetRetries {
+    /// Above 0 resolves the task's incident.
+    pub retries: i32,
+}
+
+// ---- incidents ---------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Incident {
+    pub id: String,
+    pub process_instance_id: String,
+    pub activity_id: String,
+    /// `noMatchingFlow`, `expressionFailed`, `failedExternalTask`.
+    pub incident_type: String,
+    pub message: String,
+    pub external_task_id: Option<String>,
+    pub created: DateTime<Utc>,
+    /// When it was resolved; `null` while open.
+    pub resolved: Option<DateTime<Utc>>,
+}
+
+impl From<IncidentRecord> for Incident {
+    fn from(r: IncidentRecord) -> Self {
+        Incident {
+            id: r.id,
+            process_instance_id: r.instance_id,
+            activity_id: r.activity_id,
+            incident_type: r.incident_type,
+            message: r.message,
+            external_task_id: r.external_task_id,
+            created: ms(r.created_at),
+            resolved: r.resolved_at.map(ms),
+        }
+    }
+}
+
+// ---- health ------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Up,
+    Down,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: Status,
+    pub components: HealthComponents,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthComponents {
+    pub database: Status,
+}

@@ -1,0 +1,185 @@
+//! External tasks: the worker protocol (fetch-and-lock, complete, failure) and retries.
+
+use axum::extract::State;
+use serde::Deserialize;
+use steadyflow_engine::ExternalFailure;
+use steadyflow_store::{ExternalTaskFilter, TopicLock};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorResponse};
+use crate::json::Json;
+use crate::model::{
+    CompleteExternalTask, ExternalTask, ExternalTaskFailure, FetchAndLock, ProcessInstance,
+    SetRetries,
+};
+use crate::params::{Path, Query};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_external_tasks))
+        .routes(routes!(get_external_task))
+        .routes(routes!(fetch_and_lock))
+        .routes(routes!(complete_external_task))
+        .routes(routes!(fail_external_task))
+        .routes(routes!(set_retries))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+struct ExternalTaskQuery {
+    process_instance_id: Option<String>,
+    topic_name: Option<String>,
+    /// At most this many tasks.
+    limit: Option<usize>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/external-tasks",
+    tag = "external tasks",
+    params(ExternalTaskQuery),
+    responses((status = 200, body = Vec<ExternalTask>), (status = 400, body = ErrorResponse))
+)]
+async fn list_external_tasks(
+    State(state): State<AppState>,
+    Query(q): Query<ExternalTaskQuery>,
+) -> Result<Json<Vec<ExternalTask>>, ApiError> {
+    let filter = ExternalTaskFilter {
+        instance_id: q.process_instance_id,
+        topic: q.topic_name,
+        limit: q.limit,
+    };
+    let tasks = state.engine.external_tasks(&filter).await?;
+    Ok(Json(tasks.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/external-tasks/{id}",
+    tag = "external tasks",
+    params(("id" = String, Path, description = "External task id")),
+    responses((status = 200, body = ExternalTask), (status = 404, body = ErrorResponse))
+)]
+async fn get_external_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ExternalTask>, ApiError> {
+    Ok(Json(state.engine.external_task(&id).await?.into()))
+}
+
+/// Lock up to `maxTasks` fetchable tasks of the given topics for a worker, with the
+/// instances' variables.
+#[utoipa::path(
+    post,
+    path = "/api/v1/external-tasks/fetch-and-lock",
+    tag = "external tasks",
+    request_body = FetchAndLock,
+    responses((status = 200, body = Vec<ExternalTask>), (status = 400, body = ErrorResponse))
+)]
+async fn fetch_and_lock(
+    State(state): State<AppState>,
+    Json(body): Json<FetchAndLock>,
+) -> Result<Json<Vec<ExternalTask>>, ApiError> {
+    let topics: Vec<TopicLock> = body
+        .topics
+        .into_iter()
+        .map(|t| TopicLock {
+            topic: t.topic_name,
+            lock_duration_ms: t.lock_duration,
+        })
+        .collect();
+    let locked = state
+        .engine
+        .fetch_and_lock(&body.worker_id, body.max_tasks, &topics)
+        .await?;
+    Ok(Json(locked.into_iter().map(Into::into).collect()))
+}
+
+/// Complete a locked task; its variables are set on the instance. Returns the instance
+/// after it moved on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/external-tasks/{id}/complete",
+    tag = "external tasks",
+    params(("id" = String, Path, description = "External task id")),
+    request_body = CompleteExternalTask,
+    responses(
+        (status = 200, body = ProcessInstance),
+        (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "Not locked by this worker, or the lock expired", body = ErrorResponse),
+    )
+)]
+async fn complete_external_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<CompleteExternalTask>,
+) -> Result<Json<ProcessInstance>, ApiError> {
+    let inst = state
+        .engine
+        .complete_external_task(&id, &body.worker_id, body.variables)
+        .await?;
+    Ok(Json(inst.try_into()?))
+}
+
+/// Report a failure. With retries left the task is fetchable again after
+/// `retryTimeout` ms; with 0 retries the instance gets an incident.
+#[utoipa::path(
+    post,
+    path = "/api/v1/external-tasks/{id}/failure",
+    tag = "external tasks",
+    params(("id" = String, Path, description = "External task id")),
+    request_body = ExternalTaskFailure,
+    responses(
+        (status = 200, body = ExternalTask),
+        (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "Not locked by this worker, or the lock expired", body = ErrorResponse),
+    )
+)]
+async fn fail_external_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<ExternalTaskFailure>,
+) -> Result<Json<ExternalTask>, ApiError> {
+    let failure = ExternalFailure {
+        worker_id: body.worker_id,
+        error_message: body.error_message,
+        retries: body.retries,
+        retry_timeout_ms: body.retry_timeout,
+    };
+    Ok(Json(
+        state.engine.fail_external_task(&id, failure).await?.into(),
+    ))
+}
+
+/// Set a task's retries; above 0 resolves its incident and makes it fetchable.
+#[utoipa::path(
+    put,
+    path = "/api/v1/external-tasks/{id}/retries",
+    tag = "external tasks",
+    params(("id" = String, Path, description = "External task id")),
+    request_body = SetRetries,
+    responses(
+        (status = 200, body = ExternalTask),
+        (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+async fn set_retries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<SetRetries>,
+) -> Result<Json<ExternalTask>, ApiError> {
+    Ok(Json(
+        state
+            .engine
+            .set_external_retries(&id, body.retries)
+            .await?
+            .into(),
+    ))
+}

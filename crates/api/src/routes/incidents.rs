@@ -1,0 +1,72 @@
+//! Incidents: where instances are stuck, and retrying them.
+
+use axum::extract::State;
+use serde::Deserialize;
+use steadyflow_store::IncidentFilter;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorResponse};
+use crate::json::Json;
+use crate::model::{Incident, ProcessInstance};
+use crate::params::{Path, Query};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_incidents))
+        .routes(routes!(retry_incident))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+struct IncidentQuery {
+    process_instance_id: Option<String>,
+    /// `true`: only open incidents; `false`: only resolved ones; absent: all.
+    open: Option<bool>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents",
+    tag = "incidents",
+    params(IncidentQuery),
+    responses((status = 200, body = Vec<Incident>), (status = 400, body = ErrorResponse))
+)]
+async fn list_incidents(
+    State(state): State<AppState>,
+    Query(q): Query<IncidentQuery>,
+) -> Result<Json<Vec<Incident>>, ApiError> {
+    let filter = IncidentFilter {
+        instance_id: q.process_instance_id,
+        open_only: q.open == Some(true),
+    };
+    let mut incidents = state.engine.incidents(&filter).await?;
+    if q.open == Some(false) {
+        incidents.retain(|i| i.resolved_at.is_some());
+    }
+    Ok(Json(incidents.into_iter().map(Into::into).collect()))
+}
+
+/// Retry the element an incident stopped at (after fixing its cause). Incidents of
+/// external tasks are resolved by setting the task's retries instead.
+#[utoipa::path(
+    post,
+    path = "/api/v1/incidents/{id}/retry",
+    tag = "incidents",
+    params(("id" = String, Path, description = "Incident id")),
+    responses(
+        (status = 200, body = ProcessInstance),
+        (status = 400, description = "An external task's incident", body = ErrorResponse),
+        (status = 404, description = "No open incident with this id", body = ErrorResponse),
+        (status = 409, body = ErrorResponse),
+    )
+)]
+async fn retry_incident(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessInstance>, ApiError> {
+    Ok(Json(state.engine.retry_incident(&id).await?.try_into()?))
+}

@@ -1,0 +1,160 @@
+//! Process instances: query, inspect, cancel, change variables.
+
+use axum::Extension;
+use axum::extract::State;
+use serde::Deserialize;
+use steadyflow_store::{InstanceFilter, InstanceState};
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorResponse};
+use crate::json::Json;
+use crate::model::{HistoryEvent, ProcessInstance, ProcessInstanceState, SetVariables};
+use crate::params::{Path, Query};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_instances))
+        .routes(routes!(get_instance, cancel_instance))
+        .routes(routes!(instance_history))
+        .routes(routes!(set_variables))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+struct InstanceQuery {
+    #[param(value_type = Option<ProcessInstanceState>)]
+    state: Option<String>,
+    definition_key: Option<String>,
+    business_key: Option<String>,
+    /// At most this many instances.
+    limit: Option<usize>,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/process-instances",
+    tag = "process instances",
+    params(InstanceQuery),
+    responses(
+        (status = 200, body = Vec<ProcessInstance>),
+        (status = 400, description = "Unknown state or malformed query", body = ErrorResponse),
+    )
+)]
+async fn list_instances(
+    State(state): State<AppState>,
+    Query(q): Query<InstanceQuery>,
+) -> Result<Json<Vec<ProcessInstance>>, ApiError> {
+    let filter = InstanceFilter {
+        state: q
+            .state
+            .as_deref()
+            .map(|s| {
+                InstanceState::parse(s).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "unknown state `{s}`: expected active, completed, cancelled or incident"
+                    ))
+                })
+            })
+            .transpose()?,
+        definition_key: q.definition_key,
+        business_key: q.business_key,
+        limit: q.limit,
+    };
+    let instances = state.engine.instances(&filter).await?;
+    Ok(Json(
+        instances
+            .into_iter()
+            .map(ProcessInstance::try_from)
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/process-instances/{id}",
+    tag = "process instances",
+    params(("id" = String, Path, description = "Process instance id")),
+    responses(
+        (status = 200, body = ProcessInstance),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+async fn get_instance(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessInstance>, ApiError> {
+    Ok(Json(state.engine.instance(&id).await?.try_into()?))
+}
+
+/// Cancel a running instance; returns it as cancelled.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/process-instances/{id}",
+    tag = "process instances",
+    params(("id" = String, Path, description = "Process instance id")),
+    responses(
+        (status = 200, body = ProcessInstance),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "The instance has already ended", body = ErrorResponse),
+    )
+)]
+async fn cancel_instance(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<ProcessInstance>, ApiError> {
+    let reason = format!("cancelled through the REST API by {}", principal.name);
+    Ok(Json(state.engine.cancel(&id, &reason).await?.try_into()?))
+}
+
+/// What happened to the instance, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/process-instances/{id}/history",
+    tag = "process instances",
+    params(("id" = String, Path, description = "Process instance id")),
+    responses(
+        (status = 200, body = Vec<HistoryEvent>),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+async fn instance_history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<HistoryEvent>>, ApiError> {
+    let history = state.engine.history(&id).await?;
+    Ok(Json(history.into_iter().map(Into::into).collect()))
+}
+
+/// Merge variables into the instance.
+#[utoipa::path(
+    post,
+    path = "/api/v1/process-instances/{id}/variables",
+    tag = "process instances",
+    params(("id" = String, Path, description = "Process instance id")),
+    request_body = SetVariables,
+    responses(
+        (status = 200, body = ProcessInstance),
+        (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "The instance has already ended", body = ErrorResponse),
+    )
+)]
+async fn set_variables(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<SetVariables>,
+) -> Result<Json<ProcessInstance>, ApiError> {
+    Ok(Json(
+        state
+            .engine
+            .set_variables(&id, body.variables)
+            .await?
+            .try_into()?,
+    ))
+}

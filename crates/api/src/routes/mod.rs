@@ -1,0 +1,51 @@
+//! The route table: one module per concept, each contributing handlers that carry their
+//! own OpenAPI description, so routes and document cannot drift.
+
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+
+mod definitions;
+mod external_tasks;
+mod health;
+mod incidents;
+mod instances;
+mod tasks;
+
+/// Every `/api/v1` route (all behind the authentication middleware).
+pub(crate) fn v1() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(definitions::router())
+        .merge(instances::router())
+        .merge(tasks::router())
+        .merge(external_tasks::router())
+        .merge(incidents::router())
+        .routes(routes!(openapi_json))
+}
+
+/// Routes outside `/api/v1`, open to everyone.
+pub(crate) fn public() -> OpenApiRouter<AppState> {
+    health::router()
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "meta",
+    responses((status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object))
+)]
+async fn openapi_json() -> impl IntoResponse {
+    static DOC: OnceLock<String> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        crate::openapi()
+            .to_json()
+            .expect("the OpenAPI document serializes")
+    });
+    ([(header::CONTENT_TYPE, "application/json")], doc.as_str())
+}

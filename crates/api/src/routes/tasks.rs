@@ -1,0 +1,122 @@
+//! User tasks: query, claim, complete.
+
+use axum::extract::State;
+use serde::Deserialize;
+use steadyflow_store::TaskFilter;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorResponse};
+use crate::json::{Json, JsonOrEmpty};
+use crate::model::{ClaimTask, CompleteTask, ProcessInstance, Task};
+use crate::params::{Path, Query};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tasks))
+        .routes(routes!(get_task))
+        .routes(routes!(claim_task))
+        .routes(routes!(complete_task))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query, rename_all = "camelCase")]
+struct TaskQuery {
+    assignee: Option<String>,
+    candidate_group: Option<String>,
+    process_instance_id: Option<String>,
+    /// At most this many tasks.
+    limit: Option<usize>,
+}
+
+/// Open user tasks.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks",
+    tag = "tasks",
+    params(TaskQuery),
+    responses((status = 200, body = Vec<Task>), (status = 400, body = ErrorResponse))
+)]
+async fn list_tasks(
+    State(state): State<AppState>,
+    Query(q): Query<TaskQuery>,
+) -> Result<Json<Vec<Task>>, ApiError> {
+    let filter = TaskFilter {
+        assignee: q.assignee,
+        candidate_group: q.candidate_group,
+        instance_id: q.process_instance_id,
+        limit: q.limit,
+    };
+    let tasks = state.engine.tasks(&filter).await?;
+    Ok(Json(tasks.into_iter().map(Into::into).collect()))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/tasks/{id}",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id")),
+    responses((status = 200, body = Task), (status = 404, body = ErrorResponse))
+)]
+async fn get_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(state.engine.task(&id).await?.into()))
+}
+
+/// Assign the task to a user. Claiming a task the same user already holds succeeds.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/claim",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id")),
+    request_body = ClaimTask,
+    responses(
+        (status = 200, body = Task),
+        (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "Claimed by another user", body = ErrorResponse),
+    )
+)]
+async fn claim_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<ClaimTask>,
+) -> Result<Json<Task>, ApiError> {
+    Ok(Json(
+        state.engine.claim_task(&id, &body.user_id).await?.into(),
+    ))
+}
+
+/// Complete the task, setting its variables on the instance; returns the instance
+/// after it moved on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tasks/{id}/complete",
+    tag = "tasks",
+    params(("id" = String, Path, description = "Task id")),
+    request_body(content = Option<CompleteTask>, description = "May be left out: no variables"),
+    responses(
+        (status = 200, body = ProcessInstance),
+        (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, body = ErrorResponse),
+    )
+)]
+async fn complete_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    JsonOrEmpty(body): JsonOrEmpty<CompleteTask>,
+) -> Result<Json<ProcessInstance>, ApiError> {
+    Ok(Json(
+        state
+            .engine
+            .complete_task(&id, body.variables)
+            .await?
+            .try_into()?,
+    ))
+}

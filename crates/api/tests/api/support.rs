@@ -1,0 +1,164 @@
+//! A real engine over a real SQLite store in a tempdir, driven through the router with
+//! `oneshot` (no socket).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use serde_json::Value;
+use steadyflow_api::{AllowAll, AppState, Authenticator};
+use steadyflow_engine::{Clock, Engine, SystemClock};
+use steadyflow_store_sqlite::SqliteStore;
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+pub const USER_TASK_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL"
+             xmlns:camunda="http://camunda.org/schema/1.0/bpmn"
+             id="defs" targetNamespace="http://example.com/approval">
+  <process id="approval" name="Approval" isExecutable="true">
+    <startEvent id="start"/>
+    <sequenceFlow id="f1" sourceRef="start" targetRef="review"/>
+    <userTask id="review" name="Review" camunda:candidateGroups="managers"/>
+    <sequenceFlow id="f2" sourceRef="review" targetRef="end"/>
+    <endEvent id="end"/>
+  </process>
+</definitions>
+"#;
+
+pub const EXTERNAL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL"
+             xmlns:camunda="http://camunda.org/schema/1.0/bpmn"
+             id="defs" targetNamespace="http://example.com/work">
+  <process id="work" name="Work" isExecutable="true">
+    <startEvent id="start"/>
+    <sequenceFlow id="f1" sourceRef="start" targetRef="doWork"/>
+    <serviceTask id="doWork" name="Do work" camunda:type="external" camunda:topic="work"/>
+    <sequenceFlow id="f2" sourceRef="doWork" targetRef="end"/>
+    <endEvent id="end"/>
+  </process>
+</definitions>
+"#;
+
+pub struct App {
+    pub router: Router,
+    _dir: TempDir,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.text))
+    }
+
+    /// The `error.code` of an error body.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+impl App {
+    pub fn new() -> App {
+        Self::build(Arc::new(SystemClock), Arc::new(AllowAll))
+    }
+
+    pub fn build(clock: Arc<dyn Clock>, auth: Arc<dyn Authenticator>) -> App {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path().join("t.db")).expect("open sqlite");
+        let engine = Arc::new(Engine::new(Arc::new(store), clock));
+        let router = steadyflow_api::router(AppState { engine, auth });
+        App { router, _dir: dir }
+    }
+
+    pub async fn send(&self, req: Request<Body>) -> Reply {
+        let resp = self.router.clone().oneshot(req).await.expect("infallible");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = to_bytes(resp.into_body(), usize::MAX).await.expect("body");
+        Reply {
+            status,
+            headers,
+            text: String::from_utf8(bytes.to_vec()).expect("utf-8 body"),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        content_type: Option<&str>,
+        body: impl Into<Body>,
+    ) -> Reply {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(ct) = content_type {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        self.send(b.body(body.into()).expect("request")).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.call(Method::GET, uri, None, Body::empty()).await
+    }
+
+    pub async fn delete(&self, uri: &str) -> Reply {
+        self.call(Method::DELETE, uri, None, Body::empty()).await
+    }
+
+    pub async fn post(&self, uri: &str, json: Value) -> Reply {
+        self.call(
+            Method::POST,
+            uri,
+            Some("application/json"),
+            json.to_string(),
+        )
+        .await
+    }
+
+    pub async fn put(&self, uri: &str, json: Value) -> Reply {
+        self.call(Method::PUT, uri, Some("application/json"), json.to_string())
+            .await
+    }
+
+    pub async fn post_xml(&self, uri: &str, xml: &str) -> Reply {
+        self.call(Method::POST, uri, Some("application/xml"), xml.to_string())
+            .await
+    }
+
+    /// Deploys and returns the deployment body (201 or 200).
+    pub async fn deploy(&self, xml: &str) -> Value {
+        let r = self.post_xml("/api/v1/process-definitions", xml).await;
+        assert!(
+            r.status.is_success(),
+            "deploy failed: {} {}",
+            r.status,
+            r.text
+        );
+        r.json()
+    }
+
+    /// Starts the latest version of `key`; returns the instance body.
+    pub async fn start(&self, key: &str, body: Value) -> Value {
+        let r = self
+            .post(
+                &format!("/api/v1/process-definitions/key/{key}/start"),
+                body,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        r.json()
+    }
+}
+
+pub fn id(v: &Value) -> String {
+    v["id"].as_str().expect("an id string").to_string()
+}

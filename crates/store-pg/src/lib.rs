@@ -1,0 +1,232 @@
+//! PostgreSQL store for Steadyflow.
+//!
+//! [`PgStore`] implements [`Store`] on tokio-postgres with a deadpool connection pool.
+//! Several engine nodes may share one database:
+//!
+//! - **Writes of engine commands** (`apply`) are group-committed: a few writer tasks
+//!   take the queued change sets and commit each batch as one transaction of multi-row
+//!   `UNNEST` statements, pipelined into two round trips (see `apply.rs`). Instance
+//!   updates are optimistic (`version` column); a lost lock rolls the batch back, fails
+//!   that caller with [`StoreError::Conflict`] and retries the rest.
+//! - **Acquisition** of external tasks and timers uses `FOR UPDATE SKIP LOCKED`, so two
+//!   nodes never hand the same row to two workers.
+//! - **Journal**: every change appends journal rows in its own transaction. Sequence
+//!   values are not assigned in commit order, so [`Store::journal_since`] returns only
+//!   rows whose transaction id is below the snapshot's `xmin`: a reader resuming from the
+//!   last seq it saw never skips a late commit. (Any transaction with an xid that is
+//!   still open in the cluster, in any database, holds the journal back until it ends.)
+//! - **Migrations** are plain SQL files (`migrations/postgres`) embedded in the binary,
+//!   tracked in `schema_version` and applied under an advisory lock.
+//! - Timestamps are BIGINT milliseconds since the epoch, JSON columns are JSONB; tables
+//!   and columns mirror the SQLite store's, so archives are portable between backends.
+//!
+//! Connections run with `plan_cache_mode = force_custom_plan`: a generic plan cached for
+//! an `UPDATE … FROM UNNEST` while the tables were empty would stay a sequential scan.
+//!
+//! [`testing`] gives other crates' tests a throwaway database.
+
+mod apply;
+mod error;
+mod migrate;
+mod pipeline;
+mod reads;
+mod rows;
+pub mod testing;
+mod writes;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use steadyflow_store::*;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::NoTls;
+
+pub use migrate::latest_version as schema_version;
+
+use crate::error::{db_err, pool_err};
+
+/// Tuning of a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Maximum pooled connections (readers and writers together).
+    pub pool_size: usize,
+    /// Writer tasks committing `apply` batches in parallel.
+    pub writers: usize,
+    /// Most change sets committed in one transaction.
+    pub max_batch: usize,
+    /// How long a caller waits for a free connection before `Unavailable`.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions { pool_size: 16, writers: 4, max_batch: 64, acquire_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// PostgreSQL-backed [`Store`]. Cheap to share behind an `Arc`; its writer tasks run on
+/// the Tokio runtime that called [`PgStore::connect`] and stop when it is dropped.
+pub struct PgStore {
+    pool: Pool,
+    writer: mpsc::Sender<apply::Job>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("pool", &self.pool.status()).finish()
+    }
+}
+
+impl PgStore {
+    /// Connects with default [`PgOptions`] and migrates the schema.
+    ///
+    /// `url` is a libpq-style URL (`postgres://user:pass@host:5432/db`) or key/value
+    /// string (`host=… user=… dbname=…`). TLS is not supported yet (`NoTls`).
+    pub async fn connect(url: &str) -> Result<PgStore> {
+        Self::connect_with(url, PgOptions::default()).await
+    }
+
+    pub async fn connect_with(url: &str, options: PgOptions) -> Result<PgStore> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL connection string: {e}")))?;
+        let plan = "-c plan_cache_mode=force_custom_plan";
+        let opts = match config.get_options() {
+            Some(existing) if !existing.is_empty() => format!("{existing} {plan}"),
+            _ => plan.to_string(),
+        };
+        config.options(opts);
+        if config.get_application_name().is_none() {
+            config.application_name("steadyflow");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let manager =
+            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size.max(options.writers + 1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(options.acquire_timeout))
+            .create_timeout(Some(options.acquire_timeout))
+            .build()
+            .map_err(|e| StoreError::Backend(format!("building connection pool: {e}")))?;
+        {
+            let mut client = pool.get().await.map_err(pool_err)?;
+            migrate::migrate(&mut client).await?;
+        }
+        let writer = apply::spawn_writers(pool.clone(), options.writers, options.max_batch);
+        Ok(PgStore { pool, writer })
+    }
+
+    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client> {
+        self.pool.get().await.map_err(pool_err)
+    }
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let client = self.client().await?;
+        client.simple_query("SELECT 1").await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
+        self.write_deploy(defs, now).await
+    }
+
+    async fn definition(&self, id: &str) -> Result<Option<DefinitionRecord>> {
+        self.read_definition("id", id).await
+    }
+
+    async fn latest_definition(&self, key: &str) -> Result<Option<DefinitionRecord>> {
+        self.read_definition("key", key).await
+    }
+
+    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
+        self.read_definitions(key).await
+    }
+
+    async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
+        self.read_instance(id).await
+    }
+
+    async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
+        self.read_instances(filter).await
+    }
+
+    async fn apply(&self, change: ChangeSet) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.writer
+            .send(apply::Job { change, reply })
+            .await
+            .map_err(|_| StoreError::Unavailable("PostgreSQL writer stopped".into()))?;
+        done.await.map_err(|_| StoreError::Unavailable("PostgreSQL writer stopped".into()))?
+    }
+
+    async fn task(&self, id: &str) -> Result<Option<TaskRecord>> {
+        self.read_task(id).await
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>> {
+        self.read_tasks(filter).await
+    }
+
+    async fn claim_task(&self, id: &str, user: &str, _now: Timestamp) -> Result<TaskRecord> {
+        self.write_claim(id, user).await
+    }
+
+    async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {
+        self.read_external_task(id).await
+    }
+
+    async fn list_external_tasks(&self, filter: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
+        self.read_external_tasks(filter).await
+    }
+
+    async fn fetch_and_lock(
+        &self,
+        worker: &str,
+        max: usize,
+        topics: &[TopicLock],
+        now: Timestamp,
+    ) -> Result<Vec<LockedTask>> {
+        self.write_fetch_and_lock(worker, max, topics, now).await
+    }
+
+    async fn acquire_due_timers(
+        &self,
+        owner: &str,
+        now: Timestamp,
+        lock_until: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<TimerRecord>> {
+        self.write_acquire_timers(owner, now, lock_until, limit).await
+    }
+
+    async fn list_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>> {
+        self.read_timers(instance_id).await
+    }
+
+    async fn next_timer_due(&self) -> Result<Option<Timestamp>> {
+        self.read_next_timer_due().await
+    }
+
+    async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRecord>> {
+        self.read_incidents(filter).await
+    }
+
+    async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
+        self.read_history(instance_id).await
+    }
+
+    async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
+        self.read_journal(after, limit).await
+    }
+}

@@ -1,0 +1,205 @@
+//! Pipelined transactions.
+//!
+//! tokio-postgres sends a request when its future is first polled and matches responses
+//! in order, so polling several prepared-statement futures together puts them on the
+//! wire back to back. A write transaction here costs two round trips whatever its size:
+//! `BEGIN` + every statement, then the journal insert + `COMMIT`.
+//!
+//! If a statement fails, the server answers every later one of the transaction with
+//! "current transaction is aborted", and a `COMMIT` of an aborted transaction rolls it
+//! back; the first error is the one reported.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+use serde_json::Value;
+use steadyflow_store::{Result, StoreError};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row, Statement};
+
+use crate::error::db_err;
+
+pub(crate) type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// One request of a pipeline.
+pub(crate) enum Step<'a> {
+    /// Simple-protocol command without rows (`BEGIN`, `COMMIT`, `ROLLBACK`).
+    Simple(&'static str),
+    /// Prepared statement with its parameters.
+    Query(Statement, Vec<Param<'a>>),
+}
+
+type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Sends all steps back to back and waits for all answers, in order.
+pub(crate) async fn run<'a>(
+    client: &'a Client,
+    steps: &'a [Step<'a>],
+) -> Vec<Result<Vec<Row>, tokio_postgres::Error>> {
+    let futures: Vec<StepFuture<'a>> = steps
+        .iter()
+        .map(|step| -> StepFuture<'a> {
+            match step {
+                Step::Simple(sql) => Box::pin(async move { client.batch_execute(sql).await.map(|()| Vec::new()) }),
+                Step::Query(stmt, params) => Box::pin(client.query(stmt, params)),
+            }
+        })
+        .collect();
+    join_in_order(futures).await
+}
+
+/// Polls every future, always in list order, until all are done. The first poll of each
+/// happens in order, which is what keeps the pipeline's requests in order.
+async fn join_in_order<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> Vec<T> {
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, fut) in out.iter_mut().zip(futures.iter_mut()) {
+            if slot.is_none() {
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(v) => *slot = Some(v),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { Poll::Pending } else { Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().map(|v| v.expect("every future completed")).collect()
+}
+
+/// A journal row to append in the current transaction.
+pub(crate) struct JournalEntry {
+    pub entity: &'static str,
+    pub entity_id: String,
+    pub op: &'static str,
+    /// Row image; `None` for deletes.
+    pub row: Option<Value>,
+}
+
+impl JournalEntry {
+    pub fn new<T: serde::Serialize>(entity: &'static str, id: &str, op: &'static str, row: &T) -> Result<Self> {
+        let row = serde_json::to_value(row).map_err(|e| StoreError::Backend(format!("serializing {entity} {id}: {e}")))?;
+        Ok(JournalEntry { entity, entity_id: id.to_string(), op, row: Some(row) })
+    }
+
+    pub fn delete(entity: &'static str, id: &str) -> Self {
+        JournalEntry { entity, entity_id: id.to_string(), op: "delete", row: None }
+    }
+}
+
+pub(crate) const JOURNAL_INSERT: &str = "INSERT INTO journal (tx_time, entity, entity_id, op, row) \
+     SELECT $1, u.entity, u.entity_id, u.op, u.row \
+     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS u(entity, entity_id, op, row, n) \
+     ORDER BY u.n";
+
+/// Column arrays of journal entries, borrowed by the insert's parameters.
+pub(crate) struct JournalArrays<'a> {
+    entity: Vec<&'static str>,
+    entity_id: Vec<&'a str>,
+    op: Vec<&'static str>,
+    row: Vec<Option<&'a Value>>,
+}
+
+impl<'a> JournalArrays<'a> {
+    pub fn new(entries: &'a [JournalEntry]) -> Self {
+        JournalArrays {
+            entity: entries.iter().map(|e| e.entity).collect(),
+            entity_id: entries.iter().map(|e| e.entity_id.as_str()).collect(),
+            op: entries.iter().map(|e| e.op).collect(),
+            row: entries.iter().map(|e| e.row.as_ref()).collect(),
+        }
+    }
+
+    pub fn params(&'a self, tx_time: &'a i64) -> Vec<Param<'a>> {
+        vec![tx_time, &self.entity, &self.entity_id, &self.op, &self.row]
+    }
+}
+
+/// How a transaction body ends after its statements ran.
+pub(crate) enum Finish<T> {
+    Commit(T, Vec<JournalEntry>),
+    Rollback(T),
+}
+
+/// Why a transaction did not commit.
+pub(crate) enum TxError {
+    /// The driver failed: the server rejected a statement (rolled back) or the
+    /// connection broke (a commit's outcome may be unknown).
+    Db(tokio_postgres::Error),
+    /// The body refused the results (rolled back).
+    Store(StoreError),
+}
+
+impl From<TxError> for StoreError {
+    fn from(e: TxError) -> Self {
+        match e {
+            TxError::Db(e) => db_err(e),
+            TxError::Store(e) => e,
+        }
+    }
+}
+
+/// Runs `steps` in one transaction: round trip one sends `BEGIN` and the steps,
+/// `finish` turns their rows into a result and journal rows, round trip two appends
+/// the journal and commits (or rolls back).
+///
+/// `journal_stmt` must be the prepared [`JOURNAL_INSERT`].
+pub(crate) async fn transact<T>(
+    client: &Client,
+    journal_stmt: &Statement,
+    tx_time: i64,
+    steps: Vec<Step<'_>>,
+    finish: impl FnOnce(Vec<Vec<Row>>) -> Result<Finish<T>>,
+) -> Result<T, TxError> {
+    let mut all = Vec::with_capacity(steps.len() + 1);
+    all.push(Step::Simple("BEGIN"));
+    all.extend(steps);
+    let mut rows = Vec::with_capacity(all.len());
+    for r in run(client, &all).await {
+        match r {
+            Ok(v) => rows.push(v),
+            Err(e) => {
+                rollback(client).await;
+                return Err(TxError::Db(e));
+            }
+        }
+    }
+    rows.remove(0); // BEGIN
+    drop(all);
+    match finish(rows) {
+        Err(e) => {
+            rollback(client).await;
+            Err(TxError::Store(e))
+        }
+        Ok(Finish::Rollback(value)) => {
+            rollback(client).await;
+            Ok(value)
+        }
+        Ok(Finish::Commit(value, entries)) => {
+            let arrays = JournalArrays::new(&entries);
+            let mut tail = Vec::with_capacity(2);
+            if !entries.is_empty() {
+                tail.push(Step::Query(journal_stmt.clone(), arrays.params(&tx_time)));
+            }
+            tail.push(Step::Simple("COMMIT"));
+            for r in run(client, &tail).await {
+                if let Err(e) = r {
+                    // A failed journal insert aborts the transaction; the COMMIT behind
+                    // it then rolls back. Make sure nothing stays open either way.
+                    rollback(client).await;
+                    return Err(TxError::Db(e));
+                }
+            }
+            Ok(value)
+        }
+    }
+}
+
+/// Best effort: a broken connection is discarded by the pool anyway.
+pub(crate) async fn rollback(client: &Client) {
+    if !client.is_closed() {
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+}

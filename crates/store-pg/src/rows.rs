@@ -1,0 +1,168 @@
+//! Row <-> record mapping. Column lists and mappers are kept side by side so the
+//! positions cannot drift apart.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use steadyflow_store::*;
+use tokio_postgres::Row;
+use tokio_postgres::types::FromSql;
+
+use crate::error::corrupt;
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(v: i64) -> Result<Timestamp> {
+    chrono::DateTime::from_timestamp_millis(v).ok_or_else(|| corrupt("timestamp", format!("{v} ms out of range")))
+}
+
+pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
+    row.try_get(idx).map_err(|e| corrupt(&format!("column {idx}"), e))
+}
+
+fn ts(row: &Row, idx: usize) -> Result<Timestamp> {
+    from_ms(get(row, idx)?)
+}
+
+fn opt_ts(row: &Row, idx: usize) -> Result<Option<Timestamp>> {
+    get::<Option<i64>>(row, idx)?.map(from_ms).transpose()
+}
+
+fn json<T: DeserializeOwned>(row: &Row, idx: usize) -> Result<T> {
+    let v: Value = get(row, idx)?;
+    serde_json::from_value(v).map_err(|e| corrupt(&format!("JSON column {idx}"), e))
+}
+
+pub(crate) fn vars(v: Value) -> Result<Vars> {
+    match v {
+        Value::Object(m) => Ok(m),
+        Value::Null => Ok(Vars::new()),
+        other => Err(corrupt("variables", format!("expected a JSON object, got {other}"))),
+    }
+}
+
+pub(crate) const DEFINITION_COLS: &str = "id, key, version, name, checksum, deployed_at";
+
+/// Reads [`DEFINITION_COLS`], plus `xml` as column 6 when `with_xml`.
+pub(crate) fn definition(row: &Row, with_xml: bool) -> Result<DefinitionRecord> {
+    Ok(DefinitionRecord {
+        id: get(row, 0)?,
+        key: get(row, 1)?,
+        version: get(row, 2)?,
+        name: get(row, 3)?,
+        checksum: get(row, 4)?,
+        deployed_at: ts(row, 5)?,
+        xml: if with_xml { Some(get(row, 6)?) } else { None },
+    })
+}
+
+pub(crate) const INSTANCE_COLS: &str =
+    "id, definition_id, definition_key, business_key, state, variables, runtime, version, started_at, ended_at";
+
+pub(crate) fn instance(row: &Row) -> Result<InstanceRecord> {
+    let state: String = get(row, 4)?;
+    Ok(InstanceRecord {
+        id: get(row, 0)?,
+        definition_id: get(row, 1)?,
+        definition_key: get(row, 2)?,
+        business_key: get(row, 3)?,
+        state: InstanceState::parse(&state).ok_or_else(|| corrupt("instance state", &state))?,
+        variables: vars(get(row, 5)?)?,
+        runtime: get(row, 6)?,
+        version: get(row, 7)?,
+        started_at: ts(row, 8)?,
+        ended_at: opt_ts(row, 9)?,
+    })
+}
+
+pub(crate) const TASK_COLS: &str =
+    "id, instance_id, definition_id, activity_id, name, assignee, candidate_users, candidate_groups, created_at";
+
+pub(crate) fn task(row: &Row) -> Result<TaskRecord> {
+    Ok(TaskRecord {
+        id: get(row, 0)?,
+        instance_id: get(row, 1)?,
+        definition_id: get(row, 2)?,
+        activity_id: get(row, 3)?,
+        name: get(row, 4)?,
+        assignee: get(row, 5)?,
+        candidate_users: json(row, 6)?,
+        candidate_groups: json(row, 7)?,
+        created_at: ts(row, 8)?,
+    })
+}
+
+pub(crate) const EXTERNAL_COLS: &str = "id, instance_id, definition_id, activity_id, topic, worker_id, \
+     lock_expires_at, retries, error_message, retry_at, created_at";
+
+pub(crate) fn external(row: &Row) -> Result<ExternalTaskRecord> {
+    Ok(ExternalTaskRecord {
+        id: get(row, 0)?,
+        instance_id: get(row, 1)?,
+        definition_id: get(row, 2)?,
+        activity_id: get(row, 3)?,
+        topic: get(row, 4)?,
+        worker_id: get(row, 5)?,
+        lock_expires_at: opt_ts(row, 6)?,
+        retries: get(row, 7)?,
+        error_message: get(row, 8)?,
+        retry_at: opt_ts(row, 9)?,
+        created_at: ts(row, 10)?,
+    })
+}
+
+pub(crate) const TIMER_COLS: &str = "id, instance_id, activity_id, due_at, owner, lock_until, created_at";
+
+pub(crate) fn timer(row: &Row) -> Result<TimerRecord> {
+    Ok(TimerRecord {
+        id: get(row, 0)?,
+        instance_id: get(row, 1)?,
+        activity_id: get(row, 2)?,
+        due_at: ts(row, 3)?,
+        owner: get(row, 4)?,
+        lock_until: opt_ts(row, 5)?,
+        created_at: ts(row, 6)?,
+    })
+}
+
+pub(crate) const INCIDENT_COLS: &str =
+    "id, instance_id, activity_id, incident_type, message, external_task_id, created_at, resolved_at";
+
+pub(crate) fn incident(row: &Row) -> Result<IncidentRecord> {
+    Ok(IncidentRecord {
+        id: get(row, 0)?,
+        instance_id: get(row, 1)?,
+        activity_id: get(row, 2)?,
+        incident_type: get(row, 3)?,
+        message: get(row, 4)?,
+        external_task_id: get(row, 5)?,
+        created_at: ts(row, 6)?,
+        resolved_at: opt_ts(row, 7)?,
+    })
+}
+
+pub(crate) const HISTORY_COLS: &str = "instance_id, time, event, activity_id, detail";
+
+pub(crate) fn history(row: &Row) -> Result<HistoryRecord> {
+    Ok(HistoryRecord {
+        instance_id: get(row, 0)?,
+        time: ts(row, 1)?,
+        event: get(row, 2)?,
+        activity_id: get(row, 3)?,
+        detail: get(row, 4)?,
+    })
+}
+
+pub(crate) const JOURNAL_COLS: &str = "seq, tx_time, entity, entity_id, op, row";
+
+pub(crate) fn journal(row: &Row) -> Result<JournalRecord> {
+    Ok(JournalRecord {
+        seq: get(row, 0)?,
+        tx_time: ts(row, 1)?,
+        entity: get(row, 2)?,
+        entity_id: get(row, 3)?,
+        op: get(row, 4)?,
+        row: get::<Option<Value>>(row, 5)?.unwrap_or(Value::Null),
+    })
+}
