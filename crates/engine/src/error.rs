@@ -22,7 +22,10 @@ pub enum EngineError {
 
 impl EngineError {
     pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
-        EngineError::NotFound { what, id: id.into() }
+        EngineError::NotFound {
+            what,
+            id: id.into(),
+        }
     }
 }
 
@@ -31,9 +34,9 @@ impl From<StoreError> for EngineError {
         match e {
             StoreError::NotFound { what, id } => EngineError::NotFound { what, id },
             StoreError::Rejected(m) => EngineError::Conflict(m),
-            StoreError::Conflict(id) => {
-                EngineError::Conflict(format!("instance {id} is being changed concurrently; retry"))
-            }
+            StoreError::Conflict(id) => EngineError::Conflict(format!(
+                "instance {id} is being changed concurrently; retry"
+            )),
             other => EngineError::Store(other),
         }
     }

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use sha2::{Digest, Sha256};
-use steadyflow_model::{parse_definitions, ProcessDefinition};
+use steadyflow_model::{ProcessDefinition, parse_definitions};
 use steadyflow_store::*;
 
 use crate::clock::Clock;
@@ -49,12 +49,20 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     node_id: String,
     defs: RwLock<HashMap<String, Arc<CachedDef>>>,
+    /// Latest definition id per key, with when it was read.
+    latest: RwLock<HashMap<String, (String, std::time::Instant)>>,
 }
+
+/// How long a start may use a cached "latest version of key" (a deploy on this node
+/// updates it at once; one on another node is seen within this time).
+const LATEST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl From<CoreError> for EngineError {
     fn from(e: CoreError) -> Self {
         match e {
-            CoreError::Ended(id) => EngineError::Conflict(format!("process instance {id} has already ended")),
+            CoreError::Ended(id) => {
+                EngineError::Conflict(format!("process instance {id} has already ended"))
+            }
             CoreError::NotWaiting { what, id, .. } => EngineError::NotFound { what, id },
             CoreError::Corrupt(..) => EngineError::Store(StoreError::Corrupt(e.to_string())),
         }
@@ -68,6 +76,7 @@ impl Engine {
             clock,
             node_id: format!("node-{}", uuid::Uuid::now_v7()),
             defs: RwLock::new(HashMap::new()),
+            latest: RwLock::new(HashMap::new()),
         }
     }
 
@@ -81,6 +90,13 @@ impl Engine {
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// The clock's time cut to milliseconds, the precision every store keeps, so what a
+    /// command returns equals what a later read returns.
+    fn now(&self) -> Timestamp {
+        let t = self.clock.now();
+        t - chrono::Duration::nanoseconds(i64::from(t.timestamp_subsec_nanos() % 1_000_000))
     }
 
     // ---- definitions -----------------------------------------------------------
@@ -98,15 +114,28 @@ impl Engine {
                 checksum: checksum.clone(),
             })
             .collect();
-        let deployed = self.store.deploy(defs, self.clock.now()).await?;
+        let deployed = self.store.deploy(defs, self.now()).await?;
+        let mut latest = self.latest.write().expect("latest cache poisoned");
+        for d in &deployed {
+            latest.insert(
+                d.definition.key.clone(),
+                (d.definition.id.clone(), std::time::Instant::now()),
+            );
+        }
+        drop(latest);
         let mut cache = self.defs.write().expect("definition cache poisoned");
         for (d, g) in deployed.iter().zip(graphs) {
-            cache.entry(d.definition.id.clone()).or_insert_with(|| Arc::new(CachedDef { graph: g }));
+            cache
+                .entry(d.definition.id.clone())
+                .or_insert_with(|| Arc::new(CachedDef { graph: g }));
         }
         Ok(deployed
             .into_iter()
             .map(|d| DeployedDefinition {
-                record: DefinitionRecord { xml: None, ..d.definition },
+                record: DefinitionRecord {
+                    xml: None,
+                    ..d.definition
+                },
                 created: d.created,
             })
             .collect())
@@ -133,7 +162,11 @@ impl Engine {
         let graph = parse_definitions(&xml)?
             .into_iter()
             .find(|g| g.key == rec.key)
-            .ok_or_else(|| EngineError::Store(StoreError::Corrupt(format!("definition {id} lost its process"))))?;
+            .ok_or_else(|| {
+                EngineError::Store(StoreError::Corrupt(format!(
+                    "definition {id} lost its process"
+                )))
+            })?;
         let cached = Arc::new(CachedDef { graph });
         self.defs
             .write()
@@ -147,17 +180,44 @@ impl Engine {
     /// Starts the latest version of `key` and runs it to its first wait states; the
     /// instance is committed with them in one transaction.
     pub async fn start(&self, key: &str, req: StartRequest) -> Result<InstanceRecord> {
-        let rec = self
-            .store
-            .latest_definition(key)
-            .await?
-            .ok_or_else(|| EngineError::not_found("process definition key", key))?;
-        self.start_definition(&rec.id, req).await
+        let cached = self
+            .latest
+            .read()
+            .expect("latest cache poisoned")
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < LATEST_TTL)
+            .map(|(id, _)| id.clone());
+        let id = match cached {
+            Some(id) => id,
+            None => {
+                let rec = self
+                    .store
+                    .latest_definition(key)
+                    .await?
+                    .ok_or_else(|| EngineError::not_found("process definition key", key))?;
+                self.latest
+                    .write()
+                    .expect("latest cache poisoned")
+                    .insert(key.to_string(), (rec.id.clone(), std::time::Instant::now()));
+                rec.id
+            }
+        };
+        self.start_definition(&id, req).await
     }
 
-    pub async fn start_definition(&self, definition_id: &str, req: StartRequest) -> Result<InstanceRecord> {
+    pub async fn start_definition(
+        &self,
+        definition_id: &str,
+        req: StartRequest,
+    ) -> Result<InstanceRecord> {
         let def = self.graph(definition_id).await?;
-        let mut tr = Transition::create(&def.graph, definition_id, req.variables, req.business_key, self.clock.now());
+        let mut tr = Transition::create(
+            &def.graph,
+            definition_id,
+            req.variables,
+            req.business_key,
+            self.now(),
+        );
         tr.start();
         let cs = tr.finish();
         let out = cs.instance.clone();
@@ -200,15 +260,31 @@ impl Engine {
 
     /// Loads the instance, applies `f` in a transition and commits; on a lost optimistic
     /// lock it starts over on fresh state.
-    async fn command<F>(&self, instance_id: &str, mut f: F) -> Result<InstanceRecord>
+    async fn command<F>(&self, instance_id: &str, f: F) -> Result<InstanceRecord>
+    where
+        F: FnMut(&mut Transition<'_>) -> Result<()> + Send,
+    {
+        self.command_on(instance_id, None, f).await
+    }
+
+    /// [`Self::command`], with the instance already loaded for the first attempt.
+    async fn command_on<F>(
+        &self,
+        instance_id: &str,
+        mut loaded: Option<InstanceRecord>,
+        mut f: F,
+    ) -> Result<InstanceRecord>
     where
         F: FnMut(&mut Transition<'_>) -> Result<()> + Send,
     {
         for attempt in 0..MAX_ATTEMPTS {
-            let inst = self.instance(instance_id).await?;
+            let inst = match loaded.take() {
+                Some(i) => i,
+                None => self.instance(instance_id).await?,
+            };
             let def = self.graph(&inst.definition_id).await?;
             let cs = {
-                let mut tr = Transition::open(&def.graph, inst, self.clock.now())?;
+                let mut tr = Transition::open(&def.graph, inst, self.now())?;
                 f(&mut tr)?;
                 tr.finish()
             };
@@ -216,7 +292,11 @@ impl Engine {
             match self.store.apply(cs).await {
                 Ok(()) => return Ok(out),
                 Err(StoreError::Conflict(_)) => {
-                    tracing::debug!(instance = instance_id, attempt, "optimistic lock lost; retrying");
+                    tracing::debug!(
+                        instance = instance_id,
+                        attempt,
+                        "optimistic lock lost; retrying"
+                    );
                     tokio::task::yield_now().await;
                 }
                 Err(e) => return Err(e.into()),
@@ -234,27 +314,35 @@ impl Engine {
     }
 
     pub async fn task(&self, id: &str) -> Result<TaskRecord> {
-        self.store.task(id).await?.ok_or_else(|| EngineError::not_found("task", id))
+        self.store
+            .task(id)
+            .await?
+            .ok_or_else(|| EngineError::not_found("task", id))
     }
 
     pub async fn claim_task(&self, id: &str, user: &str) -> Result<TaskRecord> {
         if user.trim().is_empty() {
             return Err(EngineError::BadRequest("userId must not be empty".into()));
         }
-        Ok(self.store.claim_task(id, user, self.clock.now()).await?)
+        Ok(self.store.claim_task(id, user, self.now()).await?)
     }
 
     /// Completes a user task; its variables are set on the instance.
     pub async fn complete_task(&self, id: &str, vars: Vars) -> Result<InstanceRecord> {
         let task = self.task(id).await?;
         let task_id = task.id.clone();
-        self.command(&task.instance_id, move |tr| Ok(tr.complete_user_task(&task_id, vars.clone())?))
-            .await
+        self.command(&task.instance_id, move |tr| {
+            Ok(tr.complete_user_task(&task_id, vars.clone())?)
+        })
+        .await
     }
 
     // ---- external tasks --------------------------------------------------------
 
-    pub async fn external_tasks(&self, filter: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
+    pub async fn external_tasks(
+        &self,
+        filter: &ExternalTaskFilter,
+    ) -> Result<Vec<ExternalTaskRecord>> {
         Ok(self.store.list_external_tasks(filter).await?)
     }
 
@@ -265,7 +353,12 @@ impl Engine {
             .ok_or_else(|| EngineError::not_found("external task", id))
     }
 
-    pub async fn fetch_and_lock(&self, worker: &str, max: usize, topics: &[TopicLock]) -> Result<Vec<LockedTask>> {
+    pub async fn fetch_and_lock(
+        &self,
+        worker: &str,
+        max: usize,
+        topics: &[TopicLock],
+    ) -> Result<Vec<LockedTask>> {
         if worker.trim().is_empty() {
             return Err(EngineError::BadRequest("workerId must not be empty".into()));
         }
@@ -275,13 +368,21 @@ impl Engine {
                 t.topic
             )));
         }
-        Ok(self.store.fetch_and_lock(worker, max, topics, self.clock.now()).await?)
+        Ok(self
+            .store
+            .fetch_and_lock(worker, max, topics, self.now())
+            .await?)
     }
 
     /// The task, if `worker` holds an unexpired lock on it.
     async fn locked_by(&self, id: &str, worker: &str) -> Result<ExternalTaskRecord> {
         let task = self.external_task(id).await?;
-        let now = self.clock.now();
+        self.check_lock(task, worker)
+    }
+
+    fn check_lock(&self, task: ExternalTaskRecord, worker: &str) -> Result<ExternalTaskRecord> {
+        let id = task.id.clone();
+        let now = self.now();
         match (&task.worker_id, task.lock_expires_at) {
             (Some(w), Some(until)) if w == worker && until > now => Ok(task),
             (Some(w), Some(_)) if w == worker => Err(EngineError::Conflict(format!(
@@ -290,23 +391,43 @@ impl Engine {
             (Some(_), _) => Err(EngineError::Conflict(format!(
                 "external task {id} is locked by another worker"
             ))),
-            _ => Err(EngineError::Conflict(format!("external task {id} is not locked by worker `{worker}`"))),
+            _ => Err(EngineError::Conflict(format!(
+                "external task {id} is not locked by worker `{worker}`"
+            ))),
         }
     }
 
-    pub async fn complete_external_task(&self, id: &str, worker: &str, vars: Vars) -> Result<InstanceRecord> {
-        let task = self.locked_by(id, worker).await?;
+    pub async fn complete_external_task(
+        &self,
+        id: &str,
+        worker: &str,
+        vars: Vars,
+    ) -> Result<InstanceRecord> {
+        let (task, instance) = self
+            .store
+            .external_task_with_instance(id)
+            .await?
+            .ok_or_else(|| EngineError::not_found("external task", id))?;
+        let task = self.check_lock(task, worker)?;
         let task_id = task.id.clone();
-        self.command(&task.instance_id, move |tr| Ok(tr.complete_external_task(&task_id, vars.clone())?))
-            .await
+        self.command_on(&task.instance_id, Some(instance), move |tr| {
+            Ok(tr.complete_external_task(&task_id, vars.clone())?)
+        })
+        .await
     }
 
-    pub async fn fail_external_task(&self, id: &str, failure: ExternalFailure) -> Result<ExternalTaskRecord> {
+    pub async fn fail_external_task(
+        &self,
+        id: &str,
+        failure: ExternalFailure,
+    ) -> Result<ExternalTaskRecord> {
         if failure.retries < 0 || failure.retry_timeout_ms < 0 {
-            return Err(EngineError::BadRequest("retries and retryTimeout must not be negative".into()));
+            return Err(EngineError::BadRequest(
+                "retries and retryTimeout must not be negative".into(),
+            ));
         }
         let mut task = self.locked_by(id, &failure.worker_id).await?;
-        let now = self.clock.now();
+        let now = self.now();
         task.retries = Some(failure.retries);
         task.error_message = Some(failure.error_message);
         task.worker_id = None;
@@ -314,22 +435,28 @@ impl Engine {
         task.retry_at = (failure.retries > 0 && failure.retry_timeout_ms > 0)
             .then(|| now + chrono::Duration::milliseconds(failure.retry_timeout_ms));
         let row = task.clone();
-        self.command(&task.instance_id, move |tr| Ok(tr.fail_external_task(row.clone())?))
-            .await?;
+        self.command(&task.instance_id, move |tr| {
+            Ok(tr.fail_external_task(row.clone())?)
+        })
+        .await?;
         Ok(task)
     }
 
     /// Gives a failed external task new retries (resolving its incident when above 0).
     pub async fn set_external_retries(&self, id: &str, retries: i32) -> Result<ExternalTaskRecord> {
         if retries < 0 {
-            return Err(EngineError::BadRequest("retries must not be negative".into()));
+            return Err(EngineError::BadRequest(
+                "retries must not be negative".into(),
+            ));
         }
         let mut task = self.external_task(id).await?;
         task.retries = Some(retries);
         task.retry_at = None;
         let row = task.clone();
-        self.command(&task.instance_id, move |tr| Ok(tr.update_external_task(row.clone())?))
-            .await?;
+        self.command(&task.instance_id, move |tr| {
+            Ok(tr.update_external_task(row.clone())?)
+        })
+        .await?;
         Ok(task)
     }
 
@@ -339,8 +466,10 @@ impl Engine {
         task.worker_id = None;
         task.lock_expires_at = None;
         let row = task.clone();
-        self.command(&task.instance_id, move |tr| Ok(tr.update_external_task(row.clone())?))
-            .await?;
+        self.command(&task.instance_id, move |tr| {
+            Ok(tr.update_external_task(row.clone())?)
+        })
+        .await?;
         Ok(task)
     }
 
@@ -352,7 +481,10 @@ impl Engine {
 
     /// Retries the element an incident stopped at (after fixing its cause).
     pub async fn retry_incident(&self, id: &str) -> Result<InstanceRecord> {
-        let filter = IncidentFilter { instance_id: None, open_only: true };
+        let filter = IncidentFilter {
+            instance_id: None,
+            open_only: true,
+        };
         let inc = self
             .store
             .list_incidents(&filter)
@@ -366,20 +498,27 @@ impl Engine {
             ));
         }
         let inc_id = inc.id.clone();
-        self.command(&inc.instance_id, move |tr| Ok(tr.retry_incident(&inc_id)?)).await
+        self.command(&inc.instance_id, move |tr| Ok(tr.retry_incident(&inc_id)?))
+            .await
     }
 
     // ---- timers ----------------------------------------------------------------
 
     /// Fires up to `limit` due timers; returns how many fired.
     pub async fn fire_due_timers(&self, limit: usize) -> Result<usize> {
-        let now = self.clock.now();
+        let now = self.now();
         let lock_until = now + chrono::Duration::minutes(5);
-        let due = self.store.acquire_due_timers(&self.node_id, now, lock_until, limit).await?;
+        let due = self
+            .store
+            .acquire_due_timers(&self.node_id, now, lock_until, limit)
+            .await?;
         let mut fired = 0;
         for t in due {
             let timer_id = t.id.clone();
-            match self.command(&t.instance_id, move |tr| Ok(tr.fire_timer(&timer_id)?)).await {
+            match self
+                .command(&t.instance_id, move |tr| Ok(tr.fire_timer(&timer_id)?))
+                .await
+            {
                 Ok(_) => fired += 1,
                 Err(EngineError::NotFound { .. }) | Err(EngineError::Conflict(_)) => {
                     tracing::debug!(timer = %t.id, "timer no longer awaited");

@@ -75,7 +75,10 @@ pub enum ElementKind {
     PassThrough,
     UserTask(UserTaskDef),
     /// Service/send/business-rule task executed by an external worker (topic / job type).
-    ExternalTask { topic: Expression, retries: Option<i32> },
+    ExternalTask {
+        topic: Expression,
+        retries: Option<i32>,
+    },
     ExclusiveGateway,
     ParallelGateway,
     InclusiveGateway,
@@ -86,7 +89,9 @@ impl ElementKind {
     pub fn is_gateway(&self) -> bool {
         matches!(
             self,
-            ElementKind::ExclusiveGateway | ElementKind::ParallelGateway | ElementKind::InclusiveGateway
+            ElementKind::ExclusiveGateway
+                | ElementKind::ParallelGateway
+                | ElementKind::InclusiveGateway
         )
     }
 }

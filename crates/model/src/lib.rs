@@ -11,9 +11,7 @@ mod parse;
 mod timer;
 
 pub use error::ModelError;
-pub use graph::{
-    Element, ElementKind, Flow, IoMapping, ProcessDefinition, TimerDef, UserTaskDef,
-};
+pub use graph::{Element, ElementKind, Flow, IoMapping, ProcessDefinition, TimerDef, UserTaskDef};
 pub use parse::parse_definitions;
-pub use timer::{parse_date_time, parse_duration, IsoDuration};
 pub use steadyflow_expr as expr;
+pub use timer::{IsoDuration, parse_date_time, parse_duration};

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use roxmltree::{Document, Node};
 use steadyflow_expr::Expression;
 
-use crate::graph::{Element, ElementKind, Flow, IoMapping, ProcessDefinition, TimerDef, UserTaskDef};
-use crate::timer::{parse_date_time, parse_duration};
 use crate::ModelError;
+use crate::graph::{
+    Element, ElementKind, Flow, IoMapping, ProcessDefinition, TimerDef, UserTaskDef,
+};
+use crate::timer::{parse_date_time, parse_duration};
 
 const BPMN: &str = "http://www.omg.org/spec/BPMN/20100524/MODEL";
 const CAMUNDA: &str = "http://camunda.org/schema/1.0/bpmn";
@@ -150,9 +152,9 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
             .map(str::to_string)
             .unwrap_or_else(|| format!("flow#{i}"));
         let endpoint = |attr: &str| -> Result<usize, ModelError> {
-            let r = n.attribute(attr).ok_or_else(|| {
-                ModelError::invalid(&id, format!("sequence flow has no {attr}"))
-            })?;
+            let r = n
+                .attribute(attr)
+                .ok_or_else(|| ModelError::invalid(&id, format!("sequence flow has no {attr}")))?;
             index.get(r).copied().ok_or_else(|| {
                 ModelError::invalid(&id, format!("{attr} `{r}` names no element of the process"))
             })
@@ -169,7 +171,11 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
                     ));
                 }
                 let text = text_of(c);
-                if text.is_empty() { None } else { Some(expr(&text, &id)?) }
+                if text.is_empty() {
+                    None
+                } else {
+                    Some(expr(&text, &id)?)
+                }
             }
             None => None,
         };
@@ -186,7 +192,10 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
 
     for (el, flow_id) in defaults {
         let f = *flow_index.get(&flow_id).ok_or_else(|| {
-            ModelError::invalid(&elements[el].id, format!("default flow `{flow_id}` does not exist"))
+            ModelError::invalid(
+                &elements[el].id,
+                format!("default flow `{flow_id}` does not exist"),
+            )
         })?;
         if flows[f].source != el {
             return Err(ModelError::invalid(
@@ -202,12 +211,25 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
         .collect();
     let start = match starts.as_slice() {
         [one] => *one,
-        [] => return Err(ModelError::invalid(&key, "the process has no none start event")),
-        _ => return Err(ModelError::invalid(&key, "the process has more than one none start event")),
+        [] => {
+            return Err(ModelError::invalid(
+                &key,
+                "the process has no none start event",
+            ));
+        }
+        _ => {
+            return Err(ModelError::invalid(
+                &key,
+                "the process has more than one none start event",
+            ));
+        }
     };
     for e in &elements {
         if matches!(e.kind, ElementKind::StartEvent) && !e.incoming.is_empty() {
-            return Err(ModelError::invalid(&e.id, "a start event cannot have incoming flows"));
+            return Err(ModelError::invalid(
+                &e.id,
+                "a start event cannot have incoming flows",
+            ));
         }
     }
 
@@ -227,7 +249,11 @@ fn reachability(elements: &[Element], flows: &[Flow]) -> Vec<Vec<u64>> {
     let words = elements.len().div_ceil(64).max(1);
     let mut reach = vec![vec![0u64; words]; elements.len()];
     for (from, row) in reach.iter_mut().enumerate() {
-        let mut stack: Vec<usize> = elements[from].outgoing.iter().map(|f| flows[*f].target).collect();
+        let mut stack: Vec<usize> = elements[from]
+            .outgoing
+            .iter()
+            .map(|f| flows[*f].target)
+            .collect();
         while let Some(n) = stack.pop() {
             if row[n / 64] & (1 << (n % 64)) != 0 {
                 continue;
@@ -251,7 +277,9 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
     for c in bpmn_children(n) {
         let name = c.tag_name().name();
         if name == "multiInstanceLoopCharacteristics" || name == "standardLoopCharacteristics" {
-            return Err(unsupported(&format!("<{name}> (loops and multi-instance) is not supported yet")));
+            return Err(unsupported(&format!(
+                "<{name}> (loops and multi-instance) is not supported yet"
+            )));
         }
     }
     let ext = extensions(n, tag, id)?;
@@ -264,7 +292,9 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
                 "<{}> on <{tag}> is not supported yet",
                 d.tag_name().name()
             ))),
-            _ => Err(unsupported("several event definitions on one event are not supported")),
+            _ => Err(unsupported(
+                "several event definitions on one event are not supported",
+            )),
         }
     };
     let kind = match tag {
@@ -282,7 +312,11 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         }
         "intermediateCatchEvent" => match only_def(&["timerEventDefinition"])? {
             Some(t) => ElementKind::TimerCatch(timer(t, tag, id)?),
-            None => return Err(unsupported("an intermediate catch event needs an event definition")),
+            None => {
+                return Err(unsupported(
+                    "an intermediate catch event needs an event definition",
+                ));
+            }
         },
         "task" | "manualTask" => ElementKind::PassThrough,
         "userTask" => ElementKind::UserTask(user_task(n, id, &ext)?),
@@ -293,7 +327,9 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         "scriptTask" => {
             return Err(unsupported(&format!(
                 "script tasks{} cannot run in Steadyflow yet; model the work as an external service task",
-                n.attribute("scriptFormat").map(|f| format!(" ({f})")).unwrap_or_default()
+                n.attribute("scriptFormat")
+                    .map(|f| format!(" ({f})"))
+                    .unwrap_or_default()
             )));
         }
         _ => return Err(unsupported(&format!("<{tag}> is not supported yet"))),
@@ -320,7 +356,11 @@ struct Extensions<'a, 'i> {
     zeebe_assignment: Option<Node<'a, 'i>>,
 }
 
-fn extensions<'a, 'i>(n: Node<'a, 'i>, tag: &str, id: &str) -> Result<Extensions<'a, 'i>, ModelError> {
+fn extensions<'a, 'i>(
+    n: Node<'a, 'i>,
+    tag: &str,
+    id: &str,
+) -> Result<Extensions<'a, 'i>, ModelError> {
     let mut ext = Extensions::default();
     let Some(block) = child(n, "extensionElements") else {
         return Ok(ext);
@@ -342,9 +382,9 @@ fn extensions<'a, 'i>(n: Node<'a, 'i>, tag: &str, id: &str) -> Result<Extensions
             (true, "ioMapping") => {
                 for m in e.children().filter(|c| c.is_element()) {
                     let source = m.attribute("source").unwrap_or("");
-                    let target = m.attribute("target").ok_or_else(|| {
-                        ModelError::invalid(id, "an io mapping has no target")
-                    })?;
+                    let target = m
+                        .attribute("target")
+                        .ok_or_else(|| ModelError::invalid(id, "an io mapping has no target"))?;
                     let mapping = IoMapping {
                         source: expr(source, id)?,
                         target: target.to_string(),
@@ -353,7 +393,10 @@ fn extensions<'a, 'i>(n: Node<'a, 'i>, tag: &str, id: &str) -> Result<Extensions
                         "input" => ext.inputs.push(mapping),
                         "output" => ext.outputs.push(mapping),
                         other => {
-                            return Err(ModelError::invalid(id, format!("unknown io mapping <{other}>")));
+                            return Err(ModelError::invalid(
+                                id,
+                                format!("unknown io mapping <{other}>"),
+                            ));
                         }
                     }
                 }
@@ -376,13 +419,15 @@ fn split_list(text: &str, id: &str) -> Result<Vec<Expression>, ModelError> {
 
 fn user_task(n: Node, id: &str, ext: &Extensions) -> Result<UserTaskDef, ModelError> {
     let mut def = UserTaskDef::default();
-    if let Some(name) = n.attribute("name").filter(|s| s.contains("${") || s.contains("#{")) {
+    if let Some(name) = n
+        .attribute("name")
+        .filter(|s| s.contains("${") || s.contains("#{"))
+    {
         def.name = Some(expr(name, id)?);
     }
     let attr = |local: &str| {
-        n.attribute((CAMUNDA, local)).or_else(|| {
-            ext.zeebe_assignment.and_then(|z| z.attribute(local))
-        })
+        n.attribute((CAMUNDA, local))
+            .or_else(|| ext.zeebe_assignment.and_then(|z| z.attribute(local)))
     };
     if let Some(a) = attr("assignee").filter(|s| !s.trim().is_empty()) {
         def.assignee = Some(expr(a, id)?);
@@ -430,7 +475,12 @@ fn user_task(n: Node, id: &str, ext: &Extensions) -> Result<UserTaskDef, ModelEr
     Ok(def)
 }
 
-fn external_task(n: Node, tag: &str, id: &str, ext: &Extensions) -> Result<ElementKind, ModelError> {
+fn external_task(
+    n: Node,
+    tag: &str,
+    id: &str,
+    ext: &Extensions,
+) -> Result<ElementKind, ModelError> {
     let unsupported = |reason: String| ModelError::unsupported(tag, id, reason);
     for java in ["class", "expression", "delegateExpression", "decisionRef"] {
         if let Some(v) = n.attribute((CAMUNDA, java)) {
@@ -445,7 +495,10 @@ fn external_task(n: Node, tag: &str, id: &str, ext: &Extensions) -> Result<Eleme
             .ok_or_else(|| ModelError::invalid(id, "zeebe:taskDefinition has no type"))?;
         let retries = match z.attribute("retries") {
             Some(r) => Some(r.trim().parse::<i32>().map_err(|_| {
-                ModelError::invalid(id, format!("zeebe:taskDefinition retries `{r}` is not a number"))
+                ModelError::invalid(
+                    id,
+                    format!("zeebe:taskDefinition retries `{r}` is not a number"),
+                )
             })?),
             None => None,
         };
@@ -476,21 +529,34 @@ fn external_task(n: Node, tag: &str, id: &str, ext: &Extensions) -> Result<Eleme
 fn timer(def: Node, tag: &str, id: &str) -> Result<TimerDef, ModelError> {
     let pick = |local: &str| child(def, local).map(text_of);
     if pick("timeCycle").is_some() {
-        return Err(ModelError::unsupported(tag, id, "timeCycle timers are not supported yet"));
+        return Err(ModelError::unsupported(
+            tag,
+            id,
+            "timeCycle timers are not supported yet",
+        ));
     }
     if let Some(text) = pick("timeDuration") {
         let e = expr(&text, id)?;
         if e.is_literal() && parse_duration(&text).is_none() {
-            return Err(ModelError::invalid(id, format!("`{text}` is not an ISO-8601 duration")));
+            return Err(ModelError::invalid(
+                id,
+                format!("`{text}` is not an ISO-8601 duration"),
+            ));
         }
         return Ok(TimerDef::Duration(e));
     }
     if let Some(text) = pick("timeDate") {
         let e = expr(&text, id)?;
         if e.is_literal() && parse_date_time(&text).is_none() {
-            return Err(ModelError::invalid(id, format!("`{text}` is not an ISO-8601 date-time")));
+            return Err(ModelError::invalid(
+                id,
+                format!("`{text}` is not an ISO-8601 date-time"),
+            ));
         }
         return Ok(TimerDef::Date(e));
     }
-    Err(ModelError::invalid(id, "a timer needs timeDuration or timeDate"))
+    Err(ModelError::invalid(
+        id,
+        "a timer needs timeDuration or timeDate",
+    ))
 }

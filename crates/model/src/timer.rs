@@ -96,7 +96,10 @@ mod tests {
     fn duration_after_is_calendar_aware() {
         let t = parse_date_time("2026-01-31T00:00:00Z").unwrap();
         let one_month = parse_duration("P1M").unwrap();
-        assert_eq!(one_month.after(t).unwrap(), parse_date_time("2026-02-28T00:00:00Z").unwrap());
+        assert_eq!(
+            one_month.after(t).unwrap(),
+            parse_date_time("2026-02-28T00:00:00Z").unwrap()
+        );
     }
 
     #[test]

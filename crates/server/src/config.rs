@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use figment::providers::{Env, Format, Serialized, Yaml};
 use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, clap::Args, Default)]
@@ -49,9 +49,9 @@ impl Default for Config {
 
 impl Config {
     pub fn database_url(&self) -> String {
-        self.database_url
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("steadyflow.db").display()))
+        self.database_url.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.data_dir.join("steadyflow.db").display())
+        })
     }
 }
 
@@ -73,7 +73,11 @@ pub fn load(file: Option<&Path>, db: &DbArgs, listen: Option<&str>) -> Result<Co
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     match file {
         Some(f) => {
-            anyhow::ensure!(f.is_file(), "configuration file {} does not exist", f.display());
+            anyhow::ensure!(
+                f.is_file(),
+                "configuration file {} does not exist",
+                f.display()
+            );
             fig = fig.merge(Yaml::file(f));
         }
         None => {
@@ -83,7 +87,12 @@ pub fn load(file: Option<&Path>, db: &DbArgs, listen: Option<&str>) -> Result<Co
             }
         }
     }
-    fig = fig.merge(Env::prefixed("STEADYFLOW_").only(&["listen", "database_url", "data_dir", "timer_poll_ms"]));
+    fig = fig.merge(Env::prefixed("STEADYFLOW_").only(&[
+        "listen",
+        "database_url",
+        "data_dir",
+        "timer_poll_ms",
+    ]));
     if let Some(l) = listen {
         fig = fig.merge(("listen", l));
     }
@@ -108,10 +117,23 @@ mod tests {
         let cfg = load(Some(&file), &DbArgs::default(), None).unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:9000");
         assert_eq!(cfg.database_url(), "sqlite:///var/lib/sf/steadyflow.db");
-        let db = DbArgs { database_url: Some("postgres://h/db".into()), data_dir: None };
+        let db = DbArgs {
+            database_url: Some("postgres://h/db".into()),
+            data_dir: None,
+        };
         let cfg = load(Some(&file), &db, Some("127.0.0.1:1")).unwrap();
-        assert_eq!((cfg.listen.as_str(), cfg.database_url().as_str()), ("127.0.0.1:1", "postgres://h/db"));
-        assert!(load(Some(&dir.path().join("missing.yaml")), &DbArgs::default(), None).is_err());
+        assert_eq!(
+            (cfg.listen.as_str(), cfg.database_url().as_str()),
+            ("127.0.0.1:1", "postgres://h/db")
+        );
+        assert!(
+            load(
+                Some(&dir.path().join("missing.yaml")),
+                &DbArgs::default(),
+                None
+            )
+            .is_err()
+        );
     }
 
     #[test]

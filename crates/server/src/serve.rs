@@ -8,7 +8,7 @@ use steadyflow_api::{AllowAll, AppState};
 use steadyflow_engine::{Engine, SystemClock};
 use tokio::sync::watch;
 
-use crate::config::{redact, Config};
+use crate::config::{Config, redact};
 
 pub async fn run(cfg: Config) -> Result<()> {
     let url = cfg.database_url();
@@ -16,9 +16,16 @@ pub async fn run(cfg: Config) -> Result<()> {
     let store = crate::stores::open(&url).await?;
     let engine = Arc::new(Engine::new(store, Arc::new(SystemClock)));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let timers = tokio::spawn(timer_driver(engine.clone(), Duration::from_millis(cfg.timer_poll_ms), stop_rx));
+    let timers = tokio::spawn(timer_driver(
+        engine.clone(),
+        Duration::from_millis(cfg.timer_poll_ms),
+        stop_rx,
+    ));
 
-    let app = steadyflow_api::router(AppState { engine: engine.clone(), auth: Arc::new(AllowAll) });
+    let app = steadyflow_api::router(AppState {
+        engine: engine.clone(),
+        auth: Arc::new(AllowAll),
+    });
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -57,7 +64,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

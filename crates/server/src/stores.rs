@@ -2,15 +2,17 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use steadyflow_store::Store;
 
 pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         let url = url.to_string();
-        let store = tokio::task::spawn_blocking(move || steadyflow_store_sqlite::SqliteStore::open_url(&url))
-            .await?
-            .context("cannot open the SQLite database")?;
+        let store = tokio::task::spawn_blocking(move || {
+            steadyflow_store_sqlite::SqliteStore::open_url(&url)
+        })
+        .await?
+        .context("cannot open the SQLite database")?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let store = steadyflow_store_pg::PgStore::connect(url)

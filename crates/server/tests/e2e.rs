@@ -1,14 +1,18 @@
 //! End-to-end tests across crates, in one test binary (one link on 2 cores):
-//! the BPMN conformance runner over the shared corpus, the HTTP path against a started
-//! `steadyflow serve`, and multi-node behaviour on PostgreSQL.
+//! the BPMN conformance runner over the shared corpus (in process on SQLite and
+//! PostgreSQL, and over HTTP against a started `steadyflow serve`), crash consistency,
+//! and two engine nodes sharing one PostgreSQL database.
 
 mod e2e {
+    pub mod consistency;
     pub mod corpus;
     pub mod driver;
+    pub mod http_driver;
     pub mod runner;
+    pub mod server;
     pub mod services;
-}
 
-mod conformance {
-    include!("e2e/conformance_tests.rs");
+    mod cluster_tests;
+    mod conformance_tests;
+    mod crash_tests;
 }

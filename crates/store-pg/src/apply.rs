@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
@@ -18,7 +19,9 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::Json;
 use tokio_postgres::{Row, Statement};
 
-use crate::error::{db_err, duplicate, is_retryable, is_unique_violation, pool_err, server_rejected};
+use crate::error::{
+    db_err, duplicate, is_retryable, is_unique_violation, pool_err, server_rejected,
+};
 use crate::pipeline::{self, Finish, JOURNAL_INSERT, JournalEntry, Param, Step, TxError};
 use crate::rows::{self, INCIDENT_COLS, ms};
 
@@ -27,19 +30,67 @@ pub(crate) struct Job {
     pub reply: oneshot::Sender<Result<()>>,
 }
 
+/// Counters of the writer tasks, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub transactions: AtomicU64,
+    pub committed: AtomicU64,
+    pub conflicts: AtomicU64,
+    pub retried_alone: AtomicU64,
+}
+
+/// Snapshot of the `apply` writer's counters since the store was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Transactions attempted (committed or not).
+    pub transactions: u64,
+    /// Change sets committed.
+    pub committed: u64,
+    /// Change sets answered with `Conflict`.
+    pub conflicts: u64,
+    /// Change sets retried alone after their batch was rejected.
+    pub retried_alone: u64,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            committed: self.committed.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+            retried_alone: self.retried_alone.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Starts `writers` writer tasks on the current Tokio runtime; they stop when the
 /// returned sender (and every clone) is dropped.
-pub(crate) fn spawn_writers(pool: Pool, writers: usize, max_batch: usize) -> mpsc::Sender<Job> {
+pub(crate) fn spawn_writers(
+    pool: Pool,
+    writers: usize,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) -> mpsc::Sender<Job> {
     let max_batch = max_batch.max(1);
     let (tx, rx) = mpsc::channel(max_batch * writers.max(1) * 4);
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..writers.max(1) {
-        tokio::spawn(writer_loop(pool.clone(), rx.clone(), max_batch));
+        tokio::spawn(writer_loop(
+            pool.clone(),
+            rx.clone(),
+            max_batch,
+            counters.clone(),
+        ));
     }
     tx
 }
 
-async fn writer_loop(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch: usize) {
+async fn writer_loop(
+    pool: Pool,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
     // Change sets held back because their instance was already in the batch; they go
     // first into the next one, so one instance's commands keep their order.
     let mut carry: VecDeque<Job> = VecDeque::new();
@@ -74,7 +125,7 @@ async fn writer_loop(pool: Pool, rx: Arc<Mutex<mpsc::Receiver<Job>>>, max_batch:
                 }
             }
         }
-        commit_batch(&pool, batch).await;
+        commit_batch(&pool, batch, &counters).await;
     }
 }
 
@@ -91,11 +142,15 @@ enum Attempt {
     },
 }
 
-async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>) {
+async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>, counters: &Counters) {
     loop {
         let changes: Vec<&ChangeSet> = jobs.iter().map(|j| &j.change).collect();
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
         match attempt(pool, &changes).await {
             Attempt::Committed => {
+                counters
+                    .committed
+                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
                 for job in jobs {
                     let _ = job.reply.send(Ok(()));
                 }
@@ -105,7 +160,10 @@ async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>) {
                 let mut rest = Vec::with_capacity(jobs.len());
                 for (i, job) in jobs.into_iter().enumerate() {
                     if lost.contains(&i) {
-                        let _ = job.reply.send(Err(StoreError::Conflict(job.change.instance.id.clone())));
+                        counters.conflicts.fetch_add(1, Ordering::Relaxed);
+                        let _ = job
+                            .reply
+                            .send(Err(StoreError::Conflict(job.change.instance.id.clone())));
                     } else {
                         rest.push(job);
                     }
@@ -115,11 +173,23 @@ async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>) {
                 }
                 jobs = rest;
             }
-            Attempt::Failed { error, rolled_back, .. } => {
+            Attempt::Failed {
+                error, rolled_back, ..
+            } => {
                 if rolled_back && jobs.len() > 1 {
                     tracing::debug!(%error, size = jobs.len(), "batch rejected; retrying its change sets one by one");
+                    counters
+                        .retried_alone
+                        .fetch_add(jobs.len() as u64, Ordering::Relaxed);
                     for job in jobs {
-                        let result = apply_alone(pool, &job.change).await;
+                        let result = apply_alone(pool, &job.change, counters).await;
+                        match &result {
+                            Ok(()) => counters.committed.fetch_add(1, Ordering::Relaxed),
+                            Err(StoreError::Conflict(_)) => {
+                                counters.conflicts.fetch_add(1, Ordering::Relaxed)
+                            }
+                            Err(_) => 0,
+                        };
                         let _ = job.reply.send(result);
                     }
                 } else {
@@ -133,20 +203,27 @@ async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>) {
     }
 }
 
-async fn apply_alone(pool: &Pool, change: &ChangeSet) -> Result<()> {
+async fn apply_alone(pool: &Pool, change: &ChangeSet, counters: &Counters) -> Result<()> {
     let mut tries = 0;
     loop {
+        counters.transactions.fetch_add(1, Ordering::Relaxed);
         match attempt(pool, &[change]).await {
             Attempt::Committed => return Ok(()),
             Attempt::Conflicts(_) => return Err(StoreError::Conflict(change.instance.id.clone())),
-            Attempt::Failed { transient: true, .. } if tries < 3 => tries += 1,
+            Attempt::Failed {
+                transient: true, ..
+            } if tries < 3 => tries += 1,
             Attempt::Failed { error, .. } => return Err(error),
         }
     }
 }
 
 async fn attempt(pool: &Pool, changes: &[&ChangeSet]) -> Attempt {
-    let failed = |error| Attempt::Failed { error, rolled_back: true, transient: false };
+    let failed = |error| Attempt::Failed {
+        error,
+        rolled_back: true,
+        transient: false,
+    };
     let client = match pool.get().await {
         Ok(c) => c,
         Err(e) => return failed(pool_err(e)),
@@ -158,8 +235,10 @@ async fn attempt(pool: &Pool, changes: &[&ChangeSet]) -> Attempt {
     let batch = Batch::new(changes);
     let tx_time = chrono::Utc::now().timestamp_millis();
     let (steps, slots) = batch.steps(&stmts, &tx_time);
-    let result =
-        pipeline::transact(&client, &stmts.journal, tx_time, steps, |rows| batch.finish(&slots, rows)).await;
+    let result = pipeline::transact(&client, &stmts.journal, tx_time, steps, |rows| {
+        batch.finish(&slots, rows)
+    })
+    .await;
     match result {
         Ok(Ok(())) => Attempt::Committed,
         Ok(Err(lost)) => Attempt::Conflicts(lost),
@@ -395,7 +474,10 @@ struct Slots {
 
 impl<'c> Batch<'c> {
     fn new(changes: &[&'c ChangeSet]) -> Self {
-        let mut b = Batch { changes: changes.to_vec(), ..Batch::default() };
+        let mut b = Batch {
+            changes: changes.to_vec(),
+            ..Batch::default()
+        };
         // One upsert per external task id (the last wins): ON CONFLICT may not touch a
         // row twice in one statement.
         let mut external: Vec<&'c ExternalTaskRecord> = Vec::new();
@@ -408,7 +490,8 @@ impl<'c> Batch<'c> {
                     b.expected.push(v);
                 }
             }
-            b.removed_tasks.extend(c.tasks_removed.iter().map(String::as_str));
+            b.removed_tasks
+                .extend(c.tasks_removed.iter().map(String::as_str));
             for t in &c.tasks_created {
                 let cols = &mut b.tasks;
                 cols.id.push(&t.id);
@@ -421,7 +504,8 @@ impl<'c> Batch<'c> {
                 cols.candidate_groups.push(Json(&t.candidate_groups));
                 cols.created_at.push(ms(t.created_at));
             }
-            b.removed_external.extend(c.external_removed.iter().map(String::as_str));
+            b.removed_external
+                .extend(c.external_removed.iter().map(String::as_str));
             for e in &c.external_upserted {
                 match external_pos.get(e.id.as_str()) {
                     Some(&pos) => external[pos] = e,
@@ -431,7 +515,8 @@ impl<'c> Batch<'c> {
                     }
                 }
             }
-            b.removed_timers.extend(c.timers_removed.iter().map(String::as_str));
+            b.removed_timers
+                .extend(c.timers_removed.iter().map(String::as_str));
             for t in &c.timers_created {
                 let cols = &mut b.timers;
                 cols.id.push(&t.id);
@@ -453,7 +538,8 @@ impl<'c> Batch<'c> {
                 cols.created_at.push(ms(i.created_at));
                 cols.resolved_at.push(i.resolved_at.map(ms));
             }
-            b.resolved_incidents.extend(c.incidents_resolved.iter().map(String::as_str));
+            b.resolved_incidents
+                .extend(c.incidents_resolved.iter().map(String::as_str));
             for h in &c.history {
                 let cols = &mut b.history;
                 cols.instance_id.push(&h.instance_id);
@@ -510,7 +596,16 @@ impl<'c> Batch<'c> {
         if !u.id.is_empty() {
             slots.updated = Some(push(
                 &s.update_instances,
-                vec![&u.id, &u.business_key, &u.state, &u.variables, &u.runtime, &u.version, &u.ended_at, &self.expected],
+                vec![
+                    &u.id,
+                    &u.business_key,
+                    &u.state,
+                    &u.variables,
+                    &u.runtime,
+                    &u.version,
+                    &u.ended_at,
+                    &self.expected,
+                ],
             ));
         }
         if !self.removed_tasks.is_empty() {
@@ -562,7 +657,15 @@ impl<'c> Batch<'c> {
         if !t.id.is_empty() {
             push(
                 &s.insert_timers,
-                vec![&t.id, &t.instance_id, &t.activity_id, &t.due_at, &t.owner, &t.lock_until, &t.created_at],
+                vec![
+                    &t.id,
+                    &t.instance_id,
+                    &t.activity_id,
+                    &t.due_at,
+                    &t.owner,
+                    &t.lock_until,
+                    &t.created_at,
+                ],
             );
         }
         let i = &self.incidents;
@@ -582,11 +685,17 @@ impl<'c> Batch<'c> {
             );
         }
         if !self.resolved_incidents.is_empty() {
-            slots.resolved = Some(push(&s.resolve_incidents, vec![tx_time, &self.resolved_incidents]));
+            slots.resolved = Some(push(
+                &s.resolve_incidents,
+                vec![tx_time, &self.resolved_incidents],
+            ));
         }
         let h = &self.history;
         if !h.instance_id.is_empty() {
-            push(&s.insert_history, vec![&h.instance_id, &h.time, &h.event, &h.activity_id, &h.detail]);
+            push(
+                &s.insert_history,
+                vec![&h.instance_id, &h.time, &h.event, &h.activity_id, &h.detail],
+            );
         }
         (steps, slots)
     }
@@ -629,22 +738,42 @@ impl<'c> Batch<'c> {
         let mut journal = Vec::new();
         for c in &self.changes {
             let i = &c.instance;
-            let op = if c.expected_version.is_some() { "update" } else { "insert" };
+            let op = if c.expected_version.is_some() {
+                "update"
+            } else {
+                "insert"
+            };
             journal.push(JournalEntry::new("instance", &i.id, op, i)?);
-            for id in c.tasks_removed.iter().filter(|id| removed_tasks.contains(*id)) {
+            for id in c
+                .tasks_removed
+                .iter()
+                .filter(|id| removed_tasks.contains(*id))
+            {
                 journal.push(JournalEntry::delete("task", id));
             }
             for t in &c.tasks_created {
                 journal.push(JournalEntry::new("task", &t.id, "insert", t)?);
             }
-            for id in c.external_removed.iter().filter(|id| removed_external.contains(*id)) {
+            for id in c
+                .external_removed
+                .iter()
+                .filter(|id| removed_external.contains(*id))
+            {
                 journal.push(JournalEntry::delete("externalTask", id));
             }
             for e in &c.external_upserted {
-                let op = if inserted_external.get(&e.id).copied().unwrap_or(true) { "insert" } else { "update" };
+                let op = if inserted_external.get(&e.id).copied().unwrap_or(true) {
+                    "insert"
+                } else {
+                    "update"
+                };
                 journal.push(JournalEntry::new("externalTask", &e.id, op, e)?);
             }
-            for id in c.timers_removed.iter().filter(|id| removed_timers.contains(*id)) {
+            for id in c
+                .timers_removed
+                .iter()
+                .filter(|id| removed_timers.contains(*id))
+            {
                 journal.push(JournalEntry::delete("timer", id));
             }
             for t in &c.timers_created {

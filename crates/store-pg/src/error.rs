@@ -25,7 +25,10 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
         return StoreError::Unavailable(e.to_string());
     }
     let text = e.to_string();
-    if text.starts_with("error connecting") || text.starts_with("timeout") || text.starts_with("error communicating") {
+    if text.starts_with("error connecting")
+        || text.starts_with("timeout")
+        || text.starts_with("error communicating")
+    {
         StoreError::Unavailable(with_source(&e))
     } else {
         StoreError::Backend(with_source(&e))
@@ -46,9 +49,9 @@ fn is_io(e: &tokio_postgres::Error) -> bool {
 pub(crate) fn pool_err(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => db_err(e),
-        PoolError::Timeout(kind) => {
-            StoreError::Unavailable(format!("timed out waiting for a database connection ({kind:?})"))
-        }
+        PoolError::Timeout(kind) => StoreError::Unavailable(format!(
+            "timed out waiting for a database connection ({kind:?})"
+        )),
         PoolError::Closed => StoreError::Unavailable("connection pool closed".into()),
         other => StoreError::Unavailable(other.to_string()),
     }
@@ -81,7 +84,10 @@ pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
 pub(crate) fn duplicate(e: &StoreError) -> StoreError {
     match e {
         StoreError::Conflict(id) => StoreError::Conflict(id.clone()),
-        StoreError::NotFound { what, id } => StoreError::NotFound { what, id: id.clone() },
+        StoreError::NotFound { what, id } => StoreError::NotFound {
+            what,
+            id: id.clone(),
+        },
         StoreError::Rejected(m) => StoreError::Rejected(m.clone()),
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Backend(m) => StoreError::Backend(m.clone()),

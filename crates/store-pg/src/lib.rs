@@ -42,6 +42,7 @@ use steadyflow_store::*;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::NoTls;
 
+pub use apply::WriterStats;
 pub use migrate::latest_version as schema_version;
 
 use crate::error::{db_err, pool_err};
@@ -61,20 +62,31 @@ pub struct PgOptions {
 
 impl Default for PgOptions {
     fn default() -> Self {
-        PgOptions { pool_size: 16, writers: 4, max_batch: 64, acquire_timeout: Duration::from_secs(10) }
+        PgOptions {
+            pool_size: 16,
+            writers: 4,
+            max_batch: 64,
+            acquire_timeout: Duration::from_secs(10),
+        }
     }
 }
 
 /// PostgreSQL-backed [`Store`]. Cheap to share behind an `Arc`; its writer tasks run on
 /// the Tokio runtime that called [`PgStore::connect`] and stop when it is dropped.
+///
+/// Clones share the pool and the writer.
+#[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
     writer: mpsc::Sender<apply::Job>,
+    counters: std::sync::Arc<apply::Counters>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgStore").field("pool", &self.pool.status()).finish()
+        f.debug_struct("PgStore")
+            .field("pool", &self.pool.status())
+            .finish()
     }
 }
 
@@ -88,9 +100,9 @@ impl PgStore {
     }
 
     pub async fn connect_with(url: &str, options: PgOptions) -> Result<PgStore> {
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Unavailable(format!("invalid PostgreSQL connection string: {e}")))?;
+        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
+            StoreError::Unavailable(format!("invalid PostgreSQL connection string: {e}"))
+        })?;
         let plan = "-c plan_cache_mode=force_custom_plan";
         let opts = match config.get_options() {
             Some(existing) if !existing.is_empty() => format!("{existing} {plan}"),
@@ -103,8 +115,13 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        let manager =
-            Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(options.pool_size.max(options.writers + 1))
             .runtime(Runtime::Tokio1)
@@ -116,13 +133,40 @@ impl PgStore {
             let mut client = pool.get().await.map_err(pool_err)?;
             migrate::migrate(&mut client).await?;
         }
-        let writer = apply::spawn_writers(pool.clone(), options.writers, options.max_batch);
-        Ok(PgStore { pool, writer })
+        let counters = std::sync::Arc::new(apply::Counters::default());
+        let writer = apply::spawn_writers(
+            pool.clone(),
+            options.writers,
+            options.max_batch,
+            counters.clone(),
+        );
+        Ok(PgStore {
+            pool,
+            writer,
+            counters,
+        })
+    }
+
+    /// Counters of the group-commit writer (transactions, committed change sets,
+    /// conflicts), e.g. for metrics: committed / transactions is the mean batch size.
+    pub fn writer_stats(&self) -> WriterStats {
+        self.counters.snapshot()
     }
 
     pub(crate) async fn client(&self) -> Result<deadpool_postgres::Client> {
         self.pool.get().await.map_err(pool_err)
     }
+}
+
+/// Runs a write transaction in its own task, so a caller that stops waiting (a
+/// dropped HTTP request) never interrupts it between `BEGIN` and `COMMIT`: a pipelined
+/// transaction cut short would return its connection to the pool still open.
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work)
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
 }
 
 #[async_trait]
@@ -138,7 +182,8 @@ impl Store for PgStore {
     }
 
     async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
-        self.write_deploy(defs, now).await
+        let this = self.clone();
+        detached(async move { this.write_deploy(defs, now).await }).await
     }
 
     async fn definition(&self, id: &str) -> Result<Option<DefinitionRecord>> {
@@ -167,7 +212,8 @@ impl Store for PgStore {
             .send(apply::Job { change, reply })
             .await
             .map_err(|_| StoreError::Unavailable("PostgreSQL writer stopped".into()))?;
-        done.await.map_err(|_| StoreError::Unavailable("PostgreSQL writer stopped".into()))?
+        done.await
+            .map_err(|_| StoreError::Unavailable("PostgreSQL writer stopped".into()))?
     }
 
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>> {
@@ -179,14 +225,18 @@ impl Store for PgStore {
     }
 
     async fn claim_task(&self, id: &str, user: &str, _now: Timestamp) -> Result<TaskRecord> {
-        self.write_claim(id, user).await
+        let (this, id, user) = (self.clone(), id.to_string(), user.to_string());
+        detached(async move { this.write_claim(&id, &user).await }).await
     }
 
     async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {
         self.read_external_task(id).await
     }
 
-    async fn list_external_tasks(&self, filter: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
+    async fn list_external_tasks(
+        &self,
+        filter: &ExternalTaskFilter,
+    ) -> Result<Vec<ExternalTaskRecord>> {
         self.read_external_tasks(filter).await
     }
 
@@ -197,7 +247,8 @@ impl Store for PgStore {
         topics: &[TopicLock],
         now: Timestamp,
     ) -> Result<Vec<LockedTask>> {
-        self.write_fetch_and_lock(worker, max, topics, now).await
+        let (this, worker, topics) = (self.clone(), worker.to_string(), topics.to_vec());
+        detached(async move { this.write_fetch_and_lock(&worker, max, &topics, now).await }).await
     }
 
     async fn acquire_due_timers(
@@ -207,7 +258,12 @@ impl Store for PgStore {
         lock_until: Timestamp,
         limit: usize,
     ) -> Result<Vec<TimerRecord>> {
-        self.write_acquire_timers(owner, now, lock_until, limit).await
+        let (this, owner) = (self.clone(), owner.to_string());
+        detached(async move {
+            this.write_acquire_timers(&owner, now, lock_until, limit)
+                .await
+        })
+        .await
     }
 
     async fn list_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>> {

@@ -8,8 +8,11 @@ use tokio_postgres::Client;
 use crate::error::db_err;
 
 /// `(version, name, sql)`, in order.
-pub(crate) const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/postgres/0001_init.sql"))];
+pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "init",
+    include_str!("../migrations/postgres/0001_init.sql"),
+)];
 
 /// Advisory lock key of the migration lock ("steadyfl" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7374_6561_6479_666c;
@@ -45,9 +48,12 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
     }
     let mut applied = Vec::new();
     for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        tx.batch_execute(sql)
-            .await
-            .map_err(|e| StoreError::Backend(format!("migration {version} ({name}) failed: {}", db_err(e))))?;
+        tx.batch_execute(sql).await.map_err(|e| {
+            StoreError::Backend(format!(
+                "migration {version} ({name}) failed: {}",
+                db_err(e)
+            ))
+        })?;
         tx.execute(
             "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
             &[version, name, &chrono::Utc::now().timestamp_millis()],

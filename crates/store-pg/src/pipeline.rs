@@ -30,7 +30,8 @@ pub(crate) enum Step<'a> {
     Query(Statement, Vec<Param<'a>>),
 }
 
-type StepFuture<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
+type StepFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a>>;
 
 /// Sends all steps back to back and waits for all answers, in order.
 pub(crate) async fn run<'a>(
@@ -41,7 +42,9 @@ pub(crate) async fn run<'a>(
         .iter()
         .map(|step| -> StepFuture<'a> {
             match step {
-                Step::Simple(sql) => Box::pin(async move { client.batch_execute(sql).await.map(|()| Vec::new()) }),
+                Step::Simple(sql) => {
+                    Box::pin(async move { client.batch_execute(sql).await.map(|()| Vec::new()) })
+                }
                 Step::Query(stmt, params) => Box::pin(client.query(stmt, params)),
             }
         })
@@ -51,7 +54,9 @@ pub(crate) async fn run<'a>(
 
 /// Polls every future, always in list order, until all are done. The first poll of each
 /// happens in order, which is what keeps the pipeline's requests in order.
-async fn join_in_order<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> Vec<T> {
+async fn join_in_order<T>(
+    mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>,
+) -> Vec<T> {
     let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;
@@ -63,10 +68,16 @@ async fn join_in_order<T>(mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send
                 }
             }
         }
-        if pending { Poll::Pending } else { Poll::Ready(()) }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     })
     .await;
-    out.into_iter().map(|v| v.expect("every future completed")).collect()
+    out.into_iter()
+        .map(|v| v.expect("every future completed"))
+        .collect()
 }
 
 /// A journal row to append in the current transaction.
@@ -79,13 +90,29 @@ pub(crate) struct JournalEntry {
 }
 
 impl JournalEntry {
-    pub fn new<T: serde::Serialize>(entity: &'static str, id: &str, op: &'static str, row: &T) -> Result<Self> {
-        let row = serde_json::to_value(row).map_err(|e| StoreError::Backend(format!("serializing {entity} {id}: {e}")))?;
-        Ok(JournalEntry { entity, entity_id: id.to_string(), op, row: Some(row) })
+    pub fn new<T: serde::Serialize>(
+        entity: &'static str,
+        id: &str,
+        op: &'static str,
+        row: &T,
+    ) -> Result<Self> {
+        let row = serde_json::to_value(row)
+            .map_err(|e| StoreError::Backend(format!("serializing {entity} {id}: {e}")))?;
+        Ok(JournalEntry {
+            entity,
+            entity_id: id.to_string(),
+            op,
+            row: Some(row),
+        })
     }
 
     pub fn delete(entity: &'static str, id: &str) -> Self {
-        JournalEntry { entity, entity_id: id.to_string(), op: "delete", row: None }
+        JournalEntry {
+            entity,
+            entity_id: id.to_string(),
+            op: "delete",
+            row: None,
+        }
     }
 }
 

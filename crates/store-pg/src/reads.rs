@@ -21,7 +21,8 @@ impl Where {
     /// Adds `clause`, where `$?` stands for the parameter `v`.
     fn param(&mut self, clause: &str, v: Owned) -> &mut Self {
         self.args.push(v);
-        self.clauses.push(clause.replace("$?", &format!("${}", self.args.len())));
+        self.clauses
+            .push(clause.replace("$?", &format!("${}", self.args.len())));
         self
     }
 
@@ -44,7 +45,8 @@ impl Where {
     fn limit(&mut self, limit: Option<usize>) -> String {
         match limit {
             Some(n) => {
-                self.args.push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)));
+                self.args
+                    .push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)));
                 format!(" LIMIT ${}", self.args.len())
             }
             None => String::new(),
@@ -53,33 +55,61 @@ impl Where {
 }
 
 impl PgStore {
-    pub(crate) async fn query_rows(&self, sql: &str, args: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+    pub(crate) async fn query_rows(
+        &self,
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
         client.query(&stmt, args).await.map_err(db_err)
     }
 
     async fn query_where(&self, sql: &str, w: &Where) -> Result<Vec<Row>> {
-        let args: Vec<&(dyn ToSql + Sync)> = w.args.iter().map(|a| a.as_ref() as &(dyn ToSql + Sync)).collect();
+        let args: Vec<&(dyn ToSql + Sync)> = w
+            .args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect();
         self.query_rows(sql, &args).await
     }
 
-    pub(crate) async fn read_definition(&self, by: &str, v: &str) -> Result<Option<DefinitionRecord>> {
-        let sql = format!("SELECT {DEFINITION_COLS}, xml FROM definitions WHERE {by} = $1 ORDER BY version DESC LIMIT 1");
+    pub(crate) async fn read_definition(
+        &self,
+        by: &str,
+        v: &str,
+    ) -> Result<Option<DefinitionRecord>> {
+        let sql = format!(
+            "SELECT {DEFINITION_COLS}, xml FROM definitions WHERE {by} = $1 ORDER BY version DESC LIMIT 1"
+        );
         let rows = self.query_rows(&sql, &[&v]).await?;
         rows.first().map(|r| rows::definition(r, true)).transpose()
     }
 
-    pub(crate) async fn read_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
+    pub(crate) async fn read_definitions(
+        &self,
+        key: Option<&str>,
+    ) -> Result<Vec<DefinitionRecord>> {
         let mut w = Where::default();
         w.eq("key", &key.map(str::to_string));
-        let sql = format!("SELECT {DEFINITION_COLS} FROM definitions{} ORDER BY key, version DESC", w.sql());
-        self.query_where(&sql, &w).await?.iter().map(|r| rows::definition(r, false)).collect()
+        let sql = format!(
+            "SELECT {DEFINITION_COLS} FROM definitions{} ORDER BY key, version DESC",
+            w.sql()
+        );
+        self.query_where(&sql, &w)
+            .await?
+            .iter()
+            .map(|r| rows::definition(r, false))
+            .collect()
     }
 
     pub(crate) async fn read_instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         let sql = format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = $1");
-        self.query_rows(&sql, &[&id]).await?.first().map(rows::instance).transpose()
+        self.query_rows(&sql, &[&id])
+            .await?
+            .first()
+            .map(rows::instance)
+            .transpose()
     }
 
     pub(crate) async fn read_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
@@ -88,47 +118,90 @@ impl PgStore {
             .eq("definition_key", &f.definition_key)
             .eq("business_key", &f.business_key);
         let limit = w.limit(f.limit);
-        let sql = format!("SELECT {INSTANCE_COLS} FROM instances{} ORDER BY started_at, id{limit}", w.sql());
-        self.query_where(&sql, &w).await?.iter().map(rows::instance).collect()
+        let sql = format!(
+            "SELECT {INSTANCE_COLS} FROM instances{} ORDER BY started_at, id{limit}",
+            w.sql()
+        );
+        self.query_where(&sql, &w)
+            .await?
+            .iter()
+            .map(rows::instance)
+            .collect()
     }
 
     pub(crate) async fn read_task(&self, id: &str) -> Result<Option<TaskRecord>> {
         let sql = format!("SELECT {TASK_COLS} FROM tasks WHERE id = $1");
-        self.query_rows(&sql, &[&id]).await?.first().map(rows::task).transpose()
+        self.query_rows(&sql, &[&id])
+            .await?
+            .first()
+            .map(rows::task)
+            .transpose()
     }
 
     pub(crate) async fn read_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>> {
         let mut w = Where::default();
-        w.eq("assignee", &f.assignee).eq("instance_id", &f.instance_id);
+        w.eq("assignee", &f.assignee)
+            .eq("instance_id", &f.instance_id);
         if let Some(g) = &f.candidate_group {
             // JSONB containment: exact element match, never a substring.
-            w.param("candidate_groups @> jsonb_build_array($?::text)", Box::new(g.clone()));
+            w.param(
+                "candidate_groups @> jsonb_build_array($?::text)",
+                Box::new(g.clone()),
+            );
         }
         let limit = w.limit(f.limit);
-        let sql = format!("SELECT {TASK_COLS} FROM tasks{} ORDER BY created_at, id{limit}", w.sql());
-        self.query_where(&sql, &w).await?.iter().map(rows::task).collect()
+        let sql = format!(
+            "SELECT {TASK_COLS} FROM tasks{} ORDER BY created_at, id{limit}",
+            w.sql()
+        );
+        self.query_where(&sql, &w)
+            .await?
+            .iter()
+            .map(rows::task)
+            .collect()
     }
 
     pub(crate) async fn read_external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {
         let sql = format!("SELECT {EXTERNAL_COLS} FROM external_tasks WHERE id = $1");
-        self.query_rows(&sql, &[&id]).await?.first().map(rows::external).transpose()
+        self.query_rows(&sql, &[&id])
+            .await?
+            .first()
+            .map(rows::external)
+            .transpose()
     }
 
-    pub(crate) async fn read_external_tasks(&self, f: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
+    pub(crate) async fn read_external_tasks(
+        &self,
+        f: &ExternalTaskFilter,
+    ) -> Result<Vec<ExternalTaskRecord>> {
         let mut w = Where::default();
         w.eq("instance_id", &f.instance_id).eq("topic", &f.topic);
         let limit = w.limit(f.limit);
-        let sql = format!("SELECT {EXTERNAL_COLS} FROM external_tasks{} ORDER BY created_at, id{limit}", w.sql());
-        self.query_where(&sql, &w).await?.iter().map(rows::external).collect()
+        let sql = format!(
+            "SELECT {EXTERNAL_COLS} FROM external_tasks{} ORDER BY created_at, id{limit}",
+            w.sql()
+        );
+        self.query_where(&sql, &w)
+            .await?
+            .iter()
+            .map(rows::external)
+            .collect()
     }
 
     pub(crate) async fn read_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>> {
-        let sql = format!("SELECT {TIMER_COLS} FROM timers WHERE instance_id = $1 ORDER BY due_at, id");
-        self.query_rows(&sql, &[&instance_id]).await?.iter().map(rows::timer).collect()
+        let sql =
+            format!("SELECT {TIMER_COLS} FROM timers WHERE instance_id = $1 ORDER BY due_at, id");
+        self.query_rows(&sql, &[&instance_id])
+            .await?
+            .iter()
+            .map(rows::timer)
+            .collect()
     }
 
     pub(crate) async fn read_next_timer_due(&self) -> Result<Option<Timestamp>> {
-        let rows = self.query_rows("SELECT MIN(due_at) FROM timers", &[]).await?;
+        let rows = self
+            .query_rows("SELECT MIN(due_at) FROM timers", &[])
+            .await?;
         match rows.first() {
             Some(r) => rows::get::<Option<i64>>(r, 0)?.map(from_ms).transpose(),
             None => Ok(None),
@@ -141,24 +214,43 @@ impl PgStore {
         if f.open_only {
             w.clauses.push("resolved_at IS NULL".into());
         }
-        let sql = format!("SELECT {INCIDENT_COLS} FROM incidents{} ORDER BY created_at, id", w.sql());
-        self.query_where(&sql, &w).await?.iter().map(rows::incident).collect()
+        let sql = format!(
+            "SELECT {INCIDENT_COLS} FROM incidents{} ORDER BY created_at, id",
+            w.sql()
+        );
+        self.query_where(&sql, &w)
+            .await?
+            .iter()
+            .map(rows::incident)
+            .collect()
     }
 
     pub(crate) async fn read_history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
         let sql = format!("SELECT {HISTORY_COLS} FROM history WHERE instance_id = $1 ORDER BY seq");
-        self.query_rows(&sql, &[&instance_id]).await?.iter().map(rows::history).collect()
+        self.query_rows(&sql, &[&instance_id])
+            .await?
+            .iter()
+            .map(rows::history)
+            .collect()
     }
 
     /// Rows of transactions older than every transaction still in flight: a lower seq
     /// can then no longer appear behind a reader that resumes from the last seq it saw.
-    pub(crate) async fn read_journal(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
+    pub(crate) async fn read_journal(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<JournalRecord>> {
         let sql = format!(
             "SELECT {JOURNAL_COLS} FROM journal \
              WHERE seq > $1 AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
              ORDER BY seq LIMIT $2"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.query_rows(&sql, &[&after, &limit]).await?.iter().map(rows::journal).collect()
+        self.query_rows(&sql, &[&after, &limit])
+            .await?
+            .iter()
+            .map(rows::journal)
+            .collect()
     }
 }

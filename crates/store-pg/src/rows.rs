@@ -14,11 +14,13 @@ pub(crate) fn ms(t: Timestamp) -> i64 {
 }
 
 pub(crate) fn from_ms(v: i64) -> Result<Timestamp> {
-    chrono::DateTime::from_timestamp_millis(v).ok_or_else(|| corrupt("timestamp", format!("{v} ms out of range")))
+    chrono::DateTime::from_timestamp_millis(v)
+        .ok_or_else(|| corrupt("timestamp", format!("{v} ms out of range")))
 }
 
 pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
-    row.try_get(idx).map_err(|e| corrupt(&format!("column {idx}"), e))
+    row.try_get(idx)
+        .map_err(|e| corrupt(&format!("column {idx}"), e))
 }
 
 fn ts(row: &Row, idx: usize) -> Result<Timestamp> {
@@ -38,7 +40,10 @@ pub(crate) fn vars(v: Value) -> Result<Vars> {
     match v {
         Value::Object(m) => Ok(m),
         Value::Null => Ok(Vars::new()),
-        other => Err(corrupt("variables", format!("expected a JSON object, got {other}"))),
+        other => Err(corrupt(
+            "variables",
+            format!("expected a JSON object, got {other}"),
+        )),
     }
 }
 
@@ -57,8 +62,7 @@ pub(crate) fn definition(row: &Row, with_xml: bool) -> Result<DefinitionRecord> 
     })
 }
 
-pub(crate) const INSTANCE_COLS: &str =
-    "id, definition_id, definition_key, business_key, state, variables, runtime, version, started_at, ended_at";
+pub(crate) const INSTANCE_COLS: &str = "id, definition_id, definition_key, business_key, state, variables, runtime, version, started_at, ended_at";
 
 pub(crate) fn instance(row: &Row) -> Result<InstanceRecord> {
     let state: String = get(row, 4)?;
@@ -76,8 +80,7 @@ pub(crate) fn instance(row: &Row) -> Result<InstanceRecord> {
     })
 }
 
-pub(crate) const TASK_COLS: &str =
-    "id, instance_id, definition_id, activity_id, name, assignee, candidate_users, candidate_groups, created_at";
+pub(crate) const TASK_COLS: &str = "id, instance_id, definition_id, activity_id, name, assignee, candidate_users, candidate_groups, created_at";
 
 pub(crate) fn task(row: &Row) -> Result<TaskRecord> {
     Ok(TaskRecord {
@@ -112,7 +115,8 @@ pub(crate) fn external(row: &Row) -> Result<ExternalTaskRecord> {
     })
 }
 
-pub(crate) const TIMER_COLS: &str = "id, instance_id, activity_id, due_at, owner, lock_until, created_at";
+pub(crate) const TIMER_COLS: &str =
+    "id, instance_id, activity_id, due_at, owner, lock_until, created_at";
 
 pub(crate) fn timer(row: &Row) -> Result<TimerRecord> {
     Ok(TimerRecord {
@@ -126,8 +130,7 @@ pub(crate) fn timer(row: &Row) -> Result<TimerRecord> {
     })
 }
 
-pub(crate) const INCIDENT_COLS: &str =
-    "id, instance_id, activity_id, incident_type, message, external_task_id, created_at, resolved_at";
+pub(crate) const INCIDENT_COLS: &str = "id, instance_id, activity_id, incident_type, message, external_task_id, created_at, resolved_at";
 
 pub(crate) fn incident(row: &Row) -> Result<IncidentRecord> {
     Ok(IncidentRecord {

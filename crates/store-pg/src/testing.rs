@@ -14,6 +14,7 @@
 //! cannot be reached, tests are skipped with a notice on stderr, unless
 //! `STEADYFLOW_REQUIRE_SERVICES=1`, which turns that into a panic (CI).
 
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -64,12 +65,18 @@ impl Drop for TestDatabase {
         // Drop may run inside a runtime (where blocking on another runtime panics) or
         // during a panic: use a private runtime on a private thread, and never panic.
         let (admin, name) = (self.admin_url.clone(), self.name.clone());
-        let worker = std::thread::spawn(move || {
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(drop_database(&admin, &name)),
-                Err(e) => eprintln!("WARNING: cannot drop test database {name}: no runtime: {e}"),
-            }
-        });
+        let worker =
+            std::thread::spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(drop_database(&admin, &name)),
+                    Err(e) => {
+                        eprintln!("WARNING: cannot drop test database {name}: no runtime: {e}")
+                    }
+                }
+            });
         let _ = worker.join();
     }
 }
@@ -85,21 +92,39 @@ pub async fn fresh_database() -> Option<TestDatabase> {
             if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
                 panic!("{REQUIRE_ENV}=1 but PostgreSQL is not reachable at {shown}: {e}");
             }
-            eprintln!("NOTICE: PostgreSQL not reachable at {shown} ({e}); skipping PostgreSQL tests");
+            // Straight to the stderr handle: libtest captures `eprintln!` of passing
+            // tests, and a skip must be visible.
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOTICE: PostgreSQL not reachable at {shown} ({e}); skipping PostgreSQL tests"
+            );
             return None;
         }
     };
     sweep_stale(&client).await;
     let name = format!("{PREFIX}{}", uuid::Uuid::now_v7().simple());
-    if let Err(e) = client.batch_execute(&format!("CREATE DATABASE {name}")).await {
-        panic!("cannot create test database {name} at {}: {}", redact(&admin_url), describe(&e));
+    if let Err(e) = client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+    {
+        panic!(
+            "cannot create test database {name} at {}: {}",
+            redact(&admin_url),
+            describe(&e)
+        );
     }
     let url = with_dbname(&admin_url, &name);
-    Some(TestDatabase { name, admin_url, url, dropped: false })
+    Some(TestDatabase {
+        name,
+        admin_url,
+        url,
+        dropped: false,
+    })
 }
 
 async fn admin_connect(url: &str) -> Result<Client, String> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("invalid URL: {e}"))?;
+    let mut config: tokio_postgres::Config =
+        url.parse().map_err(|e| format!("invalid URL: {e}"))?;
     config.connect_timeout(Duration::from_secs(5));
     let (client, connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
     tokio::spawn(async move {
@@ -117,7 +142,10 @@ async fn drop_database(admin_url: &str, name: &str) {
         Err(e) => Err(e),
     };
     if let Err(e) = result {
-        eprintln!("WARNING: could not drop test database {name}: {e}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "WARNING: could not drop test database {name}: {e}"
+        );
     }
 }
 
@@ -128,7 +156,10 @@ async fn sweep_stale(client: &Client) {
         return;
     }
     let Ok(rows) = client
-        .query("SELECT datname FROM pg_database WHERE starts_with(datname, $1)", &[&PREFIX])
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+            &[&PREFIX],
+        )
         .await
     else {
         return;
@@ -143,9 +174,12 @@ async fn sweep_stale(client: &Client) {
                 let (secs, nanos) = t.to_unix();
                 std::time::UNIX_EPOCH + Duration::new(secs, nanos)
             });
-        let stale = created.is_some_and(|c| now.duration_since(c).is_ok_and(|age| age > STALE_AFTER));
+        let stale =
+            created.is_some_and(|c| now.duration_since(c).is_ok_and(|age| age > STALE_AFTER));
         if stale && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
         }
     }
 }
@@ -184,15 +218,21 @@ pub fn with_dbname(url: &str, name: &str) -> String {
 fn redact(url: &str) -> String {
     if let Some((scheme, rest)) = url.split_once("://") {
         let authority_end = rest.find('/').unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                return format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]);
-            }
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            return format!("{scheme}://{}:***{}", &rest[..colon], &rest[at..]);
         }
         return url.to_string();
     }
     url.split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -207,14 +247,20 @@ mod tests {
             with_dbname("postgres://postgres@127.0.0.1:5432/postgres", "x"),
             "postgres://postgres@127.0.0.1:5432/x"
         );
-        assert_eq!(with_dbname("postgresql://u:p@h/db?sslmode=disable", "x"), "postgresql://u:p@h/x?sslmode=disable");
+        assert_eq!(
+            with_dbname("postgresql://u:p@h/db?sslmode=disable", "x"),
+            "postgresql://u:p@h/x?sslmode=disable"
+        );
         assert_eq!(with_dbname("postgres://h:5432", "x"), "postgres://h:5432/x");
         assert_eq!(with_dbname("host=h user=u", "x"), "host=h user=u dbname=x");
     }
 
     #[test]
     fn passwords_are_hidden() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("host=h password=secret"), "host=h password=***");
     }

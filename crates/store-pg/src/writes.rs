@@ -15,7 +15,11 @@ fn now_ms() -> i64 {
 }
 
 impl PgStore {
-    pub(crate) async fn write_deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
+    pub(crate) async fn write_deploy(
+        &self,
+        defs: Vec<NewDefinition>,
+        now: Timestamp,
+    ) -> Result<Vec<Deployed>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
         // One lock per key, taken in a fixed order: deploys of a key are serialised
@@ -23,7 +27,10 @@ impl PgStore {
         let mut keys: Vec<&str> = defs.iter().map(|d| d.key.as_str()).collect();
         keys.sort_unstable();
         keys.dedup();
-        let lock = tx.prepare_cached("SELECT pg_advisory_xact_lock(hashtext($1))").await.map_err(db_err)?;
+        let lock = tx
+            .prepare_cached("SELECT pg_advisory_xact_lock(hashtext($1))")
+            .await
+            .map_err(db_err)?;
         for key in &keys {
             tx.execute(&lock, &[key]).await.map_err(db_err)?;
         }
@@ -44,9 +51,15 @@ impl PgStore {
         let mut journal = Vec::new();
         for d in defs {
             let current = tx.query(&latest, &[&d.key]).await.map_err(db_err)?;
-            let current = current.first().map(|r| rows::definition(r, true)).transpose()?;
+            let current = current
+                .first()
+                .map(|r| rows::definition(r, true))
+                .transpose()?;
             if let Some(l) = current.as_ref().filter(|l| l.checksum == d.checksum) {
-                out.push(Deployed { definition: l.clone(), created: false });
+                out.push(Deployed {
+                    definition: l.clone(),
+                    created: false,
+                });
                 continue;
             }
             let version = current.map(|l| l.version + 1).unwrap_or(1);
@@ -61,18 +74,36 @@ impl PgStore {
             };
             tx.execute(
                 &insert,
-                &[&record.id, &record.key, &version, &record.name, &record.checksum, &record.xml, &ms(now)],
+                &[
+                    &record.id,
+                    &record.key,
+                    &version,
+                    &record.name,
+                    &record.checksum,
+                    &record.xml,
+                    &ms(now),
+                ],
             )
             .await
             .map_err(db_err)?;
-            journal.push(JournalEntry::new("definition", &record.id, "insert", &record)?);
-            out.push(Deployed { definition: record, created: true });
+            journal.push(JournalEntry::new(
+                "definition",
+                &record.id,
+                "insert",
+                &record,
+            )?);
+            out.push(Deployed {
+                definition: record,
+                created: true,
+            });
         }
         if !journal.is_empty() {
             let stmt = tx.prepare_cached(JOURNAL_INSERT).await.map_err(db_err)?;
             let arrays = JournalArrays::new(&journal);
             let tx_time = now_ms();
-            tx.execute(&stmt, &arrays.params(&tx_time)).await.map_err(db_err)?;
+            tx.execute(&stmt, &arrays.params(&tx_time))
+                .await
+                .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
         Ok(out)
@@ -80,7 +111,10 @@ impl PgStore {
 
     pub(crate) async fn write_claim(&self, id: &str, user: &str) -> Result<TaskRecord> {
         let client = self.client().await?;
-        let journal = client.prepare_cached(JOURNAL_INSERT).await.map_err(db_err)?;
+        let journal = client
+            .prepare_cached(JOURNAL_INSERT)
+            .await
+            .map_err(db_err)?;
         let claim = client
             .prepare_cached(&format!(
                 "UPDATE tasks SET assignee = $2 WHERE id = $1 AND (assignee IS NULL OR assignee = $2) \
@@ -107,7 +141,10 @@ impl PgStore {
                 "task {id} is already claimed by {}",
                 t.assignee.unwrap_or_default()
             ))),
-            None => Err(StoreError::NotFound { what: "task", id: id.to_string() }),
+            None => Err(StoreError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            }),
         }
     }
 
@@ -128,7 +165,11 @@ impl PgStore {
             .filter(|t| seen.insert(t.topic.as_str()))
             .map(|t| (t.topic.as_str(), t.lock_duration_ms))
             .unzip();
-        let cols = EXTERNAL_COLS.split(", ").map(|c| format!("l.{c}")).collect::<Vec<_>>().join(", ");
+        let cols = EXTERNAL_COLS
+            .split(", ")
+            .map(|c| format!("l.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "WITH picked AS MATERIALIZED ( \
                  SELECT id FROM external_tasks \
@@ -150,18 +191,31 @@ impl PgStore {
              ORDER BY l.created_at, l.id"
         );
         let client = self.client().await?;
-        let journal = client.prepare_cached(JOURNAL_INSERT).await.map_err(db_err)?;
+        let journal = client
+            .prepare_cached(JOURNAL_INSERT)
+            .await
+            .map_err(db_err)?;
         let stmt = client.prepare_cached(&sql).await.map_err(db_err)?;
         let now = ms(now);
         let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let steps = vec![Step::Query(stmt, vec![&names, &durations, &now, &max, &worker])];
+        let steps = vec![Step::Query(
+            stmt,
+            vec![&names, &durations, &now, &max, &worker],
+        )];
         let locked = pipeline::transact(&client, &journal, now_ms(), steps, |rows| {
             let mut out = Vec::with_capacity(rows[0].len());
             let mut entries = Vec::with_capacity(rows[0].len());
             for row in &rows[0] {
                 let task = rows::external(row)?;
-                let variables = rows::vars(rows::get::<Option<serde_json::Value>>(row, 11)?.unwrap_or_default())?;
-                entries.push(JournalEntry::new("externalTask", &task.id, "update", &task)?);
+                let variables = rows::vars(
+                    rows::get::<Option<serde_json::Value>>(row, 11)?.unwrap_or_default(),
+                )?;
+                entries.push(JournalEntry::new(
+                    "externalTask",
+                    &task.id,
+                    "update",
+                    &task,
+                )?);
                 out.push(LockedTask { task, variables });
             }
             Ok(Finish::Commit(out, entries))
@@ -180,7 +234,11 @@ impl PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let cols = TIMER_COLS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+        let cols = TIMER_COLS
+            .split(", ")
+            .map(|c| format!("t.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "WITH picked AS MATERIALIZED ( \
                  SELECT id FROM timers \
@@ -194,13 +252,19 @@ impl PgStore {
              RETURNING {cols}"
         );
         let client = self.client().await?;
-        let journal = client.prepare_cached(JOURNAL_INSERT).await.map_err(db_err)?;
+        let journal = client
+            .prepare_cached(JOURNAL_INSERT)
+            .await
+            .map_err(db_err)?;
         let stmt = client.prepare_cached(&sql).await.map_err(db_err)?;
         let (now, lock_until) = (ms(now), ms(lock_until));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let steps = vec![Step::Query(stmt, vec![&now, &limit, &owner, &lock_until])];
         let timers = pipeline::transact(&client, &journal, now_ms(), steps, |rows| {
-            let mut timers = rows[0].iter().map(rows::timer).collect::<Result<Vec<_>>>()?;
+            let mut timers = rows[0]
+                .iter()
+                .map(rows::timer)
+                .collect::<Result<Vec<_>>>()?;
             timers.sort_by(|a, b| (a.due_at, &a.id).cmp(&(b.due_at, &b.id)));
             let entries = timers
                 .iter()

@@ -13,7 +13,9 @@ use steadyflow_store_pg::testing::{TestDatabase, fresh_database};
 use tokio_postgres::NoTls;
 
 async fn raw_client(db: &TestDatabase) -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(db.url(), NoTls).await.expect("raw connection");
+    let (client, conn) = tokio_postgres::connect(db.url(), NoTls)
+        .await
+        .expect("raw connection");
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -23,13 +25,18 @@ async fn raw_client(db: &TestDatabase) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suite() {
     for (name, case) in CASES {
-        let Some(db) = fresh_database().await else { return };
+        let Some(db) = fresh_database().await else {
+            return;
+        };
         eprintln!("conformance (postgres): {name}");
         let store = PgStore::connect(db.url()).await.expect("connect");
         let started = Instant::now();
         // A panic inside the case still drops `db` (and the database) while unwinding.
         case(Arc::new(store)).await;
-        eprintln!("conformance (postgres): {name} ok in {:?}", started.elapsed());
+        eprintln!(
+            "conformance (postgres): {name} ok in {:?}",
+            started.elapsed()
+        );
         db.cleanup().await;
     }
 }
@@ -38,7 +45,9 @@ async fn conformance_suite() {
 /// rows committed earlier: a reader resuming from the last seq it saw must not skip it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_holds_back_rows_behind_an_open_transaction() {
-    let Some(db) = fresh_database().await else { return };
+    let Some(db) = fresh_database().await else {
+        return;
+    };
     let store = PgStore::connect(db.url()).await.expect("connect");
 
     // Transaction A takes a journal seq first and stays open.
@@ -68,11 +77,22 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
         started_at: now,
         ended_at: None,
     };
-    store.apply(ChangeSet::new(inst, None)).await.expect("apply");
+    store
+        .apply(ChangeSet::new(inst, None))
+        .await
+        .expect("apply");
     let other = raw_client(&db).await;
-    let committed: Vec<i64> =
-        other.query("SELECT seq FROM journal ORDER BY seq", &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
-    assert!(!committed.is_empty() && committed.iter().all(|s| *s > held), "B's rows have higher seqs: {committed:?}");
+    let committed: Vec<i64> = other
+        .query("SELECT seq FROM journal ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !committed.is_empty() && committed.iter().all(|s| *s > held),
+        "B's rows have higher seqs: {committed:?}"
+    );
 
     let visible = store.journal_since(0, 100).await.unwrap();
     assert!(
@@ -92,7 +112,10 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     let mut expected = vec![held];
     expected.extend(&committed);
-    assert_eq!(seqs, expected, "once A commits, its row and B's rows appear, in seq order");
+    assert_eq!(
+        seqs, expected,
+        "once A commits, its row and B's rows appear, in seq order"
+    );
     assert_eq!(rows[0].entity_id, "slow");
     drop(store);
     db.cleanup().await;
@@ -100,17 +123,32 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_and_safe_to_race() {
-    let Some(db) = fresh_database().await else { return };
+    let Some(db) = fresh_database().await else {
+        return;
+    };
     // Two nodes starting together on an empty database.
     let (a, b) = tokio::join!(PgStore::connect(db.url()), PgStore::connect(db.url()));
     let (a, b) = (a.expect("first node"), b.expect("second node"));
-    let def = NewDefinition { key: "order".into(), name: None, xml: "<x/>".into(), checksum: "c".into() };
-    a.deploy(vec![def], chrono::DateTime::from_timestamp_millis(0).unwrap()).await.unwrap();
+    let def = NewDefinition {
+        key: "order".into(),
+        name: None,
+        xml: "<x/>".into(),
+        checksum: "c".into(),
+    };
+    a.deploy(
+        vec![def],
+        chrono::DateTime::from_timestamp_millis(0).unwrap(),
+    )
+    .await
+    .unwrap();
     drop((a, b));
 
     // And again on the migrated database: nothing re-applied, data kept.
     let c = PgStore::connect(db.url()).await.expect("reconnect");
-    assert!(c.latest_definition("order").await.unwrap().is_some(), "data survives a reconnect");
+    assert!(
+        c.latest_definition("order").await.unwrap().is_some(),
+        "data survives a reconnect"
+    );
     let client = raw_client(&db).await;
     let versions: Vec<i32> = client
         .query("SELECT version FROM schema_version ORDER BY version", &[])
@@ -130,6 +168,434 @@ async fn unreachable_server_is_unavailable() {
     // Port 1 on loopback: nothing listens there.
     match PgStore::connect("postgres://postgres@127.0.0.1:1/postgres?connect_timeout=2").await {
         Err(StoreError::Unavailable(_)) => {}
-        other => panic!("an unreachable server must be Unavailable, got {:?}", other.map(|_| ())),
+        other => panic!(
+            "an unreachable server must be Unavailable, got {:?}",
+            other.map(|_| ())
+        ),
     }
+}
+
+/// Throughput of `apply` as the engine drives it: per instance one insert (external
+/// task, timer, history) and three updates (task churn, history). Run with
+/// `cargo test -p steadyflow-store-pg --release --test conformance apply_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn apply_throughput() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let env = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let defaults = steadyflow_store_pg::PgOptions::default();
+    let options = steadyflow_store_pg::PgOptions {
+        writers: env("SF_BENCH_WRITERS", defaults.writers),
+        max_batch: env("SF_BENCH_BATCH", defaults.max_batch),
+        pool_size: env("SF_BENCH_POOL", defaults.pool_size),
+        ..defaults
+    };
+    let url = match std::env::var("SF_BENCH_URL_SUFFIX") {
+        Ok(suffix) => format!("{}{suffix}", db.url()),
+        Err(_) => db.url().to_string(),
+    };
+    eprintln!("apply_throughput: {options:?}");
+    let store = Arc::new(PgStore::connect_with(&url, options).await.expect("connect"));
+    let instances: usize = std::env::var("SF_BENCH_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4_000);
+    let callers: usize = std::env::var("SF_BENCH_CALLERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64);
+    let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+    let hist = move |id: &str, event: &str| HistoryRecord {
+        instance_id: id.into(),
+        time: t0,
+        event: event.into(),
+        activity_id: Some("a".into()),
+        detail: serde_json::json!({"k": 1}),
+    };
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for c in 0..callers {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for n in (c..instances).step_by(callers) {
+                let id = format!("bench-{n}");
+                let mut inst = InstanceRecord {
+                    id: id.clone(),
+                    definition_id: "order:1".into(),
+                    definition_key: "order".into(),
+                    business_key: Some(format!("bk-{n}")),
+                    state: InstanceState::Active,
+                    variables: serde_json::from_value(
+                        serde_json::json!({"amount": n, "customer": "Ada"}),
+                    )
+                    .unwrap(),
+                    runtime: serde_json::json!({"tokens": [{"id": 1, "at": "task"}]}),
+                    version: 1,
+                    started_at: t0,
+                    ended_at: None,
+                };
+                let mut c = ChangeSet::new(inst.clone(), None);
+                c.tasks_created = vec![TaskRecord {
+                    id: format!("{id}-t0"),
+                    instance_id: id.clone(),
+                    definition_id: "order:1".into(),
+                    activity_id: "approve".into(),
+                    name: None,
+                    assignee: None,
+                    candidate_users: vec![],
+                    candidate_groups: vec!["sales".into()],
+                    created_at: t0,
+                }];
+                c.history = vec![hist(&id, "instanceStarted"), hist(&id, "activityStarted")];
+                store.apply(c).await.expect("insert");
+                for step in 1..=3 {
+                    let expected = inst.version;
+                    inst.version += 1;
+                    if step == 3 {
+                        inst.state = InstanceState::Completed;
+                        inst.ended_at = Some(t0);
+                    }
+                    let mut c = ChangeSet::new(inst.clone(), Some(expected));
+                    c.tasks_removed = vec![format!("{id}-t{}", step - 1)];
+                    if step < 3 {
+                        c.tasks_created = vec![TaskRecord {
+                            id: format!("{id}-t{step}"),
+                            instance_id: id.clone(),
+                            definition_id: "order:1".into(),
+                            activity_id: "approve".into(),
+                            name: None,
+                            assignee: None,
+                            candidate_users: vec![],
+                            candidate_groups: vec![],
+                            created_at: t0,
+                        }];
+                    }
+                    c.history = vec![hist(&id, "activityCompleted"), hist(&id, "activityStarted")];
+                    store.apply(c).await.expect("update");
+                }
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "apply_throughput: {instances} instances ({} applies) with {callers} callers in {secs:.2}s: \
+         {:.0} instances/s, {:.0} applies/s",
+        instances * 4,
+        instances as f64 / secs,
+        (instances * 4) as f64 / secs
+    );
+    let stats = store.writer_stats();
+    eprintln!(
+        "apply_throughput: {stats:?}, mean batch {:.1}",
+        stats.committed as f64 / stats.transactions.max(1) as f64
+    );
+    assert_eq!(
+        stats.committed,
+        (instances * 4) as u64,
+        "every change set committed once"
+    );
+    drop(store);
+    db.cleanup().await;
+}
+
+/// Group commit must not let one bad change set fail the others of its batch: stale
+/// versions get `Conflict`, a server-rejected change set gets its own error, everyone
+/// else commits exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_isolates_failures() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let options = steadyflow_store_pg::PgOptions {
+        writers: 1,
+        ..Default::default()
+    };
+    let store = Arc::new(
+        PgStore::connect_with(db.url(), options)
+            .await
+            .expect("connect"),
+    );
+    let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+    let inst = |id: &str, version: i64| InstanceRecord {
+        id: id.into(),
+        definition_id: "order:1".into(),
+        definition_key: "order".into(),
+        business_key: None,
+        state: InstanceState::Active,
+        variables: Vars::new(),
+        runtime: serde_json::json!({}),
+        version,
+        started_at: t0,
+        ended_at: None,
+    };
+    let task = |id: &str, instance: &str| TaskRecord {
+        id: id.into(),
+        instance_id: instance.into(),
+        definition_id: "order:1".into(),
+        activity_id: "a".into(),
+        name: None,
+        assignee: None,
+        candidate_users: vec![],
+        candidate_groups: vec![],
+        created_at: t0,
+    };
+    // Existing state: instances x0..x9 at version 1, and a task "taken".
+    for n in 0..10 {
+        let mut c = ChangeSet::new(inst(&format!("x{n}"), 1), None);
+        if n == 0 {
+            c.tasks_created = vec![task("taken", "x0")];
+        }
+        store.apply(c).await.unwrap();
+    }
+
+    // 40 concurrent change sets: 30 new instances (3 of them reusing the task id
+    // "taken": rejected by the server), 7 good updates, 3 stale updates.
+    let mut expected = Vec::new();
+    let mut handles = Vec::new();
+    for n in 0..40 {
+        let (change, outcome) = if n < 30 {
+            let id = format!("new{n}");
+            let mut c = ChangeSet::new(inst(&id, 1), None);
+            let bad = n % 10 == 5;
+            c.tasks_created = vec![task(if bad { "taken" } else { &id }, &id)];
+            (c, if bad { "error" } else { "ok" })
+        } else {
+            let k = n - 30;
+            let stale = k >= 7;
+            let c = ChangeSet::new(inst(&format!("x{k}"), 2), Some(if stale { 5 } else { 1 }));
+            (c, if stale { "conflict" } else { "ok" })
+        };
+        expected.push((change.instance.id.clone(), outcome));
+        let store = store.clone();
+        handles.push(tokio::spawn(async move { store.apply(change).await }));
+    }
+    for ((id, outcome), h) in expected.iter().zip(handles) {
+        let result = h.await.unwrap();
+        match (*outcome, &result) {
+            ("ok", Ok(()))
+            | ("conflict", Err(StoreError::Conflict(_)))
+            | ("error", Err(StoreError::Backend(_))) => {}
+            _ => panic!("{id}: expected {outcome}, got {result:?}"),
+        }
+        let stored = store.instance(id).await.unwrap();
+        match *outcome {
+            "ok" if id.starts_with('x') => {
+                assert_eq!(stored.map(|i| i.version), Some(2), "{id} updated")
+            }
+            "ok" => assert!(stored.is_some(), "{id} inserted"),
+            "conflict" => assert_eq!(stored.map(|i| i.version), Some(1), "{id} untouched"),
+            _ => assert!(stored.is_none(), "{id} rolled back"),
+        }
+    }
+    let stats = store.writer_stats();
+    eprintln!("batch_isolates_failures: {stats:?}");
+    assert_eq!(
+        stats.committed,
+        10 + 27 + 7,
+        "each good change set committed once: {stats:?}"
+    );
+    assert_eq!(stats.conflicts, 3, "{stats:?}");
+
+    // The journal holds the good ones only, each once.
+    // (Polls: an open transaction elsewhere in the cluster may hold the journal back.)
+    let count = |rows: &[JournalRecord], op: &str| {
+        rows.iter()
+            .filter(|r| r.entity == "instance" && r.op == op)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let rows = store.journal_since(0, 10_000).await.unwrap();
+        if count(&rows, "insert") >= 37 || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (count(&rows, "insert"), count(&rows, "update")),
+        (10 + 27, 7),
+        "journal rows of committed change sets only"
+    );
+    drop(store);
+    db.cleanup().await;
+}
+
+/// Connections killed under the store (failover, admin restart) surface as
+/// `Unavailable` at worst, never as a panic, and the pool recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovers_after_connections_are_killed() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let store = PgStore::connect(db.url()).await.expect("connect");
+    store.ping().await.unwrap();
+    let def = |c: &str| NewDefinition {
+        key: "order".into(),
+        name: None,
+        xml: "<x/>".into(),
+        checksum: c.into(),
+    };
+    let t = chrono::DateTime::from_timestamp_millis(0).unwrap();
+    store.deploy(vec![def("a")], t).await.unwrap();
+
+    let admin = raw_client(&db).await;
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(!killed.is_empty(), "the store had connections to kill");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    // Calls on dead connections may fail, but only as Unavailable.
+    for _ in 0..20 {
+        match store.latest_definition("order").await {
+            Ok(found) => assert!(found.is_some()),
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("a killed connection must read as Unavailable, got {e:?}"),
+        }
+    }
+    // And the pool heals: fresh connections serve every kind of call.
+    store.ping().await.expect("ping after recovery");
+    let deployed = store
+        .deploy(vec![def("b")], t)
+        .await
+        .expect("deploy after recovery");
+    assert_eq!(deployed[0].definition.version, 2);
+    let inst = InstanceRecord {
+        id: "after".into(),
+        definition_id: "order:2".into(),
+        definition_key: "order".into(),
+        business_key: None,
+        state: InstanceState::Active,
+        variables: Vars::new(),
+        runtime: serde_json::json!({}),
+        version: 1,
+        started_at: t,
+        ended_at: None,
+    };
+    let mut applied = store.apply(ChangeSet::new(inst.clone(), None)).await;
+    for _ in 0..5 {
+        match applied {
+            Err(StoreError::Unavailable(_)) => {
+                applied = store.apply(ChangeSet::new(inst.clone(), None)).await
+            }
+            _ => break,
+        }
+    }
+    applied.expect("apply after recovery");
+    drop(store);
+    db.cleanup().await;
+}
+
+/// Dropping a caller's future mid-transaction (an HTTP client that went away) must not
+/// leave a connection inside a transaction, nor a lock without its journal row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_calls_leave_no_open_transaction() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let store = Arc::new(PgStore::connect(db.url()).await.expect("connect"));
+    let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+    let mut c = ChangeSet::new(
+        InstanceRecord {
+            id: "i".into(),
+            definition_id: "order:1".into(),
+            definition_key: "order".into(),
+            business_key: None,
+            state: InstanceState::Active,
+            variables: Vars::new(),
+            runtime: serde_json::json!({}),
+            version: 1,
+            started_at: t0,
+            ended_at: None,
+        },
+        None,
+    );
+    c.external_upserted = (0..200)
+        .map(|n| ExternalTaskRecord {
+            id: format!("e{n:03}"),
+            instance_id: "i".into(),
+            definition_id: "order:1".into(),
+            activity_id: "a".into(),
+            topic: "pay".into(),
+            worker_id: None,
+            lock_expires_at: None,
+            retries: None,
+            error_message: None,
+            retry_at: None,
+            created_at: t0,
+        })
+        .collect();
+    store.apply(c).await.unwrap();
+    let pay = [TopicLock {
+        topic: "pay".into(),
+        lock_duration_ms: 600_000,
+    }];
+    for n in 0..100u64 {
+        let _ = tokio::time::timeout(
+            Duration::from_micros(n * 37 % 1500),
+            store.fetch_and_lock("w", 2, &pay, t0),
+        )
+        .await;
+    }
+    // Whatever was cut short either finished or rolled back by now.
+    let admin = raw_client(&db).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let open: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND state LIKE 'idle in transaction%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} connections left inside a transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Every lock that was taken has its journal row; nothing is half-done.
+    let missing: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM external_tasks e WHERE worker_id IS NOT NULL AND NOT EXISTS \
+             (SELECT 1 FROM journal j WHERE j.entity = 'externalTask' AND j.entity_id = e.id)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(missing, 0, "locks without journal rows");
+    // And the store still hands out every remaining task exactly once.
+    let before: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM external_tasks WHERE worker_id IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let rest = store.fetch_and_lock("w2", 1000, &pay, t0).await.unwrap();
+    assert_eq!(rest.len() as i64, before, "remaining tasks fetchable");
+    drop(store);
+    db.cleanup().await;
 }

@@ -25,12 +25,42 @@ use writer::Writer;
 pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
-    readers: Arc<Readers>,
+    readers: Readers,
 }
 
+/// A fixed set of reader threads, each owning one read-only connection (warm statement
+/// cache), taking queries from one shared queue.
 struct Readers {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    queue: std::sync::mpsc::Sender<ReadJob>,
+}
+
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// Reader threads: enough to overlap with the writer on a small machine.
+const READERS: usize = 3;
+
+impl Readers {
+    fn start(path: &Path) -> Result<Readers> {
+        let (queue, rx) = std::sync::mpsc::channel::<ReadJob>();
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..READERS {
+            let conn = open_conn(path, true)?;
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{n}"))
+                .spawn(move || {
+                    loop {
+                        let job = match rx.lock().expect("reader queue poisoned").recv() {
+                            Ok(job) => job,
+                            Err(_) => return,
+                        };
+                        job(&conn);
+                    }
+                })
+                .map_err(|e| StoreError::Backend(format!("cannot start reader thread: {e}")))?;
+        }
+        Ok(Readers { queue })
+    }
 }
 
 pub(crate) fn backend_err(e: rusqlite::Error) -> StoreError {
@@ -56,12 +86,18 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(|e| {
-        StoreError::Unavailable(format!("cannot open SQLite database {}: {e}", path.display()))
+        StoreError::Unavailable(format!(
+            "cannot open SQLite database {}: {e}",
+            path.display()
+        ))
     })?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(backend_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(backend_err)?;
     conn.set_prepared_statement_cache_capacity(64);
     if !read_only {
         conn.execute_batch(
@@ -85,10 +121,7 @@ impl SqliteStore {
         migrate::run(&mut conn)?;
         Ok(SqliteStore {
             writer: Writer::start(conn)?,
-            readers: Arc::new(Readers {
-                path: path.clone(),
-                idle: Mutex::new(Vec::new()),
-            }),
+            readers: Readers::start(&path)?,
             path,
         })
     }
@@ -111,21 +144,16 @@ impl SqliteStore {
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
-        let readers = self.readers.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = match readers.idle.lock().expect("reader pool poisoned").pop() {
-                Some(c) => c,
-                None => open_conn(&readers.path, true)?,
-            };
-            let out = f(&conn).map_err(backend_err);
-            let mut idle = readers.idle.lock().expect("reader pool poisoned");
-            if idle.len() < 8 {
-                idle.push(conn);
-            }
-            out
-        })
-        .await
-        .map_err(|e| StoreError::Backend(format!("reader task failed: {e}")))?
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = tx.send(f(conn).map_err(backend_err));
+        });
+        self.readers
+            .queue
+            .send(job)
+            .map_err(|_| StoreError::Unavailable("SQLite readers have stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("SQLite reader failed".into()))?
     }
 }
 
@@ -136,13 +164,16 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await?;
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+            .await?;
         // The writer thread must be alive too.
         self.writer.run(|_, _| Ok(())).await
     }
 
     async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
-        self.writer.run(move |c, tx| writes::deploy(c, tx, &defs, now)).await
+        self.writer
+            .run(move |c, tx| writes::deploy(c, tx, &defs, now))
+            .await
     }
 
     async fn definition(&self, id: &str) -> Result<Option<DefinitionRecord>> {
@@ -157,7 +188,8 @@ impl Store for SqliteStore {
 
     async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
         let key = key.map(str::to_string);
-        self.read(move |c| reads::list_definitions(c, key.as_deref())).await
+        self.read(move |c| reads::list_definitions(c, key.as_deref()))
+            .await
     }
 
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
@@ -171,7 +203,10 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, change: ChangeSet) -> Result<()> {
-        self.writer.run(move |c, tx| writes::apply(c, tx, &change)).await
+        let images = writes::Images::of(&change)?;
+        self.writer
+            .run(move |c, tx| writes::apply(c, tx, &change, &images))
+            .await
     }
 
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>> {
@@ -186,7 +221,9 @@ impl Store for SqliteStore {
 
     async fn claim_task(&self, id: &str, user: &str, _now: Timestamp) -> Result<TaskRecord> {
         let (id, user) = (id.to_string(), user.to_string());
-        self.writer.run(move |c, tx| writes::claim_task(c, tx, &id, &user)).await
+        self.writer
+            .run(move |c, tx| writes::claim_task(c, tx, &id, &user))
+            .await
     }
 
     async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {
@@ -194,9 +231,27 @@ impl Store for SqliteStore {
         self.read(move |c| reads::external_task(c, &id)).await
     }
 
-    async fn list_external_tasks(&self, filter: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
+    async fn external_task_with_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ExternalTaskRecord, InstanceRecord)>> {
+        let id = id.to_string();
+        self.read(move |c| {
+            let Some(task) = reads::external_task(c, &id)? else {
+                return Ok(None);
+            };
+            Ok(reads::instance(c, &task.instance_id)?.map(|i| (task, i)))
+        })
+        .await
+    }
+
+    async fn list_external_tasks(
+        &self,
+        filter: &ExternalTaskFilter,
+    ) -> Result<Vec<ExternalTaskRecord>> {
         let filter = filter.clone();
-        self.read(move |c| reads::list_external_tasks(c, &filter)).await
+        self.read(move |c| reads::list_external_tasks(c, &filter))
+            .await
     }
 
     async fn fetch_and_lock(
@@ -246,6 +301,7 @@ impl Store for SqliteStore {
 
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         // One writer: sequence order is commit order, and readers only see committed rows.
-        self.read(move |c| reads::journal_since(c, after, limit)).await
+        self.read(move |c| reads::journal_since(c, after, limit))
+            .await
     }
 }

@@ -1,7 +1,7 @@
 //! Queries on reader connections.
 
 use rusqlite::types::Value as Sql;
-use rusqlite::{params_from_iter, Connection, OptionalExtension, Row};
+use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
 use steadyflow_store::*;
 
 use crate::rows::{self, *};
@@ -13,7 +13,9 @@ fn all<T>(
     map: impl Fn(&Row) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
     let mut stmt = c.prepare_cached(sql)?;
-    let out = stmt.query_map(params_from_iter(args), |r| map(r))?.collect();
+    let out = stmt
+        .query_map(params_from_iter(args), |r| map(r))?
+        .collect();
     out
 }
 
@@ -34,7 +36,8 @@ impl Where {
     }
     fn raw(&mut self, clause: &str, v: Sql) -> &mut Self {
         self.args.push(v);
-        self.clauses.push(clause.replace("?", &format!("?{}", self.args.len())));
+        self.clauses
+            .push(clause.replace("?", &format!("?{}", self.args.len())));
         self
     }
     fn sql(&self) -> String {
@@ -50,7 +53,11 @@ fn limit(l: Option<usize>) -> String {
     l.map(|n| format!(" LIMIT {n}")).unwrap_or_default()
 }
 
-pub(crate) fn definition(c: &Connection, by: &str, v: &str) -> rusqlite::Result<Option<DefinitionRecord>> {
+pub(crate) fn definition(
+    c: &Connection,
+    by: &str,
+    v: &str,
+) -> rusqlite::Result<Option<DefinitionRecord>> {
     let sql = format!(
         "SELECT {DEFINITION_COLS}, xml FROM definitions WHERE {by} = ?1 ORDER BY version DESC LIMIT 1"
     );
@@ -59,19 +66,30 @@ pub(crate) fn definition(c: &Connection, by: &str, v: &str) -> rusqlite::Result<
         .optional()
 }
 
-pub(crate) fn list_definitions(c: &Connection, key: Option<&str>) -> rusqlite::Result<Vec<DefinitionRecord>> {
+pub(crate) fn list_definitions(
+    c: &Connection,
+    key: Option<&str>,
+) -> rusqlite::Result<Vec<DefinitionRecord>> {
     let mut w = Where::default();
     w.eq("key", &key.map(str::to_string));
-    let sql = format!("SELECT {DEFINITION_COLS} FROM definitions{} ORDER BY key, version DESC", w.sql());
+    let sql = format!(
+        "SELECT {DEFINITION_COLS} FROM definitions{} ORDER BY key, version DESC",
+        w.sql()
+    );
     all(c, &sql, w.args, |r| rows::definition(r, false))
 }
 
 pub(crate) fn instance(c: &Connection, id: &str) -> rusqlite::Result<Option<InstanceRecord>> {
     let sql = format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = ?1");
-    c.prepare_cached(&sql)?.query_row([id], rows::instance).optional()
+    c.prepare_cached(&sql)?
+        .query_row([id], rows::instance)
+        .optional()
 }
 
-pub(crate) fn list_instances(c: &Connection, f: &InstanceFilter) -> rusqlite::Result<Vec<InstanceRecord>> {
+pub(crate) fn list_instances(
+    c: &Connection,
+    f: &InstanceFilter,
+) -> rusqlite::Result<Vec<InstanceRecord>> {
     let mut w = Where::default();
     w.eq("state", &f.state.map(|s| s.as_str().to_string()))
         .eq("definition_key", &f.definition_key)
@@ -86,25 +104,37 @@ pub(crate) fn list_instances(c: &Connection, f: &InstanceFilter) -> rusqlite::Re
 
 pub(crate) fn task(c: &Connection, id: &str) -> rusqlite::Result<Option<TaskRecord>> {
     let sql = format!("SELECT {TASK_COLS} FROM tasks WHERE id = ?1");
-    c.prepare_cached(&sql)?.query_row([id], rows::task).optional()
+    c.prepare_cached(&sql)?
+        .query_row([id], rows::task)
+        .optional()
 }
 
 pub(crate) fn list_tasks(c: &Connection, f: &TaskFilter) -> rusqlite::Result<Vec<TaskRecord>> {
     let mut w = Where::default();
-    w.eq("assignee", &f.assignee).eq("instance_id", &f.instance_id);
+    w.eq("assignee", &f.assignee)
+        .eq("instance_id", &f.instance_id);
     if let Some(g) = &f.candidate_group {
         w.raw(
             "EXISTS (SELECT 1 FROM json_each(tasks.candidate_groups) WHERE json_each.value = ?)",
             Sql::Text(g.clone()),
         );
     }
-    let sql = format!("SELECT {TASK_COLS} FROM tasks{} ORDER BY created_at, id{}", w.sql(), limit(f.limit));
+    let sql = format!(
+        "SELECT {TASK_COLS} FROM tasks{} ORDER BY created_at, id{}",
+        w.sql(),
+        limit(f.limit)
+    );
     all(c, &sql, w.args, rows::task)
 }
 
-pub(crate) fn external_task(c: &Connection, id: &str) -> rusqlite::Result<Option<ExternalTaskRecord>> {
+pub(crate) fn external_task(
+    c: &Connection,
+    id: &str,
+) -> rusqlite::Result<Option<ExternalTaskRecord>> {
     let sql = format!("SELECT {EXTERNAL_COLS} FROM external_tasks WHERE id = ?1");
-    c.prepare_cached(&sql)?.query_row([id], rows::external).optional()
+    c.prepare_cached(&sql)?
+        .query_row([id], rows::external)
+        .optional()
 }
 
 pub(crate) fn list_external_tasks(
@@ -133,26 +163,37 @@ pub(crate) fn next_timer_due(c: &Connection) -> rusqlite::Result<Option<Timestam
     Ok(v.map(from_ms))
 }
 
-pub(crate) fn list_incidents(c: &Connection, f: &IncidentFilter) -> rusqlite::Result<Vec<IncidentRecord>> {
+pub(crate) fn list_incidents(
+    c: &Connection,
+    f: &IncidentFilter,
+) -> rusqlite::Result<Vec<IncidentRecord>> {
     let mut w = Where::default();
     w.eq("instance_id", &f.instance_id);
     if f.open_only {
         w.clauses.push("resolved_at IS NULL".into());
     }
-    let sql = format!("SELECT {INCIDENT_COLS} FROM incidents{} ORDER BY created_at, id", w.sql());
+    let sql = format!(
+        "SELECT {INCIDENT_COLS} FROM incidents{} ORDER BY created_at, id",
+        w.sql()
+    );
     all(c, &sql, w.args, rows::incident)
 }
 
 pub(crate) fn history(c: &Connection, instance_id: &str) -> rusqlite::Result<Vec<HistoryRecord>> {
-    all(
+    let batches = all(
         c,
-        "SELECT instance_id, time, event, activity_id, detail FROM history WHERE instance_id = ?1 ORDER BY seq",
+        "SELECT events FROM history WHERE instance_id = ?1 ORDER BY seq",
         vec![Sql::Text(instance_id.into())],
-        rows::history,
-    )
+        rows::history_events,
+    )?;
+    Ok(batches.into_iter().flatten().collect())
 }
 
-pub(crate) fn journal_since(c: &Connection, after: i64, limit: usize) -> rusqlite::Result<Vec<JournalRecord>> {
+pub(crate) fn journal_since(
+    c: &Connection,
+    after: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<JournalRecord>> {
     all(
         c,
         "SELECT seq, tx_time, entity, entity_id, op, row FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",

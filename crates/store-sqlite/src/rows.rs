@@ -1,8 +1,8 @@
 //! Row <-> record mapping.
 
 use chrono::{DateTime, TimeZone, Utc};
-use rusqlite::types::Type;
 use rusqlite::Row;
+use rusqlite::types::Type;
 use serde::de::DeserializeOwned;
 use steadyflow_store::*;
 
@@ -11,7 +11,9 @@ pub(crate) fn ms(t: Timestamp) -> i64 {
 }
 
 pub(crate) fn from_ms(v: i64) -> Timestamp {
-    Utc.timestamp_millis_opt(v).single().unwrap_or(DateTime::<Utc>::MIN_UTC)
+    Utc.timestamp_millis_opt(v)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 fn json<T: DeserializeOwned>(row: &Row, idx: usize) -> rusqlite::Result<T> {
@@ -38,8 +40,7 @@ pub(crate) fn definition(row: &Row, with_xml: bool) -> rusqlite::Result<Definiti
     })
 }
 
-pub(crate) const INSTANCE_COLS: &str =
-    "id, definition_id, definition_key, business_key, state, variables, runtime, version, started_at, ended_at";
+pub(crate) const INSTANCE_COLS: &str = "id, definition_id, definition_key, business_key, state, variables, runtime, version, started_at, ended_at";
 
 pub(crate) fn instance(row: &Row) -> rusqlite::Result<InstanceRecord> {
     let state: String = row.get(4)?;
@@ -49,7 +50,11 @@ pub(crate) fn instance(row: &Row) -> rusqlite::Result<InstanceRecord> {
         definition_key: row.get(2)?,
         business_key: row.get(3)?,
         state: InstanceState::parse(&state).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(4, Type::Text, format!("bad state {state}").into())
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                Type::Text,
+                format!("bad state {state}").into(),
+            )
         })?,
         variables: json(row, 5)?,
         runtime: json(row, 6)?,
@@ -59,8 +64,7 @@ pub(crate) fn instance(row: &Row) -> rusqlite::Result<InstanceRecord> {
     })
 }
 
-pub(crate) const TASK_COLS: &str =
-    "id, instance_id, definition_id, activity_id, name, assignee, candidate_users, candidate_groups, created_at";
+pub(crate) const TASK_COLS: &str = "id, instance_id, definition_id, activity_id, name, assignee, candidate_users, candidate_groups, created_at";
 
 pub(crate) fn task(row: &Row) -> rusqlite::Result<TaskRecord> {
     Ok(TaskRecord {
@@ -94,7 +98,8 @@ pub(crate) fn external(row: &Row) -> rusqlite::Result<ExternalTaskRecord> {
     })
 }
 
-pub(crate) const TIMER_COLS: &str = "id, instance_id, activity_id, due_at, owner, lock_until, created_at";
+pub(crate) const TIMER_COLS: &str =
+    "id, instance_id, activity_id, due_at, owner, lock_until, created_at";
 
 pub(crate) fn timer(row: &Row) -> rusqlite::Result<TimerRecord> {
     Ok(TimerRecord {
@@ -108,8 +113,7 @@ pub(crate) fn timer(row: &Row) -> rusqlite::Result<TimerRecord> {
     })
 }
 
-pub(crate) const INCIDENT_COLS: &str =
-    "id, instance_id, activity_id, incident_type, message, external_task_id, created_at, resolved_at";
+pub(crate) const INCIDENT_COLS: &str = "id, instance_id, activity_id, incident_type, message, external_task_id, created_at, resolved_at";
 
 pub(crate) fn incident(row: &Row) -> rusqlite::Result<IncidentRecord> {
     Ok(IncidentRecord {
@@ -124,14 +128,8 @@ pub(crate) fn incident(row: &Row) -> rusqlite::Result<IncidentRecord> {
     })
 }
 
-pub(crate) fn history(row: &Row) -> rusqlite::Result<HistoryRecord> {
-    Ok(HistoryRecord {
-        instance_id: row.get(0)?,
-        time: from_ms(row.get(1)?),
-        event: row.get(2)?,
-        activity_id: row.get(3)?,
-        detail: json(row, 4)?,
-    })
+pub(crate) fn history_events(row: &Row) -> rusqlite::Result<Vec<HistoryRecord>> {
+    json(row, 0)
 }
 
 pub(crate) fn journal(row: &Row) -> rusqlite::Result<JournalRecord> {

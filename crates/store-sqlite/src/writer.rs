@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use crate::backend_err;
 
 type AnyBox = Box<dyn Any + Send>;
-type Work = Box<dyn FnOnce(&Connection, i64) -> Result<AnyBox> + Send>;
+type Work = Box<dyn FnMut(&Connection, i64) -> Result<AnyBox> + Send>;
 
 struct Job {
     work: Work,
@@ -34,13 +34,15 @@ impl Writer {
         Ok(Writer { queue })
     }
 
-    /// Runs `f` inside the next batch transaction (in its own savepoint) and resolves
-    /// once that batch is durably committed. `f` gets the connection and the batch's
-    /// commit time in milliseconds.
-    pub(crate) async fn run<R, F>(&self, f: F) -> Result<R>
+    /// Runs `f` inside the next batch transaction and resolves once that batch is
+    /// durably committed. `f` gets the connection and the batch's commit time in
+    /// milliseconds. It may run twice (see [`commit_batch`]), so it must only read what
+    /// it captured. It must fail with `Conflict`, `NotFound` or `Rejected` only before
+    /// it wrote anything.
+    pub(crate) async fn run<R, F>(&self, mut f: F) -> Result<R>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection, i64) -> Result<R> + Send + 'static,
+        F: FnMut(&Connection, i64) -> Result<R> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let work: Work = Box::new(move |c, t| f(c, t).map(|r| Box::new(r) as AnyBox));
@@ -50,7 +52,9 @@ impl Writer {
         let out = rx
             .await
             .map_err(|_| StoreError::Unavailable("SQLite writer has stopped".into()))??;
-        Ok(*out.downcast::<R>().expect("writer returns the type it was given"))
+        Ok(*out
+            .downcast::<R>()
+            .expect("writer returns the type it was given"))
     }
 }
 
@@ -67,12 +71,30 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let (n, began) = (batch.len(), std::time::Instant::now());
         commit_batch(&conn, batch);
+        tracing::trace!(
+            commands = n,
+            elapsed_us = began.elapsed().as_micros() as u64,
+            "batch committed"
+        );
     }
     tracing::debug!("SQLite writer stopped");
 }
 
-fn commit_batch(conn: &Connection, batch: Vec<Job>) {
+/// An error after which the command has written nothing (it checks before it writes).
+fn is_clean(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Conflict(_) | StoreError::NotFound { .. } | StoreError::Rejected(_)
+    )
+}
+
+/// Commits a batch in one transaction. Commands run back to back without savepoints
+/// (SQLite's statement sub-journals cost more than the commands); a command that fails
+/// cleanly has written nothing. Any other failure rolls the batch back and re-runs each
+/// command in a transaction of its own, so one bad command never fails the others.
+fn commit_batch(conn: &Connection, mut batch: Vec<Job>) {
     let now = chrono::Utc::now().timestamp_millis();
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let err = backend_err(e);
@@ -81,39 +103,47 @@ fn commit_batch(conn: &Connection, batch: Vec<Job>) {
         }
         return;
     }
-    let mut done: Vec<(oneshot::Sender<Result<AnyBox>>, Result<AnyBox>)> = Vec::with_capacity(batch.len());
-    for job in batch {
-        let result = match exec(conn, "SAVEPOINT cmd") {
-            Ok(()) => {
-                let r = (job.work)(conn, now);
-                let end = if r.is_ok() {
-                    exec(conn, "RELEASE cmd")
-                } else {
-                    exec(conn, "ROLLBACK TO cmd").and_then(|_| exec(conn, "RELEASE cmd"))
-                };
-                match end {
-                    Ok(()) => r,
-                    Err(e) => Err(backend_err(e)),
-                }
+    let mut results: Vec<Result<AnyBox>> = Vec::with_capacity(batch.len());
+    for job in batch.iter_mut() {
+        let r = (job.work)(conn, now);
+        if let Err(e) = &r {
+            if !is_clean(e) {
+                tracing::warn!(error = %e, "a command failed inside a batch; committing one by one");
+                let _ = exec(conn, "ROLLBACK");
+                return one_by_one(conn, batch, now);
             }
-            Err(e) => Err(backend_err(e)),
-        };
-        done.push((job.reply, result));
+        }
+        results.push(r);
     }
     match exec(conn, "COMMIT") {
         Ok(()) => {
-            for (reply, result) in done {
-                let _ = reply.send(result);
+            for (job, result) in batch.into_iter().zip(results) {
+                let _ = job.reply.send(result);
             }
         }
         Err(e) => {
             let err = backend_err(e);
-            tracing::error!(error = %err, "SQLite batch commit failed; rolling back");
+            tracing::error!(error = %err, "SQLite batch commit failed; rolled back");
             let _ = exec(conn, "ROLLBACK");
-            for (reply, result) in done {
-                let _ = reply.send(result.and(Err(clone_err(&err))));
+            for job in batch {
+                let _ = job.reply.send(Err(clone_err(&err)));
             }
         }
+    }
+}
+
+fn one_by_one(conn: &Connection, batch: Vec<Job>, now: i64) {
+    for mut job in batch {
+        let result = exec(conn, "BEGIN IMMEDIATE")
+            .map_err(backend_err)
+            .and_then(|()| match (job.work)(conn, now) {
+                Ok(v) => exec(conn, "COMMIT").map(|()| v).map_err(backend_err),
+                Err(e) => Err(e),
+            });
+        if result.is_err() {
+            let _ = exec(conn, "ROLLBACK");
+        }
+        let _ = job.reply.send(result);
     }
 }
 

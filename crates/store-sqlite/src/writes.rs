@@ -1,7 +1,7 @@
 //! Write operations; each runs on the writer thread inside a batch savepoint, and
 //! appends its journal rows in that same transaction.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use steadyflow_store::*;
 
@@ -10,29 +10,89 @@ use crate::rows::{self, *};
 
 type R<T> = Result<T>;
 
-fn journal<T: Serialize>(c: &Connection, tx: i64, entity: &str, id: &str, op: &str, row: Option<&T>) -> R<()> {
-    let image = match row {
-        Some(r) => Some(serde_json::to_string(r).map_err(|e| StoreError::Backend(e.to_string()))?),
-        None => None,
-    };
-    c.prepare_cached(
-        "INSERT INTO journal (tx_time, entity, entity_id, op, row) VALUES (?1, ?2, ?3, ?4, ?5)",
+/// Journal rows of one command, written together by [`Journal::flush`] (multi-row inserts).
+struct Journal {
+    tx: i64,
+    rows: Vec<(&'static str, String, &'static str, Option<String>)>,
+}
+
+impl Journal {
+    fn new(tx: i64) -> Self {
+        Journal {
+            tx,
+            rows: Vec::new(),
+        }
+    }
+
+    fn add<T: Serialize>(
+        &mut self,
+        entity: &'static str,
+        id: &str,
+        op: &'static str,
+        row: Option<&T>,
+    ) -> R<()> {
+        let image = match row {
+            Some(r) => Some(to_json(r)?),
+            None => None,
+        };
+        self.rows.push((entity, id.to_string(), op, image));
+        Ok(())
+    }
+
+    fn raw(&mut self, entity: &'static str, id: &str, op: &'static str, image: &str) {
+        self.rows
+            .push((entity, id.to_string(), op, Some(image.to_string())));
+    }
+
+    fn flush(self, c: &Connection) -> R<()> {
+        for chunk in self.rows.chunks(CHUNK) {
+            let sql = multi_insert(
+                "journal (tx_time, entity, entity_id, op, row)",
+                5,
+                chunk.len(),
+            );
+            let mut stmt = c.prepare_cached(&sql).map_err(backend_err)?;
+            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 5);
+            for (entity, id, op, row) in chunk {
+                args.extend([&self.tx as &dyn rusqlite::ToSql, entity, id, op, row]);
+            }
+            stmt.execute(args.as_slice()).map_err(backend_err)?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows per multi-row insert statement.
+const CHUNK: usize = 32;
+
+/// `INSERT INTO <table_cols> VALUES (?, ...), (...)` for `rows` rows of `cols` columns.
+fn multi_insert(table_cols: &str, cols: usize, rows: usize) -> String {
+    let one = format!("({})", vec!["?"; cols].join(", "));
+    format!(
+        "INSERT INTO {table_cols} VALUES {}",
+        vec![one; rows].join(", ")
     )
-    .and_then(|mut s| s.execute(params![tx, entity, id, op, image]))
-    .map_err(backend_err)?;
-    Ok(())
 }
 
 fn to_json<T: Serialize>(v: &T) -> R<String> {
     serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
-pub(crate) fn deploy(c: &Connection, tx: i64, defs: &[NewDefinition], now: Timestamp) -> R<Vec<Deployed>> {
+pub(crate) fn deploy(
+    c: &Connection,
+    tx: i64,
+    defs: &[NewDefinition],
+    now: Timestamp,
+) -> R<Vec<Deployed>> {
+    let mut j = Journal::new(tx);
     let mut out = Vec::with_capacity(defs.len());
     for d in defs {
         let latest = crate::reads::definition(c, "key", &d.key).map_err(backend_err)?;
         if let Some(l) = latest.as_ref().filter(|l| l.checksum == d.checksum) {
-            out.push(Deployed { definition: l.clone(), created: false });
+            out.push(Deployed {
+                definition: l.clone(),
+                created: false,
+            });
             continue;
         }
         let version = latest.map(|l| l.version + 1).unwrap_or(1);
@@ -52,16 +112,62 @@ pub(crate) fn deploy(c: &Connection, tx: i64, defs: &[NewDefinition], now: Times
             s.execute(params![record.id, record.key, version, record.name, record.checksum, d.xml, ms(now)])
         })
         .map_err(backend_err)?;
-        journal(c, tx, "definition", &record.id, "insert", Some(&record))?;
-        out.push(Deployed { definition: record, created: true });
+        j.add("definition", &record.id, "insert", Some(&record))?;
+        out.push(Deployed {
+            definition: record,
+            created: true,
+        });
     }
+    j.flush(c)?;
     Ok(out)
 }
 
-pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet) -> R<()> {
+/// JSON of a change set, made on the caller's thread so the writer only writes.
+pub(crate) struct Images {
+    vars: String,
+    runtime: String,
+    instance: String,
+    tasks: Vec<(String, String, String)>,
+    externals: Vec<String>,
+    timers: Vec<String>,
+    incidents: Vec<String>,
+    history: Option<String>,
+}
+
+impl Images {
+    pub(crate) fn of(ch: &ChangeSet) -> R<Images> {
+        let all = |v: Vec<R<String>>| v.into_iter().collect::<R<Vec<String>>>();
+        Ok(Images {
+            vars: to_json(&ch.instance.variables)?,
+            runtime: to_json(&ch.instance.runtime)?,
+            instance: to_json(&ch.instance)?,
+            tasks: ch
+                .tasks_created
+                .iter()
+                .map(|t| {
+                    Ok((
+                        to_json(t)?,
+                        to_json(&t.candidate_users)?,
+                        to_json(&t.candidate_groups)?,
+                    ))
+                })
+                .collect::<R<_>>()?,
+            externals: all(ch.external_upserted.iter().map(to_json).collect())?,
+            timers: all(ch.timers_created.iter().map(to_json).collect())?,
+            incidents: all(ch.incidents_created.iter().map(to_json).collect())?,
+            history: if ch.history.is_empty() {
+                None
+            } else {
+                Some(to_json(&ch.history)?)
+            },
+        })
+    }
+}
+
+pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<()> {
+    let mut j = Journal::new(tx);
     let i = &ch.instance;
-    let vars = to_json(&i.variables)?;
-    let runtime = to_json(&i.runtime)?;
+    let (vars, runtime) = (&img.vars, &img.runtime);
     match ch.expected_version {
         None => {
             c.prepare_cached(
@@ -75,30 +181,43 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet) -> R<()> {
                 ])
             })
             .map_err(backend_err)?;
-            journal(c, tx, "instance", &i.id, "insert", Some(i))?;
+            j.raw("instance", &i.id, "insert", &img.instance);
         }
         Some(expected) => {
+            // SQLite rewrites the index entries of every indexed column in the SET list:
+            // leave `state` out when the command did not change it.
+            let sql = if ch.prior_state == Some(i.state) {
+                "UPDATE instances SET business_key = ?8, variables = ?3, runtime = ?4, version = ?5, ended_at = ?6 \
+                 WHERE id = ?1 AND version = ?7 AND ?2 IS NOT NULL"
+            } else {
+                "UPDATE instances SET business_key = ?8, state = ?2, variables = ?3, runtime = ?4, version = ?5, ended_at = ?6 \
+                 WHERE id = ?1 AND version = ?7"
+            };
             let n = c
-                .prepare_cached(
-                    "UPDATE instances SET business_key = ?2, state = ?3, variables = ?4, runtime = ?5, version = ?6, ended_at = ?7 \
-                     WHERE id = ?1 AND version = ?8",
-                )
+                .prepare_cached(sql)
                 .and_then(|mut s| {
                     s.execute(params![
-                        i.id, i.business_key, i.state.as_str(), vars, runtime, i.version, i.ended_at.map(ms), expected
+                        i.id,
+                        i.state.as_str(),
+                        vars,
+                        runtime,
+                        i.version,
+                        i.ended_at.map(ms),
+                        expected,
+                        i.business_key
                     ])
                 })
                 .map_err(backend_err)?;
             if n == 0 {
                 return Err(StoreError::Conflict(i.id.clone()));
             }
-            journal(c, tx, "instance", &i.id, "update", Some(i))?;
+            j.raw("instance", &i.id, "update", &img.instance);
         }
     }
     for id in &ch.tasks_removed {
-        delete(c, tx, "tasks", "task", id)?;
+        delete(c, &mut j, "tasks", "task", id)?;
     }
-    for t in &ch.tasks_created {
+    for (t, (image, users, groups)) in ch.tasks_created.iter().zip(&img.tasks) {
         c.prepare_cached(
             "INSERT INTO tasks (id, instance_id, definition_id, activity_id, name, assignee, candidate_users, candidate_groups, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -106,23 +225,22 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet) -> R<()> {
         .and_then(|mut s| {
             s.execute(params![
                 t.id, t.instance_id, t.definition_id, t.activity_id, t.name, t.assignee,
-                to_json(&t.candidate_users).unwrap_or_default(), to_json(&t.candidate_groups).unwrap_or_default(),
-                ms(t.created_at)
+                users, groups, ms(t.created_at)
             ])
         })
         .map_err(backend_err)?;
-        journal(c, tx, "task", &t.id, "insert", Some(t))?;
+        j.raw("task", &t.id, "insert", image);
     }
     for id in &ch.external_removed {
-        delete(c, tx, "external_tasks", "externalTask", id)?;
+        delete(c, &mut j, "external_tasks", "externalTask", id)?;
     }
-    for e in &ch.external_upserted {
-        upsert_external(c, tx, e)?;
+    for (e, image) in ch.external_upserted.iter().zip(&img.externals) {
+        upsert_external(c, &mut j, e, image)?;
     }
     for id in &ch.timers_removed {
-        delete(c, tx, "timers", "timer", id)?;
+        delete(c, &mut j, "timers", "timer", id)?;
     }
-    for t in &ch.timers_created {
+    for (t, image) in ch.timers_created.iter().zip(&img.timers) {
         c.prepare_cached(
             "INSERT INTO timers (id, instance_id, activity_id, due_at, owner, lock_until, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
@@ -130,9 +248,9 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet) -> R<()> {
             s.execute(params![t.id, t.instance_id, t.activity_id, ms(t.due_at), t.owner, t.lock_until.map(ms), ms(t.created_at)])
         })
         .map_err(backend_err)?;
-        journal(c, tx, "timer", &t.id, "insert", Some(t))?;
+        j.raw("timer", &t.id, "insert", image);
     }
-    for inc in &ch.incidents_created {
+    for (inc, image) in ch.incidents_created.iter().zip(&img.incidents) {
         c.prepare_cached(
             "INSERT INTO incidents (id, instance_id, activity_id, incident_type, message, external_task_id, created_at, resolved_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -144,48 +262,53 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet) -> R<()> {
             ])
         })
         .map_err(backend_err)?;
-        journal(c, tx, "incident", &inc.id, "insert", Some(inc))?;
+        j.raw("incident", &inc.id, "insert", image);
     }
     for id in &ch.incidents_resolved {
-        let sql = format!("UPDATE incidents SET resolved_at = ?2 WHERE id = ?1 RETURNING {INCIDENT_COLS}");
+        let sql = format!(
+            "UPDATE incidents SET resolved_at = ?2 WHERE id = ?1 RETURNING {INCIDENT_COLS}"
+        );
         let row = c
             .prepare_cached(&sql)
             .and_then(|mut s| s.query_row(params![id, tx], rows::incident).optional())
             .map_err(backend_err)?;
         if let Some(row) = row {
-            journal(c, tx, "incident", id, "update", Some(&row))?;
+            j.add("incident", id, "update", Some(&row))?;
         }
     }
-    if !ch.history.is_empty() {
-        let mut stmt = c
-            .prepare_cached(
-                "INSERT INTO history (instance_id, time, event, activity_id, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
+    if let Some(events) = &img.history {
+        c.prepare_cached("INSERT INTO history (instance_id, time, events) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![i.id, tx, events]))
             .map_err(backend_err)?;
-        for h in &ch.history {
-            stmt.execute(params![h.instance_id, ms(h.time), h.event, h.activity_id, to_json(&h.detail)?])
-                .map_err(backend_err)?;
-        }
-        journal(c, tx, "history", &i.id, "append", Some(&ch.history))?;
+        j.raw("history", &i.id, "append", events);
     }
-    Ok(())
+    j.flush(c)
 }
 
-fn delete(c: &Connection, tx: i64, table: &str, entity: &str, id: &str) -> R<()> {
+fn delete(c: &Connection, j: &mut Journal, table: &str, entity: &'static str, id: &str) -> R<()> {
     let n = c
         .prepare_cached(&format!("DELETE FROM {table} WHERE id = ?1"))
         .and_then(|mut s| s.execute([id]))
         .map_err(backend_err)?;
     if n > 0 {
-        journal::<()>(c, tx, entity, id, "delete", None)?;
+        j.add::<()>(entity, id, "delete", None)?;
     }
     Ok(())
 }
 
-fn upsert_external(c: &Connection, tx: i64, e: &ExternalTaskRecord) -> R<()> {
+fn upsert_external(c: &Connection, j: &mut Journal, e: &ExternalTaskRecord, image: &str) -> R<()> {
     let p = params![
-        e.id, e.instance_id, e.definition_id, e.activity_id, e.topic, e.worker_id,
-        e.lock_expires_at.map(ms), e.retries, e.error_message, e.retry_at.map(ms), ms(e.created_at)
+        e.id,
+        e.instance_id,
+        e.definition_id,
+        e.activity_id,
+        e.topic,
+        e.worker_id,
+        e.lock_expires_at.map(ms),
+        e.retries,
+        e.error_message,
+        e.retry_at.map(ms),
+        ms(e.created_at)
     ];
     let inserted = c
         .prepare_cached(
@@ -202,7 +325,13 @@ fn upsert_external(c: &Connection, tx: i64, e: &ExternalTaskRecord) -> R<()> {
         .and_then(|mut s| s.execute(p))
         .map_err(backend_err)?;
     }
-    journal(c, tx, "externalTask", &e.id, if inserted == 0 { "update" } else { "insert" }, Some(e))
+    j.raw(
+        "externalTask",
+        &e.id,
+        if inserted == 0 { "update" } else { "insert" },
+        image,
+    );
+    Ok(())
 }
 
 pub(crate) fn claim_task(c: &Connection, tx: i64, id: &str, user: &str) -> R<TaskRecord> {
@@ -215,7 +344,9 @@ pub(crate) fn claim_task(c: &Connection, tx: i64, id: &str, user: &str) -> R<Tas
         .map_err(backend_err)?;
     match row {
         Some(t) => {
-            journal(c, tx, "task", id, "update", Some(&t))?;
+            let mut j = Journal::new(tx);
+            j.add("task", id, "update", Some(&t))?;
+            j.flush(c)?;
             Ok(t)
         }
         None => match crate::reads::task(c, id).map_err(backend_err)? {
@@ -223,7 +354,10 @@ pub(crate) fn claim_task(c: &Connection, tx: i64, id: &str, user: &str) -> R<Tas
                 "task {id} is already claimed by {}",
                 t.assignee.unwrap_or_default()
             ))),
-            None => Err(StoreError::NotFound { what: "task", id: id.to_string() }),
+            None => Err(StoreError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            }),
         },
     }
 }
@@ -239,39 +373,70 @@ pub(crate) fn fetch_and_lock(
     if topics.is_empty() || max == 0 {
         return Ok(Vec::new());
     }
-    let marks = (0..topics.len()).map(|i| format!("?{}", i + 3)).collect::<Vec<_>>().join(", ");
     let cols = EXTERNAL_COLS
         .split(", ")
         .map(|c| format!("e.{c}"))
         .collect::<Vec<_>>()
         .join(", ");
-    let sql = format!(
-        "SELECT {cols}, i.variables FROM external_tasks e JOIN instances i ON i.id = e.instance_id \
-         WHERE e.topic IN ({marks}) AND (e.lock_expires_at IS NULL OR e.lock_expires_at <= ?1) \
-         AND (e.retries IS NULL OR e.retries > 0) AND (e.retry_at IS NULL OR e.retry_at <= ?1) \
-         ORDER BY e.created_at, e.id LIMIT ?2"
+    let from = "FROM external_tasks e JOIN instances i ON i.id = e.instance_id WHERE e.topic = ?1";
+    let ready = "(e.retries IS NULL OR e.retries > 0) AND (e.retry_at IS NULL OR e.retry_at <= ?2)";
+    // Per topic, two index range scans that never step over locked rows: expired locks
+    // first (a crashed worker's tasks are the oldest), then never-locked tasks in creation
+    // order. The candidates of all topics are then merged by creation time.
+    let expired = format!(
+        "SELECT {cols}, i.variables {from} AND e.lock_expires_at IS NOT NULL AND e.lock_expires_at <= ?2 AND {ready} \
+         ORDER BY e.lock_expires_at LIMIT ?3"
     );
-    let mut args: Vec<rusqlite::types::Value> = vec![ms(now).into(), (max as i64).into()];
-    args.extend(topics.iter().map(|t| rusqlite::types::Value::Text(t.topic.clone())));
-    let found: Vec<(ExternalTaskRecord, String)> = c
-        .prepare_cached(&sql)
-        .and_then(|mut s| {
-            s.query_map(rusqlite::params_from_iter(args), |r| Ok((rows::external(r)?, r.get::<_, String>(11)?)))?
-                .collect()
-        })
-        .map_err(backend_err)?;
+    let fresh = format!(
+        "SELECT {cols}, i.variables {from} AND e.lock_expires_at IS NULL AND {ready} ORDER BY e.created_at, e.id LIMIT ?3"
+    );
+    let mut found: Vec<(ExternalTaskRecord, String)> = Vec::new();
+    for sql in [&expired, &fresh] {
+        for t in topics {
+            let rows: Vec<(ExternalTaskRecord, String)> = c
+                .prepare_cached(sql)
+                .and_then(|mut s| {
+                    s.query_map(params![t.topic, ms(now), max as i64], |r| {
+                        Ok((rows::external(r)?, r.get::<_, String>(11)?))
+                    })?
+                    .collect()
+                })
+                .map_err(backend_err)?;
+            found.extend(rows);
+        }
+        if found.len() >= max {
+            break;
+        }
+    }
+    found.sort_by(|a, b| {
+        (a.0.lock_expires_at.is_none(), a.0.created_at, &a.0.id).cmp(&(
+            b.0.lock_expires_at.is_none(),
+            b.0.created_at,
+            &b.0.id,
+        ))
+    });
+    found.truncate(max);
+    let mut j = Journal::new(tx);
     let mut out = Vec::with_capacity(found.len());
     for (mut task, vars) in found {
-        let lock_ms = topics.iter().find(|t| t.topic == task.topic).map(|t| t.lock_duration_ms).unwrap_or(0);
+        let lock_ms = topics
+            .iter()
+            .find(|t| t.topic == task.topic)
+            .map(|t| t.lock_duration_ms)
+            .unwrap_or(0);
         task.worker_id = Some(worker.to_string());
         task.lock_expires_at = Some(rows::from_ms(ms(now) + lock_ms));
-        c.prepare_cached("UPDATE external_tasks SET worker_id = ?2, lock_expires_at = ?3 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![task.id, worker, task.lock_expires_at.map(ms)]))
-            .map_err(backend_err)?;
-        journal(c, tx, "externalTask", &task.id, "update", Some(&task))?;
-        let variables = serde_json::from_str(&vars).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        c.prepare_cached(
+            "UPDATE external_tasks SET worker_id = ?2, lock_expires_at = ?3 WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![task.id, worker, task.lock_expires_at.map(ms)]))
+        .map_err(backend_err)?;
+        j.add("externalTask", &task.id, "update", Some(&task))?;
+        let variables =
+            serde_json::from_str(&vars).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         out.push(LockedTask { task, variables });
     }
+    j.flush(c)?;
     Ok(out)
 }
 
@@ -289,8 +454,12 @@ pub(crate) fn acquire_due_timers(
     );
     let due: Vec<TimerRecord> = c
         .prepare_cached(&sql)
-        .and_then(|mut s| s.query_map(params![ms(now), limit as i64], rows::timer)?.collect())
+        .and_then(|mut s| {
+            s.query_map(params![ms(now), limit as i64], rows::timer)?
+                .collect()
+        })
         .map_err(backend_err)?;
+    let mut j = Journal::new(tx);
     let mut out = Vec::with_capacity(due.len());
     for mut t in due {
         t.owner = Some(owner.to_string());
@@ -298,8 +467,9 @@ pub(crate) fn acquire_due_timers(
         c.prepare_cached("UPDATE timers SET owner = ?2, lock_until = ?3 WHERE id = ?1")
             .and_then(|mut s| s.execute(params![t.id, owner, ms(lock_until)]))
             .map_err(backend_err)?;
-        journal(c, tx, "timer", &t.id, "update", Some(&t))?;
+        j.add("timer", &t.id, "update", Some(&t))?;
         out.push(t);
     }
+    j.flush(c)?;
     Ok(out)
 }

@@ -64,7 +64,20 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_task(&self, id: &str, user: &str, now: Timestamp) -> Result<TaskRecord>;
 
     async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>>;
-    async fn list_external_tasks(&self, filter: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>>;
+    /// An external task together with its instance (one round trip where the backend can).
+    async fn external_task_with_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ExternalTaskRecord, InstanceRecord)>> {
+        let Some(task) = self.external_task(id).await? else {
+            return Ok(None);
+        };
+        Ok(self.instance(&task.instance_id).await?.map(|i| (task, i)))
+    }
+    async fn list_external_tasks(
+        &self,
+        filter: &ExternalTaskFilter,
+    ) -> Result<Vec<ExternalTaskRecord>>;
     /// Locks up to `max` fetchable tasks of the given topics for `worker` (skipping rows
     /// another node is locking right now), oldest first.
     async fn fetch_and_lock(

@@ -187,6 +187,9 @@ pub struct ChangeSet {
     pub instance: InstanceRecord,
     /// `None` inserts a new instance; `Some(v)` updates only if the stored version is `v`.
     pub expected_version: Option<i64>,
+    /// The state the instance had when the command read it, if known: a store may then
+    /// skip writing an unchanged state. `None` always writes it.
+    pub prior_state: Option<InstanceState>,
     pub tasks_created: Vec<TaskRecord>,
     pub tasks_removed: Vec<String>,
     /// Inserted, or replacing the row with the same id.
@@ -202,6 +205,7 @@ pub struct ChangeSet {
 impl ChangeSet {
     pub fn new(instance: InstanceRecord, expected_version: Option<i64>) -> Self {
         ChangeSet {
+            prior_state: None,
             instance,
             expected_version,
             tasks_created: Vec::new(),

@@ -44,8 +44,10 @@ impl<S: Send + Sync> FromRequest<S> for XmlBody {
     }
 }
 
-/// Deploy a BPMN file. Every executable process in it becomes a new version, unless the
-/// file is unchanged since the last deployment.
+/// Deploy a BPMN file.
+///
+/// Every executable process in it becomes a new version, unless the file is unchanged
+/// since the last deployment (then 200 with `created: false`).
 #[utoipa::path(
     post,
     path = "/api/v1/process-definitions",
@@ -99,6 +101,7 @@ async fn list_definitions(
     Ok(Json(defs.into_iter().map(Into::into).collect()))
 }
 
+/// One definition version (without its XML).
 #[utoipa::path(
     get,
     path = "/api/v1/process-definitions/{id}",

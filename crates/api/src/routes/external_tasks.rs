@@ -25,6 +25,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(complete_external_task))
         .routes(routes!(fail_external_task))
         .routes(routes!(set_retries))
+        .routes(routes!(unlock_external_task))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -37,6 +38,7 @@ struct ExternalTaskQuery {
     limit: Option<usize>,
 }
 
+/// List external tasks, optionally filtered.
 #[utoipa::path(
     get,
     path = "/api/v1/external-tasks",
@@ -57,6 +59,7 @@ async fn list_external_tasks(
     Ok(Json(tasks.into_iter().map(Into::into).collect()))
 }
 
+/// One external task.
 #[utoipa::path(
     get,
     path = "/api/v1/external-tasks/{id}",
@@ -71,8 +74,10 @@ async fn get_external_task(
     Ok(Json(state.engine.external_task(&id).await?.into()))
 }
 
-/// Lock up to `maxTasks` fetchable tasks of the given topics for a worker, with the
-/// instances' variables.
+/// Lock tasks for a worker.
+///
+/// Locks up to `maxTasks` fetchable tasks of the given topics, oldest first, and returns
+/// them with their instances' variables.
 #[utoipa::path(
     post,
     path = "/api/v1/external-tasks/fetch-and-lock",
@@ -99,8 +104,9 @@ async fn fetch_and_lock(
     Ok(Json(locked.into_iter().map(Into::into).collect()))
 }
 
-/// Complete a locked task; its variables are set on the instance. Returns the instance
-/// after it moved on.
+/// Complete a locked external task.
+///
+/// Its variables are set on the instance; returns the instance after it moved on.
 #[utoipa::path(
     post,
     path = "/api/v1/external-tasks/{id}/complete",
@@ -126,8 +132,10 @@ async fn complete_external_task(
     Ok(Json(inst.try_into()?))
 }
 
-/// Report a failure. With retries left the task is fetchable again after
-/// `retryTimeout` ms; with 0 retries the instance gets an incident.
+/// Report a failed external task.
+///
+/// With retries left the task is fetchable again after `retryTimeout` ms; with 0 retries
+/// the instance gets an incident.
 #[utoipa::path(
     post,
     path = "/api/v1/external-tasks/{id}/failure",
@@ -182,4 +190,22 @@ async fn set_retries(
             .await?
             .into(),
     ))
+}
+
+/// Release a worker's lock so the task can be fetched again at once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/external-tasks/{id}/unlock",
+    tag = "external tasks",
+    params(("id" = String, Path, description = "External task id")),
+    responses(
+        (status = 200, body = ExternalTask),
+        (status = 404, body = ErrorResponse),
+    )
+)]
+async fn unlock_external_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ExternalTask>, ApiError> {
+    Ok(Json(state.engine.unlock_external_task(&id).await?.into()))
 }

@@ -28,6 +28,7 @@ struct IncidentQuery {
     open: Option<bool>,
 }
 
+/// List incidents, optionally filtered.
 #[utoipa::path(
     get,
     path = "/api/v1/incidents",
@@ -50,8 +51,9 @@ async fn list_incidents(
     Ok(Json(incidents.into_iter().map(Into::into).collect()))
 }
 
-/// Retry the element an incident stopped at (after fixing its cause). Incidents of
-/// external tasks are resolved by setting the task's retries instead.
+/// Retry the element an incident stopped at (after fixing its cause).
+///
+/// Incidents of external tasks are resolved by setting the task's retries instead.
 #[utoipa::path(
     post,
     path = "/api/v1/incidents/{id}/retry",

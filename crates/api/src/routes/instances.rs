@@ -35,6 +35,7 @@ struct InstanceQuery {
     limit: Option<usize>,
 }
 
+/// List process instances, optionally filtered.
 #[utoipa::path(
     get,
     path = "/api/v1/process-instances",
@@ -74,6 +75,7 @@ async fn list_instances(
     ))
 }
 
+/// One process instance with its variables and active activities.
 #[utoipa::path(
     get,
     path = "/api/v1/process-instances/{id}",

@@ -54,6 +54,7 @@ async fn list_tasks(
     Ok(Json(tasks.into_iter().map(Into::into).collect()))
 }
 
+/// One open user task.
 #[utoipa::path(
     get,
     path = "/api/v1/tasks/{id}",
@@ -92,8 +93,9 @@ async fn claim_task(
     ))
 }
 
-/// Complete the task, setting its variables on the instance; returns the instance
-/// after it moved on.
+/// Complete a user task.
+///
+/// Its variables are set on the instance; returns the instance after it moved on.
 #[utoipa::path(
     post,
     path = "/api/v1/tasks/{id}/complete",

@@ -364,8 +364,3 @@ async fn a_dead_database_is_503_and_its_cause_stays_in_the_log() {
     );
     assert!(!body.to_string().contains("secret_col"), "{body}");
 }
-
-#[test]
-fn dump_openapi() {
-    std::fs::write("/tmp/apidump/openapi.json", steadyflow_api::openapi().to_pretty_json().unwrap()).unwrap();
-}

@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use steadyflow_expr::{Context, Layered};
 use steadyflow_model::{ElementKind, ProcessDefinition, TimerDef};
 use steadyflow_store::{
@@ -62,17 +62,37 @@ impl<'d> Transition<'d> {
             ended_at: None,
         };
         let cs = ChangeSet::new(inst.clone(), None);
-        Transition { def, now, inst, rt: Runtime::default(), queue: VecDeque::new(), cs }
+        Transition {
+            def,
+            now,
+            inst,
+            rt: Runtime::default(),
+            queue: VecDeque::new(),
+            cs,
+        }
     }
 
     /// Opens a transition on a stored, running instance.
-    pub fn open(def: &'d ProcessDefinition, inst: InstanceRecord, now: Timestamp) -> Result<Self, CoreError> {
+    pub fn open(
+        def: &'d ProcessDefinition,
+        inst: InstanceRecord,
+        now: Timestamp,
+    ) -> Result<Self, CoreError> {
         if inst.state.is_ended() {
             return Err(CoreError::Ended(inst.id));
         }
-        let rt = Runtime::from_json(&inst.runtime).map_err(|e| CoreError::Corrupt(inst.id.clone(), e.to_string()))?;
-        let cs = ChangeSet::new(inst.clone(), Some(inst.version));
-        Ok(Transition { def, now, inst, rt, queue: VecDeque::new(), cs })
+        let rt = Runtime::from_json(&inst.runtime)
+            .map_err(|e| CoreError::Corrupt(inst.id.clone(), e.to_string()))?;
+        let mut cs = ChangeSet::new(inst.clone(), Some(inst.version));
+        cs.prior_state = Some(inst.state);
+        Ok(Transition {
+            def,
+            now,
+            inst,
+            rt,
+            queue: VecDeque::new(),
+            cs,
+        })
     }
 
     pub fn instance_id(&self) -> &str {
@@ -81,7 +101,11 @@ impl<'d> Transition<'d> {
 
     /// Starts the instance at its none start event and runs it to rest.
     pub fn start(&mut self) {
-        self.hist("instanceStarted", None, json!({ "definitionId": self.inst.definition_id }));
+        self.hist(
+            "instanceStarted",
+            None,
+            json!({ "definitionId": self.inst.definition_id }),
+        );
         if !self.inst.variables.is_empty() {
             let names: Vec<&String> = self.inst.variables.keys().collect();
             let detail = json!({ "names": names });
@@ -94,7 +118,11 @@ impl<'d> Transition<'d> {
 
     /// Completes the user task `task_id` with `variables` (set on the instance).
     pub fn complete_user_task(&mut self, task_id: &str, variables: Vars) -> Result<(), CoreError> {
-        let tid = self.waiting(|w| matches!(w, Wait::UserTask { task_id: t } if t == task_id), "user task", task_id)?;
+        let tid = self.waiting(
+            |w| matches!(w, Wait::UserTask { task_id: t } if t == task_id),
+            "user task",
+            task_id,
+        )?;
         self.cs.tasks_removed.push(task_id.to_string());
         self.set_vars(variables);
         self.complete_activity(tid, None);
@@ -104,8 +132,16 @@ impl<'d> Transition<'d> {
 
     /// Completes the external task `task_id`; `variables` go through the element's output
     /// mappings when it has some, else straight onto the instance.
-    pub fn complete_external_task(&mut self, task_id: &str, variables: Vars) -> Result<(), CoreError> {
-        let tid = self.waiting(|w| matches!(w, Wait::ExternalTask { task_id: t } if t == task_id), "external task", task_id)?;
+    pub fn complete_external_task(
+        &mut self,
+        task_id: &str,
+        variables: Vars,
+    ) -> Result<(), CoreError> {
+        let tid = self.waiting(
+            |w| matches!(w, Wait::ExternalTask { task_id: t } if t == task_id),
+            "external task",
+            task_id,
+        )?;
         self.cs.external_removed.push(task_id.to_string());
         self.resolve_task_incidents(task_id);
         self.complete_activity(tid, Some(variables));
@@ -116,7 +152,11 @@ impl<'d> Transition<'d> {
     /// Records a worker's failure report: `task` is the updated external task row. With no
     /// retries left, an incident stops the token until retries are set again.
     pub fn fail_external_task(&mut self, task: ExternalTaskRecord) -> Result<(), CoreError> {
-        let tid = self.waiting(|w| matches!(w, Wait::ExternalTask { task_id: t } if *t == task.id), "external task", &task.id)?;
+        let tid = self.waiting(
+            |w| matches!(w, Wait::ExternalTask { task_id: t } if *t == task.id),
+            "external task",
+            &task.id,
+        )?;
         if task.retries == Some(0) && !self.rt.task_incidents.iter().any(|(_, t)| *t == task.id) {
             let el = self.token(tid).element.clone();
             let msg = format!(
@@ -133,7 +173,11 @@ impl<'d> Transition<'d> {
     /// Replaces the row of an external task a token waits for (new retries, unlock);
     /// retries above zero resolve its incident.
     pub fn update_external_task(&mut self, task: ExternalTaskRecord) -> Result<(), CoreError> {
-        self.waiting(|w| matches!(w, Wait::ExternalTask { task_id: t } if *t == task.id), "external task", &task.id)?;
+        self.waiting(
+            |w| matches!(w, Wait::ExternalTask { task_id: t } if *t == task.id),
+            "external task",
+            &task.id,
+        )?;
         if task.retries.unwrap_or(1) > 0 {
             self.resolve_task_incidents(&task.id);
         }
@@ -143,7 +187,11 @@ impl<'d> Transition<'d> {
 
     /// Fires timer `timer_id`. `Err(NotWaiting)` when no token waits for it any more.
     pub fn fire_timer(&mut self, timer_id: &str) -> Result<(), CoreError> {
-        let tid = self.waiting(|w| matches!(w, Wait::Timer { timer_id: t } if t == timer_id), "timer", timer_id)?;
+        let tid = self.waiting(
+            |w| matches!(w, Wait::Timer { timer_id: t } if t == timer_id),
+            "timer",
+            timer_id,
+        )?;
         self.cs.timers_removed.push(timer_id.to_string());
         self.complete_activity(tid, None);
         self.run();
@@ -164,10 +212,16 @@ impl<'d> Transition<'d> {
             "incident",
             incident_id,
         )?;
-        let Wait::Incident { leaving, .. } = self.token(tid).wait.clone() else { unreachable!() };
+        let Wait::Incident { leaving, .. } = self.token(tid).wait.clone() else {
+            unreachable!()
+        };
         self.cs.incidents_resolved.push(incident_id.to_string());
         let el = self.token(tid).element.clone();
-        self.hist("incidentResolved", Some(&el), json!({ "incidentId": incident_id }));
+        self.hist(
+            "incidentResolved",
+            Some(&el),
+            json!({ "incidentId": incident_id }),
+        );
         self.token_mut(tid).wait = Wait::Ready;
         if leaving {
             self.leave(tid);
@@ -229,17 +283,30 @@ impl<'d> Transition<'d> {
         self.hist("variablesChanged", None, json!({ "names": names }));
     }
 
-    fn waiting(&self, f: impl Fn(&Wait) -> bool, what: &'static str, id: &str) -> Result<u64, CoreError> {
+    fn waiting(
+        &self,
+        f: impl Fn(&Wait) -> bool,
+        what: &'static str,
+        id: &str,
+    ) -> Result<u64, CoreError> {
         self.rt
             .tokens
             .iter()
             .find(|t| f(&t.wait))
             .map(|t| t.id)
-            .ok_or_else(|| CoreError::NotWaiting { instance: self.inst.id.clone(), what, id: id.to_string() })
+            .ok_or_else(|| CoreError::NotWaiting {
+                instance: self.inst.id.clone(),
+                what,
+                id: id.to_string(),
+            })
     }
 
     pub(super) fn pos(&self, tid: u64) -> usize {
-        self.rt.tokens.iter().position(|t| t.id == tid).expect("token exists")
+        self.rt
+            .tokens
+            .iter()
+            .position(|t| t.id == tid)
+            .expect("token exists")
     }
 
     pub(super) fn token(&self, tid: u64) -> &Token {
@@ -253,7 +320,9 @@ impl<'d> Transition<'d> {
 
     pub(super) fn element_of(&self, tid: u64) -> usize {
         let t = self.token(tid);
-        self.def.element_index(&t.element).expect("token stands at an element of its definition")
+        self.def
+            .element_index(&t.element)
+            .expect("token stands at an element of its definition")
     }
 
     /// New token at element `el`, queued for processing.
@@ -294,13 +363,26 @@ impl<'d> Transition<'d> {
         if locals.is_empty() {
             f(&self.inst.variables)
         } else {
-            f(&Layered { inner: locals, outer: &self.inst.variables })
+            f(&Layered {
+                inner: locals,
+                outer: &self.inst.variables,
+            })
         }
     }
 
-    pub(super) fn new_incident(&mut self, el: &str, kind: &str, message: String, task: Option<String>) -> String {
+    pub(super) fn new_incident(
+        &mut self,
+        el: &str,
+        kind: &str,
+        message: String,
+        task: Option<String>,
+    ) -> String {
         let id = new_id();
-        self.hist("incidentCreated", Some(el), json!({ "incidentId": id, "type": kind, "message": message }));
+        self.hist(
+            "incidentCreated",
+            Some(el),
+            json!({ "incidentId": id, "type": kind, "message": message }),
+        );
         self.cs.incidents_created.push(IncidentRecord {
             id: id.clone(),
             instance_id: self.inst.id.clone(),
@@ -319,12 +401,16 @@ impl<'d> Transition<'d> {
         let el = self.token(tid).element.clone();
         tracing::debug!(instance = %self.inst.id, element = %el, %message, "incident");
         let incident_id = self.new_incident(&el, kind, message, None);
-        self.token_mut(tid).wait = Wait::Incident { incident_id, leaving };
+        self.token_mut(tid).wait = Wait::Incident {
+            incident_id,
+            leaving,
+        };
     }
 
     fn resolve_task_incidents(&mut self, task_id: &str) {
-        let (resolved, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.rt.task_incidents).into_iter().partition(|(_, t)| t == task_id);
+        let (resolved, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.rt.task_incidents)
+            .into_iter()
+            .partition(|(_, t)| t == task_id);
         self.rt.task_incidents = kept;
         for (inc, _) in resolved {
             self.cs.incidents_resolved.push(inc);
@@ -352,17 +438,26 @@ impl<'d> Transition<'d> {
 
     pub(super) fn create_user_task(&mut self, tid: u64, el: usize) -> Result<(), String> {
         let e = &self.def.elements[el];
-        let ElementKind::UserTask(ut) = &e.kind else { unreachable!() };
+        let ElementKind::UserTask(ut) = &e.kind else {
+            unreachable!()
+        };
         let (name, assignee, users, groups) = self.with_ctx(tid, |ctx| -> Result<_, String> {
             let name = match &ut.name {
                 Some(x) => Some(x.eval_string(ctx).map_err(|e| e.to_string())?),
                 None => e.name.clone(),
             };
             let assignee = match &ut.assignee {
-                Some(x) => Some(x.eval_string(ctx).map_err(|e| e.to_string())?).filter(|s| !s.is_empty()),
+                Some(x) => {
+                    Some(x.eval_string(ctx).map_err(|e| e.to_string())?).filter(|s| !s.is_empty())
+                }
                 None => None,
             };
-            Ok((name, assignee, people(&ut.candidate_users, ctx)?, people(&ut.candidate_groups, ctx)?))
+            Ok((
+                name,
+                assignee,
+                people(&ut.candidate_users, ctx)?,
+                people(&ut.candidate_groups, ctx)?,
+            ))
         })?;
         let task_id = new_id();
         self.cs.tasks_created.push(TaskRecord {
@@ -382,14 +477,20 @@ impl<'d> Transition<'d> {
 
     pub(super) fn create_external_task(&mut self, tid: u64, el: usize) -> Result<(), String> {
         let e = &self.def.elements[el];
-        let ElementKind::ExternalTask { topic, .. } = &e.kind else { unreachable!() };
+        let ElementKind::ExternalTask { topic, .. } = &e.kind else {
+            unreachable!()
+        };
         let mut locals = Vars::new();
         for m in &e.inputs {
-            let v = self.with_ctx(tid, |ctx| m.source.eval(ctx)).map_err(|err| err.to_string())?;
+            let v = self
+                .with_ctx(tid, |ctx| m.source.eval(ctx))
+                .map_err(|err| err.to_string())?;
             locals.insert(m.target.clone(), v);
         }
         self.token_mut(tid).locals = locals;
-        let topic = self.with_ctx(tid, |ctx| topic.eval_string(ctx)).map_err(|err| err.to_string())?;
+        let topic = self
+            .with_ctx(tid, |ctx| topic.eval_string(ctx))
+            .map_err(|err| err.to_string())?;
         let task_id = new_id();
         self.cs.external_upserted.push(ExternalTaskRecord {
             id: task_id.clone(),
@@ -410,7 +511,9 @@ impl<'d> Transition<'d> {
 
     pub(super) fn create_timer(&mut self, tid: u64, el: usize) -> Result<(), String> {
         let e = &self.def.elements[el];
-        let ElementKind::TimerCatch(td) = &e.kind else { unreachable!() };
+        let ElementKind::TimerCatch(td) = &e.kind else {
+            unreachable!()
+        };
         let due = self.with_ctx(tid, |ctx| -> Result<Timestamp, String> {
             match td {
                 TimerDef::Duration(x) => {
@@ -450,7 +553,12 @@ fn people(exprs: &[steadyflow_expr::Expression], ctx: &dyn Context) -> Result<Ve
                 Value::String(s) => s.clone(),
                 other => other.to_string(),
             })),
-            Value::String(s) => out.extend(s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string)),
+            Value::String(s) => out.extend(
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            ),
             Value::Null => {}
             other => out.push(other.to_string()),
         }

@@ -1,6 +1,6 @@
 //! Moving tokens: entering elements, choosing outgoing flows, forks and joins.
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use steadyflow_model::ElementKind;
 use steadyflow_store::Vars;
 
@@ -19,7 +19,12 @@ impl Transition<'_> {
     pub(super) fn run(&mut self) {
         loop {
             while let Some(tid) = self.queue.pop_front() {
-                if self.rt.tokens.iter().any(|t| t.id == tid && t.wait == Wait::Ready) {
+                if self
+                    .rt
+                    .tokens
+                    .iter()
+                    .any(|t| t.id == tid && t.wait == Wait::Ready)
+                {
                     self.enter(tid);
                 }
             }
@@ -57,7 +62,9 @@ impl Transition<'_> {
                 self.leave(tid);
                 Ok(())
             }
-            ElementKind::ParallelGateway | ElementKind::InclusiveGateway if e.incoming.len() > 1 => {
+            ElementKind::ParallelGateway | ElementKind::InclusiveGateway
+                if e.incoming.len() > 1 =>
+            {
                 self.token_mut(tid).wait = Wait::Join;
                 self.try_join(el);
                 Ok(())
@@ -69,7 +76,12 @@ impl Transition<'_> {
             }
         };
         if let Err(message) = created {
-            self.incident(tid, "expressionFailed", format!("cannot enter `{id}`: {message}"), false);
+            self.incident(
+                tid,
+                "expressionFailed",
+                format!("cannot enter `{id}`: {message}"),
+                false,
+            );
         }
     }
 
@@ -84,13 +96,21 @@ impl Transition<'_> {
             scope.extend(completion.unwrap_or_default());
             let mut out = Vars::new();
             for m in &e.outputs {
-                let ctx = steadyflow_expr::Layered { inner: &scope, outer: &self.inst.variables };
+                let ctx = steadyflow_expr::Layered {
+                    inner: &scope,
+                    outer: &self.inst.variables,
+                };
                 match m.source.eval(&ctx) {
                     Ok(v) => {
                         out.insert(m.target.clone(), v);
                     }
                     Err(err) => {
-                        self.incident(tid, "expressionFailed", format!("output mapping of `{id}` failed: {err}"), true);
+                        self.incident(
+                            tid,
+                            "expressionFailed",
+                            format!("output mapping of `{id}` failed: {err}"),
+                            true,
+                        );
                         return;
                     }
                 }
@@ -141,8 +161,15 @@ impl Transition<'_> {
                 }
             }
             Err(NoFlow::NoneMatched) => {
-                let what = if e.kind.is_gateway() { "gateway" } else { "element" };
-                let msg = format!("no outgoing sequence flow of {what} `{}` can be taken: no condition holds and there is no default flow", e.id);
+                let what = if e.kind.is_gateway() {
+                    "gateway"
+                } else {
+                    "element"
+                };
+                let msg = format!(
+                    "no outgoing sequence flow of {what} `{}` can be taken: no condition holds and there is no default flow",
+                    e.id
+                );
                 self.incident(tid, "noMatchingFlow", msg, true);
             }
             Err(NoFlow::Eval(err)) => {
@@ -160,7 +187,9 @@ impl Transition<'_> {
         for &f in e.outgoing.iter().filter(|f| Some(**f) != e.default_flow) {
             let take = match &self.def.flows[f].condition {
                 None => true,
-                Some(c) => self.with_ctx(tid, |ctx| c.eval_bool(ctx)).map_err(|e| NoFlow::Eval(e.to_string()))?,
+                Some(c) => self
+                    .with_ctx(tid, |ctx| c.eval_bool(ctx))
+                    .map_err(|e| NoFlow::Eval(e.to_string()))?,
             };
             if take {
                 out.push(f);
@@ -172,7 +201,11 @@ impl Transition<'_> {
         if out.is_empty() {
             out.extend(e.default_flow);
         }
-        if out.is_empty() { Err(NoFlow::NoneMatched) } else { Ok(out) }
+        if out.is_empty() {
+            Err(NoFlow::NoneMatched)
+        } else {
+            Ok(out)
+        }
     }
 
     /// Checks the joining gateway `el` after a token arrived there.
@@ -215,7 +248,10 @@ impl Transition<'_> {
             if t.wait == Wait::Join && t.element == *id {
                 waiting.push(t.id);
             } else {
-                let at = self.def.element_index(&t.element).expect("token element exists");
+                let at = self
+                    .def
+                    .element_index(&t.element)
+                    .expect("token element exists");
                 if self.def.can_reach(at, el) {
                     return false;
                 }
@@ -236,7 +272,11 @@ impl Transition<'_> {
         // The merged token continues at once: it does not enter the gateway again.
         self.queue.retain(|q| *q != tid);
         let id = self.def.elements[el].id.clone();
-        self.hist("activityCompleted", Some(&id), json!({ "joined": consumed.len() }));
+        self.hist(
+            "activityCompleted",
+            Some(&id),
+            json!({ "joined": consumed.len() }),
+        );
         self.leave(tid);
     }
 

@@ -9,14 +9,23 @@ use steadyflow_store::Vars;
 pub enum Wait {
     /// Arrived, not yet processed (only inside a transition, never persisted).
     Ready,
-    UserTask { task_id: String },
-    ExternalTask { task_id: String },
-    Timer { timer_id: String },
+    UserTask {
+        task_id: String,
+    },
+    ExternalTask {
+        task_id: String,
+    },
+    Timer {
+        timer_id: String,
+    },
     /// Waiting at a joining parallel or inclusive gateway.
     Join,
     /// Stopped by an incident; `leaving` tells whether it stopped while choosing outgoing
     /// flows (retry re-evaluates them) or while entering (retry enters again).
-    Incident { incident_id: String, leaving: bool },
+    Incident {
+        incident_id: String,
+        leaving: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,7 +67,10 @@ impl Runtime {
 
     pub fn has_incident(&self) -> bool {
         !self.task_incidents.is_empty()
-            || self.tokens.iter().any(|t| matches!(t.wait, Wait::Incident { .. }))
+            || self
+                .tokens
+                .iter()
+                .any(|t| matches!(t.wait, Wait::Incident { .. }))
     }
 
     /// Element ids where tokens stand (deduplicated, sorted): the active activities.

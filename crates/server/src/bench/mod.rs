@@ -5,11 +5,11 @@
 //! the same time, as in production: instances are started with bounded concurrency while
 //! workers fetch-and-lock in batches and complete what they got concurrently.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result, ensure};
 use serde_json::json;
 use steadyflow_engine::{Engine, StartRequest, SystemClock};
 use steadyflow_store::{InstanceFilter, InstanceState, Store, TopicLock};
@@ -26,7 +26,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "sqlite,postgres")]
     pub backends: String,
     /// PostgreSQL server to create a scratch benchmark database on (dropped afterwards).
-    #[arg(long, env = "STEADYFLOW_BENCH_PG_URL", default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    #[arg(
+        long,
+        env = "STEADYFLOW_BENCH_PG_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub pg_url: String,
     /// Start commands in flight at once.
     #[arg(long, default_value_t = 64)]
@@ -40,11 +44,17 @@ pub struct BenchArgs {
 
 pub async fn run(args: BenchArgs) -> Result<()> {
     ensure!(args.instances > 0, "--instances must be positive");
-    for backend in args.backends.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+    for backend in args
+        .backends
+        .split(',')
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+    {
         match backend {
             "sqlite" => {
                 let dir = tempfile::tempdir()?;
-                let store = steadyflow_store_sqlite::SqliteStore::open(dir.path().join("bench.db"))?;
+                let store =
+                    steadyflow_store_sqlite::SqliteStore::open(dir.path().join("bench.db"))?;
                 measure("sqlite", Arc::new(store), &args).await?;
             }
             "postgres" => {
@@ -84,7 +94,15 @@ async fn measure(backend: &str, store: Arc<dyn Store>, args: &BenchArgs) -> Resu
                     let mut variables = serde_json::Map::new();
                     variables.insert("amount".into(), json!(1500));
                     variables.insert("order".into(), json!(i));
-                    engine.start("benchOrder", StartRequest { variables, business_key: None }).await
+                    engine
+                        .start(
+                            "benchOrder",
+                            StartRequest {
+                                variables,
+                                business_key: None,
+                            },
+                        )
+                        .await
                 });
             }
             while let Some(r) = set.join_next().await {
@@ -101,7 +119,10 @@ async fn measure(backend: &str, store: Arc<dyn Store>, args: &BenchArgs) -> Resu
             let worker = format!("bench-worker-{w}");
             let topics: Vec<TopicLock> = ["reserve", "ship", "bill"]
                 .iter()
-                .map(|t| TopicLock { topic: t.to_string(), lock_duration_ms: 60_000 })
+                .map(|t| TopicLock {
+                    topic: t.to_string(),
+                    lock_duration_ms: 60_000,
+                })
                 .collect();
             while done.load(Ordering::Relaxed) < 3 * n {
                 let locked = engine.fetch_and_lock(&worker, batch, &topics).await?;
@@ -113,7 +134,9 @@ async fn measure(backend: &str, store: Arc<dyn Store>, args: &BenchArgs) -> Resu
                 for l in locked {
                     let (engine, worker) = (engine.clone(), worker.clone());
                     set.spawn(async move {
-                        engine.complete_external_task(&l.task.id, &worker, serde_json::Map::new()).await
+                        engine
+                            .complete_external_task(&l.task.id, &worker, serde_json::Map::new())
+                            .await
                     });
                 }
                 while let Some(r) = set.join_next().await {
@@ -130,9 +153,15 @@ async fn measure(backend: &str, store: Arc<dyn Store>, args: &BenchArgs) -> Resu
     }
     let elapsed = began.elapsed();
 
-    let filter = InstanceFilter { state: Some(InstanceState::Completed), ..Default::default() };
+    let filter = InstanceFilter {
+        state: Some(InstanceState::Completed),
+        ..Default::default()
+    };
     let finished = store.list_instances(&filter).await?.len();
-    ensure!(finished == n, "{backend}: only {finished} of {n} instances completed");
+    ensure!(
+        finished == n,
+        "{backend}: only {finished} of {n} instances completed"
+    );
     let secs = elapsed.as_secs_f64();
     println!(
         "{backend}: {n} instances in {secs:.2} s = {:.0} instances/s ({:.0} engine commands/s: start + 3 external-task completions each)",
@@ -150,9 +179,16 @@ struct ScratchDb {
 
 impl ScratchDb {
     async fn drop_db(&self) {
-        if let Ok((client, conn)) = tokio_postgres::connect(&self.admin, tokio_postgres::NoTls).await {
+        if let Ok((client, conn)) =
+            tokio_postgres::connect(&self.admin, tokio_postgres::NoTls).await
+        {
             tokio::spawn(conn);
-            let _ = client.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+            let _ = client
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.name
+                ))
+                .await;
         }
     }
 }
@@ -160,11 +196,24 @@ impl ScratchDb {
 async fn scratch_pg(admin: &str) -> Result<ScratchDb> {
     let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
         .await
-        .with_context(|| format!("cannot reach PostgreSQL at {}", crate::config::redact(admin)))?;
+        .with_context(|| {
+            format!(
+                "cannot reach PostgreSQL at {}",
+                crate::config::redact(admin)
+            )
+        })?;
     tokio::spawn(conn);
     let name = format!("steadyflow_bench_{}", std::process::id());
-    client.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await?;
+    client
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await?;
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await?;
     let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(admin);
-    Ok(ScratchDb { admin: admin.to_string(), url: format!("{base}/{name}"), name })
+    Ok(ScratchDb {
+        admin: admin.to_string(),
+        url: format!("{base}/{name}"),
+        name,
+    })
 }

@@ -38,11 +38,20 @@ impl Case {
 }
 
 const SCOPES: &[&str] = &[
-    "core", "events", "subprocess", "call-activity", "multi-instance", "escalation", "compensation", "refused",
+    "core",
+    "events",
+    "subprocess",
+    "call-activity",
+    "multi-instance",
+    "escalation",
+    "compensation",
+    "refused",
 ];
 
 fn field<'a>(entry: &'a Value, name: &str, label: &str) -> Result<&'a Value, String> {
-    entry.get(name).ok_or_else(|| format!("{label} is malformed: field `{name}` is missing"))
+    entry
+        .get(name)
+        .ok_or_else(|| format!("{label} is malformed: field `{name}` is missing"))
 }
 
 fn string(entry: &Value, name: &str, label: &str) -> Result<String, String> {
@@ -54,9 +63,14 @@ fn string(entry: &Value, name: &str, label: &str) -> Result<String, String> {
 
 /// Parses and validates `cases.json`; a malformed entry is refused with a message naming it.
 pub fn parse_cases(text: &str) -> Result<Vec<Case>, String> {
-    let all: Value = serde_json::from_str(text).map_err(|e| format!("cases.json is not valid JSON: {e}"))?;
+    let all: Value =
+        serde_json::from_str(text).map_err(|e| format!("cases.json is not valid JSON: {e}"))?;
     let entries = all.as_array().ok_or("cases.json must be an array")?;
-    entries.iter().enumerate().map(|(i, e)| parse_case(i, e)).collect()
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| parse_case(i, e))
+        .collect()
 }
 
 fn parse_case(index: usize, e: &Value) -> Result<Case, String> {
@@ -67,25 +81,41 @@ fn parse_case(index: usize, e: &Value) -> Result<Case, String> {
     let deploy_ok = match deploy.as_str() {
         "ok" => true,
         "refused" => false,
-        other => return Err(format!("{label} is malformed: deploy must be `ok` or `refused`, not `{other}`")),
+        other => {
+            return Err(format!(
+                "{label} is malformed: deploy must be `ok` or `refused`, not `{other}`"
+            ));
+        }
     };
     let scope = string(e, "scope", &label)?;
     if !SCOPES.contains(&scope.as_str()) {
         return Err(format!("{label} is malformed: unknown scope `{scope}`"));
     }
     let refused_element_id = match e.get("refusedElementId") {
-        Some(v) => Some(v.as_str().ok_or_else(|| format!("{label} is malformed: refusedElementId must be a string"))?.to_string()),
+        Some(v) => Some(
+            v.as_str()
+                .ok_or_else(|| format!("{label} is malformed: refusedElementId must be a string"))?
+                .to_string(),
+        ),
         None => None,
     };
     if !deploy_ok && refused_element_id.is_none() {
-        return Err(format!("{label} is malformed: a refused case needs refusedElementId"));
+        return Err(format!(
+            "{label} is malformed: a refused case needs refusedElementId"
+        ));
     }
     let also_deploy = match e.get("alsoDeploy") {
         None => Vec::new(),
         Some(v) => v
             .as_array()
-            .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| format!("{label} is malformed: alsoDeploy must be a list of file names"))?,
+            .and_then(|a| {
+                a.iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                format!("{label} is malformed: alsoDeploy must be a list of file names")
+            })?,
     };
     let scenarios = field(e, "scenarios", &label)?
         .as_array()
@@ -97,11 +127,13 @@ fn parse_case(index: usize, e: &Value) -> Result<Case, String> {
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("{label} is malformed: scenario #{si} has no name"))?;
-            let steps = s
-                .get("steps")
-                .and_then(Value::as_array)
-                .ok_or_else(|| format!("{label} is malformed: scenario `{name}` has no steps list"))?;
-            Ok(Scenario { name: name.to_string(), steps: steps.clone() })
+            let steps = s.get("steps").and_then(Value::as_array).ok_or_else(|| {
+                format!("{label} is malformed: scenario `{name}` has no steps list")
+            })?;
+            Ok(Scenario {
+                name: name.to_string(),
+                steps: steps.clone(),
+            })
         })
         .collect::<Result<Vec<_>, String>>()?;
     Ok(Case {

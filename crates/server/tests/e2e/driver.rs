@@ -79,7 +79,10 @@ impl EngineDriver {
         EngineDriver { rt, engine, clock }
     }
 
-    fn block<T>(&self, f: impl std::future::Future<Output = Result<T, steadyflow_engine::EngineError>>) -> R<T> {
+    fn block<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, steadyflow_engine::EngineError>>,
+    ) -> R<T> {
         self.rt.block_on(f).map_err(|e| e.to_string())
     }
 }
@@ -94,21 +97,32 @@ impl Driver for EngineDriver {
     }
 
     fn start(&mut self, key: &str, variables: Vars) -> R<String> {
-        let req = StartRequest { variables, business_key: None };
+        let req = StartRequest {
+            variables,
+            business_key: None,
+        };
         self.block(self.engine.start(key, req)).map(|i| i.id)
     }
 
     fn state(&mut self, instance: &str) -> R<String> {
-        self.block(self.engine.instance(instance)).map(|i| i.state.as_str().to_string())
+        self.block(self.engine.instance(instance))
+            .map(|i| i.state.as_str().to_string())
     }
 
     fn incident_messages(&mut self, instance: &str) -> R<Vec<String>> {
-        let f = IncidentFilter { instance_id: Some(instance.into()), open_only: true };
-        self.block(self.engine.incidents(&f)).map(|v| v.into_iter().map(|i| i.message).collect())
+        let f = IncidentFilter {
+            instance_id: Some(instance.into()),
+            open_only: true,
+        };
+        self.block(self.engine.incidents(&f))
+            .map(|v| v.into_iter().map(|i| i.message).collect())
     }
 
     fn tasks(&mut self, instance: &str) -> R<Vec<TaskView>> {
-        let f = TaskFilter { instance_id: Some(instance.into()), ..Default::default() };
+        let f = TaskFilter {
+            instance_id: Some(instance.into()),
+            ..Default::default()
+        };
         self.block(self.engine.tasks(&f)).map(|v| {
             v.into_iter()
                 .map(|t| TaskView {
@@ -124,29 +138,46 @@ impl Driver for EngineDriver {
     }
 
     fn complete_task(&mut self, task_id: &str, vars: Vars) -> R<()> {
-        self.block(self.engine.complete_task(task_id, vars)).map(|_| ())
+        self.block(self.engine.complete_task(task_id, vars))
+            .map(|_| ())
     }
 
     fn external_tasks(&mut self, instance: &str) -> R<Vec<ExtView>> {
-        let f = ExternalTaskFilter { instance_id: Some(instance.into()), ..Default::default() };
+        let f = ExternalTaskFilter {
+            instance_id: Some(instance.into()),
+            ..Default::default()
+        };
         self.block(self.engine.external_tasks(&f)).map(|v| {
             v.into_iter()
-                .map(|t| ExtView { id: t.id, topic: t.topic, activity_id: t.activity_id })
+                .map(|t| ExtView {
+                    id: t.id,
+                    topic: t.topic,
+                    activity_id: t.activity_id,
+                })
                 .collect()
         })
     }
 
     fn fetch_and_lock(&mut self, topic: &str, max: usize) -> R<Vec<ExtView>> {
-        let topics = [TopicLock { topic: topic.into(), lock_duration_ms: 600_000 }];
-        self.block(self.engine.fetch_and_lock(WORKER, max, &topics)).map(|v| {
-            v.into_iter()
-                .map(|l| ExtView { id: l.task.id, topic: l.task.topic, activity_id: l.task.activity_id })
-                .collect()
-        })
+        let topics = [TopicLock {
+            topic: topic.into(),
+            lock_duration_ms: 600_000,
+        }];
+        self.block(self.engine.fetch_and_lock(WORKER, max, &topics))
+            .map(|v| {
+                v.into_iter()
+                    .map(|l| ExtView {
+                        id: l.task.id,
+                        topic: l.task.topic,
+                        activity_id: l.task.activity_id,
+                    })
+                    .collect()
+            })
     }
 
     fn complete_external(&mut self, id: &str, vars: Vars) -> R<()> {
-        self.block(self.engine.complete_external_task(id, WORKER, vars)).map(|_| ())
+        self.block(self.engine.complete_external_task(id, WORKER, vars))
+            .map(|_| ())
     }
 
     fn unlock_external(&mut self, id: &str) -> R<()> {

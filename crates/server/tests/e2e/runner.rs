@@ -14,7 +14,11 @@ pub enum Outcome {
     Passed,
     /// Deployment refused naming an unsupported element of the file.
     NotSupported(String),
-    Failed { step: String, expected: String, actual: String },
+    Failed {
+        step: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -26,13 +30,18 @@ pub struct Result_ {
 }
 
 fn fail(step: &Value, expected: impl Into<String>, actual: impl Into<String>) -> Outcome {
-    Outcome::Failed { step: step.to_string(), expected: expected.into(), actual: actual.into() }
+    Outcome::Failed {
+        step: step.to_string(),
+        expected: expected.into(),
+        actual: actual.into(),
+    }
 }
 
 /// Deploys the case's files; `Err(message)` when the engine refused one.
 fn deploy(driver: &mut dyn Driver, dir: &Path, case: &Case) -> Result<(), String> {
     for file in case.also_deploy.iter().chain(std::iter::once(&case.file)) {
-        let xml = std::fs::read_to_string(dir.join(file)).map_err(|e| format!("cannot read {file}: {e}"))?;
+        let xml = std::fs::read_to_string(dir.join(file))
+            .map_err(|e| format!("cannot read {file}: {e}"))?;
         driver.deploy(&xml)?;
     }
     Ok(())
@@ -45,11 +54,16 @@ fn names_unsupported_element(message: &str, xml: &str) -> Option<String> {
     }
     let start = message.find("with id `")? + "with id `".len();
     let id = &message[start..start + message[start..].find('`')?];
-    xml.contains(&format!("id=\"{id}\"")).then(|| id.to_string())
+    xml.contains(&format!("id=\"{id}\""))
+        .then(|| id.to_string())
 }
 
 /// Runs every scenario of `case`, each on a fresh engine from `fresh`.
-pub fn run_case(dir: &Path, case: &Case, fresh: &mut dyn FnMut() -> Box<dyn Driver>) -> Vec<Result_> {
+pub fn run_case(
+    dir: &Path,
+    case: &Case,
+    fresh: &mut dyn FnMut() -> Box<dyn Driver>,
+) -> Vec<Result_> {
     let result = |scenario: &str, outcome: Outcome| Result_ {
         scope: case.scope.clone(),
         case: case.label(),
@@ -72,7 +86,11 @@ pub fn run_case(dir: &Path, case: &Case, fresh: &mut dyn FnMut() -> Box<dyn Driv
                 match d.definition_count() {
                     Ok(0) if msg.contains(&format!("`{id}`")) => Outcome::Passed,
                     Ok(0) => fail(&Value::Null, format!("error naming `{id}`"), msg),
-                    Ok(n) => fail(&Value::Null, "nothing deployed", format!("{n} definitions deployed")),
+                    Ok(n) => fail(
+                        &Value::Null,
+                        "nothing deployed",
+                        format!("{n} definitions deployed"),
+                    ),
                     Err(e) => fail(&Value::Null, "definition listing", e),
                 }
             }
@@ -80,7 +98,10 @@ pub fn run_case(dir: &Path, case: &Case, fresh: &mut dyn FnMut() -> Box<dyn Driv
         return vec![result("deploy refused", outcome)];
     }
     let scenarios: Vec<Scenario> = if case.scenarios.is_empty() {
-        vec![Scenario { name: "deploy".into(), steps: Vec::new() }]
+        vec![Scenario {
+            name: "deploy".into(),
+            steps: Vec::new(),
+        }]
     } else {
         case.scenarios.clone()
     };
@@ -116,7 +137,11 @@ fn vars_of(step: &Value, key: &str, driver: &mut dyn Driver) -> Vars {
 
 fn str_list(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -135,12 +160,33 @@ fn run_scenario(d: &mut dyn Driver, case: &Case, s: &Scenario) -> Outcome {
     Outcome::Passed
 }
 
-fn run_step(d: &mut dyn Driver, case: &Case, step: &Value, instance: &mut Option<String>) -> Result<(), Outcome> {
+fn run_step(
+    d: &mut dyn Driver,
+    case: &Case,
+    step: &Value,
+    instance: &mut Option<String>,
+) -> Result<(), Outcome> {
     let by = step.get("by").and_then(Value::as_str);
-    let need = |i: &Option<String>| i.clone().ok_or_else(|| fail(step, "a started instance", "no start step before"));
+    let need = |i: &Option<String>| {
+        i.clone()
+            .ok_or_else(|| fail(step, "a started instance", "no start step before"))
+    };
     let verb = step
         .as_object()
-        .and_then(|o| o.keys().find(|k| !["by", "expect", "errorMentions", "variables", "count", "activityId", "correlationKey"].contains(&k.as_str())))
+        .and_then(|o| {
+            o.keys().find(|k| {
+                ![
+                    "by",
+                    "expect",
+                    "errorMentions",
+                    "variables",
+                    "count",
+                    "activityId",
+                    "correlationKey",
+                ]
+                .contains(&k.as_str())
+            })
+        })
         .cloned()
         .unwrap_or_default();
     match verb.as_str() {
@@ -152,18 +198,27 @@ fn run_step(d: &mut dyn Driver, case: &Case, step: &Value, instance: &mut Option
                 None => d.start(&case.process_key, vars),
             };
             if step.get("expect").and_then(Value::as_str) == Some("error") {
-                let mention = step.get("errorMentions").and_then(Value::as_str).unwrap_or("");
+                let mention = step
+                    .get("errorMentions")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 match started {
                     Err(e) if e.contains(mention) && e != NOT_SUPPORTED => Ok(()),
                     Err(e) => Err(fail(step, format!("an error mentioning `{mention}`"), e)),
                     Ok(id) => {
                         let state = d.state(&id).map_err(|e| fail(step, "instance state", e))?;
-                        let msgs = d.incident_messages(&id).map_err(|e| fail(step, "incidents", e))?;
+                        let msgs = d
+                            .incident_messages(&id)
+                            .map_err(|e| fail(step, "incidents", e))?;
                         *instance = Some(id);
                         if state == "incident" && msgs.iter().any(|m| m.contains(mention)) {
                             Ok(())
                         } else {
-                            Err(fail(step, format!("an incident mentioning `{mention}`"), format!("state {state}, incidents {msgs:?}")))
+                            Err(fail(
+                                step,
+                                format!("an incident mentioning `{mention}`"),
+                                format!("state {state}, incidents {msgs:?}"),
+                            ))
                         }
                     }
                 }
@@ -177,11 +232,20 @@ fn run_step(d: &mut dyn Driver, case: &Case, step: &Value, instance: &mut Option
             let tasks = d.tasks(&id).map_err(|e| fail(step, "task list", e))?;
             if verb == "expectTaskCount" {
                 let n = step[&verb].as_u64().unwrap_or(u64::MAX) as usize;
-                return (tasks.len() == n).then_some(()).ok_or_else(|| fail(step, format!("{n} open tasks"), format!("{}", tasks.len())));
+                return (tasks.len() == n).then_some(()).ok_or_else(|| {
+                    fail(step, format!("{n} open tasks"), format!("{}", tasks.len()))
+                });
             }
-            let actual = sorted(tasks.iter().map(|t| task_attr(t, by).unwrap_or_default()).collect());
+            let actual = sorted(
+                tasks
+                    .iter()
+                    .map(|t| task_attr(t, by).unwrap_or_default())
+                    .collect(),
+            );
             let expected = str_list(step.get(&verb));
-            (actual == expected).then_some(()).ok_or_else(|| fail(step, format!("{expected:?}"), format!("{actual:?}")))
+            (actual == expected)
+                .then_some(())
+                .ok_or_else(|| fail(step, format!("{expected:?}"), format!("{actual:?}")))
         }
         "completeTask" => {
             let id = need(instance)?;
@@ -190,79 +254,147 @@ fn run_step(d: &mut dyn Driver, case: &Case, step: &Value, instance: &mut Option
             let task = tasks
                 .iter()
                 .find(|t| task_attr(t, by).as_deref() == Some(want))
-                .ok_or_else(|| fail(step, format!("an open task `{want}`"), format!("{:?}", tasks.iter().map(|t| task_attr(t, by)).collect::<Vec<_>>())))?;
+                .ok_or_else(|| {
+                    fail(
+                        step,
+                        format!("an open task `{want}`"),
+                        format!(
+                            "{:?}",
+                            tasks.iter().map(|t| task_attr(t, by)).collect::<Vec<_>>()
+                        ),
+                    )
+                })?;
             let vars = vars_of(step, "variables", d);
-            d.complete_task(&task.id, vars).map_err(|e| fail(step, "task completes", e))
+            d.complete_task(&task.id, vars)
+                .map_err(|e| fail(step, "task completes", e))
         }
         "expectAssignee" | "expectCandidates" => {
             let id = need(instance)?;
             let spec = &step[&verb];
             let name = spec.get("task").and_then(Value::as_str).unwrap_or_default();
             let tasks = d.tasks(&id).map_err(|e| fail(step, "task list", e))?;
-            let matching: Vec<_> = tasks.iter().filter(|t| t.name.as_deref() == Some(name)).collect();
+            let matching: Vec<_> = tasks
+                .iter()
+                .filter(|t| t.name.as_deref() == Some(name))
+                .collect();
             let [t] = matching.as_slice() else {
-                return Err(fail(step, format!("exactly one open task named `{name}`"), format!("{}", matching.len())));
+                return Err(fail(
+                    step,
+                    format!("exactly one open task named `{name}`"),
+                    format!("{}", matching.len()),
+                ));
             };
             if verb == "expectAssignee" {
                 let want = spec.get("assignee").and_then(Value::as_str);
-                return (t.assignee.as_deref() == want).then_some(()).ok_or_else(|| fail(step, format!("{want:?}"), format!("{:?}", t.assignee)));
+                return (t.assignee.as_deref() == want)
+                    .then_some(())
+                    .ok_or_else(|| fail(step, format!("{want:?}"), format!("{:?}", t.assignee)));
             }
-            let ok = str_list(spec.get("users")).iter().all(|u| t.users.contains(u))
-                && str_list(spec.get("groups")).iter().all(|g| t.groups.contains(g))
-                && !str_list(spec.get("notUsers")).iter().any(|u| t.users.contains(u));
-            ok.then_some(()).ok_or_else(|| fail(step, spec.to_string(), format!("users {:?}, groups {:?}", t.users, t.groups)))
+            let ok = str_list(spec.get("users"))
+                .iter()
+                .all(|u| t.users.contains(u))
+                && str_list(spec.get("groups"))
+                    .iter()
+                    .all(|g| t.groups.contains(g))
+                && !str_list(spec.get("notUsers"))
+                    .iter()
+                    .any(|u| t.users.contains(u));
+            ok.then_some(()).ok_or_else(|| {
+                fail(
+                    step,
+                    spec.to_string(),
+                    format!("users {:?}, groups {:?}", t.users, t.groups),
+                )
+            })
         }
         "expectExternalTasks" => {
             let id = need(instance)?;
-            let tasks = d.external_tasks(&id).map_err(|e| fail(step, "external task list", e))?;
+            let tasks = d
+                .external_tasks(&id)
+                .map_err(|e| fail(step, "external task list", e))?;
             let actual = sorted(
-                tasks.iter().map(|t| if by == Some("activityId") { t.activity_id.clone() } else { t.topic.clone() }).collect(),
+                tasks
+                    .iter()
+                    .map(|t| {
+                        if by == Some("activityId") {
+                            t.activity_id.clone()
+                        } else {
+                            t.topic.clone()
+                        }
+                    })
+                    .collect(),
             );
             let expected = str_list(step.get(&verb));
-            (actual == expected).then_some(()).ok_or_else(|| fail(step, format!("{expected:?}"), format!("{actual:?}")))
+            (actual == expected)
+                .then_some(())
+                .ok_or_else(|| fail(step, format!("{expected:?}"), format!("{actual:?}")))
         }
         "fetchAndComplete" => {
             let id = need(instance)?;
             let topic = step[&verb].as_str().unwrap_or_default();
             let n = step.get("count").and_then(Value::as_u64).unwrap_or(1) as usize;
             let activity = step.get("activityId").and_then(Value::as_str);
-            let mine: Vec<String> = d.external_tasks(&id).map_err(|e| fail(step, "external task list", e))?.into_iter().map(|t| t.id).collect();
-            let locked = d.fetch_and_lock(topic, 1000).map_err(|e| fail(step, "fetch and lock", e))?;
+            let mine: Vec<String> = d
+                .external_tasks(&id)
+                .map_err(|e| fail(step, "external task list", e))?
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
+            let locked = d
+                .fetch_and_lock(topic, 1000)
+                .map_err(|e| fail(step, "fetch and lock", e))?;
             let (chosen, rest): (Vec<_>, Vec<_>) = locked
                 .into_iter()
                 .partition(|t| mine.contains(&t.id) && activity.is_none_or(|a| a == t.activity_id));
             let chosen: Vec<_> = chosen.into_iter().collect();
             let (take, back) = chosen.split_at(chosen.len().min(n));
             for t in back.iter().chain(rest.iter()) {
-                d.unlock_external(&t.id).map_err(|e| fail(step, "unlock", e))?;
+                d.unlock_external(&t.id)
+                    .map_err(|e| fail(step, "unlock", e))?;
             }
             if take.len() < n {
-                return Err(fail(step, format!("{n} fetchable tasks of `{topic}`"), format!("{}", take.len())));
+                return Err(fail(
+                    step,
+                    format!("{n} fetchable tasks of `{topic}`"),
+                    format!("{}", take.len()),
+                ));
             }
             let vars = vars_of(step, "variables", d);
             for t in take {
-                d.complete_external(&t.id, vars.clone()).map_err(|e| fail(step, "external task completes", e))?;
+                d.complete_external(&t.id, vars.clone())
+                    .map_err(|e| fail(step, "external task completes", e))?;
             }
             Ok(())
         }
         "advanceClock" => {
             let text = step[&verb].as_str().unwrap_or_default();
-            let dur = steadyflow_model::parse_duration(text).ok_or_else(|| fail(step, "an ISO-8601 duration", text))?;
+            let dur = steadyflow_model::parse_duration(text)
+                .ok_or_else(|| fail(step, "an ISO-8601 duration", text))?;
             let now = d.now();
-            let by = dur.after(now).ok_or_else(|| fail(step, "a representable duration", text))? - now;
-            d.advance_clock(by).map_err(|e| fail(step, "timers fire", e))
+            let by = dur
+                .after(now)
+                .ok_or_else(|| fail(step, "a representable duration", text))?
+                - now;
+            d.advance_clock(by)
+                .map_err(|e| fail(step, "timers fire", e))
         }
         "expectPendingTimers" => {
             let id = need(instance)?;
             let n = step[&verb].as_u64().unwrap_or(u64::MAX) as usize;
-            let actual = d.pending_timers(&id).map_err(|e| fail(step, "timer list", e))?;
-            (actual == n).then_some(()).ok_or_else(|| fail(step, format!("{n}"), format!("{actual}")))
+            let actual = d
+                .pending_timers(&id)
+                .map_err(|e| fail(step, "timer list", e))?;
+            (actual == n)
+                .then_some(())
+                .ok_or_else(|| fail(step, format!("{n}"), format!("{actual}")))
         }
         "expectState" => {
             let id = need(instance)?;
             let want = step[&verb].as_str().unwrap_or_default();
             let state = d.state(&id).map_err(|e| fail(step, "instance state", e))?;
-            (state == want).then_some(()).ok_or_else(|| fail(step, want, state))
+            (state == want)
+                .then_some(())
+                .ok_or_else(|| fail(step, want, state))
         }
         "correlateMessage" => {
             let id = need(instance)?;
@@ -270,22 +402,44 @@ fn run_step(d: &mut dyn Driver, case: &Case, step: &Value, instance: &mut Option
             let name = step[&verb].as_str().unwrap_or_default();
             let key = step.get("correlationKey").and_then(Value::as_str);
             let vars = vars_of(step, "variables", d);
-            let taken = d.correlate_message(name, key, vars).map_err(|e| fail(step, "correlation", e))?;
+            let taken = d
+                .correlate_message(name, key, vars)
+                .map_err(|e| fail(step, "correlation", e))?;
             let want = step.get("expect").and_then(Value::as_str) != Some("noMatch");
-            (taken == want).then_some(()).ok_or_else(|| fail(step, format!("correlated: {want}"), format!("correlated: {taken}")))
+            (taken == want).then_some(()).ok_or_else(|| {
+                fail(
+                    step,
+                    format!("correlated: {want}"),
+                    format!("correlated: {taken}"),
+                )
+            })
         }
         "sendSignal" => {
             let name = step[&verb].as_str().unwrap_or_default();
-            d.send_signal(name).map_err(|e| fail(step, "signal sent", e))
+            d.send_signal(name)
+                .map_err(|e| fail(step, "signal sent", e))
         }
         "expectSubscriptions" => {
             let id = need(instance)?;
-            let (messages, signals) = d.subscriptions(&id).map_err(|e| fail(step, "subscriptions", e))?;
+            let (messages, signals) = d
+                .subscriptions(&id)
+                .map_err(|e| fail(step, "subscriptions", e))?;
             let spec = &step[&verb];
-            let ok = sorted(messages.clone()) == str_list(spec.get("message")) && sorted(signals.clone()) == str_list(spec.get("signal"));
-            ok.then_some(()).ok_or_else(|| fail(step, spec.to_string(), format!("message {messages:?}, signal {signals:?}")))
+            let ok = sorted(messages.clone()) == str_list(spec.get("message"))
+                && sorted(signals.clone()) == str_list(spec.get("signal"));
+            ok.then_some(()).ok_or_else(|| {
+                fail(
+                    step,
+                    spec.to_string(),
+                    format!("message {messages:?}, signal {signals:?}"),
+                )
+            })
         }
-        other => Err(fail(step, "a known step", format!("unknown step `{other}`"))),
+        other => Err(fail(
+            step,
+            "a known step",
+            format!("unknown step `{other}`"),
+        )),
     }
 }
 
@@ -309,13 +463,24 @@ pub fn report(backend: &str, results: &[Result_]) -> BTreeMap<String, [usize; 3]
         }
     }
     eprintln!("\nBPMN conformance on {backend}:");
-    eprintln!("  {:<16} {:>7} {:>20} {:>7}", "scope", "passed", "not supported yet", "failed");
+    eprintln!(
+        "  {:<16} {:>7} {:>20} {:>7}",
+        "scope", "passed", "not supported yet", "failed"
+    );
     for (scope, [p, n, f]) in &table {
         eprintln!("  {scope:<16} {p:>7} {n:>20} {f:>7}");
     }
     for r in results {
-        if let Outcome::Failed { step, expected, actual } = &r.outcome {
-            eprintln!("  FAILED {} / {}: step {step}\n         expected: {expected}\n         actual:   {actual}", r.case, r.scenario);
+        if let Outcome::Failed {
+            step,
+            expected,
+            actual,
+        } = &r.outcome
+        {
+            eprintln!(
+                "  FAILED {} / {}: step {step}\n         expected: {expected}\n         actual:   {actual}",
+                r.case, r.scenario
+            );
         }
     }
     table
@@ -323,7 +488,10 @@ pub fn report(backend: &str, results: &[Result_]) -> BTreeMap<String, [usize; 3]
 
 /// What must hold: every core and refused scenario passes; elsewhere nothing fails.
 pub fn assert_conformance(backend: &str, results: &[Result_]) {
-    let failed: Vec<_> = results.iter().filter(|r| matches!(r.outcome, Outcome::Failed { .. })).collect();
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
+        .collect();
     let unsupported_core: Vec<_> = results
         .iter()
         .filter(|r| (r.scope == "core" || r.scope == "refused") && r.outcome != Outcome::Passed)

@@ -12,7 +12,9 @@ pub fn missing(what: &str) {
     if services_required() {
         panic!("{what} is required (STEADYFLOW_REQUIRE_SERVICES=1) but is not available");
     }
-    eprintln!("NOTICE: {what} is not available; skipping this test (set STEADYFLOW_REQUIRE_SERVICES=1 to make this a failure)");
+    eprintln!(
+        "NOTICE: {what} is not available; skipping this test (set STEADYFLOW_REQUIRE_SERVICES=1 to make this a failure)"
+    );
 }
 
 /// The workspace root.
