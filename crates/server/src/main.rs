@@ -36,6 +36,8 @@ enum Command {
     /// Benchmark: run the reference process (external task -> exclusive gateway -> parallel
     /// fork of two external tasks -> join) for N instances with persistence; prints instances/s.
     Bench(bench::BenchArgs),
+    /// Print the OpenAPI document of the REST API (the same one served at /api/v1/openapi.json).
+    Openapi,
 }
 
 fn main() -> Result<()> {
@@ -63,6 +65,10 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Command::Bench(args) => bench::run(args).await,
+            Command::Openapi => {
+                println!("{}", steadyflow_api::openapi().to_pretty_json()?);
+                Ok(())
+            }
         }
     })
 }

@@ -15,4 +15,5 @@ mod e2e {
     mod cluster_tests;
     mod conformance_tests;
     mod crash_tests;
+    mod openapi_tests;
 }

@@ -13,10 +13,8 @@ fn all<T>(
     map: impl Fn(&Row) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
     let mut stmt = c.prepare_cached(sql)?;
-    let out = stmt
-        .query_map(params_from_iter(args), |r| map(r))?
-        .collect();
-    out
+    stmt.query_map(params_from_iter(args), |r| map(r))?
+        .collect()
 }
 
 /// `WHERE` clause builder for optional equality filters.

@@ -106,12 +106,12 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Job>) {
     let mut results: Vec<Result<AnyBox>> = Vec::with_capacity(batch.len());
     for job in batch.iter_mut() {
         let r = (job.work)(conn, now);
-        if let Err(e) = &r {
-            if !is_clean(e) {
-                tracing::warn!(error = %e, "a command failed inside a batch; committing one by one");
-                let _ = exec(conn, "ROLLBACK");
-                return one_by_one(conn, batch, now);
-            }
+        if let Err(e) = &r
+            && !is_clean(e)
+        {
+            tracing::warn!(error = %e, "a command failed inside a batch; committing one by one");
+            let _ = exec(conn, "ROLLBACK");
+            return one_by_one(conn, batch, now);
         }
         results.push(r);
     }

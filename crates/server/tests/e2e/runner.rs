@@ -451,7 +451,9 @@ fn task_attr(t: &super::driver::TaskView, by: Option<&str>) -> Option<String> {
     }
 }
 
-/// Prints the per-scope table and every failure; returns (scope -> [passed, not supported, failed]).
+/// Prints the per-scope table and every failure, and writes them to
+/// `target/conformance/<backend>.txt` (which `.ci/run` shows); returns
+/// scope -> [passed, not supported yet, failed].
 pub fn report(backend: &str, results: &[Result_]) -> BTreeMap<String, [usize; 3]> {
     let mut table: BTreeMap<String, [usize; 3]> = BTreeMap::new();
     for r in results {
@@ -462,13 +464,13 @@ pub fn report(backend: &str, results: &[Result_]) -> BTreeMap<String, [usize; 3]
             Outcome::Failed { .. } => row[2] += 1,
         }
     }
-    eprintln!("\nBPMN conformance on {backend}:");
-    eprintln!(
-        "  {:<16} {:>7} {:>20} {:>7}",
+    let mut out = format!("BPMN conformance on {backend} (scenarios)\n");
+    out += &format!(
+        "  {:<16} {:>7} {:>20} {:>7}\n",
         "scope", "passed", "not supported yet", "failed"
     );
     for (scope, [p, n, f]) in &table {
-        eprintln!("  {scope:<16} {p:>7} {n:>20} {f:>7}");
+        out += &format!("  {scope:<16} {p:>7} {n:>20} {f:>7}\n");
     }
     for r in results {
         if let Outcome::Failed {
@@ -477,11 +479,30 @@ pub fn report(backend: &str, results: &[Result_]) -> BTreeMap<String, [usize; 3]
             actual,
         } = &r.outcome
         {
-            eprintln!(
-                "  FAILED {} / {}: step {step}\n         expected: {expected}\n         actual:   {actual}",
+            out += &format!(
+                "  FAILED {} / {}: step {step}\n         expected: {expected}\n         actual:   {actual}\n",
                 r.case, r.scenario
             );
         }
+    }
+    eprintln!("\n{out}");
+    let dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => super::services::workspace_root().join("target"),
+    }
+    .join("conformance");
+    let slug: String = backend
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let _ = std::fs::write(dir.join(format!("{slug}.txt")), &out);
     }
     table
 }

@@ -61,10 +61,10 @@ impl ServerProcess {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = server.agent.get(format!("{}/health", server.base)).call() {
-                if r.status() == 200 {
-                    return server;
-                }
+            if let Ok(r) = server.agent.get(format!("{}/health", server.base)).call()
+                && r.status() == 200
+            {
+                return server;
             }
             assert!(
                 Instant::now() < deadline,
