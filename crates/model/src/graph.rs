@@ -58,6 +58,8 @@ pub struct Element {
     pub inputs: Vec<IoMapping>,
     /// Output mappings (`zeebe:ioMapping` output): evaluated on completion into instance variables.
     pub outputs: Vec<IoMapping>,
+    /// Boundary events attached to this activity (element indices).
+    pub boundaries: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +85,12 @@ pub enum ElementKind {
     ParallelGateway,
     InclusiveGateway,
     TimerCatch(TimerDef),
+    /// Timer boundary event on the activity `host`; `interrupting` cancels the host.
+    BoundaryTimer {
+        host: usize,
+        interrupting: bool,
+        timer: TimerDef,
+    },
 }
 
 impl ElementKind {

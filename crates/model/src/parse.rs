@@ -123,6 +123,7 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut flow_nodes: Vec<Node> = Vec::new();
     let mut defaults: Vec<(usize, String)> = Vec::new();
+    let mut attachments: Vec<(usize, String)> = Vec::new();
 
     for n in bpmn_children(process) {
         let tag = n.tag_name().name();
@@ -140,6 +141,12 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
         }
         if let Some(d) = n.attribute("default") {
             defaults.push((elements.len(), d.to_string()));
+        }
+        if tag == "boundaryEvent" {
+            let host = n
+                .attribute("attachedToRef")
+                .ok_or_else(|| ModelError::invalid(&id, "a boundary event needs attachedToRef"))?;
+            attachments.push((elements.len(), host.to_string()));
         }
         elements.push(element);
     }
@@ -204,6 +211,38 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
             ));
         }
         elements[el].default_flow = Some(f);
+    }
+
+    for (b, host_id) in attachments {
+        let host = *index.get(&host_id).ok_or_else(|| {
+            ModelError::invalid(
+                &elements[b].id,
+                format!("attachedToRef `{host_id}` names no element of the process"),
+            )
+        })?;
+        if !matches!(
+            elements[host].kind,
+            ElementKind::UserTask(_) | ElementKind::ExternalTask { .. }
+        ) {
+            return Err(ModelError::unsupported(
+                "boundaryEvent",
+                &elements[b].id,
+                format!(
+                    "boundary events on <{}> are not supported yet (only on user and service tasks)",
+                    elements[host].tag
+                ),
+            ));
+        }
+        if !elements[b].incoming.is_empty() {
+            return Err(ModelError::invalid(
+                &elements[b].id,
+                "a boundary event cannot have incoming flows",
+            ));
+        }
+        if let ElementKind::BoundaryTimer { host: h, .. } = &mut elements[b].kind {
+            *h = host;
+        }
+        elements[host].boundaries.push(b);
     }
 
     let starts: Vec<usize> = (0..elements.len())
@@ -310,6 +349,14 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
             only_def(&[])?;
             ElementKind::PassThrough
         }
+        "boundaryEvent" => match only_def(&["timerEventDefinition"])? {
+            Some(t) => ElementKind::BoundaryTimer {
+                host: usize::MAX,
+                interrupting: n.attribute("cancelActivity") != Some("false"),
+                timer: timer(t, tag, id)?,
+            },
+            None => return Err(unsupported("a boundary event needs an event definition")),
+        },
         "intermediateCatchEvent" => match only_def(&["timerEventDefinition"])? {
             Some(t) => ElementKind::TimerCatch(timer(t, tag, id)?),
             None => {
@@ -344,6 +391,7 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         default_flow: None,
         inputs: ext.inputs,
         outputs: ext.outputs,
+        boundaries: Vec::new(),
     })
 }
 

@@ -120,7 +120,7 @@ impl SqliteStore {
         let mut conn = open_conn(&path, false)?;
         migrate::run(&mut conn)?;
         Ok(SqliteStore {
-            writer: Writer::start(conn)?,
+            writer: Writer::start(conn, open_conn(&path, false)?)?,
             readers: Readers::start(&path)?,
             path,
         })
@@ -262,9 +262,20 @@ impl Store for SqliteStore {
         now: Timestamp,
     ) -> Result<Vec<LockedTask>> {
         let (worker, topics) = (worker.to_string(), topics.to_vec());
-        self.writer
+        let locked = self
+            .writer
             .run(move |c, tx| writes::fetch_and_lock(c, tx, &worker, max, &topics, now))
-            .await
+            .await?;
+        // Variables are parsed here, off the writer thread.
+        locked
+            .into_iter()
+            .map(|(task, vars)| {
+                let variables = serde_json::from_str(&vars).map_err(|e| {
+                    StoreError::Corrupt(format!("variables of instance {}: {e}", task.instance_id))
+                })?;
+                Ok(LockedTask { task, variables })
+            })
+            .collect()
     }
 
     async fn acquire_due_timers(

@@ -369,7 +369,7 @@ pub(crate) fn fetch_and_lock(
     max: usize,
     topics: &[TopicLock],
     now: Timestamp,
-) -> R<Vec<LockedTask>> {
+) -> R<Vec<(ExternalTaskRecord, String)>> {
     if topics.is_empty() || max == 0 {
         return Ok(Vec::new());
     }
@@ -432,9 +432,7 @@ pub(crate) fn fetch_and_lock(
         .and_then(|mut s| s.execute(params![task.id, worker, task.lock_expires_at.map(ms)]))
         .map_err(backend_err)?;
         j.add("externalTask", &task.id, "update", Some(&task))?;
-        let variables =
-            serde_json::from_str(&vars).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        out.push(LockedTask { task, variables });
+        out.push((task, vars));
     }
     j.flush(c)?;
     Ok(out)

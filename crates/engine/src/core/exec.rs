@@ -187,6 +187,17 @@ impl<'d> Transition<'d> {
 
     /// Fires timer `timer_id`. `Err(NotWaiting)` when no token waits for it any more.
     pub fn fire_timer(&mut self, timer_id: &str) -> Result<(), CoreError> {
+        let boundary = self.rt.tokens.iter().find_map(|t| {
+            t.boundary_timers
+                .iter()
+                .find(|b| b.timer_id == timer_id)
+                .map(|b| (t.id, b.boundary.clone()))
+        });
+        if let Some((host_token, boundary)) = boundary {
+            self.fire_boundary_timer(host_token, timer_id, &boundary);
+            self.run();
+            return Ok(());
+        }
         let tid = self.waiting(
             |w| matches!(w, Wait::Timer { timer_id: t } if t == timer_id),
             "timer",
@@ -196,6 +207,33 @@ impl<'d> Transition<'d> {
         self.complete_activity(tid, None);
         self.run();
         Ok(())
+    }
+
+    /// A boundary timer fired: an interrupting one cancels the activity (its work item and
+    /// its other boundary timers) and the token leaves through the boundary event; a
+    /// non-interrupting one sends a new token out of the boundary event.
+    fn fire_boundary_timer(&mut self, host_token: u64, timer_id: &str, boundary: &str) {
+        self.cs.timers_removed.push(timer_id.to_string());
+        self.token_mut(host_token)
+            .boundary_timers
+            .retain(|b| b.timer_id != timer_id);
+        let el = self
+            .def
+            .element_index(boundary)
+            .expect("boundary event of the definition");
+        let interrupting = matches!(
+            self.def.elements[el].kind,
+            ElementKind::BoundaryTimer {
+                interrupting: true,
+                ..
+            }
+        );
+        if interrupting {
+            let host = self.token(host_token).element.clone();
+            self.hist("activityCancelled", Some(&host), json!({ "by": boundary }));
+            self.cancel_token(host_token);
+        }
+        self.spawn(el, None);
     }
 
     /// Sets instance variables (outside any task).
@@ -335,6 +373,7 @@ impl<'d> Transition<'d> {
             via: via.map(|f| self.def.flows[f].id.clone()),
             wait: Wait::Ready,
             locals: Vars::new(),
+            boundary_timers: Vec::new(),
         });
         self.queue.push_back(id);
         id
@@ -419,19 +458,59 @@ impl<'d> Transition<'d> {
 
     /// Removes every token with its work item, and resolves open incidents.
     pub(super) fn clear_tokens(&mut self) {
-        for t in std::mem::take(&mut self.rt.tokens) {
-            match t.wait {
-                Wait::UserTask { task_id } => self.cs.tasks_removed.push(task_id),
-                Wait::ExternalTask { task_id } => self.cs.external_removed.push(task_id),
-                Wait::Timer { timer_id } => self.cs.timers_removed.push(timer_id),
-                Wait::Incident { incident_id, .. } => self.cs.incidents_resolved.push(incident_id),
-                Wait::Ready | Wait::Join => {}
-            }
+        let ids: Vec<u64> = self.rt.tokens.iter().map(|t| t.id).collect();
+        for tid in ids {
+            self.cancel_token(tid);
         }
         for (inc, _) in std::mem::take(&mut self.rt.task_incidents) {
             self.cs.incidents_resolved.push(inc);
         }
         self.queue.clear();
+    }
+
+    /// Removes token `tid` with its work item, its boundary timers and its incidents.
+    pub(super) fn cancel_token(&mut self, tid: u64) {
+        let p = self.pos(tid);
+        let t = self.rt.tokens.remove(p);
+        self.cs
+            .timers_removed
+            .extend(t.boundary_timers.into_iter().map(|b| b.timer_id));
+        match t.wait {
+            Wait::UserTask { task_id } => self.cs.tasks_removed.push(task_id),
+            Wait::ExternalTask { task_id } => {
+                self.resolve_task_incidents(&task_id);
+                self.cs.external_removed.push(task_id);
+            }
+            Wait::Timer { timer_id } => self.cs.timers_removed.push(timer_id),
+            Wait::Incident { incident_id, .. } => self.cs.incidents_resolved.push(incident_id),
+            Wait::Ready | Wait::Join => {}
+        }
+        self.queue.retain(|q| *q != tid);
+    }
+
+    /// Arms the timers of the boundary events of the activity token `tid` just entered.
+    pub(super) fn arm_boundaries(&mut self, tid: u64, el: usize) -> Result<(), String> {
+        let def = self.def;
+        for &b in &def.elements[el].boundaries {
+            let ElementKind::BoundaryTimer { timer, .. } = &def.elements[b].kind else {
+                continue;
+            };
+            let due = self.due(tid, timer)?;
+            let boundary = def.elements[b].id.clone();
+            let timer_id = self.add_timer(&boundary, due);
+            self.token_mut(tid)
+                .boundary_timers
+                .push(super::runtime::BoundaryTimer { timer_id, boundary });
+        }
+        Ok(())
+    }
+
+    /// Removes the boundary timers of token `tid` (its activity completed).
+    pub(super) fn disarm_boundaries(&mut self, tid: u64) {
+        let timers = std::mem::take(&mut self.token_mut(tid).boundary_timers);
+        self.cs
+            .timers_removed
+            .extend(timers.into_iter().map(|b| b.timer_id));
     }
 
     // ---- work items ------------------------------------------------------------
@@ -510,11 +589,19 @@ impl<'d> Transition<'d> {
     }
 
     pub(super) fn create_timer(&mut self, tid: u64, el: usize) -> Result<(), String> {
-        let e = &self.def.elements[el];
-        let ElementKind::TimerCatch(td) = &e.kind else {
+        let def = self.def;
+        let ElementKind::TimerCatch(td) = &def.elements[el].kind else {
             unreachable!()
         };
-        let due = self.with_ctx(tid, |ctx| -> Result<Timestamp, String> {
+        let due = self.due(tid, td)?;
+        let timer_id = self.add_timer(&def.elements[el].id, due);
+        self.token_mut(tid).wait = Wait::Timer { timer_id };
+        Ok(())
+    }
+
+    /// When a timer definition falls due, evaluated in token `tid`'s scope.
+    fn due(&self, tid: u64, td: &TimerDef) -> Result<Timestamp, String> {
+        self.with_ctx(tid, |ctx| -> Result<Timestamp, String> {
             match td {
                 TimerDef::Duration(x) => {
                     let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
@@ -528,19 +615,21 @@ impl<'d> Transition<'d> {
                         .ok_or_else(|| format!("`{text}` is not an ISO-8601 date-time"))
                 }
             }
-        })?;
+        })
+    }
+
+    fn add_timer(&mut self, activity_id: &str, due: Timestamp) -> String {
         let timer_id = new_id();
         self.cs.timers_created.push(TimerRecord {
             id: timer_id.clone(),
             instance_id: self.inst.id.clone(),
-            activity_id: e.id.clone(),
+            activity_id: activity_id.to_string(),
             due_at: due,
             owner: None,
             lock_until: None,
             created_at: self.now,
         });
-        self.token_mut(tid).wait = Wait::Timer { timer_id };
-        Ok(())
+        timer_id
     }
 }
 

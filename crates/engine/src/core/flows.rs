@@ -54,8 +54,17 @@ impl Transition<'_> {
                 self.clear_tokens();
                 Ok(())
             }
-            ElementKind::UserTask(_) => self.create_user_task(tid, el),
-            ElementKind::ExternalTask { .. } => self.create_external_task(tid, el),
+            // Boundary timers first: when either step fails, nothing is left behind.
+            ElementKind::UserTask(_) => self
+                .arm_boundaries(tid, el)
+                .and_then(|()| self.create_user_task(tid, el)),
+            ElementKind::ExternalTask { .. } => self
+                .arm_boundaries(tid, el)
+                .and_then(|()| self.create_external_task(tid, el)),
+            ElementKind::BoundaryTimer { .. } => {
+                self.complete_activity(tid, None);
+                Ok(())
+            }
             ElementKind::TimerCatch(_) => self.create_timer(tid, el),
             ElementKind::ExclusiveGateway => {
                 self.hist("activityCompleted", Some(&id), Value::Null);
@@ -76,6 +85,7 @@ impl Transition<'_> {
             }
         };
         if let Err(message) = created {
+            self.disarm_boundaries(tid);
             self.incident(
                 tid,
                 "expressionFailed",
@@ -88,6 +98,7 @@ impl Transition<'_> {
     /// Completes the activity token `tid` stands at: output mappings (or plain
     /// variables), history, then leaves along its outgoing flows.
     pub(super) fn complete_activity(&mut self, tid: u64, completion: Option<Vars>) {
+        self.disarm_boundaries(tid);
         let el = self.element_of(tid);
         let e = &self.def.elements[el];
         let id = e.id.clone();

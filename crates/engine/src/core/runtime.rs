@@ -41,6 +41,17 @@ pub struct Token {
     /// Local variables (input mappings).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub locals: Vars,
+    /// Timers of the boundary events of the activity the token waits in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub boundary_timers: Vec<BoundaryTimer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BoundaryTimer {
+    pub timer_id: String,
+    /// The boundary event's element id.
+    pub boundary: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -47,6 +47,15 @@ pub async fn check(store: &dyn Store) -> Vec<String> {
             .collect();
         let mut my_timers = HashSet::new();
         for t in &rt.tokens {
+            for b in &t.boundary_timers {
+                assert!(
+                    timers.contains(&b.timer_id),
+                    "instance {} misses boundary timer {}",
+                    i.id,
+                    b.timer_id
+                );
+                my_timers.insert(b.timer_id.clone());
+            }
             match &t.wait {
                 Wait::UserTask { task_id } => {
                     assert!(
