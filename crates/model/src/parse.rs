@@ -286,19 +286,23 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
 
 fn reachability(elements: &[Element], flows: &[Flow]) -> Vec<Vec<u64>> {
     let words = elements.len().div_ceil(64).max(1);
-    let mut reach = vec![vec![0u64; words]; elements.len()];
-    for (from, row) in reach.iter_mut().enumerate() {
-        let mut stack: Vec<usize> = elements[from]
+    // A token at an activity may also leave through its boundary events.
+    let next = |n: usize| {
+        elements[n]
             .outgoing
             .iter()
             .map(|f| flows[*f].target)
-            .collect();
+            .chain(elements[n].boundaries.iter().copied())
+    };
+    let mut reach = vec![vec![0u64; words]; elements.len()];
+    for (from, row) in reach.iter_mut().enumerate() {
+        let mut stack: Vec<usize> = next(from).collect();
         while let Some(n) = stack.pop() {
             if row[n / 64] & (1 << (n % 64)) != 0 {
                 continue;
             }
             row[n / 64] |= 1 << (n % 64);
-            stack.extend(elements[n].outgoing.iter().map(|f| flows[*f].target));
+            stack.extend(next(n));
         }
     }
     reach

@@ -1,0 +1,271 @@
+//! The pure token state machine, without any store: commands in, change sets out.
+
+use chrono::{Duration, TimeZone, Utc};
+use serde_json::{Value, json};
+use steadyflow_engine::core::{Runtime, Transition, Wait};
+use steadyflow_model::{ProcessDefinition, parse_definitions};
+use steadyflow_store::{ChangeSet, InstanceRecord, InstanceState, Vars};
+
+const NS: &str = r#"xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn""#;
+
+fn model(body: &str) -> ProcessDefinition {
+    let xml = format!(
+        r#"<definitions {NS} targetNamespace="t"><process id="p" isExecutable="true">{body}</process></definitions>"#
+    );
+    parse_definitions(&xml).expect("model parses").remove(0)
+}
+
+fn vars(v: Value) -> Vars {
+    v.as_object().cloned().unwrap_or_default()
+}
+
+/// Applies change sets to an in-memory picture of one instance (what a store would do).
+struct Harness {
+    def: ProcessDefinition,
+    inst: InstanceRecord,
+    tasks: Vec<(String, String)>,
+    timers: Vec<(String, String, chrono::DateTime<Utc>)>,
+    now: chrono::DateTime<Utc>,
+}
+
+impl Harness {
+    fn start(def: ProcessDefinition, v: Value) -> Harness {
+        let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        let mut tr = Transition::create(&def, "p:1", vars(v), None, now);
+        tr.start();
+        let cs = tr.finish();
+        let mut h = Harness {
+            inst: cs.instance.clone(),
+            def,
+            tasks: vec![],
+            timers: vec![],
+            now,
+        };
+        h.absorb(cs);
+        h
+    }
+
+    fn absorb(&mut self, cs: ChangeSet) {
+        self.tasks.retain(|(id, _)| !cs.tasks_removed.contains(id));
+        self.tasks.extend(
+            cs.tasks_created
+                .iter()
+                .map(|t| (t.id.clone(), t.activity_id.clone())),
+        );
+        self.timers
+            .retain(|(id, _, _)| !cs.timers_removed.contains(id));
+        self.timers.extend(
+            cs.timers_created
+                .iter()
+                .map(|t| (t.id.clone(), t.activity_id.clone(), t.due_at)),
+        );
+        self.inst = cs.instance;
+    }
+
+    fn command(&mut self, f: impl FnOnce(&mut Transition<'_>)) {
+        let def = self.def.clone();
+        let mut tr =
+            Transition::open(&def, self.inst.clone(), self.now).expect("instance is running");
+        f(&mut tr);
+        let cs = tr.finish();
+        self.absorb(cs);
+    }
+
+    fn complete(&mut self, activity: &str, v: Value) {
+        let id = self
+            .tasks
+            .iter()
+            .find(|(_, a)| a == activity)
+            .unwrap_or_else(|| panic!("no task {activity}: {:?}", self.tasks))
+            .0
+            .clone();
+        self.command(|tr| tr.complete_user_task(&id, vars(v)).unwrap());
+    }
+
+    fn open_tasks(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tasks.iter().map(|(_, a)| a.clone()).collect();
+        v.sort();
+        v
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        loop {
+            let mut due: Vec<_> = self
+                .timers
+                .iter()
+                .filter(|t| t.2 <= self.now)
+                .cloned()
+                .collect();
+            due.sort_by_key(|t| t.2);
+            let Some((id, _, _)) = due.first().cloned() else {
+                return;
+            };
+            self.command(|tr| tr.fire_timer(&id).unwrap());
+        }
+    }
+
+    fn runtime(&self) -> Runtime {
+        Runtime::from_json(&self.inst.runtime).unwrap()
+    }
+}
+
+#[test]
+fn inclusive_join_fires_when_the_other_branch_ends_elsewhere() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="fork"/>
+        <inclusiveGateway id="fork"/>
+        <sequenceFlow id="fa" sourceRef="fork" targetRef="a"><conditionExpression>${true}</conditionExpression></sequenceFlow>
+        <sequenceFlow id="fb" sourceRef="fork" targetRef="b"><conditionExpression>${true}</conditionExpression></sequenceFlow>
+        <userTask id="a"/><userTask id="b"/>
+        <sequenceFlow id="fa2" sourceRef="a" targetRef="join"/>
+        <sequenceFlow id="fb2" sourceRef="b" targetRef="x"/>
+        <exclusiveGateway id="x" default="toEnd"/>
+        <sequenceFlow id="toJoin" sourceRef="x" targetRef="join"><conditionExpression>${go}</conditionExpression></sequenceFlow>
+        <sequenceFlow id="toEnd" sourceRef="x" targetRef="e2"/><endEvent id="e2"/>
+        <inclusiveGateway id="join"/><sequenceFlow id="f9" sourceRef="join" targetRef="c"/>
+        <userTask id="c"/><sequenceFlow id="f10" sourceRef="c" targetRef="e"/><endEvent id="e"/>"#,
+    );
+    let mut h = Harness::start(def, json!({}));
+    assert_eq!(h.open_tasks(), ["a", "b"]);
+    h.complete("a", json!({}));
+    assert_eq!(
+        h.open_tasks(),
+        ["b"],
+        "the join must wait while b can still reach it"
+    );
+    h.complete("b", json!({ "go": false }));
+    assert_eq!(
+        h.open_tasks(),
+        ["c"],
+        "b ended elsewhere, so the join fires with a's token alone"
+    );
+    h.complete("c", json!({}));
+    assert_eq!(h.inst.state, InstanceState::Completed);
+}
+
+#[test]
+fn parallel_join_waits_for_every_incoming_flow() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="fork"/>
+        <parallelGateway id="fork"/>
+        <sequenceFlow id="f1" sourceRef="fork" targetRef="a"/><sequenceFlow id="f2" sourceRef="fork" targetRef="b"/>
+        <sequenceFlow id="f3" sourceRef="fork" targetRef="c"/>
+        <userTask id="a"/><userTask id="b"/><userTask id="c"/>
+        <sequenceFlow id="j1" sourceRef="a" targetRef="join"/><sequenceFlow id="j2" sourceRef="b" targetRef="join"/>
+        <sequenceFlow id="j3" sourceRef="c" targetRef="join"/>
+        <parallelGateway id="join"/><sequenceFlow id="f9" sourceRef="join" targetRef="e"/><endEvent id="e"/>"#,
+    );
+    let mut h = Harness::start(def, json!({}));
+    h.complete("a", json!({}));
+    h.complete("b", json!({}));
+    assert_eq!(h.inst.state, InstanceState::Active);
+    assert_eq!(
+        h.runtime()
+            .tokens
+            .iter()
+            .filter(|t| t.wait == Wait::Join)
+            .count(),
+        2
+    );
+    h.complete("c", json!({}));
+    assert_eq!(h.inst.state, InstanceState::Completed);
+}
+
+#[test]
+fn no_matching_flow_is_an_incident_that_a_retry_resolves() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="gw"/>
+        <exclusiveGateway id="gw"/>
+        <sequenceFlow id="big" sourceRef="gw" targetRef="a"><conditionExpression>${amount &gt; 1000}</conditionExpression></sequenceFlow>
+        <userTask id="a"/><sequenceFlow id="f2" sourceRef="a" targetRef="e"/><endEvent id="e"/>"#,
+    );
+    let mut h = Harness::start(def, json!({ "amount": 5 }));
+    assert_eq!(h.inst.state, InstanceState::Incident);
+    let Wait::Incident { incident_id, .. } = h.runtime().tokens[0].wait.clone() else {
+        panic!("token not in incident")
+    };
+    h.command(|tr| tr.set_variables(vars(json!({ "amount": 5000 }))));
+    assert_eq!(
+        h.inst.state,
+        InstanceState::Incident,
+        "setting variables alone does not move the token"
+    );
+    h.command(|tr| tr.retry_incident(&incident_id).unwrap());
+    assert_eq!(h.inst.state, InstanceState::Active);
+    assert_eq!(h.open_tasks(), ["a"]);
+}
+
+#[test]
+fn terminate_end_event_removes_every_other_work_item() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="fork"/>
+        <parallelGateway id="fork"/>
+        <sequenceFlow id="f1" sourceRef="fork" targetRef="a"/><sequenceFlow id="f2" sourceRef="fork" targetRef="w"/>
+        <userTask id="a"/><sequenceFlow id="f3" sourceRef="a" targetRef="t"/>
+        <endEvent id="t"><terminateEventDefinition/></endEvent>
+        <intermediateCatchEvent id="w"><timerEventDefinition><timeDuration>P1D</timeDuration></timerEventDefinition></intermediateCatchEvent>
+        <sequenceFlow id="f4" sourceRef="w" targetRef="e"/><endEvent id="e"/>"#,
+    );
+    let mut h = Harness::start(def, json!({}));
+    assert_eq!(h.timers.len(), 1);
+    h.complete("a", json!({}));
+    assert_eq!(h.inst.state, InstanceState::Completed);
+    assert!(h.timers.is_empty() && h.tasks.is_empty());
+}
+
+#[test]
+fn interrupting_boundary_timer_cancels_the_task_and_its_sibling_timers() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="a"/>
+        <userTask id="a"/><sequenceFlow id="f1" sourceRef="a" targetRef="e"/><endEvent id="e"/>
+        <boundaryEvent id="late" attachedToRef="a"><timerEventDefinition><timeDuration>PT1H</timeDuration></timerEventDefinition></boundaryEvent>
+        <boundaryEvent id="remind" attachedToRef="a" cancelActivity="false"><timerEventDefinition><timeDuration>PT30M</timeDuration></timerEventDefinition></boundaryEvent>
+        <sequenceFlow id="f2" sourceRef="late" targetRef="escalate"/><userTask id="escalate"/>
+        <sequenceFlow id="f3" sourceRef="escalate" targetRef="e"/>
+        <sequenceFlow id="f4" sourceRef="remind" targetRef="reminder"/><userTask id="reminder"/>
+        <sequenceFlow id="f5" sourceRef="reminder" targetRef="e"/>"#,
+    );
+    let mut h = Harness::start(def, json!({}));
+    assert_eq!(h.timers.len(), 2);
+    h.advance(Duration::minutes(31));
+    assert_eq!(
+        h.open_tasks(),
+        ["a", "reminder"],
+        "the non-interrupting timer keeps the task"
+    );
+    h.advance(Duration::minutes(30));
+    assert_eq!(
+        h.open_tasks(),
+        ["escalate", "reminder"],
+        "the interrupting timer cancels the task"
+    );
+    assert!(h.timers.is_empty());
+    h.complete("reminder", json!({}));
+    h.complete("escalate", json!({}));
+    assert_eq!(h.inst.state, InstanceState::Completed);
+}
+
+#[test]
+fn completing_a_task_disarms_its_boundary_timers() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="a"/>
+        <userTask id="a"/><sequenceFlow id="f1" sourceRef="a" targetRef="e"/><endEvent id="e"/>
+        <boundaryEvent id="late" attachedToRef="a"><timerEventDefinition><timeDuration>PT1H</timeDuration></timerEventDefinition></boundaryEvent>
+        <sequenceFlow id="f2" sourceRef="late" targetRef="e"/>"#,
+    );
+    let mut h = Harness::start(def, json!({}));
+    h.complete("a", json!({}));
+    assert!(h.timers.is_empty());
+    assert_eq!(h.inst.state, InstanceState::Completed);
+}
+
+#[test]
+fn a_completed_instance_refuses_further_commands() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="e"/><endEvent id="e"/>"#,
+    );
+    let h = Harness::start(def, json!({}));
+    assert_eq!(h.inst.state, InstanceState::Completed);
+    assert!(Transition::open(&h.def, h.inst.clone(), h.now).is_err());
+}

@@ -1,0 +1,176 @@
+use steadyflow_model::{ElementKind, ModelError, parse_definitions};
+
+const NS: &str = r#"xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn" xmlns:zeebe="http://camunda.org/schema/zeebe/1.0""#;
+
+fn doc(body: &str) -> String {
+    format!(
+        r#"<definitions {NS} targetNamespace="t"><process id="p" isExecutable="true">{body}</process></definitions>"#
+    )
+}
+
+const START_END: &str =
+    r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="e"/><endEvent id="e"/>"#;
+
+#[test]
+fn malformed_xml_reports_line_and_column() {
+    let err = parse_definitions("<definitions>\n  <process id=\"p\">\n</definitions>").unwrap_err();
+    match err {
+        ModelError::Xml { line, column, .. } => assert_eq!((line, column), (3, 1)),
+        other => panic!("expected an XML error, got {other:?}"),
+    }
+}
+
+#[test]
+fn unsupported_elements_are_refused_naming_element_and_id() {
+    let cases = [
+        (
+            r#"<scriptTask id="sc" scriptFormat="groovy"><script>1</script></scriptTask>"#,
+            "scriptTask",
+            "sc",
+        ),
+        (
+            r#"<serviceTask id="java" camunda:class="org.X"/>"#,
+            "serviceTask",
+            "java",
+        ),
+        (r#"<serviceTask id="bare"/>"#, "serviceTask", "bare"),
+        (r#"<subProcess id="sub"/>"#, "subProcess", "sub"),
+        (
+            r#"<userTask id="mi"><multiInstanceLoopCharacteristics/></userTask>"#,
+            "userTask",
+            "mi",
+        ),
+        (
+            r#"<userTask id="l"><extensionElements><camunda:taskListener class="X"/></extensionElements></userTask>"#,
+            "userTask",
+            "l",
+        ),
+        (
+            r#"<intermediateCatchEvent id="m"><messageEventDefinition/></intermediateCatchEvent>"#,
+            "intermediateCatchEvent",
+            "m",
+        ),
+        (
+            r#"<intermediateCatchEvent id="c"><timerEventDefinition><timeCycle>R3/PT1H</timeCycle></timerEventDefinition></intermediateCatchEvent>"#,
+            "intermediateCatchEvent",
+            "c",
+        ),
+        (
+            r#"<userTask id="t"/><boundaryEvent id="b" attachedToRef="t"><messageEventDefinition/></boundaryEvent>"#,
+            "boundaryEvent",
+            "b",
+        ),
+    ];
+    for (xml, element, id) in cases {
+        let err = parse_definitions(&doc(&format!("{START_END}{xml}"))).unwrap_err();
+        match &err {
+            ModelError::Unsupported {
+                element: e, id: i, ..
+            } => {
+                assert_eq!((e.as_str(), i.as_str()), (element, id), "{xml}");
+                let msg = err.to_string();
+                assert!(
+                    msg.contains(&format!("`{id}`")) && msg.contains("not supported"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{xml}: expected a refusal, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn structural_errors_are_invalid() {
+    for (xml, id) in [
+        (
+            r#"<startEvent id="s"/><sequenceFlow id="f" sourceRef="s" targetRef="nowhere"/>"#,
+            "f",
+        ),
+        (r#"<endEvent id="e"/>"#, "p"),
+        (r#"<startEvent id="s"/><startEvent id="s"/>"#, "s"),
+        (
+            r#"<startEvent id="s"/><exclusiveGateway id="g" default="missing"/>"#,
+            "g",
+        ),
+        (
+            r#"<startEvent id="s"/><sequenceFlow id="f" sourceRef="s" targetRef="s2"><conditionExpression>${a ==}</conditionExpression></sequenceFlow><endEvent id="s2"/>"#,
+            "f",
+        ),
+    ] {
+        match parse_definitions(&doc(xml)) {
+            Err(ModelError::Invalid { id: got, .. }) => assert_eq!(got, id, "{xml}"),
+            other => panic!("{xml}: expected invalid, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn camunda_and_zeebe_extensions_are_read() {
+    let xml = doc(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="u"/>
+        <userTask id="u" camunda:assignee="${who}" camunda:candidateGroups="a, b">
+          <potentialOwner><resourceAssignmentExpression><formalExpression>user(x), group(g), plain</formalExpression></resourceAssignmentExpression></potentialOwner>
+        </userTask>
+        <sequenceFlow id="f1" sourceRef="u" targetRef="job"/>
+        <serviceTask id="job"><extensionElements><zeebe:taskDefinition type="charge" retries="3"/>
+          <zeebe:ioMapping><zeebe:output source="= total + 1" target="total"/></zeebe:ioMapping></extensionElements></serviceTask>
+        <sequenceFlow id="f2" sourceRef="job" targetRef="e"/><endEvent id="e"/>"#,
+    );
+    let def = parse_definitions(&xml).unwrap().remove(0);
+    let u = def.element(def.element_index("u").unwrap());
+    let ElementKind::UserTask(ut) = &u.kind else {
+        panic!("user task expected")
+    };
+    assert!(ut.assignee.is_some());
+    assert_eq!(ut.candidate_users.len(), 1);
+    assert_eq!(
+        ut.candidate_groups.len(),
+        4,
+        "a, b, group(g) and the bare name"
+    );
+    let job = def.element(def.element_index("job").unwrap());
+    assert!(matches!(
+        job.kind,
+        ElementKind::ExternalTask {
+            retries: Some(3),
+            ..
+        }
+    ));
+    assert_eq!(job.outputs.len(), 1);
+}
+
+#[test]
+fn non_executable_processes_are_skipped_and_none_executable_is_refused() {
+    let two = format!(
+        r#"<definitions {NS} targetNamespace="t"><process id="a" isExecutable="true">{START_END}</process><process id="b" isExecutable="false"/></definitions>"#
+    );
+    let defs = parse_definitions(&two).unwrap();
+    assert_eq!(
+        defs.iter().map(|d| d.key.as_str()).collect::<Vec<_>>(),
+        ["a"]
+    );
+    let none = format!(
+        r#"<definitions {NS} targetNamespace="t"><process id="b" isExecutable="false"/></definitions>"#
+    );
+    assert!(matches!(
+        parse_definitions(&none),
+        Err(ModelError::Invalid { .. })
+    ));
+}
+
+#[test]
+fn reachability_follows_flows_and_boundary_events() {
+    let xml = doc(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="u"/>
+        <userTask id="u"/><sequenceFlow id="f1" sourceRef="u" targetRef="e"/><endEvent id="e"/>
+        <boundaryEvent id="b" attachedToRef="u"><timerEventDefinition><timeDuration>PT1M</timeDuration></timerEventDefinition></boundaryEvent>
+        <sequenceFlow id="f2" sourceRef="b" targetRef="x"/><endEvent id="x"/>"#,
+    );
+    let def = parse_definitions(&xml).unwrap().remove(0);
+    let at = |id: &str| def.element_index(id).unwrap();
+    assert!(
+        def.can_reach(at("s"), at("x")),
+        "through the boundary event"
+    );
+    assert!(!def.can_reach(at("e"), at("u")));
+}
