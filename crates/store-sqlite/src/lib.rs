@@ -99,6 +99,10 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(backend_err)?;
     conn.set_prepared_statement_cache_capacity(64);
+    // A larger page cache and memory-mapped reads: the working set of a busy engine
+    // (open instances, their tasks, the index tails) should not be read with syscalls.
+    conn.execute_batch("PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;")
+        .map_err(backend_err)?;
     if !read_only {
         conn.execute_batch(
             "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",

@@ -28,9 +28,61 @@ const ONE_TASK: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 /// `kill -9` of a serving process in the middle of a load of starts and completions leaves
 /// a consistent SQLite database in which every acknowledged start is present.
 #[test]
-fn killed_server_leaves_consistent_database() {
+fn killed_server_leaves_consistent_sqlite_database() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start(dir.path(), None, &[]);
+    let acked = load_then_kill(dir.path(), None);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store =
+        steadyflow_store_sqlite::SqliteStore::open(dir.path().join("steadyflow.db")).unwrap();
+    let present: HashSet<String> = rt
+        .block_on(consistency::check(&store))
+        .into_iter()
+        .collect();
+    assert_all_present(&acked, &present);
+}
+
+/// The same on PostgreSQL.
+#[test]
+fn killed_server_leaves_consistent_postgres_database() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let Some(db) = rt.block_on(steadyflow_store_pg::testing::fresh_database()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let acked = load_then_kill(dir.path(), Some(db.url()));
+    let store = rt
+        .block_on(steadyflow_store_pg::PgStore::connect(db.url()))
+        .unwrap();
+    let present: HashSet<String> = rt
+        .block_on(consistency::check(&store))
+        .into_iter()
+        .collect();
+    assert_all_present(&acked, &present);
+    drop(store);
+    rt.block_on(db.cleanup());
+}
+
+fn assert_all_present(acked: &[String], present: &HashSet<String>) {
+    let lost: Vec<&String> = acked.iter().filter(|id| !present.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged instances were lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
+/// Starts a server, loads it with starts and task completions from four threads, kills it
+/// with SIGKILL once 200 starts were acknowledged; returns the acknowledged instance ids.
+fn load_then_kill(dir: &std::path::Path, database_url: Option<&str>) -> Vec<String> {
+    let mut server = ServerProcess::start(dir, database_url, &[]);
     assert!(server.deploy(ONE_TASK).0 < 300);
     let base = server.base.clone();
     let acked = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -83,22 +135,5 @@ fn killed_server_leaves_consistent_database() {
         "the load never got going: {} starts acknowledged",
         acked.len()
     );
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let store =
-        steadyflow_store_sqlite::SqliteStore::open(dir.path().join("steadyflow.db")).unwrap();
-    let present: HashSet<String> = rt
-        .block_on(consistency::check(&store))
-        .into_iter()
-        .collect();
-    let lost: Vec<&String> = acked.iter().filter(|id| !present.contains(*id)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged instances were lost: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    acked
 }
