@@ -13,6 +13,9 @@ use crate::error::EngineError;
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
 
+/// Upper bound of lock durations and retry timeouts (30 days), so no instant overflows.
+const MAX_DURATION_MS: i64 = 30 * 24 * 3_600_000;
+
 /// How often a command is retried on fresh state after losing an optimistic lock.
 const MAX_ATTEMPTS: usize = 8;
 
@@ -362,12 +365,22 @@ impl Engine {
         if worker.trim().is_empty() {
             return Err(EngineError::BadRequest("workerId must not be empty".into()));
         }
-        if let Some(t) = topics.iter().find(|t| t.lock_duration_ms <= 0) {
+        if let Some(t) = topics
+            .iter()
+            .find(|t| t.lock_duration_ms <= 0 || t.lock_duration_ms > MAX_DURATION_MS)
+        {
             return Err(EngineError::BadRequest(format!(
-                "lockDuration of topic `{}` must be positive",
+                "lockDuration of topic `{}` must be between 1 and {MAX_DURATION_MS} ms",
                 t.topic
             )));
         }
+        let mut seen = std::collections::HashSet::new();
+        let topics: Vec<TopicLock> = topics
+            .iter()
+            .filter(|t| seen.insert(t.topic.clone()))
+            .cloned()
+            .collect();
+        let topics = topics.as_slice();
         Ok(self
             .store
             .fetch_and_lock(worker, max, topics, self.now())
@@ -421,10 +434,10 @@ impl Engine {
         id: &str,
         failure: ExternalFailure,
     ) -> Result<ExternalTaskRecord> {
-        if failure.retries < 0 || failure.retry_timeout_ms < 0 {
-            return Err(EngineError::BadRequest(
-                "retries and retryTimeout must not be negative".into(),
-            ));
+        if failure.retries < 0 || !(0..=MAX_DURATION_MS).contains(&failure.retry_timeout_ms) {
+            return Err(EngineError::BadRequest(format!(
+                "retries must not be negative and retryTimeout must be between 0 and {MAX_DURATION_MS} ms"
+            )));
         }
         let mut task = self.locked_by(id, &failure.worker_id).await?;
         let now = self.now();
@@ -504,7 +517,9 @@ impl Engine {
 
     // ---- timers ----------------------------------------------------------------
 
-    /// Fires up to `limit` due timers; returns how many fired.
+    /// Fires up to `limit` due timers, earliest first; returns how many it took on
+    /// (fired, or found no longer awaited). A timer that fails is logged and left to its
+    /// lock's expiry; the others still fire.
     pub async fn fire_due_timers(&self, limit: usize) -> Result<usize> {
         let now = self.now();
         let lock_until = now + chrono::Duration::minutes(5);
@@ -512,32 +527,30 @@ impl Engine {
             .store
             .acquire_due_timers(&self.node_id, now, lock_until, limit)
             .await?;
-        let mut fired = 0;
+        let taken = due.len();
         for t in due {
             let timer_id = t.id.clone();
             match self
                 .command(&t.instance_id, move |tr| Ok(tr.fire_timer(&timer_id)?))
                 .await
             {
-                Ok(_) => fired += 1,
+                Ok(_) => {}
                 Err(EngineError::NotFound { .. }) | Err(EngineError::Conflict(_)) => {
                     tracing::debug!(timer = %t.id, "timer no longer awaited");
                 }
-                Err(e) => return Err(e),
+                Err(e) => tracing::warn!(timer = %t.id, error = %e, "firing a timer failed"),
             }
         }
-        Ok(fired)
+        Ok(taken)
     }
 
-    /// Fires every due timer, including those that firing makes due; earliest first.
+    /// Fires every due timer one at a time, strictly earliest first, including those that
+    /// firing makes due (tests and drills that move the clock).
     pub async fn run_due_timers(&self) -> Result<usize> {
         let mut total = 0;
-        loop {
-            let n = self.fire_due_timers(64).await?;
-            if n == 0 {
-                return Ok(total);
-            }
-            total += n;
+        while self.fire_due_timers(1).await? > 0 {
+            total += 1;
         }
+        Ok(total)
     }
 }

@@ -269,3 +269,67 @@ fn a_completed_instance_refuses_further_commands() {
     assert_eq!(h.inst.state, InstanceState::Completed);
     assert!(Transition::open(&h.def, h.inst.clone(), h.now).is_err());
 }
+
+#[test]
+fn work_created_and_cancelled_in_one_command_never_reaches_the_store() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="fork"/>
+        <parallelGateway id="fork"/>
+        <sequenceFlow id="f1" sourceRef="fork" targetRef="a"/><sequenceFlow id="f2" sourceRef="fork" targetRef="t"/>
+        <userTask id="a"/><sequenceFlow id="f3" sourceRef="a" targetRef="e"/><endEvent id="e"/>
+        <boundaryEvent id="b" attachedToRef="a"><timerEventDefinition><timeDuration>PT1H</timeDuration></timerEventDefinition></boundaryEvent>
+        <sequenceFlow id="f4" sourceRef="b" targetRef="e"/>
+        <endEvent id="t"><terminateEventDefinition/></endEvent>"#,
+    );
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut tr = Transition::create(&def, "p:1", Vars::new(), None, now);
+    tr.start();
+    let cs = tr.finish();
+    assert_eq!(cs.instance.state, InstanceState::Completed);
+    assert!(
+        cs.tasks_created.is_empty() && cs.tasks_removed.is_empty(),
+        "{:?}",
+        cs.tasks_created
+    );
+    assert!(cs.timers_created.is_empty() && cs.timers_removed.is_empty());
+}
+
+#[test]
+fn a_loop_without_wait_state_stops_at_an_incident() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="g"/>
+        <exclusiveGateway id="g" default="out"/>
+        <sequenceFlow id="again" sourceRef="g" targetRef="m"><conditionExpression>${x &lt; 10}</conditionExpression></sequenceFlow>
+        <manualTask id="m"/><sequenceFlow id="back" sourceRef="m" targetRef="g"/>
+        <sequenceFlow id="out" sourceRef="g" targetRef="e"/><endEvent id="e"/>"#,
+    );
+    let h = Harness::start(def, json!({ "x": 1 }));
+    assert_eq!(h.inst.state, InstanceState::Incident);
+}
+
+#[test]
+fn setting_retries_to_zero_raises_an_incident_and_more_retries_resolve_it() {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="w"/>
+        <serviceTask id="w" camunda:type="external" camunda:topic="work"/>
+        <sequenceFlow id="f1" sourceRef="w" targetRef="e"/><endEvent id="e"/>"#,
+    );
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut tr = Transition::create(&def, "p:1", Vars::new(), None, now);
+    tr.start();
+    let cs = tr.finish();
+    let mut task = cs.external_upserted[0].clone();
+    let inst = cs.instance;
+    task.retries = Some(0);
+    let mut tr = Transition::open(&def, inst, now).unwrap();
+    tr.update_external_task(task.clone()).unwrap();
+    let cs = tr.finish();
+    assert_eq!(cs.instance.state, InstanceState::Incident);
+    assert_eq!(cs.incidents_created.len(), 1);
+    task.retries = Some(2);
+    let mut tr = Transition::open(&def, cs.instance, now).unwrap();
+    tr.update_external_task(task).unwrap();
+    let cs = tr.finish();
+    assert_eq!(cs.instance.state, InstanceState::Active);
+    assert_eq!(cs.incidents_resolved.len(), 1);
+}

@@ -119,6 +119,8 @@ fn expr(text: &str, at: &str) -> Result<Expression, ModelError> {
 
 fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
     let key = required_id(process)?;
+    // Process-level listeners would be silently skipped: refuse them like element ones.
+    extensions(process, "process", &key)?;
     let mut elements: Vec<Element> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut flow_nodes: Vec<Node> = Vec::new();
@@ -179,14 +181,19 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
                 }
                 let text = text_of(c);
                 if text.is_empty() {
-                    None
-                } else {
-                    Some(expr(&text, &id)?)
+                    return Err(ModelError::invalid(
+                        &id,
+                        "the condition expression is empty",
+                    ));
                 }
+                Some(expr(&text, &id)?)
             }
             None => None,
         };
-        flow_index.insert(id.clone(), flows.len());
+        extensions(*n, "sequenceFlow", &id)?;
+        if flow_index.insert(id.clone(), flows.len()).is_some() || index.contains_key(&id) {
+            return Err(ModelError::invalid(&id, "two elements share this id"));
+        }
         elements[source].outgoing.push(flows.len());
         elements[target].incoming.push(flows.len());
         flows.push(Flow {
@@ -310,7 +317,11 @@ fn reachability(elements: &[Element], flows: &[Flow]) -> Vec<Vec<u64>> {
 
 fn event_definitions<'a, 'i>(n: Node<'a, 'i>) -> Vec<Node<'a, 'i>> {
     bpmn_children(n)
-        .filter(|c| c.tag_name().name().ends_with("EventDefinition"))
+        .filter(|c| {
+            let name = c.tag_name().name();
+            // A reference to a shared definition counts as one (and is refused below).
+            name.ends_with("EventDefinition") || name == "eventDefinitionRef"
+        })
         .collect()
 }
 
@@ -385,6 +396,13 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         }
         _ => return Err(unsupported(&format!("<{tag}> is not supported yet"))),
     };
+    let completes = !kind.is_gateway()
+        && !matches!(kind, ElementKind::EndEvent | ElementKind::TerminateEndEvent);
+    if !ext.outputs.is_empty() && !completes {
+        return Err(unsupported(
+            "output mappings on this element are not supported yet",
+        ));
+    }
     Ok(Element {
         id: id.to_string(),
         name: n.attribute("name").map(str::to_string),
@@ -442,7 +460,13 @@ fn extensions<'a, 'i>(
                         target: target.to_string(),
                     };
                     match m.tag_name().name() {
-                        "input" => ext.inputs.push(mapping),
+                        "input" => {
+                            return Err(ModelError::unsupported(
+                                tag,
+                                id,
+                                "zeebe:ioMapping input mappings are not supported yet",
+                            ));
+                        }
                         "output" => ext.outputs.push(mapping),
                         other => {
                             return Err(ModelError::invalid(
@@ -501,6 +525,12 @@ fn user_task(n: Node, id: &str, ext: &Extensions) -> Result<UserTaskDef, ModelEr
         };
         let text = text_of(fe);
         if rname == "humanPerformer" {
+            if def.assignee.is_some() {
+                return Err(ModelError::invalid(
+                    id,
+                    "the assignee is declared twice (humanPerformer and an assignee attribute)",
+                ));
+            }
             def.assignee = Some(expr(&text, id)?);
             continue;
         }

@@ -174,3 +174,19 @@ fn reachability_follows_flows_and_boundary_events() {
     );
     assert!(!def.can_reach(at("e"), at("u")));
 }
+
+#[test]
+fn listeners_on_the_process_or_a_flow_are_refused() {
+    let on_process = format!(
+        r#"<definitions {NS} targetNamespace="t"><process id="p" isExecutable="true"><extensionElements><camunda:executionListener class="X" event="start"/></extensionElements>{START_END}</process></definitions>"#
+    );
+    assert!(
+        matches!(parse_definitions(&on_process), Err(ModelError::Unsupported { id, .. }) if id == "p")
+    );
+    let on_flow = doc(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="e"><extensionElements><camunda:executionListener class="X"/></extensionElements></sequenceFlow><endEvent id="e"/>"#,
+    );
+    assert!(
+        matches!(parse_definitions(&on_flow), Err(ModelError::Unsupported { id, .. }) if id == "f0")
+    );
+}

@@ -1,10 +1,12 @@
 //! SQLite store for Steadyflow, the embedded default.
 //!
 //! One writer thread owns the only write connection and commits queued commands in
-//! batches (group commit): every command runs in its own savepoint, so one failing
-//! command (a lost optimistic lock) never takes the others down, and one fsync at
-//! `synchronous=FULL` serves the whole batch. Reads go to a small pool of read-only
-//! connections (WAL mode lets them run beside the writer).
+//! batches (group commit): one fsync at `synchronous=FULL` serves the whole batch.
+//! Commands run back to back without savepoints; a command that fails cleanly (lost
+//! optimistic lock, not found, rejected) has written nothing, and any other failure rolls
+//! the batch back and re-runs its commands one transaction each. Reads go to a few reader
+//! threads with read-only connections (WAL lets them run beside the writer); a separate
+//! thread checkpoints the WAL.
 
 mod migrate;
 mod reads;

@@ -1,5 +1,6 @@
-//! Write operations; each runs on the writer thread inside a batch savepoint, and
-//! appends its journal rows in that same transaction.
+//! Write operations; each runs on the writer thread inside a batch transaction and
+//! appends its journal rows in that same transaction. Clean failures (`Conflict`,
+//! `NotFound`, `Rejected`) are raised before the first write.
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;

@@ -38,6 +38,10 @@ pub struct Transition<'d> {
     pub(super) rt: Runtime,
     pub(super) queue: VecDeque<u64>,
     pub(super) cs: ChangeSet,
+    /// External tasks this transition created (not yet in the store).
+    new_externals: Vec<String>,
+    /// Elements entered so far: bounds a cycle without a wait state.
+    pub(super) steps: usize,
 }
 
 impl<'d> Transition<'d> {
@@ -69,6 +73,8 @@ impl<'d> Transition<'d> {
             rt: Runtime::default(),
             queue: VecDeque::new(),
             cs,
+            new_externals: Vec::new(),
+            steps: 0,
         }
     }
 
@@ -92,6 +98,8 @@ impl<'d> Transition<'d> {
             rt,
             queue: VecDeque::new(),
             cs,
+            new_externals: Vec::new(),
+            steps: 0,
         })
     }
 
@@ -152,19 +160,13 @@ impl<'d> Transition<'d> {
     /// Records a worker's failure report: `task` is the updated external task row. With no
     /// retries left, an incident stops the token until retries are set again.
     pub fn fail_external_task(&mut self, task: ExternalTaskRecord) -> Result<(), CoreError> {
-        let tid = self.waiting(
+        self.waiting(
             |w| matches!(w, Wait::ExternalTask { task_id: t } if *t == task.id),
             "external task",
             &task.id,
         )?;
-        if task.retries == Some(0) && !self.rt.task_incidents.iter().any(|(_, t)| *t == task.id) {
-            let el = self.token(tid).element.clone();
-            let msg = format!(
-                "external task at `{el}` failed with no retries left: {}",
-                task.error_message.clone().unwrap_or_default()
-            );
-            let inc = self.new_incident(&el, "failedExternalTask", msg, Some(task.id.clone()));
-            self.rt.task_incidents.push((inc, task.id.clone()));
+        if task.retries == Some(0) {
+            self.raise_task_incident(&task);
         }
         self.cs.external_upserted.push(task);
         Ok(())
@@ -180,6 +182,8 @@ impl<'d> Transition<'d> {
         )?;
         if task.retries.unwrap_or(1) > 0 {
             self.resolve_task_incidents(&task.id);
+        } else {
+            self.raise_task_incident(&task);
         }
         self.cs.external_upserted.push(task);
         Ok(())
@@ -472,16 +476,16 @@ impl<'d> Transition<'d> {
     pub(super) fn cancel_token(&mut self, tid: u64) {
         let p = self.pos(tid);
         let t = self.rt.tokens.remove(p);
-        self.cs
-            .timers_removed
-            .extend(t.boundary_timers.into_iter().map(|b| b.timer_id));
+        for b in t.boundary_timers {
+            self.remove_timer(b.timer_id);
+        }
         match t.wait {
-            Wait::UserTask { task_id } => self.cs.tasks_removed.push(task_id),
+            Wait::UserTask { task_id } => self.remove_task(task_id),
             Wait::ExternalTask { task_id } => {
                 self.resolve_task_incidents(&task_id);
-                self.cs.external_removed.push(task_id);
+                self.remove_external(task_id);
             }
-            Wait::Timer { timer_id } => self.cs.timers_removed.push(timer_id),
+            Wait::Timer { timer_id } => self.remove_timer(timer_id),
             Wait::Incident { incident_id, .. } => self.cs.incidents_resolved.push(incident_id),
             Wait::Ready | Wait::Join => {}
         }
@@ -508,9 +512,58 @@ impl<'d> Transition<'d> {
     /// Removes the boundary timers of token `tid` (its activity completed).
     pub(super) fn disarm_boundaries(&mut self, tid: u64) {
         let timers = std::mem::take(&mut self.token_mut(tid).boundary_timers);
-        self.cs
-            .timers_removed
-            .extend(timers.into_iter().map(|b| b.timer_id));
+        for b in timers {
+            self.remove_timer(b.timer_id);
+        }
+    }
+
+    // A work item created and removed by the same command never reaches the store.
+
+    fn remove_task(&mut self, id: String) {
+        let before = self.cs.tasks_created.len();
+        self.cs.tasks_created.retain(|t| t.id != id);
+        if self.cs.tasks_created.len() == before {
+            self.cs.tasks_removed.push(id);
+        }
+    }
+
+    fn remove_external(&mut self, id: String) {
+        self.cs.external_upserted.retain(|e| e.id != id);
+        match self.new_externals.iter().position(|n| *n == id) {
+            Some(p) => {
+                self.new_externals.swap_remove(p);
+            }
+            None => self.cs.external_removed.push(id),
+        }
+    }
+
+    fn remove_timer(&mut self, id: String) {
+        let before = self.cs.timers_created.len();
+        self.cs.timers_created.retain(|t| t.id != id);
+        if self.cs.timers_created.len() == before {
+            self.cs.timers_removed.push(id);
+        }
+    }
+
+    /// An incident holding a waiting external task that has no retries left (once).
+    fn raise_task_incident(&mut self, task: &ExternalTaskRecord) {
+        if self.rt.task_incidents.iter().any(|(_, t)| *t == task.id) {
+            return;
+        }
+        let msg = format!(
+            "external task at `{}` has no retries left: {}",
+            task.activity_id,
+            task.error_message
+                .clone()
+                .unwrap_or_else(|| "retries set to 0".into())
+        );
+        let inc = self.new_incident(
+            &task.activity_id,
+            "failedExternalTask",
+            msg,
+            Some(task.id.clone()),
+        );
+        self.rt.task_incidents.push((inc, task.id.clone()));
     }
 
     // ---- work items ------------------------------------------------------------
@@ -525,10 +578,14 @@ impl<'d> Transition<'d> {
                 Some(x) => Some(x.eval_string(ctx).map_err(|e| e.to_string())?),
                 None => e.name.clone(),
             };
+            // An expression that yields null (or "") leaves the task unassigned.
             let assignee = match &ut.assignee {
-                Some(x) => {
-                    Some(x.eval_string(ctx).map_err(|e| e.to_string())?).filter(|s| !s.is_empty())
-                }
+                Some(x) => match x.eval(ctx).map_err(|e| e.to_string())? {
+                    Value::Null => None,
+                    Value::String(s) if s.is_empty() => None,
+                    Value::String(s) => Some(s),
+                    other => Some(other.to_string()),
+                },
                 None => None,
             };
             Ok((
@@ -584,6 +641,7 @@ impl<'d> Transition<'d> {
             retry_at: None,
             created_at: self.now,
         });
+        self.new_externals.push(task_id.clone());
         self.token_mut(tid).wait = Wait::ExternalTask { task_id };
         Ok(())
     }
@@ -652,6 +710,7 @@ fn people(exprs: &[steadyflow_expr::Expression], ctx: &dyn Context) -> Result<Ve
             other => out.push(other.to_string()),
         }
     }
-    out.dedup();
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|p| seen.insert(p.clone()));
     Ok(out)
 }

@@ -7,6 +7,10 @@ use steadyflow_store::Vars;
 use super::exec::Transition;
 use super::runtime::Wait;
 
+/// Most elements one command may pass through before its tokens are stopped at an
+/// incident: a cycle without a wait state would otherwise never end.
+const MAX_STEPS: usize = 10_000;
+
 /// Why no outgoing flow could be chosen.
 enum NoFlow {
     NoneMatched,
@@ -19,14 +23,24 @@ impl Transition<'_> {
     pub(super) fn run(&mut self) {
         loop {
             while let Some(tid) = self.queue.pop_front() {
-                if self
+                if !self
                     .rt
                     .tokens
                     .iter()
                     .any(|t| t.id == tid && t.wait == Wait::Ready)
                 {
-                    self.enter(tid);
+                    continue;
                 }
+                self.steps += 1;
+                if self.steps > MAX_STEPS {
+                    let el = self.token(tid).element.clone();
+                    let msg = format!(
+                        "more than {MAX_STEPS} elements passed in one step at `{el}`: a loop without a wait state?"
+                    );
+                    self.incident(tid, "loopWithoutWaitState", msg, false);
+                    continue;
+                }
+                self.enter(tid);
             }
             if !self.fire_ready_inclusive_join() {
                 break;
