@@ -423,7 +423,9 @@ impl Engine {
             .ok_or_else(|| EngineError::not_found("external task", id))?;
         let task = self.check_lock(task, worker)?;
         let task_id = task.id.clone();
+        let worker = worker.to_string();
         self.command_on(&task.instance_id, Some(instance), move |tr| {
+            tr.guard_lock(&task_id, &worker);
             Ok(tr.complete_external_task(&task_id, vars.clone())?)
         })
         .await
@@ -448,7 +450,9 @@ impl Engine {
         task.retry_at = (failure.retries > 0 && failure.retry_timeout_ms > 0)
             .then(|| now + chrono::Duration::milliseconds(failure.retry_timeout_ms));
         let row = task.clone();
+        let worker = failure.worker_id.clone();
         self.command(&task.instance_id, move |tr| {
+            tr.guard_lock(&row.id, &worker);
             Ok(tr.fail_external_task(row.clone())?)
         })
         .await?;

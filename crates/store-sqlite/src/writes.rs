@@ -166,6 +166,20 @@ impl Images {
 }
 
 pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<()> {
+    if let Some(g) = &ch.lock_guard {
+        let held = c
+            .prepare_cached(
+                "SELECT 1 FROM external_tasks WHERE id = ?1 AND worker_id = ?2 AND lock_expires_at > ?3",
+            )
+            .and_then(|mut s| s.exists(params![g.task_id, g.worker_id, ms(g.now)]))
+            .map_err(backend_err)?;
+        if !held {
+            return Err(StoreError::Rejected(format!(
+                "external task {} is no longer locked by worker `{}`",
+                g.task_id, g.worker_id
+            )));
+        }
+    }
     let mut j = Journal::new(tx);
     let i = &ch.instance;
     let (vars, runtime) = (&img.vars, &img.runtime);

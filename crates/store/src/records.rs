@@ -187,6 +187,9 @@ pub struct ChangeSet {
     pub instance: InstanceRecord,
     /// `None` inserts a new instance; `Some(v)` updates only if the stored version is `v`.
     pub expected_version: Option<i64>,
+    /// Commit only if this worker still holds an unexpired lock on this external task
+    /// (checked before anything is written; `Rejected` otherwise).
+    pub lock_guard: Option<LockGuard>,
     /// The state the instance had when the command read it, if known: a store may then
     /// skip writing an unchanged state. `None` always writes it.
     pub prior_state: Option<InstanceState>,
@@ -206,6 +209,7 @@ impl ChangeSet {
     pub fn new(instance: InstanceRecord, expected_version: Option<i64>) -> Self {
         ChangeSet {
             prior_state: None,
+            lock_guard: None,
             instance,
             expected_version,
             tasks_created: Vec::new(),
@@ -219,6 +223,15 @@ impl ChangeSet {
             history: Vec::new(),
         }
     }
+}
+
+/// A worker's lock that must still hold when a change set commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockGuard {
+    pub task_id: String,
+    pub worker_id: String,
+    /// The lock must expire after this instant.
+    pub now: Timestamp,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -107,6 +107,15 @@ impl<'d> Transition<'d> {
         &self.inst.id
     }
 
+    /// Commit only while `worker` still holds its lock on external task `task_id`.
+    pub fn guard_lock(&mut self, task_id: &str, worker: &str) {
+        self.cs.lock_guard = Some(steadyflow_store::LockGuard {
+            task_id: task_id.to_string(),
+            worker_id: worker.to_string(),
+            now: self.now,
+        });
+    }
+
     /// Starts the instance at its none start event and runs it to rest.
     pub fn start(&mut self) {
         self.hist(
