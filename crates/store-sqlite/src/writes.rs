@@ -174,10 +174,8 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
             .and_then(|mut s| s.exists(params![g.task_id, g.worker_id, ms(g.now)]))
             .map_err(backend_err)?;
         if !held {
-            return Err(StoreError::Rejected(format!(
-                "external task {} is no longer locked by worker `{}`",
-                g.task_id, g.worker_id
-            )));
+            // Like a lost optimistic lock: the engine re-reads and reports the lock's state.
+            return Err(StoreError::Conflict(ch.instance.id.clone()));
         }
     }
     let mut j = Journal::new(tx);

@@ -60,6 +60,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("fetch_and_lock_lock_expiry", |s| {
         Box::pin(fetch_and_lock_lock_expiry(s))
     }),
+    ("apply_lock_guard", |s| Box::pin(apply_lock_guard(s))),
     ("fetch_and_lock_retries_and_backoff", |s| {
         Box::pin(fetch_and_lock_retries_and_backoff(s))
     }),
@@ -1218,6 +1219,53 @@ async fn fetch_and_lock_lock_expiry(store: Arc<dyn Store>) {
         "relocked for the new worker"
     );
     assert_eq!(after[0].task.lock_expires_at, Some(at(2_500)));
+}
+
+/// A change set with a lock guard commits only while that worker's lock holds; otherwise
+/// it is refused like a lost optimistic lock and changes nothing.
+async fn apply_lock_guard(store: Arc<dyn Store>) {
+    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    a.external_upserted = vec![external("e1", "i-1", "pay", 1)];
+    insert(store.as_ref(), a).await;
+    let got = store
+        .fetch_and_lock("w1", 5, &topics(&[("pay", 1_000)]), at(0))
+        .await
+        .unwrap();
+    assert_eq!(locked_ids(&got), vec!["e1"]);
+    let inst = store.instance("i-1").await.unwrap().unwrap();
+    let complete = |worker: &str, now: i64| {
+        let mut c = update_of(&inst);
+        c.external_removed = vec!["e1".into()];
+        c.lock_guard = Some(LockGuard {
+            task_id: "e1".into(),
+            worker_id: worker.into(),
+            now: at(now),
+        });
+        c
+    };
+    for (worker, now, why) in [
+        ("w2", 10, "another worker's lock"),
+        ("w1", 2_000, "an expired lock"),
+    ] {
+        let r = store.apply(complete(worker, now)).await;
+        assert!(
+            matches!(r, Err(StoreError::Conflict(_))),
+            "{why} must be refused, got {r:?}"
+        );
+        assert!(
+            store.external_task("e1").await.unwrap().is_some(),
+            "{why}: nothing may change"
+        );
+        assert_eq!(
+            store.instance("i-1").await.unwrap().unwrap().version,
+            inst.version
+        );
+    }
+    store
+        .apply(complete("w1", 10))
+        .await
+        .expect("the holder of the lock commits");
+    assert!(store.external_task("e1").await.unwrap().is_none());
 }
 
 async fn fetch_and_lock_retries_and_backoff(store: Arc<dyn Store>) {

@@ -55,7 +55,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>>;
     async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>>;
-    /// Commits one engine command. `Err(Conflict)` when the instance version moved.
+    /// Commits one engine command. `Err(Conflict)` when the instance version moved, or
+    /// when the change set's lock guard no longer holds; then nothing is written.
     async fn apply(&self, change: ChangeSet) -> Result<()>;
 
     async fn task(&self, id: &str) -> Result<Option<TaskRecord>>;

@@ -188,7 +188,7 @@ pub struct ChangeSet {
     /// `None` inserts a new instance; `Some(v)` updates only if the stored version is `v`.
     pub expected_version: Option<i64>,
     /// Commit only if this worker still holds an unexpired lock on this external task
-    /// (checked before anything is written; `Rejected` otherwise).
+    /// (checked before anything is written; `Conflict` otherwise, like a lost lock).
     pub lock_guard: Option<LockGuard>,
     /// The state the instance had when the command read it, if known: a store may then
     /// skip writing an unchanged state. `None` always writes it.

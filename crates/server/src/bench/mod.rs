@@ -33,12 +33,12 @@ pub struct BenchArgs {
     )]
     pub pg_url: String,
     /// Start commands in flight at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub starters: usize,
     /// Concurrent workers, each fetching up to --batch tasks at a time.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 256)]
     pub batch: usize,
 }
 
