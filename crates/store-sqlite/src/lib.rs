@@ -5,8 +5,7 @@
 //! Commands run back to back without savepoints; a command that fails cleanly (lost
 //! optimistic lock, not found, rejected) has written nothing, and any other failure rolls
 //! the batch back and re-runs its commands one transaction each. Reads go to a few reader
-//! threads with read-only connections (WAL lets them run beside the writer); a separate
-//! thread checkpoints the WAL.
+//! threads with read-only connections (WAL lets them run beside the writer).
 
 mod migrate;
 mod reads;
@@ -101,9 +100,9 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(backend_err)?;
     conn.set_prepared_statement_cache_capacity(64);
-    // A larger page cache and memory-mapped reads: the working set of a busy engine
-    // (open instances, their tasks, the index tails) should not be read with syscalls.
-    conn.execute_batch("PRAGMA cache_size=-65536; PRAGMA mmap_size=268435456;")
+    // A larger page cache: the working set of a busy engine (open instances, their
+    // tasks, the index tails) should not be read with syscalls.
+    conn.execute_batch("PRAGMA cache_size=-65536;")
         .map_err(backend_err)?;
     if !read_only {
         conn.execute_batch(
@@ -126,7 +125,7 @@ impl SqliteStore {
         let mut conn = open_conn(&path, false)?;
         migrate::run(&mut conn)?;
         Ok(SqliteStore {
-            writer: Writer::start(conn, open_conn(&path, false)?)?,
+            writer: Writer::start(conn)?,
             readers: Readers::start(&path)?,
             path,
         })
