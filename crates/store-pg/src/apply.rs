@@ -9,24 +9,27 @@
 //! for any other reason, each change set is retried alone so only the faulty one fails.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::Pool;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use steadyflow_store::*;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Json;
 use tokio_postgres::{Row, Statement};
 
 use crate::error::{
     db_err, duplicate, is_retryable, is_unique_violation, pool_err, server_rejected,
 };
-use crate::pipeline::{self, Finish, JOURNAL_INSERT, JournalEntry, Param, Step, TxError};
-use crate::rows::{self, INCIDENT_COLS, ms};
+use crate::pipeline::{self, Finish, JOURNAL_INSERT, JournalEntry, Param, Step, TxError, to_json};
+use crate::rows::{self, INCIDENT_COLS, ms, prefixed};
 
 pub(crate) struct Job {
     pub change: ChangeSet,
+    pub images: Images,
     pub reply: oneshot::Sender<Result<()>>,
 }
 
@@ -63,76 +66,150 @@ impl Counters {
     }
 }
 
-/// Starts `writers` writer tasks on the current Tokio runtime; they stop when the
-/// returned sender (and every clone) is dropped.
-pub(crate) fn spawn_writers(
-    pool: Pool,
-    writers: usize,
-    max_batch: usize,
-    counters: Arc<Counters>,
-) -> mpsc::Sender<Job> {
-    let max_batch = max_batch.max(1);
-    let (tx, rx) = mpsc::channel(max_batch * writers.max(1) * 4);
-    let rx = Arc::new(Mutex::new(rx));
-    for _ in 0..writers.max(1) {
-        tokio::spawn(writer_loop(
-            pool.clone(),
-            rx.clone(),
-            max_batch,
-            counters.clone(),
-        ));
+/// The writer tasks' queues. Each instance has its writer (by a hash of its id), so two
+/// commands on one instance never race each other in two concurrent transactions: the
+/// later one waits for the earlier one's batch and, made from the same instance version,
+/// is answered `Conflict` at once, without a round trip or a row lock wait.
+pub(crate) struct Writers {
+    queues: Vec<mpsc::Sender<Job>>,
+}
+
+impl Writers {
+    /// Starts `writers` writer tasks on the current Tokio runtime; they stop when the
+    /// returned handle is dropped.
+    pub fn spawn(pool: Pool, writers: usize, max_batch: usize, counters: Arc<Counters>) -> Self {
+        let max_batch = max_batch.max(1);
+        let queues = (0..writers.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(max_batch * 4);
+                tokio::spawn(writer_loop(pool.clone(), rx, max_batch, counters.clone()));
+                tx
+            })
+            .collect();
+        Writers { queues }
     }
-    tx
+
+    pub async fn send(&self, job: Job) -> Result<(), mpsc::error::SendError<Job>> {
+        let mut h = std::hash::DefaultHasher::new();
+        job.change.instance.id.hash(&mut h);
+        let queue = &self.queues[(h.finish() % self.queues.len() as u64) as usize];
+        queue.send(job).await
+    }
+}
+
+/// Versions this writer committed lately, per instance: a change set made from an older
+/// version is stale for sure (versions only grow), so it is answered `Conflict` without
+/// going to the database. Two generations of at most `RECENT` entries each.
+#[derive(Default)]
+struct Recent {
+    current: HashMap<String, i64>,
+    previous: HashMap<String, i64>,
+}
+
+const RECENT: usize = 16_384;
+
+impl Recent {
+    fn record(&mut self, committed: Vec<(String, i64)>) {
+        for (id, version) in committed {
+            self.current.insert(id, version);
+        }
+        if self.current.len() > RECENT {
+            self.previous = std::mem::take(&mut self.current);
+        }
+    }
+
+    fn is_stale(&self, c: &ChangeSet) -> bool {
+        let id = &c.instance.id;
+        match self.current.get(id).or_else(|| self.previous.get(id)) {
+            // Inserting an instance that exists, or updating an older version.
+            Some(&committed) => c.expected_version.is_none_or(|v| v < committed),
+            None => false,
+        }
+    }
 }
 
 async fn writer_loop(
     pool: Pool,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    mut rx: mpsc::Receiver<Job>,
     max_batch: usize,
     counters: Arc<Counters>,
 ) {
     // Change sets held back because their instance was already in the batch; they go
     // first into the next one, so one instance's commands keep their order.
     let mut carry: VecDeque<Job> = VecDeque::new();
+    let mut recent = Recent::default();
     loop {
-        let mut batch = Vec::new();
-        let mut ids = HashSet::new();
-        let mut deferred = VecDeque::new();
+        let mut next = Assembly {
+            max_batch,
+            recent: &recent,
+            counters: &counters,
+            batch: Vec::new(),
+            ids: HashSet::new(),
+            held: VecDeque::new(),
+        };
         for job in carry.drain(..) {
-            if batch.len() < max_batch && ids.insert(job.change.instance.id.clone()) {
-                batch.push(job);
-            } else {
-                deferred.push_back(job);
-            }
+            next.admit(job);
         }
-        carry = deferred;
-        {
-            let mut rx = rx.lock().await;
-            if batch.is_empty() {
-                match rx.recv().await {
-                    Some(job) => {
-                        ids.insert(job.change.instance.id.clone());
-                        batch.push(job);
-                    }
-                    None => return,
-                }
+        next.drain(&mut rx);
+        if next.batch.is_empty() && next.held.is_empty() {
+            match rx.recv().await {
+                Some(job) => next.admit(job),
+                None => return,
             }
-            while batch.len() < max_batch && carry.len() < max_batch {
-                match rx.try_recv() {
-                    Ok(job) if ids.insert(job.change.instance.id.clone()) => batch.push(job),
-                    Ok(job) => carry.push_back(job),
-                    Err(_) => break,
-                }
-            }
+            next.drain(&mut rx);
         }
-        commit_batch(&pool, batch, &counters).await;
+        let (batch, held) = (next.batch, next.held);
+        carry = held;
+        if !batch.is_empty() {
+            recent.record(commit_batch(&pool, batch, &counters).await);
+        }
     }
 }
 
+/// The next batch being put together.
+struct Assembly<'w> {
+    max_batch: usize,
+    recent: &'w Recent,
+    counters: &'w Counters,
+    batch: Vec<Job>,
+    /// Instances in `batch`.
+    ids: HashSet<String>,
+    /// For a later batch: the batch is full, or has a change set of the same instance.
+    held: VecDeque<Job>,
+}
+
+impl Assembly<'_> {
+    fn admit(&mut self, job: Job) {
+        if self.recent.is_stale(&job.change) {
+            self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
+            let id = job.change.instance.id.clone();
+            let _ = job.reply.send(Err(StoreError::Conflict(id)));
+        } else if self.batch.len() < self.max_batch
+            && self.ids.insert(job.change.instance.id.clone())
+        {
+            self.batch.push(job);
+        } else {
+            self.held.push_back(job);
+        }
+    }
+
+    /// Takes what is queued, while there is room.
+    fn drain(&mut self, rx: &mut mpsc::Receiver<Job>) {
+        while self.held.len() < self.max_batch {
+            match rx.try_recv() {
+                Ok(job) => self.admit(job),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+pub static DBLOST: AtomicU64 = AtomicU64::new(0);
+
 enum Attempt {
-    Committed,
-    /// Indices of change sets whose instance version moved; nothing was committed.
-    Conflicts(Vec<usize>),
+    /// Committed, except the change sets at these indices: their instance's version had
+    /// moved, and nothing of theirs was written.
+    Done { lost: Vec<usize> },
     Failed {
         error: StoreError,
         /// The server rejected the transaction: it is rolled back for sure.
@@ -142,37 +219,38 @@ enum Attempt {
     },
 }
 
-async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>, counters: &Counters) {
+/// Commits `jobs` and answers their callers. Returns the instance versions committed.
+async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>, counters: &Counters) -> Vec<(String, i64)> {
+    let mut committed = Vec::with_capacity(jobs.len());
+    // Every batch updates (and row-locks) its instances in id order, so two writers'
+    // batches cannot deadlock on them.
+    jobs.sort_unstable_by(|a, b| a.change.instance.id.cmp(&b.change.instance.id));
+    let mut tries = 0;
     loop {
-        let changes: Vec<&ChangeSet> = jobs.iter().map(|j| &j.change).collect();
+        let changes: Vec<(&ChangeSet, &Images)> =
+            jobs.iter().map(|j| (&j.change, &j.images)).collect();
         counters.transactions.fetch_add(1, Ordering::Relaxed);
         match attempt(pool, &changes).await {
-            Attempt::Committed => {
-                counters
-                    .committed
-                    .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-                for job in jobs {
-                    let _ = job.reply.send(Ok(()));
-                }
-                return;
-            }
-            Attempt::Conflicts(lost) => {
-                let mut rest = Vec::with_capacity(jobs.len());
+            Attempt::Done { lost } => {
+                DBLOST.fetch_add(lost.len() as u64, Ordering::Relaxed);
+                let mut lost = lost.into_iter().peekable();
                 for (i, job) in jobs.into_iter().enumerate() {
-                    if lost.contains(&i) {
+                    let result = if lost.next_if_eq(&i).is_some() {
                         counters.conflicts.fetch_add(1, Ordering::Relaxed);
-                        let _ = job
-                            .reply
-                            .send(Err(StoreError::Conflict(job.change.instance.id.clone())));
+                        Err(StoreError::Conflict(job.change.instance.id.clone()))
                     } else {
-                        rest.push(job);
-                    }
+                        counters.committed.fetch_add(1, Ordering::Relaxed);
+                        let i = &job.change.instance;
+                        committed.push((i.id.clone(), i.version));
+                        Ok(())
+                    };
+                    let _ = job.reply.send(result);
                 }
-                if rest.is_empty() {
-                    return;
-                }
-                jobs = rest;
+                return committed;
             }
+            Attempt::Failed {
+                transient: true, ..
+            } if tries < 2 => tries += 1,
             Attempt::Failed {
                 error, rolled_back, ..
             } => {
@@ -182,7 +260,11 @@ async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>, counters: &Counters) {
                         .retried_alone
                         .fetch_add(jobs.len() as u64, Ordering::Relaxed);
                     for job in jobs {
-                        let result = apply_alone(pool, &job.change, counters).await;
+                        let result = apply_alone(pool, &job, counters).await;
+                        let i = &job.change.instance;
+                        if result.is_ok() {
+                            committed.push((i.id.clone(), i.version));
+                        }
                         match &result {
                             Ok(()) => counters.committed.fetch_add(1, Ordering::Relaxed),
                             Err(StoreError::Conflict(_)) => {
@@ -197,19 +279,21 @@ async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>, counters: &Counters) {
                         let _ = job.reply.send(Err(duplicate(&error)));
                     }
                 }
-                return;
+                return committed;
             }
         }
     }
 }
 
-async fn apply_alone(pool: &Pool, change: &ChangeSet, counters: &Counters) -> Result<()> {
+async fn apply_alone(pool: &Pool, job: &Job, counters: &Counters) -> Result<()> {
     let mut tries = 0;
     loop {
         counters.transactions.fetch_add(1, Ordering::Relaxed);
-        match attempt(pool, &[change]).await {
-            Attempt::Committed => return Ok(()),
-            Attempt::Conflicts(_) => return Err(StoreError::Conflict(change.instance.id.clone())),
+        match attempt(pool, &[(&job.change, &job.images)]).await {
+            Attempt::Done { lost } if lost.is_empty() => return Ok(()),
+            Attempt::Done { .. } => {
+                return Err(StoreError::Conflict(job.change.instance.id.clone()));
+            }
             Attempt::Failed {
                 transient: true, ..
             } if tries < 3 => tries += 1,
@@ -218,7 +302,7 @@ async fn apply_alone(pool: &Pool, change: &ChangeSet, counters: &Counters) -> Re
     }
 }
 
-async fn attempt(pool: &Pool, changes: &[&ChangeSet]) -> Attempt {
+async fn attempt(pool: &Pool, changes: &[(&ChangeSet, &Images)]) -> Attempt {
     let failed = |error| Attempt::Failed {
         error,
         rolled_back: true,
@@ -235,16 +319,20 @@ async fn attempt(pool: &Pool, changes: &[&ChangeSet]) -> Attempt {
     let batch = Batch::new(changes);
     let tx_time = chrono::Utc::now().timestamp_millis();
     let (steps, slots) = batch.steps(&stmts, &tx_time);
-    let result = pipeline::transact(&client, &stmts.journal, tx_time, steps, |rows| {
-        batch.finish(&slots, rows)
-    })
+    let result = pipeline::transact(
+        &client,
+        pipeline::BEGIN,
+        &stmts.journal,
+        tx_time,
+        steps,
+        |rows| batch.finish(&slots, rows),
+    )
     .await;
     match result {
-        Ok(Ok(())) => Attempt::Committed,
-        Ok(Err(lost)) => Attempt::Conflicts(lost),
+        Ok(lost) => Attempt::Done { lost },
         Err(TxError::Db(e)) if changes.len() == 1 && is_unique_violation(&e, "instances_pkey") => {
             // Inserting an instance that exists: the expected "no version yet" is stale.
-            Attempt::Conflicts(vec![0])
+            Attempt::Done { lost: vec![0] }
         }
         Err(TxError::Db(e)) => Attempt::Failed {
             rolled_back: server_rejected(&e),
@@ -254,6 +342,53 @@ async fn attempt(pool: &Pool, changes: &[&ChangeSet]) -> Attempt {
         Err(TxError::Store(e)) => failed(e),
     }
 }
+
+/// JSON text of a change set's row images, made by the caller before it queues the
+/// change set: the writers only write, and nothing is serialized inside a transaction.
+pub(crate) struct Images {
+    instance: Box<RawValue>,
+    tasks: Vec<Box<RawValue>>,
+    external: Vec<Box<RawValue>>,
+    timers: Vec<Box<RawValue>>,
+    incidents: Vec<Box<RawValue>>,
+    /// The change set's history records: the `events` of its history row, and the
+    /// image of its journal `append` row.
+    history: Option<Box<RawValue>>,
+}
+
+impl Images {
+    pub(crate) fn of(c: &ChangeSet) -> Result<Images> {
+        fn all<T: serde::Serialize>(what: &str, rows: &[T]) -> Result<Vec<Box<RawValue>>> {
+            rows.iter().map(|r| to_json(what, r)).collect()
+        }
+        Ok(Images {
+            instance: to_json("instance", &c.instance)?,
+            tasks: all("task", &c.tasks_created)?,
+            external: all("externalTask", &c.external_upserted)?,
+            timers: all("timer", &c.timers_created)?,
+            incidents: all("incident", &c.incidents_created)?,
+            history: if c.history.is_empty() {
+                None
+            } else {
+                Some(to_json("history", &c.history)?)
+            },
+        })
+    }
+}
+
+/// Whether the change set owning a row won its instance in this transaction: the
+/// instance row was inserted or updated by it (so its `xmin` is this transaction's id).
+/// Rows of change sets whose optimistic lock or lock guard failed are filtered out with
+/// this, so a conflict costs neither a rollback nor a retry of the rest of the batch.
+const WON: &str = "EXISTS (SELECT 1 FROM instances AS w \
+                   WHERE w.id = u.owner AND w.xmin = pg_current_xact_id()::xid)";
+
+/// The change set's lock guard, if any, holds: its worker still has an unexpired lock
+/// on the task. The task row stays locked until commit, so a fetch cannot hand it to
+/// another worker meanwhile (and a fetch in flight is waited for, then rechecked).
+const GUARD: &str = "(u.guard_task IS NULL OR EXISTS (SELECT 1 FROM external_tasks AS g \
+                     WHERE g.id = u.guard_task AND g.worker_id = u.guard_worker \
+                     AND g.lock_expires_at > u.guard_now FOR UPDATE))";
 
 struct Statements {
     journal: Statement,
@@ -270,106 +405,156 @@ struct Statements {
     insert_history: Statement,
 }
 
+/// `DELETE` by id of the rows whose owner won (`$1` ids, `$2` owners).
+fn delete_sql(table: &str) -> String {
+    format!(
+        "DELETE FROM {table} AS t USING UNNEST($1::text[], $2::text[]) AS u(id, owner) \
+         WHERE t.id = u.id AND {WON} RETURNING t.id"
+    )
+}
+
 impl Statements {
     /// Prepared once per connection; later calls are cache hits without a round trip.
     async fn prepare(c: &deadpool_postgres::Client) -> Result<Self, tokio_postgres::Error> {
         Ok(Statements {
             journal: c.prepare_cached(JOURNAL_INSERT).await?,
             insert_instances: c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "INSERT INTO instances (id, definition_id, definition_key, business_key, state, variables, \
                      runtime, version, started_at, ended_at) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                     $6::jsonb[], $7::jsonb[], $8::int8[], $9::int8[], $10::int8[])",
-                )
+                     SELECT u.id, u.definition_id, u.definition_key, u.business_key, u.state, u.variables, \
+                     u.runtime, u.version, u.started_at, u.ended_at \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                     $6::jsonb[], $7::jsonb[], $8::int8[], $9::int8[], $10::int8[], \
+                     $11::text[], $12::text[], $13::int8[]) AS u(id, definition_id, definition_key, business_key, \
+                     state, variables, runtime, version, started_at, ended_at, guard_task, guard_worker, guard_now) \
+                     WHERE {GUARD} RETURNING id"
+                ))
                 .await?,
+            // Always writes `state`, changed or not: PostgreSQL decides whether an update
+            // can be HOT by comparing the indexed columns' values, not by the SET list,
+            // so leaving an unchanged state out (as SQLite does) would gain nothing.
             update_instances: c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE instances AS i SET business_key = u.business_key, state = u.state, \
                      variables = u.variables, runtime = u.runtime, version = u.version, ended_at = u.ended_at \
                      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::int8[], \
-                     $7::int8[], $8::int8[]) AS u(id, business_key, state, variables, runtime, version, ended_at, expected) \
-                     WHERE i.id = u.id AND i.version = u.expected \
-                     RETURNING i.id",
-                )
+                     $7::int8[], $8::int8[], $9::text[], $10::text[], $11::int8[]) AS u(id, business_key, state, \
+                     variables, runtime, version, ended_at, expected, guard_task, guard_worker, guard_now) \
+                     WHERE i.id = u.id AND i.version = u.expected AND {GUARD} \
+                     RETURNING i.id"
+                ))
                 .await?,
-            delete_tasks: c.prepare_cached("DELETE FROM tasks WHERE id = ANY($1::text[]) RETURNING id").await?,
+            delete_tasks: c.prepare_cached(&delete_sql("tasks")).await?,
             insert_tasks: c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "INSERT INTO tasks (id, instance_id, definition_id, activity_id, name, assignee, \
                      candidate_users, candidate_groups, created_at) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::jsonb[], $8::jsonb[], $9::int8[])",
-                )
+                     SELECT u.id, u.instance_id, u.definition_id, u.activity_id, u.name, u.assignee, \
+                     u.candidate_users, u.candidate_groups, u.created_at \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::jsonb[], $8::jsonb[], $9::int8[], $10::text[]) AS u(id, instance_id, definition_id, \
+                     activity_id, name, assignee, candidate_users, candidate_groups, created_at, owner) \
+                     WHERE {WON}"
+                ))
                 .await?,
-            delete_external: c
-                .prepare_cached("DELETE FROM external_tasks WHERE id = ANY($1::text[]) RETURNING id")
-                .await?,
+            delete_external: c.prepare_cached(&delete_sql("external_tasks")).await?,
             upsert_external: c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "INSERT INTO external_tasks (id, instance_id, definition_id, activity_id, topic, worker_id, \
                      lock_expires_at, retries, error_message, retry_at, created_at) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                     $7::int8[], $8::int4[], $9::text[], $10::int8[], $11::int8[]) \
+                     SELECT u.id, u.instance_id, u.definition_id, u.activity_id, u.topic, u.worker_id, \
+                     u.lock_expires_at, u.retries, u.error_message, u.retry_at, u.created_at \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::int8[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[]) \
+                     AS u(id, instance_id, definition_id, activity_id, topic, worker_id, lock_expires_at, \
+                     retries, error_message, retry_at, created_at, owner) \
+                     WHERE {WON} \
                      ON CONFLICT (id) DO UPDATE SET instance_id = EXCLUDED.instance_id, \
                      definition_id = EXCLUDED.definition_id, activity_id = EXCLUDED.activity_id, \
                      topic = EXCLUDED.topic, worker_id = EXCLUDED.worker_id, \
                      lock_expires_at = EXCLUDED.lock_expires_at, retries = EXCLUDED.retries, \
                      error_message = EXCLUDED.error_message, retry_at = EXCLUDED.retry_at, \
                      created_at = EXCLUDED.created_at \
-                     RETURNING id, (xmax = 0) AS inserted",
-                )
+                     RETURNING id, (xmax = 0) AS inserted"
+                ))
                 .await?,
-            delete_timers: c.prepare_cached("DELETE FROM timers WHERE id = ANY($1::text[]) RETURNING id").await?,
+            delete_timers: c.prepare_cached(&delete_sql("timers")).await?,
             insert_timers: c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "INSERT INTO timers (id, instance_id, activity_id, due_at, owner, lock_until, created_at) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], \
-                     $6::int8[], $7::int8[])",
-                )
+                     SELECT u.id, u.instance_id, u.activity_id, u.due_at, u.lock_owner, u.lock_until, u.created_at \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], \
+                     $6::int8[], $7::int8[], $8::text[]) AS u(id, instance_id, activity_id, due_at, lock_owner, \
+                     lock_until, created_at, owner) \
+                     WHERE {WON}"
+                ))
                 .await?,
             insert_incidents: c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "INSERT INTO incidents (id, instance_id, activity_id, incident_type, message, \
                      external_task_id, created_at, resolved_at) \
-                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                     $6::text[], $7::int8[], $8::int8[])",
-                )
+                     SELECT u.id, u.instance_id, u.activity_id, u.incident_type, u.message, \
+                     u.external_task_id, u.created_at, u.resolved_at \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                     $6::text[], $7::int8[], $8::int8[], $9::text[]) AS u(id, instance_id, activity_id, \
+                     incident_type, message, external_task_id, created_at, resolved_at, owner) \
+                     WHERE {WON}"
+                ))
                 .await?,
             resolve_incidents: c
                 .prepare_cached(&format!(
-                    "UPDATE incidents SET resolved_at = $1 WHERE id = ANY($2::text[]) RETURNING {INCIDENT_COLS}"
+                    "UPDATE incidents AS t SET resolved_at = $1 \
+                     FROM UNNEST($2::text[], $3::text[]) AS u(id, owner) \
+                     WHERE t.id = u.id AND {WON} RETURNING {}",
+                    prefixed("t", INCIDENT_COLS)
                 ))
                 .await?,
+            // One row per change set; the events are the journal's `append` image too.
             insert_history: c
-                .prepare_cached(
-                    "INSERT INTO history (instance_id, time, event, activity_id, detail) \
-                     SELECT u.instance_id, u.time, u.event, u.activity_id, u.detail \
-                     FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::jsonb[]) \
-                     WITH ORDINALITY AS u(instance_id, time, event, activity_id, detail, n) \
-                     ORDER BY u.n",
-                )
+                .prepare_cached(&format!(
+                    "INSERT INTO history (instance_id, time, events) \
+                     SELECT u.owner, $1, u.events FROM UNNEST($2::text[], $3::jsonb[]) AS u(owner, events) \
+                     WHERE {WON}"
+                ))
                 .await?,
         })
     }
 }
 
-/// Column arrays of one batch; statement parameters borrow from here.
+/// Column arrays of one batch; statement parameters borrow from here. Every row of a
+/// child table carries its `owner`, the id of the instance of its change set.
 #[derive(Default)]
 struct Batch<'c> {
-    changes: Vec<&'c ChangeSet>,
+    changes: Vec<(&'c ChangeSet, &'c Images)>,
     new_instances: InstanceCols<'c>,
     updated_instances: InstanceCols<'c>,
     expected: Vec<i64>,
-    removed_tasks: Vec<&'c str>,
+    removed_tasks: Owned<'c>,
     tasks: TaskCols<'c>,
-    removed_external: Vec<&'c str>,
+    removed_external: Owned<'c>,
     external: ExternalCols<'c>,
-    removed_timers: Vec<&'c str>,
+    removed_timers: Owned<'c>,
     timers: TimerCols<'c>,
     incidents: IncidentCols<'c>,
-    resolved_incidents: Vec<&'c str>,
+    resolved_incidents: Owned<'c>,
     history: HistoryCols<'c>,
+}
+
+/// Ids with the instance owning each.
+#[derive(Default)]
+struct Owned<'c> {
+    id: Vec<&'c str>,
+    owner: Vec<&'c str>,
+}
+
+impl<'c> Owned<'c> {
+    fn extend(&mut self, owner: &'c str, ids: &'c [String]) {
+        for id in ids {
+            self.id.push(id);
+            self.owner.push(owner);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -384,6 +569,9 @@ struct InstanceCols<'c> {
     version: Vec<i64>,
     started_at: Vec<i64>,
     ended_at: Vec<Option<i64>>,
+    guard_task: Vec<Option<&'c str>>,
+    guard_worker: Vec<Option<&'c str>>,
+    guard_now: Vec<Option<i64>>,
 }
 
 #[derive(Default)]
@@ -397,6 +585,7 @@ struct TaskCols<'c> {
     candidate_users: Vec<Json<&'c Vec<String>>>,
     candidate_groups: Vec<Json<&'c Vec<String>>>,
     created_at: Vec<i64>,
+    owner: Vec<&'c str>,
 }
 
 #[derive(Default)]
@@ -412,6 +601,7 @@ struct ExternalCols<'c> {
     error_message: Vec<Option<&'c str>>,
     retry_at: Vec<Option<i64>>,
     created_at: Vec<i64>,
+    owner: Vec<&'c str>,
 }
 
 #[derive(Default)]
@@ -420,9 +610,10 @@ struct TimerCols<'c> {
     instance_id: Vec<&'c str>,
     activity_id: Vec<&'c str>,
     due_at: Vec<i64>,
-    owner: Vec<Option<&'c str>>,
+    lock_owner: Vec<Option<&'c str>>,
     lock_until: Vec<Option<i64>>,
     created_at: Vec<i64>,
+    owner: Vec<&'c str>,
 }
 
 #[derive(Default)]
@@ -435,19 +626,22 @@ struct IncidentCols<'c> {
     external_task_id: Vec<Option<&'c str>>,
     created_at: Vec<i64>,
     resolved_at: Vec<Option<i64>>,
+    owner: Vec<&'c str>,
 }
 
 #[derive(Default)]
 struct HistoryCols<'c> {
-    instance_id: Vec<&'c str>,
-    time: Vec<i64>,
-    event: Vec<&'c str>,
-    activity_id: Vec<Option<&'c str>>,
-    detail: Vec<&'c Value>,
+    owner: Vec<&'c str>,
+    events: Vec<Json<&'c RawValue>>,
 }
 
 impl<'c> InstanceCols<'c> {
-    fn push(&mut self, i: &'c InstanceRecord) {
+    fn push(&mut self, c: &'c ChangeSet) {
+        let i = &c.instance;
+        let g = c.lock_guard.as_ref();
+        self.guard_task.push(g.map(|g| g.task_id.as_str()));
+        self.guard_worker.push(g.map(|g| g.worker_id.as_str()));
+        self.guard_now.push(g.map(|g| ms(g.now)));
         self.id.push(&i.id);
         self.definition_id.push(&i.definition_id);
         self.definition_key.push(&i.definition_key);
@@ -464,6 +658,7 @@ impl<'c> InstanceCols<'c> {
 /// Which step's rows hold which results.
 #[derive(Default)]
 struct Slots {
+    inserted: Option<usize>,
     updated: Option<usize>,
     removed_tasks: Option<usize>,
     removed_external: Option<usize>,
@@ -473,25 +668,25 @@ struct Slots {
 }
 
 impl<'c> Batch<'c> {
-    fn new(changes: &[&'c ChangeSet]) -> Self {
+    fn new(changes: &[(&'c ChangeSet, &'c Images)]) -> Self {
         let mut b = Batch {
             changes: changes.to_vec(),
             ..Batch::default()
         };
         // One upsert per external task id (the last wins): ON CONFLICT may not touch a
         // row twice in one statement.
-        let mut external: Vec<&'c ExternalTaskRecord> = Vec::new();
+        let mut external: Vec<(&'c str, &'c ExternalTaskRecord)> = Vec::new();
         let mut external_pos: HashMap<&'c str, usize> = HashMap::new();
-        for c in changes {
+        for (c, images) in changes {
+            let owner = c.instance.id.as_str();
             match c.expected_version {
-                None => b.new_instances.push(&c.instance),
+                None => b.new_instances.push(c),
                 Some(v) => {
-                    b.updated_instances.push(&c.instance);
+                    b.updated_instances.push(c);
                     b.expected.push(v);
                 }
             }
-            b.removed_tasks
-                .extend(c.tasks_removed.iter().map(String::as_str));
+            b.removed_tasks.extend(owner, &c.tasks_removed);
             for t in &c.tasks_created {
                 let cols = &mut b.tasks;
                 cols.id.push(&t.id);
@@ -503,29 +698,29 @@ impl<'c> Batch<'c> {
                 cols.candidate_users.push(Json(&t.candidate_users));
                 cols.candidate_groups.push(Json(&t.candidate_groups));
                 cols.created_at.push(ms(t.created_at));
+                cols.owner.push(owner);
             }
-            b.removed_external
-                .extend(c.external_removed.iter().map(String::as_str));
+            b.removed_external.extend(owner, &c.external_removed);
             for e in &c.external_upserted {
                 match external_pos.get(e.id.as_str()) {
-                    Some(&pos) => external[pos] = e,
+                    Some(&pos) => external[pos] = (owner, e),
                     None => {
                         external_pos.insert(&e.id, external.len());
-                        external.push(e);
+                        external.push((owner, e));
                     }
                 }
             }
-            b.removed_timers
-                .extend(c.timers_removed.iter().map(String::as_str));
+            b.removed_timers.extend(owner, &c.timers_removed);
             for t in &c.timers_created {
                 let cols = &mut b.timers;
                 cols.id.push(&t.id);
                 cols.instance_id.push(&t.instance_id);
                 cols.activity_id.push(&t.activity_id);
                 cols.due_at.push(ms(t.due_at));
-                cols.owner.push(t.owner.as_deref());
+                cols.lock_owner.push(t.owner.as_deref());
                 cols.lock_until.push(t.lock_until.map(ms));
                 cols.created_at.push(ms(t.created_at));
+                cols.owner.push(owner);
             }
             for i in &c.incidents_created {
                 let cols = &mut b.incidents;
@@ -537,19 +732,15 @@ impl<'c> Batch<'c> {
                 cols.external_task_id.push(i.external_task_id.as_deref());
                 cols.created_at.push(ms(i.created_at));
                 cols.resolved_at.push(i.resolved_at.map(ms));
+                cols.owner.push(owner);
             }
-            b.resolved_incidents
-                .extend(c.incidents_resolved.iter().map(String::as_str));
-            for h in &c.history {
-                let cols = &mut b.history;
-                cols.instance_id.push(&h.instance_id);
-                cols.time.push(ms(h.time));
-                cols.event.push(&h.event);
-                cols.activity_id.push(h.activity_id.as_deref());
-                cols.detail.push(&h.detail);
+            b.resolved_incidents.extend(owner, &c.incidents_resolved);
+            if let Some(events) = &images.history {
+                b.history.owner.push(owner);
+                b.history.events.push(Json(&**events));
             }
         }
-        for e in external {
+        for (owner, e) in external {
             let cols = &mut b.external;
             cols.id.push(&e.id);
             cols.instance_id.push(&e.instance_id);
@@ -562,6 +753,7 @@ impl<'c> Batch<'c> {
             cols.error_message.push(e.error_message.as_deref());
             cols.retry_at.push(e.retry_at.map(ms));
             cols.created_at.push(ms(e.created_at));
+            cols.owner.push(owner);
         }
         b
     }
@@ -576,7 +768,7 @@ impl<'c> Batch<'c> {
         };
         let n = &self.new_instances;
         if !n.id.is_empty() {
-            push(
+            slots.inserted = Some(push(
                 &s.insert_instances,
                 vec![
                     &n.id,
@@ -589,8 +781,11 @@ impl<'c> Batch<'c> {
                     &n.version,
                     &n.started_at,
                     &n.ended_at,
+                    &n.guard_task,
+                    &n.guard_worker,
+                    &n.guard_now,
                 ],
-            );
+            ));
         }
         let u = &self.updated_instances;
         if !u.id.is_empty() {
@@ -605,11 +800,15 @@ impl<'c> Batch<'c> {
                     &u.version,
                     &u.ended_at,
                     &self.expected,
+                    &u.guard_task,
+                    &u.guard_worker,
+                    &u.guard_now,
                 ],
             ));
         }
-        if !self.removed_tasks.is_empty() {
-            slots.removed_tasks = Some(push(&s.delete_tasks, vec![&self.removed_tasks]));
+        let r = &self.removed_tasks;
+        if !r.id.is_empty() {
+            slots.removed_tasks = Some(push(&s.delete_tasks, vec![&r.id, &r.owner]));
         }
         let t = &self.tasks;
         if !t.id.is_empty() {
@@ -625,11 +824,13 @@ impl<'c> Batch<'c> {
                     &t.candidate_users,
                     &t.candidate_groups,
                     &t.created_at,
+                    &t.owner,
                 ],
             );
         }
-        if !self.removed_external.is_empty() {
-            slots.removed_external = Some(push(&s.delete_external, vec![&self.removed_external]));
+        let r = &self.removed_external;
+        if !r.id.is_empty() {
+            slots.removed_external = Some(push(&s.delete_external, vec![&r.id, &r.owner]));
         }
         let e = &self.external;
         if !e.id.is_empty() {
@@ -647,11 +848,13 @@ impl<'c> Batch<'c> {
                     &e.error_message,
                     &e.retry_at,
                     &e.created_at,
+                    &e.owner,
                 ],
             ));
         }
-        if !self.removed_timers.is_empty() {
-            slots.removed_timers = Some(push(&s.delete_timers, vec![&self.removed_timers]));
+        let r = &self.removed_timers;
+        if !r.id.is_empty() {
+            slots.removed_timers = Some(push(&s.delete_timers, vec![&r.id, &r.owner]));
         }
         let t = &self.timers;
         if !t.id.is_empty() {
@@ -662,9 +865,10 @@ impl<'c> Batch<'c> {
                     &t.instance_id,
                     &t.activity_id,
                     &t.due_at,
-                    &t.owner,
+                    &t.lock_owner,
                     &t.lock_until,
                     &t.created_at,
+                    &t.owner,
                 ],
             );
         }
@@ -681,42 +885,42 @@ impl<'c> Batch<'c> {
                     &i.external_task_id,
                     &i.created_at,
                     &i.resolved_at,
+                    &i.owner,
                 ],
             );
         }
-        if !self.resolved_incidents.is_empty() {
-            slots.resolved = Some(push(
-                &s.resolve_incidents,
-                vec![tx_time, &self.resolved_incidents],
-            ));
+        let r = &self.resolved_incidents;
+        if !r.id.is_empty() {
+            slots.resolved = Some(push(&s.resolve_incidents, vec![tx_time, &r.id, &r.owner]));
         }
         let h = &self.history;
-        if !h.instance_id.is_empty() {
-            push(
-                &s.insert_history,
-                vec![&h.instance_id, &h.time, &h.event, &h.activity_id, &h.detail],
-            );
+        if !h.owner.is_empty() {
+            push(&s.insert_history, vec![tx_time, &h.owner, &h.events]);
         }
         (steps, slots)
     }
 
-    /// Checks the optimistic locks and derives the journal, change set by change set.
-    /// `Err(indices)` inside: instances whose version moved (roll back).
-    fn finish(&self, slots: &Slots, rows: Vec<Vec<Row>>) -> Result<Finish<Result<(), Vec<usize>>>> {
+    /// Finds the change sets whose optimistic lock or lock guard failed (their rows were
+    /// filtered out)
+    /// and derives the journal of the others, change set by change set. Commits the
+    /// winners, or rolls back when there are none; yields the losers' indices.
+    fn finish(&self, slots: &Slots, rows: Vec<Vec<Row>>) -> Result<Finish<'c, Vec<usize>>> {
         let ids = |slot: Option<usize>| -> Result<HashSet<String>> {
             slot.map(|i| rows[i].iter().map(|r| rows::get::<String>(r, 0)).collect())
                 .unwrap_or_else(|| Ok(HashSet::new()))
         };
-        let updated = ids(slots.updated)?;
+        let mut written = ids(slots.updated)?;
+        written.extend(ids(slots.inserted)?);
+        let won = |c: &ChangeSet| written.contains(&c.instance.id);
         let lost: Vec<usize> = self
             .changes
             .iter()
             .enumerate()
-            .filter(|(_, c)| c.expected_version.is_some() && !updated.contains(&c.instance.id))
+            .filter(|(_, (c, _))| !won(c))
             .map(|(i, _)| i)
             .collect();
-        if !lost.is_empty() {
-            return Ok(Finish::Rollback(Err(lost)));
+        if lost.len() == self.changes.len() {
+            return Ok(Finish::Rollback(lost));
         }
         let removed_tasks = ids(slots.removed_tasks)?;
         let removed_external = ids(slots.removed_external)?;
@@ -736,14 +940,14 @@ impl<'c> Batch<'c> {
         }
 
         let mut journal = Vec::new();
-        for c in &self.changes {
+        for (c, images) in self.changes.iter().filter(|(c, _)| won(c)) {
             let i = &c.instance;
             let op = if c.expected_version.is_some() {
                 "update"
             } else {
                 "insert"
             };
-            journal.push(JournalEntry::new("instance", &i.id, op, i)?);
+            journal.push(JournalEntry::image("instance", &i.id, op, &images.instance));
             for id in c
                 .tasks_removed
                 .iter()
@@ -751,8 +955,8 @@ impl<'c> Batch<'c> {
             {
                 journal.push(JournalEntry::delete("task", id));
             }
-            for t in &c.tasks_created {
-                journal.push(JournalEntry::new("task", &t.id, "insert", t)?);
+            for (t, image) in c.tasks_created.iter().zip(&images.tasks) {
+                journal.push(JournalEntry::image("task", &t.id, "insert", image));
             }
             for id in c
                 .external_removed
@@ -761,13 +965,13 @@ impl<'c> Batch<'c> {
             {
                 journal.push(JournalEntry::delete("externalTask", id));
             }
-            for e in &c.external_upserted {
+            for (e, image) in c.external_upserted.iter().zip(&images.external) {
                 let op = if inserted_external.get(&e.id).copied().unwrap_or(true) {
                     "insert"
                 } else {
                     "update"
                 };
-                journal.push(JournalEntry::new("externalTask", &e.id, op, e)?);
+                journal.push(JournalEntry::image("externalTask", &e.id, op, image));
             }
             for id in c
                 .timers_removed
@@ -776,21 +980,21 @@ impl<'c> Batch<'c> {
             {
                 journal.push(JournalEntry::delete("timer", id));
             }
-            for t in &c.timers_created {
-                journal.push(JournalEntry::new("timer", &t.id, "insert", t)?);
+            for (t, image) in c.timers_created.iter().zip(&images.timers) {
+                journal.push(JournalEntry::image("timer", &t.id, "insert", image));
             }
-            for inc in &c.incidents_created {
-                journal.push(JournalEntry::new("incident", &inc.id, "insert", inc)?);
+            for (inc, image) in c.incidents_created.iter().zip(&images.incidents) {
+                journal.push(JournalEntry::image("incident", &inc.id, "insert", image));
             }
             for id in &c.incidents_resolved {
                 if let Some(inc) = resolved.get(id) {
                     journal.push(JournalEntry::new("incident", id, "update", inc)?);
                 }
             }
-            if !c.history.is_empty() {
-                journal.push(JournalEntry::new("history", &i.id, "append", &c.history)?);
+            if let Some(events) = &images.history {
+                journal.push(JournalEntry::image("history", &i.id, "append", events));
             }
         }
-        Ok(Finish::Commit(Ok(()), journal))
+        Ok(Finish::Commit(lost, journal))
     }
 }

@@ -20,17 +20,21 @@
 //! - Timestamps are BIGINT milliseconds since the epoch, JSON columns are JSONB; tables
 //!   and columns mirror the SQLite store's, so archives are portable between backends.
 //!
-//! Connections run with `plan_cache_mode = force_custom_plan`: a generic plan cached for
-//! an `UPDATE … FROM UNNEST` while the tables were empty would stay a sequential scan.
+//! Statements are prepared once per connection. Only primary-key lookups may run on a
+//! cached generic plan; every other statement runs in a transaction that forces custom
+//! plans: a generic plan cached for an `UPDATE … FROM UNNEST` while the tables were empty
+//! would stay a sequential scan.
 //!
 //! [`testing`] gives other crates' tests a throwaway database.
 
 mod apply;
 mod error;
+mod lookups;
 mod migrate;
 mod pipeline;
 mod reads;
 mod rows;
+mod shared;
 pub mod testing;
 mod writes;
 
@@ -39,10 +43,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use steadyflow_store::*;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_postgres::NoTls;
 
-pub use apply::WriterStats;
+pub use apply::{DBLOST, WriterStats};
 pub use migrate::latest_version as schema_version;
 
 use crate::error::{db_err, pool_err};
@@ -58,6 +62,9 @@ pub struct PgOptions {
     pub max_batch: usize,
     /// How long a caller waits for a free connection before `Unavailable`.
     pub acquire_timeout: Duration,
+    /// Connections shared by all primary-key lookups, which tokio-postgres pipelines
+    /// (see `shared.rs`); in addition to `pool_size`. 0 sends them to the pool.
+    pub shared_readers: usize,
 }
 
 impl Default for PgOptions {
@@ -67,6 +74,7 @@ impl Default for PgOptions {
             writers: 4,
             max_batch: 64,
             acquire_timeout: Duration::from_secs(10),
+            shared_readers: 1,
         }
     }
 }
@@ -78,7 +86,9 @@ impl Default for PgOptions {
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,
-    writer: mpsc::Sender<apply::Job>,
+    readers: std::sync::Arc<shared::SharedReaders>,
+    lookups: lookups::Lookups,
+    writer: std::sync::Arc<apply::Writers>,
     counters: std::sync::Arc<apply::Counters>,
 }
 
@@ -103,7 +113,7 @@ impl PgStore {
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("invalid PostgreSQL connection string: {e}"))
         })?;
-        let plan = "-c plan_cache_mode=force_custom_plan";
+        let plan = pipeline::SESSION_OPTIONS;
         let opts = match config.get_options() {
             Some(existing) if !existing.is_empty() => format!("{existing} {plan}"),
             _ => plan.to_string(),
@@ -115,33 +125,43 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_size.max(options.writers + 1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(options.acquire_timeout))
-            .create_timeout(Some(options.acquire_timeout))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("building connection pool: {e}")))?;
+        let pool_of = |size: usize| {
+            let manager = Manager::from_config(
+                config.clone(),
+                NoTls,
+                ManagerConfig {
+                    recycling_method: RecyclingMethod::Fast,
+                },
+            );
+            Pool::builder(manager)
+                .max_size(size)
+                .runtime(Runtime::Tokio1)
+                .wait_timeout(Some(options.acquire_timeout))
+                .create_timeout(Some(options.acquire_timeout))
+                .build()
+                .map_err(|e| StoreError::Backend(format!("building connection pool: {e}")))
+        };
+        let pool = pool_of(options.pool_size.max(options.writers + 1))?;
+        let reader_pool = pool_of(2 * options.shared_readers.max(1))?;
         {
             let mut client = pool.get().await.map_err(pool_err)?;
             migrate::migrate(&mut client).await?;
         }
         let counters = std::sync::Arc::new(apply::Counters::default());
-        let writer = apply::spawn_writers(
+        let writer = std::sync::Arc::new(apply::Writers::spawn(
             pool.clone(),
             options.writers,
             options.max_batch,
             counters.clone(),
-        );
+        ));
+        let readers = std::sync::Arc::new(shared::SharedReaders::new(
+            reader_pool,
+            options.shared_readers,
+        ));
         Ok(PgStore {
+            lookups: lookups::Lookups::spawn(readers.clone(), pool.clone()),
             pool,
+            readers,
             writer,
             counters,
         })
@@ -199,7 +219,7 @@ impl Store for PgStore {
     }
 
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
-        self.read_instance(id).await
+        self.lookups.instance(id).await
     }
 
     async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
@@ -207,9 +227,14 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, change: ChangeSet) -> Result<()> {
+        let images = apply::Images::of(&change)?;
         let (reply, done) = oneshot::channel();
         self.writer
-            .send(apply::Job { change, reply })
+            .send(apply::Job {
+                change,
+                images,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Unavailable("PostgreSQL writer stopped".into()))?;
         done.await
@@ -231,6 +256,13 @@ impl Store for PgStore {
 
     async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {
         self.read_external_task(id).await
+    }
+
+    async fn external_task_with_instance(
+        &self,
+        id: &str,
+    ) -> Result<Option<(ExternalTaskRecord, InstanceRecord)>> {
+        self.lookups.external_with_instance(id).await
     }
 
     async fn list_external_tasks(

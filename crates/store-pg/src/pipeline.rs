@@ -9,18 +9,38 @@
 //! "current transaction is aborted", and a `COMMIT` of an aborted transaction rolls it
 //! back; the first error is the one reported.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use serde_json::Value;
+use serde_json::value::RawValue;
 use steadyflow_store::{Result, StoreError};
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{Json, ToSql};
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::error::db_err;
 
 pub(crate) type Param<'a> = &'a (dyn ToSql + Sync);
+
+/// Planner settings of every connection (startup options): the hot path, primary-key
+/// lookups and the group commit's statements (which join `UNNEST` arrays to tables by
+/// primary key), runs on generic plans cached per connection, planned once instead of at
+/// every execution; and those plans are nested loops over the arrays with primary-key
+/// index lookups whatever the table sizes were when they were made (a generic plan made
+/// while a table was small would otherwise stay a sequential scan: without autovacuum's
+/// ANALYZE nothing invalidates it).
+pub(crate) const SESSION_OPTIONS: &str = "-c plan_cache_mode=force_generic_plan \
+     -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off";
+
+/// Starts a transaction with the usual planner: custom plans for the actual parameters,
+/// all plan types. For everything off the hot path (listings with filters, fetches,
+/// deploys) whose best plan depends on the parameters.
+pub(crate) const BEGIN_CUSTOM_PLANS: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan; \
+     SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on";
+
+/// Starts a transaction with the session's planner settings ([`SESSION_OPTIONS`]).
+pub(crate) const BEGIN: &str = "BEGIN";
 
 /// One request of a pipeline.
 pub(crate) enum Step<'a> {
@@ -81,29 +101,48 @@ async fn join_in_order<T>(
 }
 
 /// A journal row to append in the current transaction.
-pub(crate) struct JournalEntry {
+pub(crate) struct JournalEntry<'a> {
     pub entity: &'static str,
     pub entity_id: String,
     pub op: &'static str,
-    /// Row image; `None` for deletes.
-    pub row: Option<Value>,
+    /// Row image as JSON text (serialized once, maybe before the transaction began);
+    /// `None` for deletes.
+    pub row: Option<Cow<'a, RawValue>>,
 }
 
-impl JournalEntry {
-    pub fn new<T: serde::Serialize>(
+/// Serializes a row image straight to JSON text (no intermediate `Value` tree).
+pub(crate) fn to_json<T: serde::Serialize + ?Sized>(what: &str, v: &T) -> Result<Box<RawValue>> {
+    serde_json::value::to_raw_value(v)
+        .map_err(|e| StoreError::Backend(format!("serializing {what}: {e}")))
+}
+
+impl<'a> JournalEntry<'a> {
+    pub fn new<T: serde::Serialize + ?Sized>(
         entity: &'static str,
         id: &str,
         op: &'static str,
         row: &T,
     ) -> Result<Self> {
-        let row = serde_json::to_value(row)
-            .map_err(|e| StoreError::Backend(format!("serializing {entity} {id}: {e}")))?;
-        Ok(JournalEntry {
+        Ok(Self::with_row(
+            entity,
+            id,
+            op,
+            Cow::Owned(to_json(entity, row)?),
+        ))
+    }
+
+    /// With an image serialized already.
+    pub fn image(entity: &'static str, id: &str, op: &'static str, row: &'a RawValue) -> Self {
+        Self::with_row(entity, id, op, Cow::Borrowed(row))
+    }
+
+    fn with_row(entity: &'static str, id: &str, op: &'static str, row: Cow<'a, RawValue>) -> Self {
+        JournalEntry {
             entity,
             entity_id: id.to_string(),
             op,
             row: Some(row),
-        })
+        }
     }
 
     pub fn delete(entity: &'static str, id: &str) -> Self {
@@ -118,7 +157,7 @@ impl JournalEntry {
 
 pub(crate) const JOURNAL_INSERT: &str = "INSERT INTO journal (tx_time, entity, entity_id, op, row) \
      SELECT $1, u.entity, u.entity_id, u.op, u.row \
-     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::jsonb[]) WITH ORDINALITY AS u(entity, entity_id, op, row, n) \
+     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::json[]) WITH ORDINALITY AS u(entity, entity_id, op, row, n) \
      ORDER BY u.n";
 
 /// Column arrays of journal entries, borrowed by the insert's parameters.
@@ -126,16 +165,16 @@ pub(crate) struct JournalArrays<'a> {
     entity: Vec<&'static str>,
     entity_id: Vec<&'a str>,
     op: Vec<&'static str>,
-    row: Vec<Option<&'a Value>>,
+    row: Vec<Option<Json<&'a RawValue>>>,
 }
 
 impl<'a> JournalArrays<'a> {
-    pub fn new(entries: &'a [JournalEntry]) -> Self {
+    pub fn new(entries: &'a [JournalEntry<'_>]) -> Self {
         JournalArrays {
             entity: entries.iter().map(|e| e.entity).collect(),
             entity_id: entries.iter().map(|e| e.entity_id.as_str()).collect(),
             op: entries.iter().map(|e| e.op).collect(),
-            row: entries.iter().map(|e| e.row.as_ref()).collect(),
+            row: entries.iter().map(|e| e.row.as_deref().map(Json)).collect(),
         }
     }
 
@@ -145,8 +184,8 @@ impl<'a> JournalArrays<'a> {
 }
 
 /// How a transaction body ends after its statements ran.
-pub(crate) enum Finish<T> {
-    Commit(T, Vec<JournalEntry>),
+pub(crate) enum Finish<'j, T> {
+    Commit(T, Vec<JournalEntry<'j>>),
     Rollback(T),
 }
 
@@ -173,15 +212,16 @@ impl From<TxError> for StoreError {
 /// the journal and commits (or rolls back).
 ///
 /// `journal_stmt` must be the prepared [`JOURNAL_INSERT`].
-pub(crate) async fn transact<T>(
+pub(crate) async fn transact<'j, T>(
     client: &Client,
+    begin: &'static str,
     journal_stmt: &Statement,
     tx_time: i64,
     steps: Vec<Step<'_>>,
-    finish: impl FnOnce(Vec<Vec<Row>>) -> Result<Finish<T>>,
+    finish: impl FnOnce(Vec<Vec<Row>>) -> Result<Finish<'j, T>>,
 ) -> Result<T, TxError> {
     let mut all = Vec::with_capacity(steps.len() + 1);
-    all.push(Step::Simple("BEGIN"));
+    all.push(Step::Simple(begin));
     all.extend(steps);
     let mut rows = Vec::with_capacity(all.len());
     for r in run(client, &all).await {

@@ -1,4 +1,5 @@
-//! Queries. Each runs as a single statement on any pooled connection.
+//! Queries, on any pooled connection. Primary-key lookups run as they are (on a cached
+//! generic plan); the others in a one-statement transaction with a custom plan.
 
 use steadyflow_store::*;
 use tokio_postgres::Row;
@@ -6,6 +7,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::PgStore;
 use crate::error::db_err;
+use crate::pipeline::{self, BEGIN_CUSTOM_PLANS, Step};
 use crate::rows::{self, *};
 
 type Owned = Box<dyn ToSql + Sync + Send>;
@@ -55,6 +57,8 @@ impl Where {
 }
 
 impl PgStore {
+    /// Runs a query with a custom plan (in a one-statement transaction, pipelined into
+    /// one round trip; see [`BEGIN_CUSTOM_PLANS`]).
     pub(crate) async fn query_rows(
         &self,
         sql: &str,
@@ -62,7 +66,37 @@ impl PgStore {
     ) -> Result<Vec<Row>> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
-        client.query(&stmt, args).await.map_err(db_err)
+        let steps = [
+            Step::Simple(BEGIN_CUSTOM_PLANS),
+            Step::Query(stmt, args.to_vec()),
+            Step::Simple("COMMIT"),
+        ];
+        let mut results = pipeline::run(&client, &steps).await.into_iter();
+        let mut rows = Vec::new();
+        for (n, r) in results.by_ref().enumerate() {
+            match r {
+                Ok(v) if n == 1 => rows = v,
+                Ok(_) => {}
+                Err(e) => {
+                    pipeline::rollback(&client).await;
+                    return Err(db_err(e));
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// A lookup by primary key: one statement whose cached generic plan is an index scan.
+    /// On a shared connection when there are some (see `shared.rs`).
+    pub(crate) async fn query_by_key(&self, sql: &str, key: &str) -> Result<Option<Row>> {
+        if let Some(client) = self.readers.client().await {
+            let client = client?;
+            let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
+            return client.query_opt(&stmt, &[&key]).await.map_err(db_err);
+        }
+        let client = self.client().await?;
+        let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
+        client.query_opt(&stmt, &[&key]).await.map_err(db_err)
     }
 
     async fn query_where(&self, sql: &str, w: &Where) -> Result<Vec<Row>> {
@@ -103,15 +137,6 @@ impl PgStore {
             .collect()
     }
 
-    pub(crate) async fn read_instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
-        let sql = format!("SELECT {INSTANCE_COLS} FROM instances WHERE id = $1");
-        self.query_rows(&sql, &[&id])
-            .await?
-            .first()
-            .map(rows::instance)
-            .transpose()
-    }
-
     pub(crate) async fn read_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
         let mut w = Where::default();
         w.eq("state", &f.state.map(|s| s.as_str().to_string()))
@@ -131,9 +156,9 @@ impl PgStore {
 
     pub(crate) async fn read_task(&self, id: &str) -> Result<Option<TaskRecord>> {
         let sql = format!("SELECT {TASK_COLS} FROM tasks WHERE id = $1");
-        self.query_rows(&sql, &[&id])
+        self.query_by_key(&sql, id)
             .await?
-            .first()
+            .as_ref()
             .map(rows::task)
             .transpose()
     }
@@ -163,9 +188,9 @@ impl PgStore {
 
     pub(crate) async fn read_external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {
         let sql = format!("SELECT {EXTERNAL_COLS} FROM external_tasks WHERE id = $1");
-        self.query_rows(&sql, &[&id])
+        self.query_by_key(&sql, id)
             .await?
-            .first()
+            .as_ref()
             .map(rows::external)
             .transpose()
     }
@@ -225,13 +250,19 @@ impl PgStore {
             .collect()
     }
 
+    /// One row per change set; the arrays are flattened in commit (seq) order.
     pub(crate) async fn read_history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
-        let sql = format!("SELECT {HISTORY_COLS} FROM history WHERE instance_id = $1 ORDER BY seq");
-        self.query_rows(&sql, &[&instance_id])
-            .await?
-            .iter()
-            .map(rows::history)
-            .collect()
+        let rows = self
+            .query_rows(
+                "SELECT events FROM history WHERE instance_id = $1 ORDER BY seq",
+                &[&instance_id],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for row in &rows {
+            out.extend(rows::history_events(row)?);
+        }
+        Ok(out)
     }
 
     /// Rows of transactions older than every transaction still in flight: a lower seq

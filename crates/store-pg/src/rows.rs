@@ -5,7 +5,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use steadyflow_store::*;
 use tokio_postgres::Row;
-use tokio_postgres::types::FromSql;
+use tokio_postgres::types::{FromSql, Json};
 
 use crate::error::corrupt;
 
@@ -31,9 +31,12 @@ fn opt_ts(row: &Row, idx: usize) -> Result<Option<Timestamp>> {
     get::<Option<i64>>(row, idx)?.map(from_ms).transpose()
 }
 
+/// Deserializes a JSONB column straight into `T` (no intermediate `Value`).
 fn json<T: DeserializeOwned>(row: &Row, idx: usize) -> Result<T> {
-    let v: Value = get(row, idx)?;
-    serde_json::from_value(v).map_err(|e| corrupt(&format!("JSON column {idx}"), e))
+    let Json(v) = row
+        .try_get::<_, Json<T>>(idx)
+        .map_err(|e| corrupt(&format!("JSON column {idx}"), e))?;
+    Ok(v)
 }
 
 pub(crate) fn vars(v: Value) -> Result<Vars> {
@@ -45,6 +48,14 @@ pub(crate) fn vars(v: Value) -> Result<Vars> {
             format!("expected a JSON object, got {other}"),
         )),
     }
+}
+
+/// `cols` (a `", "`-separated column list) qualified with a table alias.
+pub(crate) fn prefixed(alias: &str, cols: &str) -> String {
+    cols.split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) const DEFINITION_COLS: &str = "id, key, version, name, checksum, deployed_at";
@@ -65,18 +76,23 @@ pub(crate) fn definition(row: &Row, with_xml: bool) -> Result<DefinitionRecord> 
 pub(crate) const INSTANCE_COLS: &str = "id, definition_id, definition_key, business_key, state, variables, runtime, version, started_at, ended_at";
 
 pub(crate) fn instance(row: &Row) -> Result<InstanceRecord> {
-    let state: String = get(row, 4)?;
+    instance_at(row, 0)
+}
+
+/// Reads [`INSTANCE_COLS`] starting at column `at` (after the columns of a joined table).
+pub(crate) fn instance_at(row: &Row, at: usize) -> Result<InstanceRecord> {
+    let state: String = get(row, at + 4)?;
     Ok(InstanceRecord {
-        id: get(row, 0)?,
-        definition_id: get(row, 1)?,
-        definition_key: get(row, 2)?,
-        business_key: get(row, 3)?,
+        id: get(row, at)?,
+        definition_id: get(row, at + 1)?,
+        definition_key: get(row, at + 2)?,
+        business_key: get(row, at + 3)?,
         state: InstanceState::parse(&state).ok_or_else(|| corrupt("instance state", &state))?,
-        variables: vars(get(row, 5)?)?,
-        runtime: get(row, 6)?,
-        version: get(row, 7)?,
-        started_at: ts(row, 8)?,
-        ended_at: opt_ts(row, 9)?,
+        variables: vars(get(row, at + 5)?)?,
+        runtime: get(row, at + 6)?,
+        version: get(row, at + 7)?,
+        started_at: ts(row, at + 8)?,
+        ended_at: opt_ts(row, at + 9)?,
     })
 }
 
@@ -98,6 +114,9 @@ pub(crate) fn task(row: &Row) -> Result<TaskRecord> {
 
 pub(crate) const EXTERNAL_COLS: &str = "id, instance_id, definition_id, activity_id, topic, worker_id, \
      lock_expires_at, retries, error_message, retry_at, created_at";
+
+/// Number of [`EXTERNAL_COLS`]: the index of the first column after them.
+pub(crate) const EXTERNAL_COL_COUNT: usize = 11;
 
 pub(crate) fn external(row: &Row) -> Result<ExternalTaskRecord> {
     Ok(ExternalTaskRecord {
@@ -145,16 +164,9 @@ pub(crate) fn incident(row: &Row) -> Result<IncidentRecord> {
     })
 }
 
-pub(crate) const HISTORY_COLS: &str = "instance_id, time, event, activity_id, detail";
-
-pub(crate) fn history(row: &Row) -> Result<HistoryRecord> {
-    Ok(HistoryRecord {
-        instance_id: get(row, 0)?,
-        time: ts(row, 1)?,
-        event: get(row, 2)?,
-        activity_id: get(row, 3)?,
-        detail: get(row, 4)?,
-    })
+/// The `events` column of a history row: the change set's records, in order.
+pub(crate) fn history_events(row: &Row) -> Result<Vec<HistoryRecord>> {
+    json(row, 0)
 }
 
 pub(crate) const JOURNAL_COLS: &str = "seq, tx_time, entity, entity_id, op, row";
@@ -168,4 +180,16 @@ pub(crate) fn journal(row: &Row) -> Result<JournalRecord> {
         op: get(row, 4)?,
         row: get::<Option<Value>>(row, 5)?.unwrap_or(Value::Null),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_lists_match_their_mappers() {
+        assert_eq!(EXTERNAL_COLS.split(", ").count(), EXTERNAL_COL_COUNT);
+        assert_eq!(INSTANCE_COLS.split(", ").count(), 10);
+        assert_eq!(prefixed("e", "id, topic"), "e.id, e.topic");
+    }
 }

@@ -447,6 +447,8 @@ async fn recovers_after_connections_are_killed() {
     };
     let t = chrono::DateTime::from_timestamp_millis(0).unwrap();
     store.deploy(vec![def("a")], t).await.unwrap();
+    // Opens the shared connection of primary-key lookups too.
+    assert!(store.instance("after").await.unwrap().is_none());
 
     let admin = raw_client(&db).await;
     let killed = admin
@@ -464,6 +466,11 @@ async fn recovers_after_connections_are_killed() {
     for _ in 0..20 {
         match store.latest_definition("order").await {
             Ok(found) => assert!(found.is_some()),
+            Err(StoreError::Unavailable(_)) => {}
+            Err(e) => panic!("a killed connection must read as Unavailable, got {e:?}"),
+        }
+        match store.external_task_with_instance("none").await {
+            Ok(found) => assert!(found.is_none()),
             Err(StoreError::Unavailable(_)) => {}
             Err(e) => panic!("a killed connection must read as Unavailable, got {e:?}"),
         }
@@ -497,6 +504,14 @@ async fn recovers_after_connections_are_killed() {
         }
     }
     applied.expect("apply after recovery");
+    assert_eq!(
+        store
+            .instance("after")
+            .await
+            .expect("lookup after recovery"),
+        Some(inst),
+        "primary-key lookups recover too"
+    );
     drop(store);
     db.cleanup().await;
 }
@@ -552,22 +567,23 @@ async fn cancelled_calls_leave_no_open_transaction() {
         )
         .await;
     }
-    // Whatever was cut short either finished or rolled back by now.
+    // Whatever was cut short either finished or rolled back by now. (The calls' work
+    // goes on in the background: wait until the database has been quiet for a while.)
     let admin = raw_client(&db).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let mut quiet = 0;
+    while quiet < 3 {
         let open: i64 = admin
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                 AND state LIKE 'idle in transaction%'",
+                 AND pid <> pg_backend_pid() \
+                 AND (state = 'active' OR state LIKE 'idle in transaction%')",
                 &[],
             )
             .await
             .unwrap()
             .get(0);
-        if open == 0 {
-            break;
-        }
+        quiet = if open == 0 { quiet + 1 } else { 0 };
         assert!(
             Instant::now() < deadline,
             "{open} connections left inside a transaction"
