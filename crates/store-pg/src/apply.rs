@@ -1,12 +1,27 @@
 //! `apply`: group commit of change sets.
 //!
-//! Callers queue their change set and wait; a few writer tasks each take whatever is
-//! queued (up to `max_batch`, one change set per instance) and commit it as ONE
-//! transaction of multi-row statements (`UNNEST` arrays), pipelined into two round trips.
-//! The instance updates are optimistic: `UPDATE … WHERE version = expected RETURNING id`.
-//! When some instance lost its lock, the whole transaction is rolled back, those callers
-//! get `Conflict`, and the rest is retried without them. When the server rejects a batch
-//! for any other reason, each change set is retried alone so only the faulty one fails.
+//! Callers serialize their change set's row images, queue it with the writer task that
+//! owns its instance, and wait. A writer takes whatever is queued (up to `max_batch`, one
+//! change set per instance) and commits it as ONE transaction of multi-row statements
+//! (`UNNEST` arrays), pipelined into two round trips: `BEGIN` and the statements, then
+//! the journal and `COMMIT`.
+//!
+//! - Instances are written first, in id order (so concurrent batches cannot deadlock):
+//!   inserts, and optimistic updates `… WHERE version = expected`, both only where the
+//!   change set's lock guard holds (the worker still has an unexpired lock on the task;
+//!   its row stays locked until commit), `RETURNING id`.
+//! - A writer remembers the versions it committed lately. A change set made from an
+//!   older version (typically a command that ran concurrently with the one just
+//!   committed on the same instance) is answered `Conflict` before it reaches the
+//!   database. So the other rows of the batch are written unconditionally: every change
+//!   set normally wins its instance.
+//! - When one lost after all (another node changed the instance, or the lock guard
+//!   failed), that transaction is rolled back and run again with every other row written
+//!   only where its change set won its instance: the instance row was written by this
+//!   transaction (`xmin`). The losers drop out inside the transaction, their callers get
+//!   `Conflict`, and the others commit, with no further retry.
+//! - A deadlock or serialization failure retries the batch; when the server rejects it
+//!   for any other reason, each change set is retried alone so only the faulty one fails.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -204,12 +219,23 @@ impl Assembly<'_> {
     }
 }
 
-pub static DBLOST: AtomicU64 = AtomicU64::new(0);
+/// What a batch's transaction came to.
+enum Outcome {
+    /// Committed (or rolled back, when all lost), except the change sets at these
+    /// indices: their instance's version had moved or their lock guard failed, and
+    /// nothing of theirs was written.
+    Done(Vec<usize>),
+    /// Some change sets lost, and the statements did not filter out their rows: rolled
+    /// back, to be run again with filtering statements.
+    Refilter,
+}
 
 enum Attempt {
     /// Committed, except the change sets at these indices: their instance's version had
-    /// moved, and nothing of theirs was written.
+    /// moved or their lock guard failed, and nothing of theirs was written.
     Done { lost: Vec<usize> },
+    /// Rolled back; run again with filtering statements (see [`Outcome::Refilter`]).
+    Refilter,
     Failed {
         error: StoreError,
         /// The server rejected the transaction: it is rolled back for sure.
@@ -225,14 +251,14 @@ async fn commit_batch(pool: &Pool, mut jobs: Vec<Job>, counters: &Counters) -> V
     // Every batch updates (and row-locks) its instances in id order, so two writers'
     // batches cannot deadlock on them.
     jobs.sort_unstable_by(|a, b| a.change.instance.id.cmp(&b.change.instance.id));
-    let mut tries = 0;
+    let (mut tries, mut filtered) = (0, false);
     loop {
         let changes: Vec<(&ChangeSet, &Images)> =
             jobs.iter().map(|j| (&j.change, &j.images)).collect();
         counters.transactions.fetch_add(1, Ordering::Relaxed);
-        match attempt(pool, &changes).await {
+        match attempt(pool, &changes, filtered).await {
+            Attempt::Refilter => filtered = true,
             Attempt::Done { lost } => {
-                DBLOST.fetch_add(lost.len() as u64, Ordering::Relaxed);
                 let mut lost = lost.into_iter().peekable();
                 for (i, job) in jobs.into_iter().enumerate() {
                     let result = if lost.next_if_eq(&i).is_some() {
@@ -289,9 +315,10 @@ async fn apply_alone(pool: &Pool, job: &Job, counters: &Counters) -> Result<()> 
     let mut tries = 0;
     loop {
         counters.transactions.fetch_add(1, Ordering::Relaxed);
-        match attempt(pool, &[(&job.change, &job.images)]).await {
+        // Alone, a change set that lost leaves nothing to commit: no filtering needed.
+        match attempt(pool, &[(&job.change, &job.images)], false).await {
             Attempt::Done { lost } if lost.is_empty() => return Ok(()),
-            Attempt::Done { .. } => {
+            Attempt::Done { .. } | Attempt::Refilter => {
                 return Err(StoreError::Conflict(job.change.instance.id.clone()));
             }
             Attempt::Failed {
@@ -302,7 +329,11 @@ async fn apply_alone(pool: &Pool, job: &Job, counters: &Counters) -> Result<()> 
     }
 }
 
-async fn attempt(pool: &Pool, changes: &[(&ChangeSet, &Images)]) -> Attempt {
+/// One transaction for `changes`. Unless `filtered`, the statements writing rows other
+/// than instances do not check whether their change set won its instance: cheaper, and
+/// right as long as every change set wins, which a writer makes the rule by answering
+/// the stale ones itself (see [`Recent`]).
+async fn attempt(pool: &Pool, changes: &[(&ChangeSet, &Images)], filtered: bool) -> Attempt {
     let failed = |error| Attempt::Failed {
         error,
         rolled_back: true,
@@ -312,7 +343,7 @@ async fn attempt(pool: &Pool, changes: &[(&ChangeSet, &Images)]) -> Attempt {
         Ok(c) => c,
         Err(e) => return failed(pool_err(e)),
     };
-    let stmts = match Statements::prepare(&client).await {
+    let stmts = match Statements::prepare(&client, filtered).await {
         Ok(s) => s,
         Err(e) => return failed(db_err(e)),
     };
@@ -325,11 +356,12 @@ async fn attempt(pool: &Pool, changes: &[(&ChangeSet, &Images)]) -> Attempt {
         &stmts.journal,
         tx_time,
         steps,
-        |rows| batch.finish(&slots, rows),
+        |rows| batch.finish(&slots, rows, filtered),
     )
     .await;
     match result {
-        Ok(lost) => Attempt::Done { lost },
+        Ok(Outcome::Done(lost)) => Attempt::Done { lost },
+        Ok(Outcome::Refilter) => Attempt::Refilter,
         Err(TxError::Db(e)) if changes.len() == 1 && is_unique_violation(&e, "instances_pkey") => {
             // Inserting an instance that exists: the expected "no version yet" is stale.
             Attempt::Done { lost: vec![0] }
@@ -379,9 +411,9 @@ impl Images {
 /// Whether the change set owning a row won its instance in this transaction: the
 /// instance row was inserted or updated by it (so its `xmin` is this transaction's id).
 /// Rows of change sets whose optimistic lock or lock guard failed are filtered out with
-/// this, so a conflict costs neither a rollback nor a retry of the rest of the batch.
+/// this, so that the rest of the batch commits.
 const WON: &str = "EXISTS (SELECT 1 FROM instances AS w \
-                   WHERE w.id = u.owner AND w.xmin = pg_current_xact_id()::xid)";
+                   WHERE w.id = u.owner AND w.xmin = (SELECT pg_current_xact_id()::xid))";
 
 /// The change set's lock guard, if any, holds: its worker still has an unexpired lock
 /// on the task. The task row stays locked until commit, so a fetch cannot hand it to
@@ -394,6 +426,12 @@ struct Statements {
     journal: Statement,
     insert_instances: Statement,
     update_instances: Statement,
+    children: Children,
+}
+
+/// The statements writing a batch's rows other than instances: unfiltered, or keeping
+/// only the rows of change sets that won their instance ([`WON`]).
+struct Children {
     delete_tasks: Statement,
     insert_tasks: Statement,
     delete_external: Statement,
@@ -405,17 +443,20 @@ struct Statements {
     insert_history: Statement,
 }
 
-/// `DELETE` by id of the rows whose owner won (`$1` ids, `$2` owners).
-fn delete_sql(table: &str) -> String {
+/// `DELETE` by id (`$1` ids, `$2` their owners) of the rows passing `filter`.
+fn delete_sql(table: &str, filter: &str) -> String {
     format!(
         "DELETE FROM {table} AS t USING UNNEST($1::text[], $2::text[]) AS u(id, owner) \
-         WHERE t.id = u.id AND {WON} RETURNING t.id"
+         WHERE t.id = u.id AND {filter} RETURNING t.id"
     )
 }
 
 impl Statements {
     /// Prepared once per connection; later calls are cache hits without a round trip.
-    async fn prepare(c: &deadpool_postgres::Client) -> Result<Self, tokio_postgres::Error> {
+    async fn prepare(
+        c: &deadpool_postgres::Client,
+        filtered: bool,
+    ) -> Result<Self, tokio_postgres::Error> {
         Ok(Statements {
             journal: c.prepare_cached(JOURNAL_INSERT).await?,
             insert_instances: c
@@ -425,27 +466,42 @@ impl Statements {
                      SELECT u.id, u.definition_id, u.definition_key, u.business_key, u.state, u.variables, \
                      u.runtime, u.version, u.started_at, u.ended_at \
                      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                     $6::jsonb[], $7::jsonb[], $8::int8[], $9::int8[], $10::int8[], \
+                     $6::jsonb[], $7::json[], $8::int8[], $9::int8[], $10::int8[], \
                      $11::text[], $12::text[], $13::int8[]) AS u(id, definition_id, definition_key, business_key, \
                      state, variables, runtime, version, started_at, ended_at, guard_task, guard_worker, guard_now) \
                      WHERE {GUARD} RETURNING id"
                 ))
                 .await?,
-            // Always writes `state`, changed or not: PostgreSQL decides whether an update
-            // can be HOT by comparing the indexed columns' values, not by the SET list,
-            // so leaving an unchanged state out (as SQLite does) would gain nothing.
+            // Always writes `state`, changed or not (`ChangeSet::prior_state` is not
+            // used): PostgreSQL decides whether an update can be HOT by comparing the
+            // indexed columns' old and new values, not by the SET list, so leaving an
+            // unchanged state out (as SQLite does) would gain nothing. The table's
+            // fillfactor leaves the room on the page that HOT needs.
             update_instances: c
                 .prepare_cached(&format!(
                     "UPDATE instances AS i SET business_key = u.business_key, state = u.state, \
                      variables = u.variables, runtime = u.runtime, version = u.version, ended_at = u.ended_at \
-                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[], $6::int8[], \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::jsonb[], $5::json[], $6::int8[], \
                      $7::int8[], $8::int8[], $9::text[], $10::text[], $11::int8[]) AS u(id, business_key, state, \
                      variables, runtime, version, ended_at, expected, guard_task, guard_worker, guard_now) \
                      WHERE i.id = u.id AND i.version = u.expected AND {GUARD} \
                      RETURNING i.id"
                 ))
                 .await?,
-            delete_tasks: c.prepare_cached(&delete_sql("tasks")).await?,
+            children: Children::prepare(c, filtered).await?,
+        })
+    }
+}
+
+impl Children {
+    /// `filtered`: keep only the rows of change sets that won their instance ([`WON`]).
+    async fn prepare(
+        c: &deadpool_postgres::Client,
+        filtered: bool,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let filter = if filtered { WON } else { "TRUE" };
+        Ok(Children {
+            delete_tasks: c.prepare_cached(&delete_sql("tasks", filter)).await?,
             insert_tasks: c
                 .prepare_cached(&format!(
                     "INSERT INTO tasks (id, instance_id, definition_id, activity_id, name, assignee, \
@@ -455,10 +511,10 @@ impl Statements {
                      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                      $7::jsonb[], $8::jsonb[], $9::int8[], $10::text[]) AS u(id, instance_id, definition_id, \
                      activity_id, name, assignee, candidate_users, candidate_groups, created_at, owner) \
-                     WHERE {WON}"
+                     WHERE {filter}"
                 ))
                 .await?,
-            delete_external: c.prepare_cached(&delete_sql("external_tasks")).await?,
+            delete_external: c.prepare_cached(&delete_sql("external_tasks", filter)).await?,
             upsert_external: c
                 .prepare_cached(&format!(
                     "INSERT INTO external_tasks (id, instance_id, definition_id, activity_id, topic, worker_id, \
@@ -469,7 +525,7 @@ impl Statements {
                      $7::int8[], $8::int4[], $9::text[], $10::int8[], $11::int8[], $12::text[]) \
                      AS u(id, instance_id, definition_id, activity_id, topic, worker_id, lock_expires_at, \
                      retries, error_message, retry_at, created_at, owner) \
-                     WHERE {WON} \
+                     WHERE {filter} \
                      ON CONFLICT (id) DO UPDATE SET instance_id = EXCLUDED.instance_id, \
                      definition_id = EXCLUDED.definition_id, activity_id = EXCLUDED.activity_id, \
                      topic = EXCLUDED.topic, worker_id = EXCLUDED.worker_id, \
@@ -479,7 +535,7 @@ impl Statements {
                      RETURNING id, (xmax = 0) AS inserted"
                 ))
                 .await?,
-            delete_timers: c.prepare_cached(&delete_sql("timers")).await?,
+            delete_timers: c.prepare_cached(&delete_sql("timers", filter)).await?,
             insert_timers: c
                 .prepare_cached(&format!(
                     "INSERT INTO timers (id, instance_id, activity_id, due_at, owner, lock_until, created_at) \
@@ -487,7 +543,7 @@ impl Statements {
                      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], \
                      $6::int8[], $7::int8[], $8::text[]) AS u(id, instance_id, activity_id, due_at, lock_owner, \
                      lock_until, created_at, owner) \
-                     WHERE {WON}"
+                     WHERE {filter}"
                 ))
                 .await?,
             insert_incidents: c
@@ -499,14 +555,14 @@ impl Statements {
                      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
                      $6::text[], $7::int8[], $8::int8[], $9::text[]) AS u(id, instance_id, activity_id, \
                      incident_type, message, external_task_id, created_at, resolved_at, owner) \
-                     WHERE {WON}"
+                     WHERE {filter}"
                 ))
                 .await?,
             resolve_incidents: c
                 .prepare_cached(&format!(
                     "UPDATE incidents AS t SET resolved_at = $1 \
                      FROM UNNEST($2::text[], $3::text[]) AS u(id, owner) \
-                     WHERE t.id = u.id AND {WON} RETURNING {}",
+                     WHERE t.id = u.id AND {filter} RETURNING {}",
                     prefixed("t", INCIDENT_COLS)
                 ))
                 .await?,
@@ -515,7 +571,7 @@ impl Statements {
                 .prepare_cached(&format!(
                     "INSERT INTO history (instance_id, time, events) \
                      SELECT u.owner, $1, u.events FROM UNNEST($2::text[], $3::jsonb[]) AS u(owner, events) \
-                     WHERE {WON}"
+                     WHERE {filter}"
                 ))
                 .await?,
         })
@@ -808,12 +864,12 @@ impl<'c> Batch<'c> {
         }
         let r = &self.removed_tasks;
         if !r.id.is_empty() {
-            slots.removed_tasks = Some(push(&s.delete_tasks, vec![&r.id, &r.owner]));
+            slots.removed_tasks = Some(push(&s.children.delete_tasks, vec![&r.id, &r.owner]));
         }
         let t = &self.tasks;
         if !t.id.is_empty() {
             push(
-                &s.insert_tasks,
+                &s.children.insert_tasks,
                 vec![
                     &t.id,
                     &t.instance_id,
@@ -830,12 +886,12 @@ impl<'c> Batch<'c> {
         }
         let r = &self.removed_external;
         if !r.id.is_empty() {
-            slots.removed_external = Some(push(&s.delete_external, vec![&r.id, &r.owner]));
+            slots.removed_external = Some(push(&s.children.delete_external, vec![&r.id, &r.owner]));
         }
         let e = &self.external;
         if !e.id.is_empty() {
             slots.upserted_external = Some(push(
-                &s.upsert_external,
+                &s.children.upsert_external,
                 vec![
                     &e.id,
                     &e.instance_id,
@@ -854,12 +910,12 @@ impl<'c> Batch<'c> {
         }
         let r = &self.removed_timers;
         if !r.id.is_empty() {
-            slots.removed_timers = Some(push(&s.delete_timers, vec![&r.id, &r.owner]));
+            slots.removed_timers = Some(push(&s.children.delete_timers, vec![&r.id, &r.owner]));
         }
         let t = &self.timers;
         if !t.id.is_empty() {
             push(
-                &s.insert_timers,
+                &s.children.insert_timers,
                 vec![
                     &t.id,
                     &t.instance_id,
@@ -875,7 +931,7 @@ impl<'c> Batch<'c> {
         let i = &self.incidents;
         if !i.id.is_empty() {
             push(
-                &s.insert_incidents,
+                &s.children.insert_incidents,
                 vec![
                     &i.id,
                     &i.instance_id,
@@ -891,20 +947,32 @@ impl<'c> Batch<'c> {
         }
         let r = &self.resolved_incidents;
         if !r.id.is_empty() {
-            slots.resolved = Some(push(&s.resolve_incidents, vec![tx_time, &r.id, &r.owner]));
+            slots.resolved = Some(push(
+                &s.children.resolve_incidents,
+                vec![tx_time, &r.id, &r.owner],
+            ));
         }
         let h = &self.history;
         if !h.owner.is_empty() {
-            push(&s.insert_history, vec![tx_time, &h.owner, &h.events]);
+            push(
+                &s.children.insert_history,
+                vec![tx_time, &h.owner, &h.events],
+            );
         }
         (steps, slots)
     }
 
-    /// Finds the change sets whose optimistic lock or lock guard failed (their rows were
-    /// filtered out)
-    /// and derives the journal of the others, change set by change set. Commits the
-    /// winners, or rolls back when there are none; yields the losers' indices.
-    fn finish(&self, slots: &Slots, rows: Vec<Vec<Row>>) -> Result<Finish<'c, Vec<usize>>> {
+    /// Finds the change sets whose optimistic lock or lock guard failed and derives the
+    /// journal of the others, change set by change set. Commits the winners, or rolls
+    /// back when there are none; yields the losers' indices. When some lost but the
+    /// statements were not `filtered`, the losers' rows were written too: rolls back
+    /// and asks for [`Outcome::Refilter`].
+    fn finish(
+        &self,
+        slots: &Slots,
+        rows: Vec<Vec<Row>>,
+        filtered: bool,
+    ) -> Result<Finish<'c, Outcome>> {
         let ids = |slot: Option<usize>| -> Result<HashSet<String>> {
             slot.map(|i| rows[i].iter().map(|r| rows::get::<String>(r, 0)).collect())
                 .unwrap_or_else(|| Ok(HashSet::new()))
@@ -920,7 +988,10 @@ impl<'c> Batch<'c> {
             .map(|(i, _)| i)
             .collect();
         if lost.len() == self.changes.len() {
-            return Ok(Finish::Rollback(lost));
+            return Ok(Finish::Rollback(Outcome::Done(lost)));
+        }
+        if !lost.is_empty() && !filtered {
+            return Ok(Finish::Rollback(Outcome::Refilter));
         }
         let removed_tasks = ids(slots.removed_tasks)?;
         let removed_external = ids(slots.removed_external)?;
@@ -995,6 +1066,6 @@ impl<'c> Batch<'c> {
                 journal.push(JournalEntry::image("history", &i.id, "append", events));
             }
         }
-        Ok(Finish::Commit(lost, journal))
+        Ok(Finish::Commit(Outcome::Done(lost), journal))
     }
 }

@@ -3,27 +3,38 @@
 //! [`PgStore`] implements [`Store`] on tokio-postgres with a deadpool connection pool.
 //! Several engine nodes may share one database:
 //!
-//! - **Writes of engine commands** (`apply`) are group-committed: a few writer tasks
-//!   take the queued change sets and commit each batch as one transaction of multi-row
-//!   `UNNEST` statements, pipelined into two round trips (see `apply.rs`). Instance
-//!   updates are optimistic (`version` column); a lost lock rolls the batch back, fails
-//!   that caller with [`StoreError::Conflict`] and retries the rest.
+//! - **Writes of engine commands** (`apply`) are group-committed: each instance belongs
+//!   to one of a few writer tasks (by a hash of its id), which commits whatever is queued
+//!   as one transaction of multi-row `UNNEST` statements, pipelined into two round trips
+//!   (see `apply.rs`). Instance updates are optimistic (`version` column) and may carry a
+//!   worker's lock guard; a change set that loses either is answered
+//!   [`StoreError::Conflict`], and the rest of its batch commits. A change set made from
+//!   a version its writer has already replaced is answered at once, without a round
+//!   trip.
+//! - **Lookups** by primary key on the hot path (an external task with its instance, an
+//!   instance) are batched too: one `= ANY($1)` query answers all queued lookups, on a
+//!   connection shared through tokio-postgres' pipelining (`lookups.rs`, `shared.rs`).
 //! - **Acquisition** of external tasks and timers uses `FOR UPDATE SKIP LOCKED`, so two
-//!   nodes never hand the same row to two workers.
-//! - **Journal**: every change appends journal rows in its own transaction. Sequence
-//!   values are not assigned in commit order, so [`Store::journal_since`] returns only
-//!   rows whose transaction id is below the snapshot's `xmin`: a reader resuming from the
-//!   last seq it saw never skips a late commit. (Any transaction with an xid that is
-//!   still open in the cluster, in any database, holds the journal back until it ends.)
+//!   nodes never hand the same row to two workers. Fetching reads, per topic, two index
+//!   range scans that never step over locked tasks (`writes.rs`).
+//! - **Journal**: every change appends journal rows in its own transaction. A row's `seq`
+//!   starts with its transaction's id, and [`Store::journal_since`] returns only rows of
+//!   transactions older than the snapshot's `xmin`: a reader resuming from the last seq
+//!   it saw never skips a late commit. (Any transaction with an xid that is still open in
+//!   the cluster, in any database, holds the journal back until it ends.)
+//! - **History**: one row per change set, holding its history records as a JSONB array.
 //! - **Migrations** are plain SQL files (`migrations/postgres`) embedded in the binary,
 //!   tracked in `schema_version` and applied under an advisory lock.
-//! - Timestamps are BIGINT milliseconds since the epoch, JSON columns are JSONB; tables
-//!   and columns mirror the SQLite store's, so archives are portable between backends.
+//! - Timestamps are BIGINT milliseconds since the epoch; JSON columns are JSONB, except
+//!   an instance's runtime (JSON) and the journal's row images (TEXT), which the
+//!   database never looks into (see the migration). Tables and columns mirror the SQLite
+//!   store's, so archives are portable between backends.
 //!
-//! Statements are prepared once per connection. Only primary-key lookups may run on a
-//! cached generic plan; every other statement runs in a transaction that forces custom
-//! plans: a generic plan cached for an `UPDATE … FROM UNNEST` while the tables were empty
-//! would stay a sequential scan.
+//! Statements are prepared once per connection. The hot path (primary-key lookups, the
+//! group commit, fetch-and-lock) runs on generic plans cached per connection, made under
+//! planner settings that leave nested loops and index scans as the only choices
+//! (`pipeline::SESSION_OPTIONS`); everything else runs in a transaction with custom plans
+//! and the usual planner.
 //!
 //! [`testing`] gives other crates' tests a throwaway database.
 
@@ -46,7 +57,7 @@ use steadyflow_store::*;
 use tokio::sync::oneshot;
 use tokio_postgres::NoTls;
 
-pub use apply::{DBLOST, WriterStats};
+pub use apply::WriterStats;
 pub use migrate::latest_version as schema_version;
 
 use crate::error::{db_err, pool_err};
@@ -54,16 +65,17 @@ use crate::error::{db_err, pool_err};
 /// Tuning of a [`PgStore`].
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// Maximum pooled connections (readers and writers together).
+    /// Maximum pooled connections (writers, fetches and other queries together).
     pub pool_size: usize,
-    /// Writer tasks committing `apply` batches in parallel.
+    /// Writer tasks committing `apply` batches in parallel; each owns a share of the
+    /// instances.
     pub writers: usize,
     /// Most change sets committed in one transaction.
     pub max_batch: usize,
     /// How long a caller waits for a free connection before `Unavailable`.
     pub acquire_timeout: Duration,
     /// Connections shared by all primary-key lookups, which tokio-postgres pipelines
-    /// (see `shared.rs`); in addition to `pool_size`. 0 sends them to the pool.
+    /// (see `shared.rs`); in addition to `pool_size`. 0 runs them on pooled connections.
     pub shared_readers: usize,
 }
 
@@ -79,10 +91,11 @@ impl Default for PgOptions {
     }
 }
 
-/// PostgreSQL-backed [`Store`]. Cheap to share behind an `Arc`; its writer tasks run on
-/// the Tokio runtime that called [`PgStore::connect`] and stop when it is dropped.
+/// PostgreSQL-backed [`Store`]. Cheap to share behind an `Arc`; its writer and lookup
+/// tasks run on the Tokio runtime that called [`PgStore::connect`] and stop when the
+/// store (every clone) is dropped.
 ///
-/// Clones share the pool and the writer.
+/// Clones share the pool, the writers and the lookup batcher.
 #[derive(Clone)]
 pub struct PgStore {
     pool: Pool,

@@ -16,28 +16,37 @@ use std::task::Poll;
 
 use serde_json::value::RawValue;
 use steadyflow_store::{Result, StoreError};
-use tokio_postgres::types::{Json, ToSql};
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::error::db_err;
 
 pub(crate) type Param<'a> = &'a (dyn ToSql + Sync);
 
-/// Planner settings of every connection (startup options): the hot path, primary-key
-/// lookups and the group commit's statements (which join `UNNEST` arrays to tables by
-/// primary key), runs on generic plans cached per connection, planned once instead of at
-/// every execution; and those plans are nested loops over the arrays with primary-key
-/// index lookups whatever the table sizes were when they were made (a generic plan made
-/// while a table was small would otherwise stay a sequential scan: without autovacuum's
-/// ANALYZE nothing invalidates it).
+/// Planner settings of every connection (startup options): the hot path (primary-key
+/// lookups, the group commit's statements, which join `UNNEST` arrays to tables by
+/// primary key, and fetch-and-lock) runs on generic plans cached per connection, planned
+/// once instead of at every execution; and those plans are nested loops and index scans
+/// whatever the table sizes were when they were made (a generic plan made while a table
+/// was small would otherwise stay a sequential scan: without autovacuum's ANALYZE nothing
+/// invalidates it).
 pub(crate) const SESSION_OPTIONS: &str = "-c plan_cache_mode=force_generic_plan \
      -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off";
 
-/// Starts a transaction with the usual planner: custom plans for the actual parameters,
-/// all plan types. For everything off the hot path (listings with filters, fetches,
-/// deploys) whose best plan depends on the parameters.
-pub(crate) const BEGIN_CUSTOM_PLANS: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan; \
-     SET LOCAL enable_seqscan = on; SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on";
+macro_rules! custom_plans {
+    () => {
+        "SET LOCAL plan_cache_mode = force_custom_plan; SET LOCAL enable_seqscan = on; \
+         SET LOCAL enable_hashjoin = on; SET LOCAL enable_mergejoin = on"
+    };
+}
+
+/// Switches the current transaction to the usual planner: custom plans for the actual
+/// parameters, all plan types. For everything off the hot path (listings with filters,
+/// claims, timers, deploys) whose best plan may depend on the parameters.
+pub(crate) const CUSTOM_PLANS: &str = custom_plans!();
+
+/// Starts a transaction with [`CUSTOM_PLANS`].
+pub(crate) const BEGIN_CUSTOM_PLANS: &str = concat!("BEGIN; ", custom_plans!());
 
 /// Starts a transaction with the session's planner settings ([`SESSION_OPTIONS`]).
 pub(crate) const BEGIN: &str = "BEGIN";
@@ -155,17 +164,21 @@ impl<'a> JournalEntry<'a> {
     }
 }
 
-pub(crate) const JOURNAL_INSERT: &str = "INSERT INTO journal (tx_time, entity, entity_id, op, row) \
-     SELECT $1, u.entity, u.entity_id, u.op, u.row \
-     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::json[]) WITH ORDINALITY AS u(entity, entity_id, op, row, n) \
-     ORDER BY u.n";
+/// Appends a transaction's journal rows; at most once per transaction, with fewer than
+/// [`MAX_JOURNAL_ROWS`] rows (see the `journal` table for the seqs).
+pub(crate) const JOURNAL_INSERT: &str = "INSERT INTO journal (seq, tx_time, entity, entity_id, op, row) \
+     SELECT (SELECT pg_current_xact_id()::text::bigint << 20) + u.n, $1, u.entity, u.entity_id, u.op, u.row \
+     FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(entity, entity_id, op, row, n)";
+
+/// Journal rows one transaction may write: the low 20 bits of a seq number its rows.
+pub(crate) const MAX_JOURNAL_ROWS: usize = (1 << 20) - 1;
 
 /// Column arrays of journal entries, borrowed by the insert's parameters.
 pub(crate) struct JournalArrays<'a> {
     entity: Vec<&'static str>,
     entity_id: Vec<&'a str>,
     op: Vec<&'static str>,
-    row: Vec<Option<Json<&'a RawValue>>>,
+    row: Vec<Option<&'a str>>,
 }
 
 impl<'a> JournalArrays<'a> {
@@ -174,12 +187,26 @@ impl<'a> JournalArrays<'a> {
             entity: entries.iter().map(|e| e.entity).collect(),
             entity_id: entries.iter().map(|e| e.entity_id.as_str()).collect(),
             op: entries.iter().map(|e| e.op).collect(),
-            row: entries.iter().map(|e| e.row.as_deref().map(Json)).collect(),
+            row: entries
+                .iter()
+                .map(|e| e.row.as_deref().map(RawValue::get))
+                .collect(),
         }
     }
 
     pub fn params(&'a self, tx_time: &'a i64) -> Vec<Param<'a>> {
         vec![tx_time, &self.entity, &self.entity_id, &self.op, &self.row]
+    }
+
+    /// Refuses more rows than one transaction may journal.
+    pub fn check(&self) -> Result<()> {
+        if self.entity.len() > MAX_JOURNAL_ROWS {
+            return Err(StoreError::Backend(format!(
+                "{} journal rows in one transaction (at most {MAX_JOURNAL_ROWS})",
+                self.entity.len()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -207,9 +234,9 @@ impl From<TxError> for StoreError {
     }
 }
 
-/// Runs `steps` in one transaction: round trip one sends `BEGIN` and the steps,
-/// `finish` turns their rows into a result and journal rows, round trip two appends
-/// the journal and commits (or rolls back).
+/// Runs `steps` in one transaction: round trip one sends `begin` ([`BEGIN`] or
+/// [`BEGIN_CUSTOM_PLANS`]) and the steps, `finish` turns their rows into a result and
+/// journal rows, round trip two appends the journal and commits (or rolls back).
 ///
 /// `journal_stmt` must be the prepared [`JOURNAL_INSERT`].
 pub(crate) async fn transact<'j, T>(
@@ -246,6 +273,10 @@ pub(crate) async fn transact<'j, T>(
         }
         Ok(Finish::Commit(value, entries)) => {
             let arrays = JournalArrays::new(&entries);
+            if let Err(e) = arrays.check() {
+                rollback(client).await;
+                return Err(TxError::Store(e));
+            }
             let mut tail = Vec::with_capacity(2);
             if !entries.is_empty() {
                 tail.push(Step::Query(journal_stmt.clone(), arrays.params(&tx_time)));

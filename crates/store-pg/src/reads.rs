@@ -1,5 +1,6 @@
-//! Queries, on any pooled connection. Primary-key lookups run as they are (on a cached
-//! generic plan); the others in a one-statement transaction with a custom plan.
+//! Queries. Primary-key lookups run as they are, on a shared connection (cached generic
+//! plans: index scans); the others on a pooled connection, in a one-statement
+//! transaction with a custom plan. The hot path's lookups are batched (`lookups.rs`).
 
 use steadyflow_store::*;
 use tokio_postgres::Row;
@@ -58,7 +59,8 @@ impl Where {
 
 impl PgStore {
     /// Runs a query with a custom plan (in a one-statement transaction, pipelined into
-    /// one round trip; see [`BEGIN_CUSTOM_PLANS`]).
+    /// one round trip; see [`BEGIN_CUSTOM_PLANS`]). If the query fails, the `COMMIT`
+    /// behind it ends the aborted transaction.
     pub(crate) async fn query_rows(
         &self,
         sql: &str,
@@ -71,9 +73,8 @@ impl PgStore {
             Step::Query(stmt, args.to_vec()),
             Step::Simple("COMMIT"),
         ];
-        let mut results = pipeline::run(&client, &steps).await.into_iter();
         let mut rows = Vec::new();
-        for (n, r) in results.by_ref().enumerate() {
+        for (n, r) in pipeline::run(&client, &steps).await.into_iter().enumerate() {
             match r {
                 Ok(v) if n == 1 => rows = v,
                 Ok(_) => {}
@@ -265,8 +266,9 @@ impl PgStore {
         Ok(out)
     }
 
-    /// Rows of transactions older than every transaction still in flight: a lower seq
-    /// can then no longer appear behind a reader that resumes from the last seq it saw.
+    /// Rows of transactions older than every transaction still in flight (seqs start
+    /// with the transaction id, see the `journal` table): a lower seq can then no longer
+    /// appear behind a reader that resumes from the last seq it saw.
     pub(crate) async fn read_journal(
         &self,
         after: i64,
@@ -274,7 +276,7 @@ impl PgStore {
     ) -> Result<Vec<JournalRecord>> {
         let sql = format!(
             "SELECT {JOURNAL_COLS} FROM journal \
-             WHERE seq > $1 AND xid < pg_snapshot_xmin(pg_current_snapshot()) \
+             WHERE seq > $1 AND seq < (pg_snapshot_xmin(pg_current_snapshot())::text::bigint << 20) \
              ORDER BY seq LIMIT $2"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);

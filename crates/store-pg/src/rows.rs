@@ -178,7 +178,12 @@ pub(crate) fn journal(row: &Row) -> Result<JournalRecord> {
         entity: get(row, 2)?,
         entity_id: get(row, 3)?,
         op: get(row, 4)?,
-        row: get::<Option<Value>>(row, 5)?.unwrap_or(Value::Null),
+        row: match get::<Option<&str>>(row, 5)? {
+            Some(text) => {
+                serde_json::from_str(text).map_err(|e| corrupt("journal row image", e))?
+            }
+            None => Value::Null,
+        },
     })
 }
 

@@ -9,7 +9,7 @@ use steadyflow_store::*;
 use crate::PgStore;
 use crate::error::db_err;
 use crate::pipeline::{
-    self, BEGIN_CUSTOM_PLANS, Finish, JOURNAL_INSERT, JournalArrays, JournalEntry, Step,
+    self, CUSTOM_PLANS, Finish, JOURNAL_INSERT, JournalArrays, JournalEntry, Step,
 };
 use crate::rows::{self, *};
 
@@ -28,7 +28,9 @@ use crate::rows::{self, *};
 /// The never-locked scan orders by `lock_expires_at` (NULL throughout) before
 /// `created_at, id`: the planner does not take `IS NULL` as fixing the column, and only
 /// the index's own order lets it read the index in order and stop at `$4` instead of
-/// sorting the topic's whole backlog (see the plan test below).
+/// sorting the topic's whole backlog. It runs on the connection's cached generic plan
+/// (`pipeline::SESSION_OPTIONS`); the plan test below checks that plan and the custom
+/// one, with and without statistics.
 ///
 /// Exactly once between nodes: a row another transaction has locked is skipped, and one
 /// it re-locked or deleted after this statement's snapshot fails the recheck of the
@@ -83,10 +85,7 @@ impl PgStore {
     ) -> Result<Vec<Deployed>> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(db_err)?;
-        // Custom plans, all plan types (see `pipeline::SESSION_OPTIONS`).
-        tx.batch_execute(&BEGIN_CUSTOM_PLANS["BEGIN; ".len()..])
-            .await
-            .map_err(db_err)?;
+        tx.batch_execute(CUSTOM_PLANS).await.map_err(db_err)?;
         // One lock per key, taken in a fixed order: deploys of a key are serialised
         // across nodes, and two multi-key deploys cannot deadlock.
         let mut keys: Vec<&str> = defs.iter().map(|d| d.key.as_str()).collect();
@@ -165,6 +164,7 @@ impl PgStore {
         if !journal.is_empty() {
             let stmt = tx.prepare_cached(JOURNAL_INSERT).await.map_err(db_err)?;
             let arrays = JournalArrays::new(&journal);
+            arrays.check()?;
             let tx_time = now_ms();
             tx.execute(&stmt, &arrays.params(&tx_time))
                 .await
@@ -250,9 +250,11 @@ impl PgStore {
             stmt,
             vec![&names, &durations, &now, &max, &worker],
         )];
+        // On the session's cached generic plan: planned once per connection, and reads
+        // the index in order for expired locks too (see the plan test below).
         let locked = pipeline::transact(
             &client,
-            pipeline::BEGIN_CUSTOM_PLANS,
+            pipeline::BEGIN,
             &journal,
             now_ms(),
             steps,
@@ -372,16 +374,46 @@ mod tests {
         client: &mut tokio_postgres::Client,
         topics: &[&str],
         now: i64,
+        generic: bool,
     ) -> (f64, Vec<(String, f64)>) {
         let tx = client.transaction().await.unwrap();
-        let durations = vec![60_000i64; topics.len()];
-        let row = tx
-            .query_one(
+        let row = if generic {
+            // The session settings of the store's connections, and a cached generic plan.
+            let options = crate::pipeline::SESSION_OPTIONS
+                .split("-c ")
+                .filter(|o| !o.trim().is_empty())
+                .map(|o| format!("SET LOCAL {};", o.trim()))
+                .collect::<String>();
+            tx.batch_execute(&options).await.unwrap();
+            tx.batch_execute(&format!(
+                "PREPARE fetch_generic(text[], int8[], int8, int8, text) AS {}",
+                *FETCH_AND_LOCK
+            ))
+            .await
+            .unwrap();
+            let topics = format!("{{{}}}", topics.join(","));
+            let durations = format!("{{{}}}", vec!["60000"; topics.len()].join(","));
+            let row = tx
+                .query_one(
+                    &format!(
+                        "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE fetch_generic('{topics}', \
+                         '{durations}', {now}, 64, 'w')"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap();
+            tx.batch_execute("DEALLOCATE fetch_generic").await.unwrap();
+            row
+        } else {
+            let durations = vec![60_000i64; topics.len()];
+            tx.query_one(
                 &format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", *FETCH_AND_LOCK),
                 &[&topics, &durations, &now, &64i64, &"w"],
             )
             .await
-            .unwrap();
+            .unwrap()
+        };
         tx.rollback().await.unwrap();
         let plan: Value = row.get(0);
         let top = &plan[0]["Plan"];
@@ -437,14 +469,17 @@ mod tests {
                 ),
                 (["a", "b", "c"], 100, "backlog", 3.0 * 2.0 * 64.0),
             ];
-            for (topics, now, what, bound) in cases {
-                let (locked, scans) = explain(&mut client, &topics, now).await;
-                eprintln!("{what}, analyzed {analyzed}: locked {locked}, scans {scans:?}");
-                assert_eq!(locked, 64.0, "{what}, analyzed {analyzed}: max locked");
+            for ((topics, now, what, bound), generic) in
+                cases.into_iter().flat_map(|c| [(c, false), (c, true)])
+            {
+                let (locked, scans) = explain(&mut client, &topics, now, generic).await;
+                let case = format!("{what}, analyzed {analyzed}, generic plan {generic}");
+                eprintln!("{case}: locked {locked}, scans {scans:?}");
+                assert_eq!(locked, 64.0, "{case}: max locked");
                 for (kind, visited) in &scans {
                     assert!(
                         kind != "Seq Scan" && *visited <= bound,
-                        "{what}, analyzed {analyzed}: {kind} visited {visited} rows: {scans:?}"
+                        "{case}: {kind} visited {visited} rows: {scans:?}"
                     );
                 }
             }

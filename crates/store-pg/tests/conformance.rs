@@ -121,6 +121,67 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
     db.cleanup().await;
 }
 
+/// Two transactions whose journal rows are written in the opposite order of their ids:
+/// the younger one writes first and commits last. A reader that saw the older one's row
+/// must still find the younger one's after it commits (with a sequence for seqs, the
+/// younger row would get the lower seq and be skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_reader_never_skips_a_late_commit() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let store = PgStore::connect(db.url()).await.expect("connect");
+    let insert = |id: &'static str| {
+        format!(
+            "INSERT INTO journal (tx_time, entity, entity_id, op, row) \
+             VALUES (0, 'instance', '{id}', 'insert', '{{}}') RETURNING seq"
+        )
+    };
+    let (mut c1, mut c2) = (raw_client(&db).await, raw_client(&db).await);
+    let older = c1.transaction().await.unwrap();
+    older
+        .execute("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    let younger = c2.transaction().await.unwrap();
+    younger
+        .execute("SELECT pg_current_xact_id()", &[])
+        .await
+        .unwrap();
+    younger.query_one(&insert("younger"), &[]).await.unwrap();
+    older.query_one(&insert("older"), &[]).await.unwrap();
+    older.commit().await.unwrap();
+
+    // (Polls: an open transaction elsewhere in the cluster may hold the journal back.)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let seen = store.journal_since(0, 100).await.unwrap();
+        if !seen.is_empty() || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ids: Vec<&str> = seen.iter().map(|r| r.entity_id.as_str()).collect();
+    assert_eq!(ids, ["older"], "the committed row, not the one in flight");
+    younger.commit().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rest = loop {
+        let rest = store.journal_since(seen[0].seq, 100).await.unwrap();
+        if !rest.is_empty() || Instant::now() > deadline {
+            break rest;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let ids: Vec<&str> = rest.iter().map(|r| r.entity_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["younger"],
+        "the late commit comes after the seq already read"
+    );
+    drop(store);
+    db.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_idempotent_and_safe_to_race() {
     let Some(db) = fresh_database().await else {
@@ -416,7 +477,9 @@ async fn batch_isolates_failures() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let rows = loop {
         let rows = store.journal_since(0, 10_000).await.unwrap();
-        if count(&rows, "insert") >= 37 || Instant::now() > deadline {
+        if (count(&rows, "insert") >= 37 && count(&rows, "update") >= 7)
+            || Instant::now() > deadline
+        {
             break rows;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -426,6 +489,114 @@ async fn batch_isolates_failures() {
         (10 + 27, 7),
         "journal rows of committed change sets only"
     );
+    drop(store);
+    db.cleanup().await;
+}
+
+/// A batch in which some change sets lose their optimistic lock in the database (made
+/// elsewhere, so the writer cannot tell them stale beforehand): they get `Conflict` and
+/// none of their rows is written, the others commit once, with their journal rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losers_in_the_database_drop_out_of_their_batch() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let options = steadyflow_store_pg::PgOptions {
+        writers: 1,
+        ..Default::default()
+    };
+    let store = Arc::new(
+        PgStore::connect_with(db.url(), options)
+            .await
+            .expect("connect"),
+    );
+    let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+    let inst = |id: &str, version: i64| InstanceRecord {
+        id: id.into(),
+        definition_id: "order:1".into(),
+        definition_key: "order".into(),
+        business_key: None,
+        state: InstanceState::Active,
+        variables: Vars::new(),
+        runtime: serde_json::json!({}),
+        version,
+        started_at: t0,
+        ended_at: None,
+    };
+    // Instances y0..y9 at version 3, written behind the store's back.
+    let admin = raw_client(&db).await;
+    admin
+        .batch_execute(
+            "INSERT INTO instances (id, definition_id, definition_key, state, variables, runtime, \
+             version, started_at) SELECT 'y' || g, 'order:1', 'order', 'active', '{}', '{}', 3, 0 \
+             FROM generate_series(0, 9) AS g",
+        )
+        .await
+        .unwrap();
+    let handles: Vec<_> = (0..10)
+        .map(|n| {
+            let stale = n % 3 == 0;
+            let mut c = ChangeSet::new(inst(&format!("y{n}"), 4), Some(if stale { 2 } else { 3 }));
+            c.tasks_created = vec![TaskRecord {
+                id: format!("t{n}"),
+                instance_id: format!("y{n}"),
+                definition_id: "order:1".into(),
+                activity_id: "a".into(),
+                name: None,
+                assignee: None,
+                candidate_users: vec![],
+                candidate_groups: vec![],
+                created_at: t0,
+            }];
+            c.history = vec![HistoryRecord {
+                instance_id: format!("y{n}"),
+                time: t0,
+                event: "e".into(),
+                activity_id: None,
+                detail: serde_json::json!({}),
+            }];
+            let store = store.clone();
+            (stale, tokio::spawn(async move { store.apply(c).await }))
+        })
+        .collect();
+    for (n, (stale, h)) in handles.into_iter().enumerate() {
+        let result = h.await.unwrap();
+        let task = store.task(&format!("t{n}")).await.unwrap();
+        let history = store.history(&format!("y{n}")).await.unwrap();
+        if stale {
+            assert!(
+                matches!(result, Err(StoreError::Conflict(_))),
+                "y{n}: {result:?}"
+            );
+            assert!(
+                task.is_none() && history.is_empty(),
+                "y{n}: nothing written"
+            );
+        } else {
+            result.unwrap_or_else(|e| panic!("y{n}: {e}"));
+            assert!(task.is_some() && history.len() == 1, "y{n}: written");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rows = loop {
+        let rows = store.journal_since(0, 1_000).await.unwrap();
+        if rows.len() >= 6 * 3 || Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut journaled: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.entity == "instance")
+        .map(|r| r.entity_id.as_str())
+        .collect();
+    journaled.sort_unstable();
+    assert_eq!(
+        journaled,
+        ["y1", "y2", "y4", "y5", "y7", "y8"],
+        "journal rows of the winners only, once each"
+    );
+    eprintln!("losers_in_the_database: {:?}", store.writer_stats());
     drop(store);
     db.cleanup().await;
 }

@@ -1,9 +1,12 @@
 -- Steadyflow schema, version 1 (PostgreSQL).
 -- Mirrors migrations/sqlite/0001_init.sql of the SQLite store: same tables and columns.
--- Timestamps are BIGINT milliseconds since the Unix epoch; JSON columns are JSONB (but
--- the journal's row images, see there). Text columns use the "C" collation: identifiers
--- compare and sort bytewise, as in SQLite, and index comparisons are a plain memcmp
--- instead of a locale-aware strcoll.
+-- Timestamps are BIGINT milliseconds since the Unix epoch. JSON columns are JSONB, except
+-- where the database never looks inside and only hands the text back: an instance's
+-- runtime (engine-owned) is JSON, the journal's row images are TEXT; both spare the
+-- server converting (or validating) every value written, a good part of its work per
+-- command. Text columns use the "C" collation: identifiers compare and sort bytewise,
+-- as in SQLite, and index comparisons are a plain memcmp instead of a locale-aware
+-- strcoll.
 
 CREATE TABLE definitions (
     id TEXT COLLATE "C" PRIMARY KEY,
@@ -23,7 +26,8 @@ CREATE TABLE instances (
     business_key TEXT COLLATE "C",
     state TEXT COLLATE "C" NOT NULL,
     variables JSONB NOT NULL,
-    runtime JSONB NOT NULL,
+    -- Engine-owned, opaque to the store: stored as written.
+    runtime JSON NOT NULL,
     version BIGINT NOT NULL,
     started_at BIGINT NOT NULL,
     ended_at BIGINT
@@ -103,17 +107,24 @@ CREATE TABLE history (
 );
 CREATE INDEX history_instance ON history (instance_id, seq);
 
--- One row per changed row, written in the transaction that changed it. `xid` lets
--- readers ship only rows whose transaction can no longer be overtaken by a
--- lower-seq transaction that is still in flight (see PgStore::journal_since).
+-- One row per changed row, written in the transaction that changed it.
+--
+-- `seq` is the writing transaction's id (xid8) shifted left by 20 bits, plus the row's
+-- position in the transaction (which writes all its rows in one statement). So seqs
+-- follow the order in which transactions got their ids, and a reader that returns only
+-- rows below `pg_snapshot_xmin << 20` (transactions older than every one still in
+-- flight; see PgStore::journal_since) never skips a row when it resumes from the last
+-- seq it saw: whatever commits later has a higher seq. (Values from a sequence would
+-- not do: they are drawn in no particular order relative to the transactions' ids or
+-- commits, and a row committed later could carry a lower seq than one already read.)
 CREATE TABLE journal (
-    seq BIGSERIAL PRIMARY KEY,
-    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    seq BIGINT PRIMARY KEY DEFAULT (pg_current_xact_id()::text::bigint << 20),
     tx_time BIGINT NOT NULL,
     entity TEXT COLLATE "C" NOT NULL,
     entity_id TEXT COLLATE "C" NOT NULL,
     op TEXT COLLATE "C" NOT NULL,
-    -- JSON, not JSONB: an append-only log read back whole, never queried by content;
-    -- storing the text as written spares converting every row image.
-    row JSON
+    -- JSON text of the row image, NULL for deletes. Not JSONB nor JSON: an append-only
+    -- log read back whole, written only by the store (from serde), never queried by
+    -- content; storing the text as is spares converting or validating every image.
+    row TEXT COLLATE "C"
 );
