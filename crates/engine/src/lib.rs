@@ -10,6 +10,7 @@
 pub mod clock;
 pub mod core;
 mod error;
+mod hot;
 mod service;
 
 pub use clock::{Clock, ManualClock, SystemClock};

@@ -10,6 +10,7 @@ use steadyflow_store::*;
 use crate::clock::Clock;
 use crate::core::{CoreError, Transition};
 use crate::error::EngineError;
+use crate::hot::HotInstances;
 
 type Result<T, E = EngineError> = std::result::Result<T, E>;
 
@@ -54,6 +55,16 @@ pub struct Engine {
     defs: RwLock<HashMap<String, Arc<CachedDef>>>,
     /// Latest definition id per key, with when it was read.
     latest: RwLock<HashMap<String, (String, std::time::Instant)>>,
+    /// Instances this node committed last (see [`HotInstances`]).
+    hot: HotInstances,
+}
+
+/// How one attempt at a command ended.
+enum Attempt {
+    Committed(InstanceRecord),
+    /// Another change came first (optimistic lock or worker's lock lost), or the cached
+    /// state the attempt ran on was stale: run again on a fresh read.
+    Lost,
 }
 
 /// How long a start may use a cached "latest version of key" (a deploy on this node
@@ -80,6 +91,7 @@ impl Engine {
             node_id: format!("node-{}", uuid::Uuid::now_v7()),
             defs: RwLock::new(HashMap::new()),
             latest: RwLock::new(HashMap::new()),
+            hot: HotInstances::new(),
         }
     }
 
@@ -225,6 +237,7 @@ impl Engine {
         let cs = tr.finish();
         let out = cs.instance.clone();
         self.store.apply(cs).await?;
+        self.hot.put(&out);
         Ok(out)
     }
 
@@ -281,20 +294,16 @@ impl Engine {
         F: FnMut(&mut Transition<'_>) -> Result<()> + Send,
     {
         for attempt in 0..MAX_ATTEMPTS {
-            let inst = match loaded.take() {
-                Some(i) => i,
-                None => self.instance(instance_id).await?,
+            let (inst, cached) = match loaded.take() {
+                Some(i) => (i, false),
+                None => match self.hot.get(instance_id) {
+                    Some(i) => (i, true),
+                    None => (self.instance(instance_id).await?, false),
+                },
             };
-            let def = self.graph(&inst.definition_id).await?;
-            let cs = {
-                let mut tr = Transition::open(&def.graph, inst, self.now())?;
-                f(&mut tr)?;
-                tr.finish()
-            };
-            let out = cs.instance.clone();
-            match self.store.apply(cs).await {
-                Ok(()) => return Ok(out),
-                Err(StoreError::Conflict(_)) => {
+            match self.attempt(inst, cached, &mut f).await? {
+                Attempt::Committed(out) => return Ok(out),
+                Attempt::Lost => {
                     tracing::debug!(
                         instance = instance_id,
                         attempt,
@@ -302,12 +311,47 @@ impl Engine {
                     );
                     tokio::task::yield_now().await;
                 }
-                Err(e) => return Err(e.into()),
             }
         }
         Err(EngineError::Conflict(format!(
             "process instance {instance_id} is too busy: gave up after {MAX_ATTEMPTS} attempts"
         )))
+    }
+
+    /// Runs `f` on `inst` and commits. `cached`: `inst` came from [`HotInstances`] and may
+    /// be stale, so a failure of `f` on it means "read again", not a verdict.
+    async fn attempt<F>(&self, inst: InstanceRecord, cached: bool, f: &mut F) -> Result<Attempt>
+    where
+        F: FnMut(&mut Transition<'_>) -> Result<()> + Send,
+    {
+        let id = inst.id.clone();
+        let def = self.graph(&inst.definition_id).await?;
+        let cs = Transition::open(&def.graph, inst, self.now())
+            .map_err(EngineError::from)
+            .and_then(|mut tr| f(&mut tr).map(|()| tr.finish()));
+        let cs = match cs {
+            Ok(cs) => cs,
+            Err(_) if cached => {
+                self.hot.forget(&id);
+                return Ok(Attempt::Lost);
+            }
+            Err(e) => return Err(e),
+        };
+        let out = cs.instance.clone();
+        match self.store.apply(cs).await {
+            Ok(()) => {
+                self.hot.put(&out);
+                Ok(Attempt::Committed(out))
+            }
+            Err(StoreError::Conflict(_)) => {
+                self.hot.forget(&id);
+                Ok(Attempt::Lost)
+            }
+            Err(e) => {
+                self.hot.forget(&id);
+                Err(e.into())
+            }
+        }
     }
 
     // ---- user tasks ------------------------------------------------------------
@@ -381,16 +425,14 @@ impl Engine {
             .cloned()
             .collect();
         let topics = topics.as_slice();
-        Ok(self
+        let locked = self
             .store
             .fetch_and_lock(worker, max, topics, self.now())
-            .await?)
-    }
-
-    /// The task, if `worker` holds an unexpired lock on it.
-    async fn locked_by(&self, id: &str, worker: &str) -> Result<ExternalTaskRecord> {
-        let task = self.external_task(id).await?;
-        self.check_lock(task, worker)
+            .await?;
+        for l in &locked {
+            self.hot.task_owned_by(&l.task.id, &l.task.instance_id);
+        }
+        Ok(locked)
     }
 
     fn check_lock(&self, task: ExternalTaskRecord, worker: &str) -> Result<ExternalTaskRecord> {
@@ -416,19 +458,35 @@ impl Engine {
         worker: &str,
         vars: Vars,
     ) -> Result<InstanceRecord> {
-        let (task, instance) = self
-            .store
-            .external_task_with_instance(id)
-            .await?
-            .ok_or_else(|| EngineError::not_found("external task", id))?;
-        let task = self.check_lock(task, worker)?;
-        let task_id = task.id.clone();
-        let worker = worker.to_string();
-        self.command_on(&task.instance_id, Some(instance), move |tr| {
-            tr.guard_lock(&task_id, &worker);
-            Ok(tr.complete_external_task(&task_id, vars.clone())?)
-        })
-        .await
+        let mut f = |tr: &mut Transition<'_>| {
+            tr.guard_lock(id, worker);
+            Ok(tr.complete_external_task(id, vars.clone())?)
+        };
+        // This node handed the task out and committed its instance last: no reads. The
+        // store still checks the worker's lock and the instance's version; if either
+        // fails, the checked path below tells why.
+        if let Some(inst) = self.hot.of_task(id)
+            && let Attempt::Committed(out) = self.attempt(inst, true, &mut f).await?
+        {
+            self.hot.forget_task(id);
+            return Ok(out);
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let (task, instance) = self
+                .store
+                .external_task_with_instance(id)
+                .await?
+                .ok_or_else(|| EngineError::not_found("external task", id))?;
+            self.check_lock(task, worker)?;
+            if let Attempt::Committed(out) = self.attempt(instance, false, &mut f).await? {
+                self.hot.forget_task(id);
+                return Ok(out);
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(EngineError::Conflict(format!(
+            "external task {id} is too busy: gave up after {MAX_ATTEMPTS} attempts"
+        )))
     }
 
     pub async fn fail_external_task(
@@ -441,22 +499,33 @@ impl Engine {
                 "retries must not be negative and retryTimeout must be between 0 and {MAX_DURATION_MS} ms"
             )));
         }
-        let mut task = self.locked_by(id, &failure.worker_id).await?;
-        let now = self.now();
-        task.retries = Some(failure.retries);
-        task.error_message = Some(failure.error_message);
-        task.worker_id = None;
-        task.lock_expires_at = None;
-        task.retry_at = (failure.retries > 0 && failure.retry_timeout_ms > 0)
-            .then(|| now + chrono::Duration::milliseconds(failure.retry_timeout_ms));
-        let row = task.clone();
-        let worker = failure.worker_id.clone();
-        self.command(&task.instance_id, move |tr| {
-            tr.guard_lock(&row.id, &worker);
-            Ok(tr.fail_external_task(row.clone())?)
-        })
-        .await?;
-        Ok(task)
+        for _ in 0..MAX_ATTEMPTS {
+            let (task, instance) = self
+                .store
+                .external_task_with_instance(id)
+                .await?
+                .ok_or_else(|| EngineError::not_found("external task", id))?;
+            let mut task = self.check_lock(task, &failure.worker_id)?;
+            let now = self.now();
+            task.retries = Some(failure.retries);
+            task.error_message = Some(failure.error_message.clone());
+            task.worker_id = None;
+            task.lock_expires_at = None;
+            task.retry_at = (failure.retries > 0 && failure.retry_timeout_ms > 0)
+                .then(|| now + chrono::Duration::milliseconds(failure.retry_timeout_ms));
+            let mut f = |tr: &mut Transition<'_>| {
+                tr.guard_lock(&task.id, &failure.worker_id);
+                Ok(tr.fail_external_task(task.clone())?)
+            };
+            if let Attempt::Committed(_) = self.attempt(instance, false, &mut f).await? {
+                self.hot.forget_task(id);
+                return Ok(task);
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(EngineError::Conflict(format!(
+            "external task {id} is too busy: gave up after {MAX_ATTEMPTS} attempts"
+        )))
     }
 
     /// Gives a failed external task new retries (resolving its incident when above 0).

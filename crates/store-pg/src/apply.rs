@@ -399,11 +399,8 @@ impl Images {
             external: all("externalTask", &c.external_upserted)?,
             timers: all("timer", &c.timers_created)?,
             incidents: all("incident", &c.incidents_created)?,
-            history: if c.history.is_empty() {
-                None
-            } else {
-                Some(to_json("history", &c.history)?)
-            },
+            history: encode_history(&c.instance.id, &c.history)
+                .map(|text| RawValue::from_string(text).expect("encoded history is JSON")),
         })
     }
 }

@@ -22,7 +22,8 @@
 //!   transactions older than the snapshot's `xmin`: a reader resuming from the last seq
 //!   it saw never skips a late commit. (Any transaction with an xid that is still open in
 //!   the cluster, in any database, holds the journal back until it ends.)
-//! - **History**: one row per change set, holding its history records as a JSONB array.
+//! - **History**: one row per change set, holding its history records as one compact JSONB
+//!   document (`steadyflow_store::encode_history`).
 //! - **Migrations** are plain SQL files (`migrations/postgres`) embedded in the binary,
 //!   tracked in `schema_version` and applied under an advisory lock.
 //! - Timestamps are BIGINT milliseconds since the epoch; JSON columns are JSONB, except

@@ -255,7 +255,7 @@ impl PgStore {
     pub(crate) async fn read_history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
         let rows = self
             .query_rows(
-                "SELECT events FROM history WHERE instance_id = $1 ORDER BY seq",
+                "SELECT instance_id, events FROM history WHERE instance_id = $1 ORDER BY seq",
                 &[&instance_id],
             )
             .await?;

@@ -165,8 +165,11 @@ pub(crate) fn incident(row: &Row) -> Result<IncidentRecord> {
 }
 
 /// The `events` column of a history row: the change set's records, in order.
+/// A history row (`instance_id, events`): its change set's records.
 pub(crate) fn history_events(row: &Row) -> Result<Vec<HistoryRecord>> {
-    json(row, 0)
+    let owner: &str = get(row, 0)?;
+    let events: Json<&serde_json::value::RawValue> = get(row, 1)?;
+    decode_history(owner, events.0.get()).map_err(|e| corrupt("history events", e))
 }
 
 pub(crate) const JOURNAL_COLS: &str = "seq, tx_time, entity, entity_id, op, row";

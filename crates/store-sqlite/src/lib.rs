@@ -106,7 +106,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
         .map_err(backend_err)?;
     if !read_only {
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;",
+            "PRAGMA page_size=8192; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=8192;",
         )
         .map_err(backend_err)?;
     }
@@ -271,11 +271,23 @@ impl Store for SqliteStore {
             .writer
             .run(move |c, tx| writes::fetch_and_lock(c, tx, &worker, max, &topics, now))
             .await?;
-        // Variables are parsed here, off the writer thread.
+        if locked.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The variables are read after the lock committed, on a reader: a locked task's
+        // instance cannot end before the task is completed.
+        let ids: Vec<String> = locked.iter().map(|t| t.instance_id.clone()).collect();
+        let vars = self.read(move |c| reads::variables_of(c, &ids)).await?;
         locked
             .into_iter()
-            .map(|(task, vars)| {
-                let variables = serde_json::from_str(&vars).map_err(|e| {
+            .map(|task| {
+                let text = vars.get(&task.instance_id).ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "external task {} belongs to a missing instance {}",
+                        task.id, task.instance_id
+                    ))
+                })?;
+                let variables = serde_json::from_str(text).map_err(|e| {
                     StoreError::Corrupt(format!("variables of instance {}: {e}", task.instance_id))
                 })?;
                 Ok(LockedTask { task, variables })

@@ -84,6 +84,24 @@ pub(crate) fn instance(c: &Connection, id: &str) -> rusqlite::Result<Option<Inst
         .optional()
 }
 
+/// The variables (JSON text) of each instance of `ids` that exists.
+pub(crate) fn variables_of(
+    c: &Connection,
+    ids: &[String],
+) -> rusqlite::Result<std::collections::HashMap<String, String>> {
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    let mut stmt = c.prepare_cached("SELECT variables FROM instances WHERE id = ?1")?;
+    for id in ids {
+        if out.contains_key(id) {
+            continue;
+        }
+        if let Some(v) = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()? {
+            out.insert(id.clone(), v);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn list_instances(
     c: &Connection,
     f: &InstanceFilter,
@@ -180,7 +198,7 @@ pub(crate) fn list_incidents(
 pub(crate) fn history(c: &Connection, instance_id: &str) -> rusqlite::Result<Vec<HistoryRecord>> {
     let batches = all(
         c,
-        "SELECT events FROM history WHERE instance_id = ?1 ORDER BY seq",
+        "SELECT instance_id, events FROM history WHERE instance_id = ?1 ORDER BY seq",
         vec![Sql::Text(instance_id.into())],
         rows::history_events,
     )?;

@@ -128,8 +128,12 @@ pub(crate) fn incident(row: &Row) -> rusqlite::Result<IncidentRecord> {
     })
 }
 
+/// A history row (`instance_id, events`): its change set's records.
 pub(crate) fn history_events(row: &Row) -> rusqlite::Result<Vec<HistoryRecord>> {
-    json(row, 0)
+    let owner: String = row.get(0)?;
+    let text: String = row.get(1)?;
+    decode_history(&owner, &text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(1, Type::Text, Box::new(e)))
 }
 
 pub(crate) fn journal(row: &Row) -> rusqlite::Result<JournalRecord> {

@@ -156,17 +156,17 @@ impl Images {
             externals: all(ch.external_upserted.iter().map(to_json).collect())?,
             timers: all(ch.timers_created.iter().map(to_json).collect())?,
             incidents: all(ch.incidents_created.iter().map(to_json).collect())?,
-            history: if ch.history.is_empty() {
-                None
-            } else {
-                Some(to_json(&ch.history)?)
-            },
+            history: encode_history(&ch.instance.id, &ch.history),
         })
     }
 }
 
 pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<()> {
-    if let Some(g) = &ch.lock_guard {
+    // The worker's lock is checked before anything is written: for an instance update,
+    // as part of its WHERE clause (one statement checks both locks); else on its own.
+    if let Some(g) = &ch.lock_guard
+        && ch.expected_version.is_none()
+    {
         let held = c
             .prepare_cached(
                 "SELECT 1 FROM external_tasks WHERE id = ?1 AND worker_id = ?2 AND lock_expires_at > ?3",
@@ -199,28 +199,40 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
         Some(expected) => {
             // SQLite rewrites the index entries of every indexed column in the SET list:
             // leave `state` out when the command did not change it.
-            let sql = if ch.prior_state == Some(i.state) {
-                "UPDATE instances SET business_key = ?8, variables = ?3, runtime = ?4, version = ?5, ended_at = ?6 \
-                 WHERE id = ?1 AND version = ?7 AND ?2 IS NOT NULL"
+            let set = if ch.prior_state == Some(i.state) {
+                "business_key = ?8, variables = ?3, runtime = ?4, version = ?5, ended_at = ?6"
             } else {
-                "UPDATE instances SET business_key = ?8, state = ?2, variables = ?3, runtime = ?4, version = ?5, ended_at = ?6 \
-                 WHERE id = ?1 AND version = ?7"
+                "business_key = ?8, state = ?2, variables = ?3, runtime = ?4, version = ?5, ended_at = ?6"
             };
-            let n = c
-                .prepare_cached(sql)
-                .and_then(|mut s| {
-                    s.execute(params![
-                        i.id,
-                        i.state.as_str(),
-                        vars,
-                        runtime,
-                        i.version,
-                        i.ended_at.map(ms),
-                        expected,
-                        i.business_key
-                    ])
-                })
-                .map_err(backend_err)?;
+            let guard = if ch.lock_guard.is_some() {
+                " AND EXISTS (SELECT 1 FROM external_tasks WHERE id = ?9 AND worker_id = ?10 AND lock_expires_at > ?11)"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "UPDATE instances SET {set} WHERE id = ?1 AND version = ?7 AND ?2 IS NOT NULL{guard}"
+            );
+            let mut stmt = c.prepare_cached(&sql).map_err(backend_err)?;
+            let base = params![
+                i.id,
+                i.state.as_str(),
+                vars,
+                runtime,
+                i.version,
+                i.ended_at.map(ms),
+                expected,
+                i.business_key
+            ];
+            let n = match &ch.lock_guard {
+                None => stmt.execute(base),
+                Some(g) => {
+                    let mut all: Vec<&dyn rusqlite::ToSql> = base.to_vec();
+                    let now = ms(g.now);
+                    all.extend([&g.task_id as &dyn rusqlite::ToSql, &g.worker_id, &now]);
+                    stmt.execute(all.as_slice())
+                }
+            }
+            .map_err(backend_err)?;
             if n == 0 {
                 return Err(StoreError::Conflict(i.id.clone()));
             }
@@ -375,6 +387,59 @@ pub(crate) fn claim_task(c: &Connection, tx: i64, id: &str, user: &str) -> R<Tas
     }
 }
 
+/// The first `max` rows of `sql` over all `topics`, in `key` order (then id): one
+/// cursor per topic, each in that order already, merged while stepping, so no more rows
+/// are read than are taken.
+fn merge_topics<K: Ord>(
+    c: &Connection,
+    sql: &str,
+    topics: &[TopicLock],
+    now: Timestamp,
+    max: usize,
+    key: impl Fn(&ExternalTaskRecord) -> K,
+) -> R<Vec<ExternalTaskRecord>> {
+    let mut stmts = topics
+        .iter()
+        .map(|_| c.prepare_cached(sql))
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(backend_err)?;
+    let mut cursors = Vec::with_capacity(stmts.len());
+    for (stmt, t) in stmts.iter_mut().zip(topics) {
+        cursors.push(
+            stmt.query(params![t.topic, ms(now), max as i64])
+                .map_err(backend_err)?,
+        );
+    }
+    fn next(rows: &mut rusqlite::Rows<'_>) -> R<Option<ExternalTaskRecord>> {
+        match rows.next().map_err(backend_err)? {
+            Some(row) => Ok(Some(rows::external(row).map_err(backend_err)?)),
+            None => Ok(None),
+        }
+    }
+    let mut heads = Vec::with_capacity(cursors.len());
+    for rows in cursors.iter_mut() {
+        heads.push(next(rows)?);
+    }
+    let mut out = Vec::new();
+    while out.len() < max {
+        let Some(i) = (0..heads.len())
+            .filter(|&i| heads[i].is_some())
+            .min_by(|&a, &b| {
+                let (a, b) = (heads[a].as_ref().unwrap(), heads[b].as_ref().unwrap());
+                (key(a), &a.id).cmp(&(key(b), &b.id))
+            })
+        else {
+            break;
+        };
+        out.push(heads[i].take().expect("a head was chosen"));
+        heads[i] = next(&mut cursors[i])?;
+    }
+    Ok(out)
+}
+
+/// Locks up to `max` fetchable tasks of `topics` for `worker`. Only task rows are read
+/// and written here, on the writer; the instances' variables are read afterwards on a
+/// reader ([`crate::reads::variables_of`]).
 pub(crate) fn fetch_and_lock(
     c: &Connection,
     tx: i64,
@@ -382,56 +447,38 @@ pub(crate) fn fetch_and_lock(
     max: usize,
     topics: &[TopicLock],
     now: Timestamp,
-) -> R<Vec<(ExternalTaskRecord, String)>> {
+) -> R<Vec<ExternalTaskRecord>> {
     if topics.is_empty() || max == 0 {
         return Ok(Vec::new());
     }
-    let cols = EXTERNAL_COLS
-        .split(", ")
-        .map(|c| format!("e.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let from = "FROM external_tasks e JOIN instances i ON i.id = e.instance_id WHERE e.topic = ?1";
-    let ready = "(e.retries IS NULL OR e.retries > 0) AND (e.retry_at IS NULL OR e.retry_at <= ?2)";
+    let from = format!("SELECT {EXTERNAL_COLS} FROM external_tasks WHERE topic = ?1");
+    let ready = "(retries IS NULL OR retries > 0) AND (retry_at IS NULL OR retry_at <= ?2)";
     // Per topic, two index range scans that never step over locked rows: expired locks
     // first (a crashed worker's tasks are the oldest), then never-locked tasks in creation
     // order. The candidates of all topics are then merged by creation time.
     let expired = format!(
-        "SELECT {cols}, i.variables {from} AND e.lock_expires_at IS NOT NULL AND e.lock_expires_at <= ?2 AND {ready} \
-         ORDER BY e.lock_expires_at LIMIT ?3"
+        "{from} AND lock_expires_at IS NOT NULL AND lock_expires_at <= ?2 AND {ready} \
+         ORDER BY lock_expires_at, created_at, id LIMIT ?3"
     );
-    let fresh = format!(
-        "SELECT {cols}, i.variables {from} AND e.lock_expires_at IS NULL AND {ready} ORDER BY e.created_at, e.id LIMIT ?3"
-    );
-    let mut found: Vec<(ExternalTaskRecord, String)> = Vec::new();
-    for sql in [&expired, &fresh] {
-        for t in topics {
-            let rows: Vec<(ExternalTaskRecord, String)> = c
-                .prepare_cached(sql)
-                .and_then(|mut s| {
-                    s.query_map(params![t.topic, ms(now), max as i64], |r| {
-                        Ok((rows::external(r)?, r.get::<_, String>(11)?))
-                    })?
-                    .collect()
-                })
-                .map_err(backend_err)?;
-            found.extend(rows);
-        }
-        if found.len() >= max {
-            break;
-        }
+    let fresh =
+        format!("{from} AND lock_expires_at IS NULL AND {ready} ORDER BY created_at, id LIMIT ?3");
+    let mut found: Vec<ExternalTaskRecord> = Vec::new();
+    found.extend(merge_topics(c, &expired, topics, now, max, |t| {
+        (t.lock_expires_at, t.created_at)
+    })?);
+    if found.len() < max {
+        let more = merge_topics(c, &fresh, topics, now, max - found.len(), |t| {
+            (None::<Timestamp>, t.created_at)
+        })?;
+        found.extend(more);
     }
-    found.sort_by(|a, b| {
-        (a.0.lock_expires_at.is_none(), a.0.created_at, &a.0.id).cmp(&(
-            b.0.lock_expires_at.is_none(),
-            b.0.created_at,
-            &b.0.id,
-        ))
-    });
-    found.truncate(max);
     let mut j = Journal::new(tx);
-    let mut out = Vec::with_capacity(found.len());
-    for (mut task, vars) in found {
+    let mut stmt = c
+        .prepare_cached(
+            "UPDATE external_tasks SET worker_id = ?2, lock_expires_at = ?3 WHERE id = ?1",
+        )
+        .map_err(backend_err)?;
+    for task in found.iter_mut() {
         let lock_ms = topics
             .iter()
             .find(|t| t.topic == task.topic)
@@ -439,16 +486,12 @@ pub(crate) fn fetch_and_lock(
             .unwrap_or(0);
         task.worker_id = Some(worker.to_string());
         task.lock_expires_at = Some(rows::from_ms(ms(now) + lock_ms));
-        c.prepare_cached(
-            "UPDATE external_tasks SET worker_id = ?2, lock_expires_at = ?3 WHERE id = ?1",
-        )
-        .and_then(|mut s| s.execute(params![task.id, worker, task.lock_expires_at.map(ms)]))
-        .map_err(backend_err)?;
-        j.add("externalTask", &task.id, "update", Some(&task))?;
-        out.push((task, vars));
+        stmt.execute(params![task.id, worker, task.lock_expires_at.map(ms)])
+            .map_err(backend_err)?;
+        j.add("externalTask", &task.id, "update", Some(&*task))?;
     }
     j.flush(c)?;
-    Ok(out)
+    Ok(found)
 }
 
 pub(crate) fn acquire_due_timers(

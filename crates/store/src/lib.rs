@@ -5,8 +5,10 @@
 //! command, which the store commits atomically together with its journal rows.
 
 pub mod conformance;
+mod history;
 mod records;
 
+pub use history::{decode_history, encode_history};
 pub use records::*;
 
 use async_trait::async_trait;

@@ -26,6 +26,23 @@ pub enum CoreError {
     Corrupt(String, String),
 }
 
+/// What a change set holds until [`Transition::finish`] puts the new instance state in:
+/// the identity only, so opening a transition copies no variables.
+fn placeholder(inst: &InstanceRecord) -> InstanceRecord {
+    InstanceRecord {
+        id: inst.id.clone(),
+        definition_id: String::new(),
+        definition_key: String::new(),
+        business_key: None,
+        state: inst.state,
+        variables: Vars::new(),
+        runtime: Value::Null,
+        version: inst.version,
+        started_at: inst.started_at,
+        ended_at: None,
+    }
+}
+
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -65,7 +82,7 @@ impl<'d> Transition<'d> {
             started_at: now,
             ended_at: None,
         };
-        let cs = ChangeSet::new(inst.clone(), None);
+        let cs = ChangeSet::new(placeholder(&inst), None);
         Transition {
             def,
             now,
@@ -89,7 +106,7 @@ impl<'d> Transition<'d> {
         }
         let rt = Runtime::from_json(&inst.runtime)
             .map_err(|e| CoreError::Corrupt(inst.id.clone(), e.to_string()))?;
-        let mut cs = ChangeSet::new(inst.clone(), Some(inst.version));
+        let mut cs = ChangeSet::new(placeholder(&inst), Some(inst.version));
         cs.prior_state = Some(inst.state);
         Ok(Transition {
             def,

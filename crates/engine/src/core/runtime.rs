@@ -69,7 +69,7 @@ impl Runtime {
         if v.is_null() {
             return Ok(Runtime::default());
         }
-        serde_json::from_value(v.clone())
+        Runtime::deserialize(v)
     }
 
     pub fn to_json(&self) -> serde_json::Value {

@@ -40,6 +40,10 @@ pub struct BenchArgs {
     pub workers: usize,
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Keep the SQLite benchmark database in this directory (for inspection) instead of
+    /// a temporary one.
+    #[arg(long)]
+    pub sqlite_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
@@ -52,9 +56,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     {
         match backend {
             "sqlite" => {
-                let dir = tempfile::tempdir()?;
-                let store =
-                    steadyflow_store_sqlite::SqliteStore::open(dir.path().join("bench.db"))?;
+                let tmp = tempfile::tempdir()?;
+                let path = match &args.sqlite_dir {
+                    Some(dir) => {
+                        let path = dir.join("bench.db");
+                        for suffix in ["", "-wal", "-shm"] {
+                            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                        }
+                        path
+                    }
+                    None => tmp.path().join("bench.db"),
+                };
+                let store = steadyflow_store_sqlite::SqliteStore::open(&path)?;
                 measure("sqlite", Arc::new(store), &args).await?;
             }
             "postgres" => {
