@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use deadpool_postgres::Pool;
-use serde_json::Value;
 use serde_json::value::RawValue;
 use steadyflow_store::*;
 use tokio::sync::{mpsc, oneshot};
@@ -618,7 +617,7 @@ struct InstanceCols<'c> {
     business_key: Vec<Option<&'c str>>,
     state: Vec<&'static str>,
     variables: Vec<Json<&'c Vars>>,
-    runtime: Vec<&'c Value>,
+    runtime: Vec<Json<&'c RawValue>>,
     version: Vec<i64>,
     started_at: Vec<i64>,
     ended_at: Vec<Option<i64>>,
@@ -701,7 +700,7 @@ impl<'c> InstanceCols<'c> {
         self.business_key.push(i.business_key.as_deref());
         self.state.push(i.state.as_str());
         self.variables.push(Json(&i.variables));
-        self.runtime.push(&i.runtime);
+        self.runtime.push(Json(i.runtime.as_raw()));
         self.version.push(i.version);
         self.started_at.push(ms(i.started_at));
         self.ended_at.push(i.ended_at.map(ms));

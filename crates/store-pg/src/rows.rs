@@ -89,7 +89,10 @@ pub(crate) fn instance_at(row: &Row, at: usize) -> Result<InstanceRecord> {
         business_key: get(row, at + 3)?,
         state: InstanceState::parse(&state).ok_or_else(|| corrupt("instance state", &state))?,
         variables: vars(get(row, at + 5)?)?,
-        runtime: get(row, at + 6)?,
+        runtime: {
+            let Json(raw) = get::<Json<Box<serde_json::value::RawValue>>>(row, at + 6)?;
+            RawJson::from_text(raw.get().to_string()).map_err(|e| corrupt("instance runtime", e))?
+        },
         version: get(row, at + 7)?,
         started_at: ts(row, at + 8)?,
         ended_at: opt_ts(row, at + 9)?,

@@ -106,7 +106,7 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
         .map_err(backend_err)?;
     if !read_only {
         conn.execute_batch(
-            "PRAGMA page_size=8192; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=8192;",
+            "PRAGMA page_size=4096; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=8192;",
         )
         .map_err(backend_err)?;
     }

@@ -57,7 +57,8 @@ pub(crate) fn instance(row: &Row) -> rusqlite::Result<InstanceRecord> {
             )
         })?,
         variables: json(row, 5)?,
-        runtime: json(row, 6)?,
+        runtime: RawJson::from_text(row.get(6)?)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(6, Type::Text, Box::new(e)))?,
         version: row.get(7)?,
         started_at: from_ms(row.get(8)?),
         ended_at: opt_ms(row, 9)?,

@@ -126,7 +126,6 @@ pub(crate) fn deploy(
 /// JSON of a change set, made on the caller's thread so the writer only writes.
 pub(crate) struct Images {
     vars: String,
-    runtime: String,
     instance: String,
     tasks: Vec<(String, String, String)>,
     externals: Vec<String>,
@@ -140,7 +139,6 @@ impl Images {
         let all = |v: Vec<R<String>>| v.into_iter().collect::<R<Vec<String>>>();
         Ok(Images {
             vars: to_json(&ch.instance.variables)?,
-            runtime: to_json(&ch.instance.runtime)?,
             instance: to_json(&ch.instance)?,
             tasks: ch
                 .tasks_created
@@ -180,7 +178,7 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
     }
     let mut j = Journal::new(tx);
     let i = &ch.instance;
-    let (vars, runtime) = (&img.vars, &img.runtime);
+    let (vars, runtime) = (&img.vars, i.runtime.as_str());
     match ch.expected_version {
         None => {
             c.prepare_cached(

@@ -106,7 +106,7 @@ fn instance(id: &str, key: &str) -> InstanceRecord {
         business_key: None,
         state: InstanceState::Active,
         variables: vars(json!({"amount": 42, "customer": {"name": "Ada"}})),
-        runtime: json!({"tokens": [{"id": "t1", "at": "start"}]}),
+        runtime: json!({"tokens": [{"id": "t1", "at": "start"}]}).into(),
         version: 1,
         started_at: at(0),
         ended_at: None,
@@ -528,7 +528,7 @@ async fn apply_update_replaces_and_removes(store: Arc<dyn Store>) {
 
     let mut change = update_of(&inst);
     change.instance.variables = vars(json!({"amount": 43, "approved": true}));
-    change.instance.runtime = json!({"tokens": []});
+    change.instance.runtime = json!({"tokens": []}).into();
     change.instance.business_key = Some("bk-late".into());
     change.instance.state = InstanceState::Incident;
     change.tasks_removed = vec!["t-1".into()];

@@ -71,6 +71,69 @@ impl InstanceState {
     }
 }
 
+/// JSON text kept as it was written: checked once, then passed through (stored, read,
+/// cloned, embedded in a journal image) without being parsed into a tree again. Cheap
+/// to clone. Equality compares the text.
+#[derive(Clone)]
+pub struct RawJson(std::sync::Arc<serde_json::value::RawValue>);
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<serde_json::value::RawValue>::deserialize(d).map(|r| RawJson(r.into()))
+    }
+}
+
+impl RawJson {
+    pub fn null() -> Self {
+        RawJson::from_text("null".to_string()).expect("null is JSON")
+    }
+
+    /// Checks that `text` is one JSON value.
+    pub fn from_text(text: String) -> Result<Self, serde_json::Error> {
+        serde_json::value::RawValue::from_string(text).map(|r| RawJson(r.into()))
+    }
+
+    pub fn to_raw<T: Serialize + ?Sized>(v: &T) -> Result<Self, serde_json::Error> {
+        serde_json::value::to_raw_value(v).map(|r| RawJson(r.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    pub fn as_raw(&self) -> &serde_json::value::RawValue {
+        &self.0
+    }
+
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.as_str()).expect("RawJson holds JSON")
+    }
+}
+
+impl From<Value> for RawJson {
+    fn from(v: Value) -> Self {
+        RawJson::to_raw(&v).expect("a JSON value serializes")
+    }
+}
+
+impl PartialEq for RawJson {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceRecord {
@@ -80,8 +143,8 @@ pub struct InstanceRecord {
     pub business_key: Option<String>,
     pub state: InstanceState,
     pub variables: Vars,
-    /// Engine-owned execution state (tokens, joins); opaque to the store.
-    pub runtime: Value,
+    /// Engine-owned execution state (tokens, joins); opaque to the store, kept as text.
+    pub runtime: RawJson,
     /// Optimistic lock: bumped by every committed change.
     pub version: i64,
     pub started_at: Timestamp,

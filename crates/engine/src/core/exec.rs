@@ -7,7 +7,7 @@ use steadyflow_expr::{Context, Layered};
 use steadyflow_model::{ElementKind, ProcessDefinition, TimerDef};
 use steadyflow_store::{
     ChangeSet, ExternalTaskRecord, HistoryRecord, IncidentRecord, InstanceRecord, InstanceState,
-    TaskRecord, TimerRecord, Timestamp, Vars,
+    RawJson, TaskRecord, TimerRecord, Timestamp, Vars,
 };
 
 use super::runtime::{Runtime, Token, Wait};
@@ -36,7 +36,7 @@ fn placeholder(inst: &InstanceRecord) -> InstanceRecord {
         business_key: None,
         state: inst.state,
         variables: Vars::new(),
-        runtime: Value::Null,
+        runtime: RawJson::null(),
         version: inst.version,
         started_at: inst.started_at,
         ended_at: None,
@@ -77,7 +77,7 @@ impl<'d> Transition<'d> {
             business_key,
             state: InstanceState::Active,
             variables,
-            runtime: Value::Null,
+            runtime: RawJson::null(),
             version: 0,
             started_at: now,
             ended_at: None,

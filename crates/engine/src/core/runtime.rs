@@ -1,7 +1,7 @@
 //! The persisted execution state of one instance (`InstanceRecord::runtime`).
 
 use serde::{Deserialize, Serialize};
-use steadyflow_store::Vars;
+use steadyflow_store::{RawJson, Vars};
 
 /// Where a token stands while the instance is at rest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,15 +65,15 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn from_json(v: &serde_json::Value) -> Result<Runtime, serde_json::Error> {
-        if v.is_null() {
-            return Ok(Runtime::default());
+    pub fn from_json(v: &RawJson) -> Result<Runtime, serde_json::Error> {
+        match v.as_str() {
+            "null" => Ok(Runtime::default()),
+            text => serde_json::from_str(text),
         }
-        Runtime::deserialize(v)
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).expect("runtime serializes")
+    pub fn to_json(&self) -> RawJson {
+        RawJson::to_raw(self).expect("runtime serializes")
     }
 
     pub fn has_incident(&self) -> bool {
