@@ -2,6 +2,8 @@
 //! appends its journal rows in that same transaction. Clean failures (`Conflict`,
 //! `NotFound`, `Rejected`) are raised before the first write.
 
+use std::borrow::Cow;
+
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use steadyflow_store::*;
@@ -11,13 +13,22 @@ use crate::rows::{self, *};
 
 type R<T> = Result<T>;
 
-/// Journal rows of one command, written together by [`Journal::flush`] (multi-row inserts).
-struct Journal {
+/// Journal rows of one command, written together by [`Journal::flush`] (multi-row
+/// inserts). Ids and images are borrowed from the change set where they exist already.
+struct Journal<'a> {
     tx: i64,
-    rows: Vec<(&'static str, String, &'static str, Option<String>)>,
+    rows: Vec<JournalRow<'a>>,
 }
 
-impl Journal {
+/// Entity, entity id, operation, row image.
+type JournalRow<'a> = (
+    &'static str,
+    Cow<'a, str>,
+    &'static str,
+    Option<Cow<'a, str>>,
+);
+
+impl<'a> Journal<'a> {
     fn new(tx: i64) -> Self {
         Journal {
             tx,
@@ -28,31 +39,28 @@ impl Journal {
     fn add<T: Serialize>(
         &mut self,
         entity: &'static str,
-        id: &str,
+        id: impl Into<Cow<'a, str>>,
         op: &'static str,
         row: Option<&T>,
     ) -> R<()> {
         let image = match row {
-            Some(r) => Some(to_json(r)?),
+            Some(r) => Some(Cow::Owned(to_json(r)?)),
             None => None,
         };
-        self.rows.push((entity, id.to_string(), op, image));
+        self.rows.push((entity, id.into(), op, image));
         Ok(())
     }
 
-    fn raw(&mut self, entity: &'static str, id: &str, op: &'static str, image: &str) {
+    fn raw(&mut self, entity: &'static str, id: &'a str, op: &'static str, image: &'a str) {
         self.rows
-            .push((entity, id.to_string(), op, Some(image.to_string())));
+            .push((entity, Cow::Borrowed(id), op, Some(Cow::Borrowed(image))));
     }
 
     fn flush(self, c: &Connection) -> R<()> {
         for chunk in self.rows.chunks(CHUNK) {
-            let sql = multi_insert(
-                "journal (tx_time, entity, entity_id, op, row)",
-                5,
-                chunk.len(),
-            );
-            let mut stmt = c.prepare_cached(&sql).map_err(backend_err)?;
+            let mut stmt = c
+                .prepare_cached(journal_insert(chunk.len()))
+                .map_err(backend_err)?;
             let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 5);
             for (entity, id, op, row) in chunk {
                 args.extend([&self.tx as &dyn rusqlite::ToSql, entity, id, op, row]);
@@ -66,13 +74,20 @@ impl Journal {
 /// Rows per multi-row insert statement.
 const CHUNK: usize = 32;
 
-/// `INSERT INTO <table_cols> VALUES (?, ...), (...)` for `rows` rows of `cols` columns.
-fn multi_insert(table_cols: &str, cols: usize, rows: usize) -> String {
-    let one = format!("({})", vec!["?"; cols].join(", "));
-    format!(
-        "INSERT INTO {table_cols} VALUES {}",
-        vec![one; rows].join(", ")
-    )
+/// The journal insert of `rows` rows (1..=CHUNK), made once.
+fn journal_insert(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (0..=CHUNK)
+            .map(|n| {
+                format!(
+                    "INSERT INTO journal (tx_time, entity, entity_id, op, row) VALUES {}",
+                    vec!["(?, ?, ?, ?, ?)"; n].join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[rows]
 }
 
 fn to_json<T: Serialize>(v: &T) -> R<String> {
@@ -113,7 +128,7 @@ pub(crate) fn deploy(
             s.execute(params![record.id, record.key, version, record.name, record.checksum, d.xml, ms(now)])
         })
         .map_err(backend_err)?;
-        j.add("definition", &record.id, "insert", Some(&record))?;
+        j.add("definition", record.id.clone(), "insert", Some(&record))?;
         out.push(Deployed {
             definition: record,
             created: true,
@@ -308,7 +323,13 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
     j.flush(c)
 }
 
-fn delete(c: &Connection, j: &mut Journal, table: &str, entity: &'static str, id: &str) -> R<()> {
+fn delete<'a>(
+    c: &Connection,
+    j: &mut Journal<'a>,
+    table: &str,
+    entity: &'static str,
+    id: &'a str,
+) -> R<()> {
     let n = c
         .prepare_cached(&format!("DELETE FROM {table} WHERE id = ?1"))
         .and_then(|mut s| s.execute([id]))
@@ -319,7 +340,12 @@ fn delete(c: &Connection, j: &mut Journal, table: &str, entity: &'static str, id
     Ok(())
 }
 
-fn upsert_external(c: &Connection, j: &mut Journal, e: &ExternalTaskRecord, image: &str) -> R<()> {
+fn upsert_external<'a>(
+    c: &Connection,
+    j: &mut Journal<'a>,
+    e: &'a ExternalTaskRecord,
+    image: &'a str,
+) -> R<()> {
     let p = params![
         e.id,
         e.instance_id,
@@ -396,9 +422,10 @@ fn merge_topics<K: Ord>(
     max: usize,
     key: impl Fn(&ExternalTaskRecord) -> K,
 ) -> R<Vec<ExternalTaskRecord>> {
-    let mut stmts = topics
-        .iter()
-        .map(|_| c.prepare_cached(sql))
+    // One cached statement per cursor: the same text again would re-prepare while the
+    // first is in use, so each slot's text is made distinct.
+    let mut stmts = (0..topics.len())
+        .map(|slot| c.prepare_cached(&format!("{sql} -- cursor {slot}")))
         .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(backend_err)?;
     let mut cursors = Vec::with_capacity(stmts.len());
@@ -519,7 +546,7 @@ pub(crate) fn acquire_due_timers(
         c.prepare_cached("UPDATE timers SET owner = ?2, lock_until = ?3 WHERE id = ?1")
             .and_then(|mut s| s.execute(params![t.id, owner, ms(lock_until)]))
             .map_err(backend_err)?;
-        j.add("timer", &t.id, "update", Some(&t))?;
+        j.add("timer", t.id.clone(), "update", Some(&t))?;
         out.push(t);
     }
     j.flush(c)?;

@@ -81,10 +81,12 @@ CREATE TABLE incidents (
 );
 CREATE INDEX incidents_instance ON incidents (instance_id);
 
--- One row per engine command: the JSON array of the history events it produced, in
--- order. (One row per event cost a third of the write throughput.)
+-- One row per engine command: one compact JSON document of the history events it
+-- produced, in order (steadyflow_store::encode_history). One row per event cost a
+-- third of the write throughput. `seq` only orders an instance's rows (a plain rowid:
+-- AUTOINCREMENT would write sqlite_sequence on every insert).
 CREATE TABLE history (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     instance_id TEXT NOT NULL,
     time INTEGER NOT NULL,
     events TEXT NOT NULL
