@@ -125,6 +125,16 @@ impl SqliteStore {
             })?;
         }
         let mut conn = open_conn(&path, false)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(backend_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "SQLite database {} cannot use write-ahead logging (journal mode is {mode}); \
+                 put it on a local filesystem",
+                path.display()
+            )));
+        }
         migrate::run(&mut conn)?;
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         Ok(SqliteStore {

@@ -54,13 +54,20 @@ impl Writer {
     /// a separate checkpointing thread measured no faster on this machine) and the
     /// syncer thread flushing `wal` (the database's `-wal` file).
     pub(crate) fn start(conn: Connection, wal: PathBuf) -> Result<Writer> {
+        // The WAL exists once the connection is in WAL mode and has written (migrations).
+        let wal_file = std::fs::File::open(&wal).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "SQLite write-ahead log {} is missing ({e}): is the database in WAL mode?",
+                wal.display()
+            ))
+        })?;
         let (queue, rx) = mpsc::channel::<Job>();
         let (to_sync, synced) = mpsc::channel::<Pending>();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
         std::thread::Builder::new()
             .name("sqlite-syncer".into())
-            .spawn(move || sync_loop(wal, synced, flag))
+            .spawn(move || sync_loop(wal, wal_file, synced, flag))
             .map_err(|e| StoreError::Backend(format!("cannot start syncer thread: {e}")))?;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
@@ -145,22 +152,18 @@ fn wal_failed() -> StoreError {
 /// Flushes the WAL for every batch committed so far, then answers their callers. A
 /// failed flush leaves the durability of those batches unknown: their callers get an
 /// error and the store takes no more writes (fail-stop, as PostgreSQL does).
-fn sync_loop(wal: PathBuf, rx: mpsc::Receiver<Pending>, failed: Arc<AtomicBool>) {
-    let mut file: Option<std::fs::File> = None;
+fn sync_loop(
+    wal: PathBuf,
+    file: std::fs::File,
+    rx: mpsc::Receiver<Pending>,
+    failed: Arc<AtomicBool>,
+) {
     while let Ok(first) = rx.recv() {
         let mut answers = first;
         while let Ok(more) = rx.try_recv() {
             answers.extend(more);
         }
-        let flushed = match &file {
-            Some(f) => f.sync_data(),
-            None => std::fs::File::open(&wal).and_then(|f| {
-                let r = f.sync_data();
-                file = Some(f);
-                r
-            }),
-        };
-        if let Err(e) = flushed {
+        if let Err(e) = file.sync_data() {
             tracing::error!(wal = %wal.display(), error = %e, "cannot flush the SQLite WAL; refusing further writes");
             failed.store(true, Ordering::Release);
         }
