@@ -71,6 +71,12 @@ enum Attempt {
 /// updates it at once; one on another node is seen within this time).
 const LATEST_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
+fn too_busy(external_task: &str) -> EngineError {
+    EngineError::Conflict(format!(
+        "external task {external_task} is too busy: gave up after {MAX_ATTEMPTS} attempts"
+    ))
+}
+
 impl From<CoreError> for EngineError {
     fn from(e: CoreError) -> Self {
         match e {
@@ -472,21 +478,29 @@ impl Engine {
             return Ok(out);
         }
         for _ in 0..MAX_ATTEMPTS {
-            let (task, instance) = self
-                .store
-                .external_task_with_instance(id)
-                .await?
-                .ok_or_else(|| EngineError::not_found("external task", id))?;
-            self.check_lock(task, worker)?;
+            let (_, instance) = self.locked_with_instance(id, worker).await?;
             if let Attempt::Committed(out) = self.attempt(instance, false, &mut f).await? {
                 self.hot.forget_task(id);
                 return Ok(out);
             }
             tokio::task::yield_now().await;
         }
-        Err(EngineError::Conflict(format!(
-            "external task {id} is too busy: gave up after {MAX_ATTEMPTS} attempts"
-        )))
+        Err(too_busy(id))
+    }
+
+    /// The external task and its instance, read fresh, if `worker` holds an unexpired
+    /// lock on the task.
+    async fn locked_with_instance(
+        &self,
+        id: &str,
+        worker: &str,
+    ) -> Result<(ExternalTaskRecord, InstanceRecord)> {
+        let (task, instance) = self
+            .store
+            .external_task_with_instance(id)
+            .await?
+            .ok_or_else(|| EngineError::not_found("external task", id))?;
+        Ok((self.check_lock(task, worker)?, instance))
     }
 
     pub async fn fail_external_task(
@@ -500,12 +514,7 @@ impl Engine {
             )));
         }
         for _ in 0..MAX_ATTEMPTS {
-            let (task, instance) = self
-                .store
-                .external_task_with_instance(id)
-                .await?
-                .ok_or_else(|| EngineError::not_found("external task", id))?;
-            let mut task = self.check_lock(task, &failure.worker_id)?;
+            let (mut task, instance) = self.locked_with_instance(id, &failure.worker_id).await?;
             let now = self.now();
             task.retries = Some(failure.retries);
             task.error_message = Some(failure.error_message.clone());
@@ -523,9 +532,7 @@ impl Engine {
             }
             tokio::task::yield_now().await;
         }
-        Err(EngineError::Conflict(format!(
-            "external task {id} is too busy: gave up after {MAX_ATTEMPTS} attempts"
-        )))
+        Err(too_busy(id))
     }
 
     /// Gives a failed external task new retries (resolving its incident when above 0).

@@ -12,6 +12,34 @@ use steadyflow_store_pg::PgStore;
 use steadyflow_store_pg::testing::{TestDatabase, fresh_database};
 use tokio_postgres::NoTls;
 
+/// A store with one writer, so every change set of a test lands in one batch.
+async fn one_writer_store(db: &TestDatabase) -> Arc<PgStore> {
+    let options = steadyflow_store_pg::PgOptions {
+        writers: 1,
+        ..Default::default()
+    };
+    Arc::new(
+        PgStore::connect_with(db.url(), options)
+            .await
+            .expect("connect"),
+    )
+}
+
+fn active_instance(id: &str, version: i64, started_at: Timestamp) -> InstanceRecord {
+    InstanceRecord {
+        id: id.into(),
+        definition_id: "order:1".into(),
+        definition_key: "order".into(),
+        business_key: None,
+        state: InstanceState::Active,
+        variables: Vars::new(),
+        runtime: serde_json::json!({}).into(),
+        version,
+        started_at,
+        ended_at: None,
+    }
+}
+
 async fn raw_client(db: &TestDatabase) -> tokio_postgres::Client {
     let (client, conn) = tokio_postgres::connect(db.url(), NoTls)
         .await
@@ -377,28 +405,9 @@ async fn batch_isolates_failures() {
     let Some(db) = fresh_database().await else {
         return;
     };
-    let options = steadyflow_store_pg::PgOptions {
-        writers: 1,
-        ..Default::default()
-    };
-    let store = Arc::new(
-        PgStore::connect_with(db.url(), options)
-            .await
-            .expect("connect"),
-    );
+    let store = one_writer_store(&db).await;
     let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-    let inst = |id: &str, version: i64| InstanceRecord {
-        id: id.into(),
-        definition_id: "order:1".into(),
-        definition_key: "order".into(),
-        business_key: None,
-        state: InstanceState::Active,
-        variables: Vars::new(),
-        runtime: serde_json::json!({}).into(),
-        version,
-        started_at: t0,
-        ended_at: None,
-    };
+    let inst = |id: &str, version: i64| active_instance(id, version, t0);
     let task = |id: &str, instance: &str| TaskRecord {
         id: id.into(),
         instance_id: instance.into(),
@@ -501,28 +510,9 @@ async fn losers_in_the_database_drop_out_of_their_batch() {
     let Some(db) = fresh_database().await else {
         return;
     };
-    let options = steadyflow_store_pg::PgOptions {
-        writers: 1,
-        ..Default::default()
-    };
-    let store = Arc::new(
-        PgStore::connect_with(db.url(), options)
-            .await
-            .expect("connect"),
-    );
+    let store = one_writer_store(&db).await;
     let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-    let inst = |id: &str, version: i64| InstanceRecord {
-        id: id.into(),
-        definition_id: "order:1".into(),
-        definition_key: "order".into(),
-        business_key: None,
-        state: InstanceState::Active,
-        variables: Vars::new(),
-        runtime: serde_json::json!({}).into(),
-        version,
-        started_at: t0,
-        ended_at: None,
-    };
+    let inst = |id: &str, version: i64| active_instance(id, version, t0);
     // Instances y0..y9 at version 3, written behind the store's back.
     let admin = raw_client(&db).await;
     admin
