@@ -1,7 +1,8 @@
 //! End-to-end tests across crates, in one test binary (one link on 2 cores):
 //! the BPMN conformance runner over the shared corpus (in process on SQLite and
 //! PostgreSQL, and over HTTP against a started `steadyflow serve`), crash consistency,
-//! and two engine nodes sharing one PostgreSQL database.
+//! two engine nodes sharing one PostgreSQL database, and two engines whose hot caches go
+//! stale under each other.
 
 mod e2e {
     pub mod consistency;
@@ -15,5 +16,6 @@ mod e2e {
     mod cluster_tests;
     mod conformance_tests;
     mod crash_tests;
+    mod hot_cache_tests;
     mod openapi_tests;
 }
