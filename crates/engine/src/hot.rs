@@ -6,6 +6,7 @@
 //! the instance) fails to commit and the command runs again on a fresh read. Nothing
 //! is ever answered from the cache alone.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
@@ -35,15 +36,17 @@ impl<K: Eq + Hash, V: Clone> Generations<K, V> {
         }
     }
 
-    fn get(&mut self, k: &K) -> Option<V>
+    /// Looks `k` up by reference (no owned key is made unless the entry moves).
+    fn get<Q>(&mut self, k: &Q) -> Option<V>
     where
-        K: Clone,
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
     {
         if let Some(v) = self.young.get(k) {
             return Some(v.clone());
         }
         let v = self.old.remove(k)?;
-        self.insert(k.clone(), v.clone());
+        self.insert(k.to_owned(), v.clone());
         Some(v)
     }
 
@@ -55,7 +58,11 @@ impl<K: Eq + Hash, V: Clone> Generations<K, V> {
         self.young.insert(k, v);
     }
 
-    fn remove(&mut self, k: &K) {
+    fn remove<Q>(&mut self, k: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.young.remove(k);
         self.old.remove(k);
     }
@@ -86,7 +93,7 @@ impl HotInstances {
             .instances
             .lock()
             .expect("hot instances poisoned")
-            .get(&id.to_string());
+            .get(id);
         hit.map(|i| (*i).clone())
     }
 
@@ -96,7 +103,7 @@ impl HotInstances {
             .tasks
             .lock()
             .expect("hot tasks poisoned")
-            .get(&task_id.to_string())?;
+            .get(task_id)?;
         self.get(&owner)
     }
 
@@ -104,7 +111,7 @@ impl HotInstances {
     pub(crate) fn put(&self, inst: &InstanceRecord) {
         let mut map = self.instances.lock().expect("hot instances poisoned");
         if inst.state.is_ended() {
-            map.remove(&inst.id);
+            map.remove(inst.id.as_str());
         } else {
             map.insert(inst.id.clone(), Arc::new(inst.clone()));
         }
@@ -114,7 +121,7 @@ impl HotInstances {
         self.instances
             .lock()
             .expect("hot instances poisoned")
-            .remove(&id.to_string());
+            .remove(id);
     }
 
     pub(crate) fn task_owned_by(&self, task_id: &str, instance_id: &str) {
@@ -128,7 +135,7 @@ impl HotInstances {
         self.tasks
             .lock()
             .expect("hot tasks poisoned")
-            .remove(&task_id.to_string());
+            .remove(task_id);
     }
 }
 

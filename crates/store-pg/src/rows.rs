@@ -91,7 +91,7 @@ pub(crate) fn instance_at(row: &Row, at: usize) -> Result<InstanceRecord> {
         variables: vars(get(row, at + 5)?)?,
         runtime: {
             let Json(raw) = get::<Json<Box<serde_json::value::RawValue>>>(row, at + 6)?;
-            RawJson::from_text(raw.get().to_string()).map_err(|e| corrupt("instance runtime", e))?
+            RawJson::from(raw)
         },
         version: get(row, at + 7)?,
         started_at: ts(row, at + 8)?,

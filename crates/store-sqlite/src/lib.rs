@@ -291,8 +291,8 @@ impl Store for SqliteStore {
         if locked.is_empty() {
             return Ok(Vec::new());
         }
-        // The variables are read after the lock committed, on a reader: a locked task's
-        // instance cannot end before the task is completed.
+        // The variables are read after the lock committed, on a reader (instance rows are
+        // never deleted, so each locked task's instance is there).
         let ids: Vec<String> = locked.iter().map(|t| t.instance_id.clone()).collect();
         let vars = self.read(move |c| reads::variables_of(c, &ids)).await?;
         locked

@@ -85,7 +85,7 @@ impl Serialize for RawJson {
 
 impl<'de> Deserialize<'de> for RawJson {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Box::<serde_json::value::RawValue>::deserialize(d).map(|r| RawJson(r.into()))
+        Box::<serde_json::value::RawValue>::deserialize(d).map(RawJson::from)
     }
 }
 
@@ -110,9 +110,12 @@ impl RawJson {
     pub fn as_raw(&self) -> &serde_json::value::RawValue {
         &self.0
     }
+}
 
-    pub fn to_value(&self) -> Value {
-        serde_json::from_str(self.as_str()).expect("RawJson holds JSON")
+/// Already checked JSON (as a driver hands it over): kept without copying.
+impl From<Box<serde_json::value::RawValue>> for RawJson {
+    fn from(raw: Box<serde_json::value::RawValue>) -> Self {
+        RawJson(raw.into())
     }
 }
 
