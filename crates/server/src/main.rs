@@ -1,5 +1,6 @@
 //! `steadyflow`: the BPMN engine with disaster recovery built in.
 
+mod backup_cmd;
 mod bench;
 mod config;
 mod serve;
@@ -36,6 +37,12 @@ enum Command {
     /// Benchmark: run the reference process (external task -> exclusive gateway -> parallel
     /// fork of two external tasks -> join) for N instances with persistence; prints instances/s.
     Bench(bench::BenchArgs),
+    /// Back up the database and configuration files into a verified archive
+    /// (`backup list`, `backup verify` manage them).
+    Backup(backup_cmd::BackupArgs),
+    /// Restore a backup (by id, file or `latest`) into the configured database, after
+    /// checking every row against the archive's manifest.
+    Restore(backup_cmd::RestoreArgs),
     /// Print the OpenAPI document of the REST API (the same one served at /api/v1/openapi.json).
     Openapi,
 }
@@ -65,6 +72,14 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Command::Bench(args) => bench::run(args).await,
+            Command::Backup(args) => {
+                let code = backup_cmd::backup(args, cli.config.as_deref()).await;
+                std::process::exit(code)
+            }
+            Command::Restore(args) => {
+                let code = backup_cmd::restore(args, cli.config.as_deref()).await;
+                std::process::exit(code)
+            }
             Command::Openapi => {
                 println!("{}", steadyflow_api::openapi().to_pretty_json()?);
                 Ok(())

@@ -5,6 +5,7 @@
 //! stale under each other.
 
 mod e2e {
+    pub mod backup_support;
     pub mod consistency;
     pub mod corpus;
     pub mod driver;
@@ -13,6 +14,7 @@ mod e2e {
     pub mod server;
     pub mod services;
 
+    mod backup_tests;
     mod cluster_tests;
     mod conformance_tests;
     mod crash_tests;

@@ -45,6 +45,7 @@ mod lookups;
 mod migrate;
 mod pipeline;
 mod reads;
+pub mod recovery;
 mod rows;
 mod shared;
 pub mod testing;

@@ -11,6 +11,7 @@
 
 mod migrate;
 mod reads;
+pub mod recovery;
 mod rows;
 mod writer;
 mod writes;
@@ -27,6 +28,8 @@ use writer::Writer;
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
+    /// Held while the store is open: a restore refuses a database a server uses.
+    _serve_lock: recovery::ServeLock,
     writer: Writer,
     readers: Readers,
 }
@@ -128,6 +131,7 @@ impl SqliteStore {
                 StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
             })?;
         }
+        let serve_lock = recovery::ServeLock::acquire(&path)?;
         let mut conn = open_conn(&path, false)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
@@ -145,6 +149,7 @@ impl SqliteStore {
             writer: Writer::start(conn, wal)?,
             readers: Readers::start(&path)?,
             path,
+            _serve_lock: serve_lock,
         })
     }
 

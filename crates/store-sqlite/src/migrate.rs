@@ -5,7 +5,8 @@ use steadyflow_store::Result;
 
 use crate::backend_err;
 
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
+pub(crate) const MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("../migrations/sqlite/0001_init.sql"))];
 
 pub(crate) fn run(conn: &mut Connection) -> Result<()> {
     let tx = conn

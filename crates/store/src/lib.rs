@@ -7,6 +7,7 @@
 pub mod conformance;
 mod history;
 mod records;
+pub mod recovery;
 
 pub use history::{decode_history, encode_history};
 pub use records::*;

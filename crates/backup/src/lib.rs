@@ -1,0 +1,27 @@
+//! Steadyflow backups: consistent, verified archives of everything the engine holds, and
+//! restores that never touch the target before the data checked out.
+//!
+//! Sees only the store's recovery traits (`steadyflow_store::recovery`), never a backend
+//! or HTTP. The `steadyflow` binary drives it (`backup`, `backup list|verify`,
+//! `restore`).
+//!
+//! Archive: `YYYYMMDD_HHMMSS-<kind>.tar.zst[.age]` holding `manifest.json`,
+//! `tables/<table>.jsonl` (one JSON object per row, portable across SQLite and
+//! PostgreSQL) and `config/<file>`; beside it `<id>.manifest.json`, the sidecar that
+//! `backup list` reads without a key.
+
+pub mod archive;
+pub mod catalog;
+pub mod create;
+pub mod error;
+pub mod keys;
+pub mod manifest;
+pub mod progress;
+pub mod restore;
+
+pub use create::{BackupOptions, ConfigFile, Parts, create};
+pub use error::{BackupError, Result, exit};
+pub use keys::{DecryptWith, EncryptTo};
+pub use manifest::{FORMAT_VERSION, Kind, Manifest, Sidecar};
+pub use progress::{Progress, ProgressSink};
+pub use restore::{Staged, TableCheck, restore_config, restore_tables, verify};

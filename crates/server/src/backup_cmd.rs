@@ -1,0 +1,684 @@
+//! `steadyflow backup …` and `steadyflow restore …`: the operators' commands around
+//! `steadyflow-backup`, with the database taken from the same configuration as `serve`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use steadyflow_backup::{
+    BackupError, BackupOptions, ConfigFile, DecryptWith, EncryptTo, Parts, Progress, ProgressSink,
+    Sidecar, catalog, exit,
+};
+use steadyflow_store::recovery::{Exporter, Staging, TargetState};
+
+use crate::config::{self, DbArgs};
+
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failed (database or I/O), 2 bad input (unknown backup, \
+wrong or missing key, newer format or schema, unsafe archive, bad flags), 3 verification failed \
+(damaged or changed archive), 4 target not empty (use --force), 5 target in use by a running server.";
+
+#[derive(Debug, Args)]
+#[command(
+    args_conflicts_with_subcommands = true,
+    after_help = EXIT_CODES,
+)]
+pub struct BackupArgs {
+    #[command(subcommand)]
+    pub command: Option<BackupCommand>,
+    #[command(flatten)]
+    pub take: TakeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TakeArgs {
+    /// Only the journal since the newest backup (not available yet: refused with exit code 2).
+    #[arg(long)]
+    pub incremental: bool,
+    /// Only the database tables.
+    #[arg(long, group = "part")]
+    pub db_only: bool,
+    /// Only the Redis keys under the engine's prefix (not available yet: refused with exit code 2).
+    #[arg(long, group = "part")]
+    pub redis_only: bool,
+    /// Only the configuration files.
+    #[arg(long, group = "part")]
+    pub config_only: bool,
+    /// Write a plain tar (zstd is the default).
+    #[arg(long)]
+    pub no_compress: bool,
+    /// Encrypt with age: passphrase from ENCRYPT_KEY, or to the recipients in
+    /// STEADYFLOW_AGE_RECIPIENTS (comma-separated `age1…` keys).
+    #[arg(long)]
+    pub encrypt: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct Common {
+    /// Backup directory.
+    #[arg(long, env = "STEADYFLOW_BACKUP_DIR", default_value = "./backups")]
+    pub dir: PathBuf,
+    /// Machine-readable output on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// List the recovery points in the backup directory (oldest first).
+    #[command(after_help = EXIT_CODES)]
+    List(Common),
+    /// Read archives back whole: checksums, decryption, manifest, row counts and content.
+    #[command(after_help = EXIT_CODES)]
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id, archive file, or `latest`.
+    #[arg(required_unless_present = "all")]
+    pub backup: Option<String>,
+    /// Every recovery point in the directory.
+    #[arg(long)]
+    pub all: bool,
+    /// age identity file for archives encrypted to recipients (env STEADYFLOW_AGE_IDENTITY).
+    #[arg(long, env = "STEADYFLOW_AGE_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES)]
+pub struct RestoreArgs {
+    /// Backup id, archive file, or `latest`.
+    pub backup: String,
+    /// Only the database tables (the default restores tables and configuration files).
+    #[arg(long, group = "part")]
+    pub db_only: bool,
+    /// Only the Redis keys (not available yet: refused with exit code 2).
+    #[arg(long, group = "part")]
+    pub redis_only: bool,
+    /// Only the configuration files (into --config-dir).
+    #[arg(long, group = "part")]
+    pub config_only: bool,
+    /// Point-in-time restore (not available yet: refused with exit code 2).
+    #[arg(long, value_name = "RFC3339")]
+    pub to_time: Option<String>,
+    /// Restore into a scratch database, check it, report, and drop it: the target is
+    /// never touched.
+    #[arg(long)]
+    pub test: bool,
+    /// Replace a target that holds data.
+    #[arg(long)]
+    pub force: bool,
+    /// Where configuration files are restored.
+    #[arg(long, default_value = "configs")]
+    pub config_dir: PathBuf,
+    /// age identity file for archives encrypted to recipients (env STEADYFLOW_AGE_IDENTITY).
+    #[arg(long, env = "STEADYFLOW_AGE_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// The database a command works on.
+enum Db {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Db {
+    fn from_url(url: &str) -> Result<Db, BackupError> {
+        if let Some(p) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            Ok(Db::Sqlite(PathBuf::from(p)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Db::Postgres(url.to_string()))
+        } else {
+            Err(BackupError::BadInput(format!(
+                "unsupported database URL `{}`: use sqlite://PATH or postgres://HOST/DB",
+                config::redact(url)
+            )))
+        }
+    }
+
+    fn exporter(&self) -> Result<Box<dyn Exporter>, BackupError> {
+        Ok(match self {
+            Db::Sqlite(p) => Box::new(steadyflow_store_sqlite::recovery::SqliteExporter::new(p)),
+            Db::Postgres(u) => Box::new(steadyflow_store_pg::recovery::PgExporter::new(u)?),
+        })
+    }
+
+    async fn state(&self) -> Result<TargetState, BackupError> {
+        Ok(match self {
+            Db::Sqlite(p) => steadyflow_store_sqlite::recovery::target_state(p)?,
+            Db::Postgres(u) => steadyflow_store_pg::recovery::target_state(u).await?,
+        })
+    }
+
+    async fn stage(&self) -> Result<Box<dyn Staging>, BackupError> {
+        Ok(match self {
+            Db::Sqlite(p) => {
+                let p = p.clone();
+                Box::new(
+                    tokio::task::spawn_blocking(move || {
+                        steadyflow_store_sqlite::recovery::stage(&p)
+                    })
+                    .await
+                    .map_err(|e| BackupError::BadInput(format!("staging failed: {e}")))??,
+                )
+            }
+            Db::Postgres(u) => Box::new(steadyflow_store_pg::recovery::stage(u).await?),
+        })
+    }
+
+    fn schema_version(&self) -> i64 {
+        match self {
+            Db::Sqlite(_) => steadyflow_store_sqlite::recovery::schema_version(),
+            Db::Postgres(_) => i64::from(steadyflow_store_pg::schema_version()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Db::Sqlite(p) => format!("SQLite database {}", p.display()),
+            Db::Postgres(u) => format!("PostgreSQL database {}", config::redact(u)),
+        }
+    }
+
+    /// A scratch target on the same kind of backend, for `restore --test`.
+    fn scratch(&self, dir: &Path) -> Db {
+        match self {
+            Db::Sqlite(_) => Db::Sqlite(dir.join("restore-test.db")),
+            Db::Postgres(u) => {
+                let mut cfg: tokio_postgres::Config =
+                    u.parse().unwrap_or_else(|_| tokio_postgres::Config::new());
+                cfg.dbname(format!("steadyflow_restore_test_{}", std::process::id()));
+                Db::Postgres(pg_url(u, &cfg))
+            }
+        }
+    }
+}
+
+/// `url` with its database name replaced by `cfg`'s.
+fn pg_url(url: &str, cfg: &tokio_postgres::Config) -> String {
+    let name = cfg.get_dbname().unwrap_or("postgres");
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let host_end = base[scheme_end..]
+        .find('/')
+        .map(|i| scheme_end + i)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{name}", &base[..host_end]);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+fn database(common: &Common, config_file: Option<&Path>) -> Result<Db, BackupError> {
+    let cfg = config::load(config_file, &common.db, None)
+        .map_err(|e| BackupError::BadInput(format!("{e:#}")))?;
+    Db::from_url(&cfg.database_url())
+}
+
+fn encrypt_keys() -> EncryptTo {
+    EncryptTo {
+        passphrase: std::env::var("ENCRYPT_KEY").ok().filter(|k| !k.is_empty()),
+        recipients: std::env::var("STEADYFLOW_AGE_RECIPIENTS")
+            .ok()
+            .map(|r| {
+                r.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn decrypt_keys(identity: Option<&PathBuf>) -> DecryptWith {
+    DecryptWith {
+        passphrase: std::env::var("ENCRYPT_KEY").ok().filter(|k| !k.is_empty()),
+        identity_files: identity.cloned().into_iter().collect(),
+    }
+}
+
+/// The configuration files a backup carries: the `--config` file, or the YAML files in
+/// `configs/`.
+fn config_files(config_file: Option<&Path>) -> Vec<ConfigFile> {
+    let named = |p: &Path| ConfigFile {
+        path: p.to_path_buf(),
+        name: p
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "config.yaml".into()),
+    };
+    if let Some(f) = config_file {
+        return vec![named(f)];
+    }
+    let mut files: Vec<ConfigFile> = std::fs::read_dir("configs")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .map(|p| named(&p))
+        .collect();
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    files
+}
+
+/// Progress on a terminal: one bar per step with rows and bytes; nothing otherwise
+/// (the command prints one summary line at the end).
+struct TermProgress {
+    bar: indicatif::ProgressBar,
+}
+
+impl TermProgress {
+    fn on_terminal() -> Option<Progress> {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return None;
+        }
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg}: {pos} rows, {per_sec} [{elapsed}]",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        Some(Progress::new(Arc::new(TermProgress { bar })))
+    }
+}
+
+impl ProgressSink for TermProgress {
+    fn stage(&self, name: &str) {
+        self.bar.set_message(name.to_string());
+    }
+    fn rows(&self, rows: u64, _bytes: u64) {
+        self.bar.inc(rows);
+    }
+}
+
+impl Drop for TermProgress {
+    fn drop(&mut self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+fn progress() -> Progress {
+    TermProgress::on_terminal().unwrap_or_default()
+}
+
+/// Prints the error (JSON on stdout with `--json`, text on stderr) and returns its code.
+fn fail(json: bool, e: &BackupError) -> i32 {
+    if json {
+        println!(
+            "{}",
+            json!({"ok": false, "error": {"code": e.code(), "message": e.to_string()}})
+        );
+    } else {
+        eprintln!("error: {e}");
+    }
+    e.exit_code()
+}
+
+fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn backup(args: BackupArgs, config_file: Option<&Path>) -> i32 {
+    match args.command {
+        Some(BackupCommand::List(c)) => list(&c),
+        Some(BackupCommand::Verify(v)) => verify(&v).await,
+        None => {
+            let json = args.take.common.json;
+            match take(&args.take, config_file).await {
+                Ok(s) => {
+                    if json {
+                        print_json(&json!({"ok": true, "backup": s}));
+                    } else {
+                        println!(
+                            "backup {} written: {} ({} bytes, {} rows, verified)",
+                            s.manifest.id,
+                            args.take.common.dir.join(&s.archive).display(),
+                            s.archive_size,
+                            s.manifest.table_rows()
+                        );
+                    }
+                    exit::OK
+                }
+                Err(e) => fail(json, &e),
+            }
+        }
+    }
+}
+
+async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, BackupError> {
+    if args.incremental {
+        return Err(BackupError::BadInput(
+            "incremental backups are not available in this version yet; take a full backup".into(),
+        ));
+    }
+    if args.redis_only {
+        return Err(BackupError::BadInput(
+            "Redis backups are not available in this version yet (no cache is configured)".into(),
+        ));
+    }
+    let parts = if args.db_only {
+        Parts::DbOnly
+    } else if args.config_only {
+        Parts::ConfigOnly
+    } else {
+        Parts::All
+    };
+    let exporter = if parts == Parts::ConfigOnly {
+        None
+    } else {
+        Some(database(&args.common, config_file)?.exporter()?)
+    };
+    let opts = BackupOptions {
+        dir: args.common.dir.clone(),
+        parts,
+        compress: !args.no_compress,
+        encrypt: args.encrypt.then(encrypt_keys),
+        config_files: config_files(config_file),
+        now: chrono::Utc::now(),
+    };
+    steadyflow_backup::create(exporter.as_deref(), &opts, &progress()).await
+}
+
+fn list(c: &Common) -> i32 {
+    match catalog::list(&c.dir) {
+        Ok(points) => {
+            if c.json {
+                print_json(&json!(points));
+            } else if points.is_empty() {
+                println!("no backups in {}", c.dir.display());
+            } else {
+                println!(
+                    "{:<28} {:<11} {:<8} {:>12} {:>10} {:<9} {:<21} {:<22} classes",
+                    "id",
+                    "kind",
+                    "backend",
+                    "bytes",
+                    "rows",
+                    "encrypted",
+                    "journal seq",
+                    "verified"
+                );
+                for p in points {
+                    let m = &p.manifest;
+                    let seq = m
+                        .journal
+                        .as_ref()
+                        .map(|j| match (j.journal_first_seq, j.journal_last_seq) {
+                            (Some(a), Some(b)) => format!("{a}..{b}"),
+                            _ => "-".into(),
+                        })
+                        .unwrap_or_else(|| "-".into());
+                    println!(
+                        "{:<28} {:<11} {:<8} {:>12} {:>10} {:<9} {:<21} {:<22} {}",
+                        m.id,
+                        m.kind.as_str(),
+                        m.source_backend.as_deref().unwrap_or("-"),
+                        p.archive_size,
+                        m.table_rows(),
+                        if m.encryption == "none" { "no" } else { "yes" },
+                        seq,
+                        p.verified_at
+                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+                            .unwrap_or_else(|| "never".into()),
+                        m.data_classes
+                            .iter()
+                            .map(|c| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                }
+            }
+            exit::OK
+        }
+        Err(e) => fail(c.json, &e),
+    }
+}
+
+async fn verify(v: &VerifyArgs) -> i32 {
+    let c = &v.common;
+    let targets: Vec<(PathBuf, Option<Sidecar>)> = if v.all {
+        match catalog::list(&c.dir) {
+            Ok(points) => points
+                .into_iter()
+                .map(|p| (c.dir.join(&p.archive), Some(p)))
+                .collect(),
+            Err(e) => return fail(c.json, &e),
+        }
+    } else {
+        match catalog::resolve(&c.dir, v.backup.as_deref().unwrap_or("latest")) {
+            Ok(t) => vec![t],
+            Err(e) => return fail(c.json, &e),
+        }
+    };
+    let keys = decrypt_keys(v.identity.as_ref());
+    let mut results = Vec::new();
+    let mut worst = exit::OK;
+    for (path, sidecar) in targets {
+        let (p2, k2) = (path.clone(), keys.clone());
+        let s2 = sidecar.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            catalog::check_file(&p2, s2.as_ref())?;
+            steadyflow_backup::verify(&p2, &k2)
+        })
+        .await
+        .unwrap_or_else(|e| Err(BackupError::BadInput(format!("verify failed: {e}"))))
+        .and_then(|m| match &sidecar {
+            Some(s) if s.manifest != m => Err(BackupError::Verify(format!(
+                "the archive's manifest differs from its sidecar {}.manifest.json",
+                s.manifest.id
+            ))),
+            _ => Ok(m),
+        });
+        match outcome {
+            Ok(m) => {
+                if let Some(mut s) = sidecar {
+                    let dir = path.parent().unwrap_or(Path::new("."));
+                    if let Err(e) = catalog::mark_verified(dir, &mut s, chrono::Utc::now()) {
+                        tracing::warn!(error = %e, "could not record the verification");
+                    }
+                }
+                if !c.json {
+                    println!(
+                        "OK   {} ({} files, {} rows)",
+                        path.display(),
+                        m.files.len(),
+                        m.table_rows()
+                    );
+                }
+                results.push(json!({"file": path, "id": m.id, "ok": true}));
+            }
+            Err(e) => {
+                if !c.json {
+                    println!("FAIL {}: {e}", path.display());
+                }
+                results.push(json!({"file": path, "ok": false,
+                    "error": {"code": e.code(), "message": e.to_string()}}));
+                worst = worst.max(e.exit_code());
+            }
+        }
+    }
+    if c.json {
+        print_json(&json!({"ok": worst == exit::OK, "results": results}));
+    }
+    worst
+}
+
+pub async fn restore(args: RestoreArgs, config_file: Option<&Path>) -> i32 {
+    let json = args.common.json;
+    match run_restore(&args, config_file).await {
+        Ok(report) => {
+            if json {
+                print_json(&report);
+            } else if let Some(line) = report.get("summary").and_then(|s| s.as_str()) {
+                println!("{line}");
+            }
+            exit::OK
+        }
+        Err(e) => fail(json, &e),
+    }
+}
+
+async fn run_restore(
+    args: &RestoreArgs,
+    config_file: Option<&Path>,
+) -> Result<serde_json::Value, BackupError> {
+    if args.to_time.is_some() {
+        return Err(BackupError::BadInput(
+            "point-in-time restore (--to-time) is not available in this version yet".into(),
+        ));
+    }
+    if args.redis_only {
+        return Err(BackupError::BadInput(
+            "Redis restores are not available in this version yet".into(),
+        ));
+    }
+    let (path, sidecar) = catalog::resolve(&args.common.dir, &args.backup)?;
+    {
+        let (p, s) = (path.clone(), sidecar.clone());
+        tokio::task::spawn_blocking(move || catalog::check_file(&p, s.as_ref()))
+            .await
+            .map_err(|e| BackupError::BadInput(format!("check failed: {e}")))??;
+    }
+    let keys = decrypt_keys(args.identity.as_ref());
+    if args.config_only {
+        if args.test {
+            let (p, k) = (path.clone(), keys.clone());
+            let m = tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k))
+                .await
+                .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
+            return Ok(json!({"ok": true, "test": true, "backup": m.id,
+                "summary": format!("backup {} verified; configuration files not written (--test)", m.id)}));
+        }
+        let (p, k, dest, force) = (
+            path.clone(),
+            keys.clone(),
+            args.config_dir.clone(),
+            args.force,
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            steadyflow_backup::restore_config(&p, &k, &dest, force)
+        })
+        .await
+        .map_err(|e| BackupError::BadInput(format!("restore failed: {e}")))??;
+        return Ok(json!({"ok": true, "configFiles": written,
+            "summary": format!("restored {} configuration file(s) into {}", written.len(), args.config_dir.display())}));
+    }
+    let target = database(&args.common, config_file)?;
+    let scratch_dir =
+        tempfile::tempdir().map_err(BackupError::io("cannot create a scratch directory"))?;
+    let db = if args.test {
+        target.scratch(scratch_dir.path())
+    } else {
+        target
+    };
+    if !args.test {
+        let state = db.state().await?;
+        if let Some(reason) = state.in_use {
+            return Err(BackupError::TargetInUse(reason));
+        }
+        if !state.tables.is_empty() && !args.force {
+            let what: Vec<String> = state
+                .tables
+                .iter()
+                .map(|(t, n)| format!("{t}: {n} rows"))
+                .collect();
+            return Err(BackupError::TargetNotEmpty(format!(
+                "{} is not empty ({}); use --force to replace it",
+                db.describe(),
+                what.join(", ")
+            )));
+        }
+    }
+    let staging = db.stage().await?;
+    let staged =
+        steadyflow_backup::restore_tables(&path, &keys, staging, db.schema_version(), &progress())
+            .await?;
+    let m = &staged.manifest;
+    let rows: u64 = staged
+        .tables
+        .iter()
+        .filter(|t| t.restored)
+        .map(|t| t.rows)
+        .sum();
+    let staging_name = staged.staging.describe();
+    let (seconds, tables) = (staged.seconds, staged.tables.clone());
+    let (id, kind, source) = (m.id.clone(), m.kind, m.source_backend.clone());
+    if args.test {
+        staged.staging.discard().await?;
+    } else {
+        staged.staging.promote().await?;
+    }
+    let mut written_config = Vec::new();
+    if !args.test && !args.db_only && m.files.iter().any(|f| f.path.starts_with("config/")) {
+        let (p, k, dest, force) = (
+            path.clone(),
+            keys.clone(),
+            args.config_dir.clone(),
+            args.force,
+        );
+        written_config = tokio::task::spawn_blocking(move || {
+            steadyflow_backup::restore_config(&p, &k, &dest, force)
+        })
+        .await
+        .map_err(|e| BackupError::BadInput(format!("restore failed: {e}")))??;
+    }
+    let summary = if args.test {
+        format!(
+            "test restore of backup {id} ({}, from {}) into {staging_name}: {} tables, {rows} rows, \
+             counts and checksums match, {seconds:.2} s; scratch dropped, nothing else touched",
+            kind.as_str(),
+            source.as_deref().unwrap_or("-"),
+            tables.iter().filter(|t| t.restored).count()
+        )
+    } else {
+        format!(
+            "restored backup {id} ({}, from {}) into {}: {} tables, {rows} rows, counts and \
+             checksums match, {seconds:.2} s{}",
+            kind.as_str(),
+            source.as_deref().unwrap_or("-"),
+            db.describe(),
+            tables.iter().filter(|t| t.restored).count(),
+            if written_config.is_empty() {
+                String::new()
+            } else {
+                format!("; {} configuration file(s) restored", written_config.len())
+            }
+        )
+    };
+    Ok(json!({
+        "ok": true,
+        "test": args.test,
+        "backup": id,
+        "kind": kind.as_str(),
+        "sourceBackend": source,
+        "target": if args.test { staging_name } else { db.describe() },
+        "tables": tables,
+        "rows": rows,
+        "seconds": seconds,
+        "configFiles": written_config,
+        "summary": summary,
+    }))
+}

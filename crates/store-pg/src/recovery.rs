@@ -1,0 +1,471 @@
+//! Backup and restore on PostgreSQL: a consistent export in one REPEATABLE READ
+//! transaction beside running engine nodes, and a staging database that takes the target
+//! database's name only after it was filled and checked.
+//!
+//! The server builds each row's JSON (`row_to_json`), so the export streams text. The
+//! import hands batches of rows to `json_populate_recordset`, which parses them on the
+//! server side, one statement per batch.
+//!
+//! Promotion renames databases: `<db>` becomes `<db>_restore_old`, `<db>_restore` becomes
+//! `<db>`, and the old one is dropped. PostgreSQL cannot rename both in one transaction,
+//! so a restore killed between the two renames leaves `<db>` missing and
+//! `<db>_restore_old` whole: the next restore (or [`recover_interrupted`]) renames it back
+//! before anything else.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::{StreamExt, pin_mut};
+use steadyflow_store::recovery::{
+    ContentHasher, EXPORT_BATCH, ExportBatch, Exporter, SnapshotInfo, Staging, TABLES, TableDigest,
+    TableSpec, TargetState,
+};
+use steadyflow_store::{Result, StoreError};
+use tokio_postgres::{Client, Config, NoTls};
+
+use crate::error::db_err;
+use crate::migrate;
+
+fn parse(url: &str) -> Result<Config> {
+    let mut config: Config = url.parse().map_err(|e| {
+        StoreError::Unavailable(format!("invalid PostgreSQL connection string: {e}"))
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    config.application_name("steadyflow-recovery");
+    Ok(config)
+}
+
+async fn connect(config: &Config) -> Result<Client> {
+    let (client, conn) = config.connect(NoTls).await.map_err(db_err)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "recovery connection closed");
+        }
+    });
+    Ok(client)
+}
+
+fn dbname(config: &Config) -> Result<String> {
+    config
+        .get_dbname()
+        .map(str::to_string)
+        .or_else(|| config.get_user().map(str::to_string))
+        .ok_or_else(|| StoreError::Unavailable("the database URL names no database".into()))
+}
+
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn select_json(table: &TableSpec) -> String {
+    let cols: Vec<&str> = table.column_names().collect();
+    format!(
+        "SELECT row_to_json(r)::text FROM (SELECT {} FROM {} ORDER BY {}) r",
+        cols.join(", "),
+        table.name,
+        table.key
+    )
+}
+
+fn insert_json(table: &TableSpec) -> String {
+    let cols: Vec<&str> = table.column_names().collect();
+    let cols = cols.join(", ");
+    format!(
+        "INSERT INTO {t} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{t}, $1::text::json)",
+        t = table.name
+    )
+}
+
+/// Exports a PostgreSQL database over its own connection.
+pub struct PgExporter {
+    config: Config,
+}
+
+impl PgExporter {
+    pub fn new(url: &str) -> Result<Self> {
+        Ok(PgExporter {
+            config: parse(url)?,
+        })
+    }
+}
+
+async fn stream_table(
+    client: &Client,
+    table: &'static TableSpec,
+    mut each: impl FnMut(Vec<String>) -> futures_util::future::BoxFuture<'static, Result<()>>,
+) -> Result<()> {
+    let rows = client
+        .query_raw(select_json(table).as_str(), std::iter::empty::<&str>())
+        .await
+        .map_err(db_err)?;
+    pin_mut!(rows);
+    let mut lines = Vec::with_capacity(EXPORT_BATCH);
+    let mut announced = false;
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(db_err)?;
+        lines.push(row.try_get::<_, String>(0).map_err(db_err)?);
+        if lines.len() == EXPORT_BATCH {
+            each(std::mem::take(&mut lines)).await?;
+            announced = true;
+        }
+    }
+    if !lines.is_empty() || !announced {
+        each(lines).await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Exporter for PgExporter {
+    async fn export(&self, out: tokio::sync::mpsc::Sender<ExportBatch>) -> Result<SnapshotInfo> {
+        let tx = connect(&self.config).await?;
+        // One snapshot for every table: what committed before it, nothing after.
+        tx.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(db_err)?;
+        let schema_version: i32 = tx
+            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db_err)?;
+        let j = tx
+            .query_one(
+                "SELECT MIN(seq), MAX(seq), \
+                 (SELECT tx_time FROM journal ORDER BY seq LIMIT 1), \
+                 (SELECT tx_time FROM journal ORDER BY seq DESC LIMIT 1) FROM journal",
+                &[],
+            )
+            .await
+            .map_err(db_err)?;
+        let get = |i: usize| j.try_get::<_, Option<i64>>(i).map_err(db_err);
+        let (first_seq, last_seq, first_ms, last_ms) = (get(0)?, get(1)?, get(2)?, get(3)?);
+        for table in TABLES {
+            let out = out.clone();
+            stream_table(&tx, table, move |lines| {
+                let out = out.clone();
+                Box::pin(async move {
+                    out.send(ExportBatch { table, lines }).await.map_err(|_| {
+                        StoreError::Unavailable("backup stopped reading the export".into())
+                    })
+                })
+            })
+            .await?;
+        }
+        tx.batch_execute("COMMIT").await.map_err(db_err)?;
+        let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
+        Ok(SnapshotInfo {
+            backend: "postgres".into(),
+            schema_version: i64::from(schema_version),
+            journal_first_seq: first_seq,
+            journal_last_seq: last_seq,
+            journal_first_time: time(first_ms),
+            journal_last_time: time(last_ms),
+        })
+    }
+}
+
+/// Connection to the maintenance database `postgres` of the target's server.
+async fn maintenance(config: &Config) -> Result<Client> {
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    connect(&admin).await
+}
+
+async fn database_exists(admin: &Client, name: &str) -> Result<bool> {
+    let row = admin
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+            &[&name],
+        )
+        .await
+        .map_err(db_err)?;
+    row.try_get(0).map_err(db_err)
+}
+
+/// Sessions other than ours connected to `name`.
+async fn sessions_on(admin: &Client, name: &str) -> Result<Vec<String>> {
+    let rows = admin
+        .query(
+            "SELECT COALESCE(NULLIF(application_name, ''), 'unnamed') || ' (pid ' || pid || ')' \
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&name],
+        )
+        .await
+        .map_err(db_err)?;
+    rows.iter()
+        .map(|r| r.try_get::<_, String>(0).map_err(db_err))
+        .collect()
+}
+
+/// Finishes a promotion that was killed between its two renames: `<db>` missing and
+/// `<db>_restore_old` present means the old database is whole and gets its name back.
+pub async fn recover_interrupted(url: &str) -> Result<bool> {
+    let config = parse(url)?;
+    let name = dbname(&config)?;
+    let admin = maintenance(&config).await?;
+    let old = format!("{name}_restore_old");
+    if !database_exists(&admin, &name).await? && database_exists(&admin, &old).await? {
+        tracing::warn!(database = %name, "an earlier restore stopped halfway; putting the old database back");
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                ident(&old),
+                ident(&name)
+            ))
+            .await
+            .map_err(db_err)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// What the target database holds and who uses it.
+pub async fn target_state(url: &str) -> Result<TargetState> {
+    recover_interrupted(url).await?;
+    let config = parse(url)?;
+    let name = dbname(&config)?;
+    let admin = maintenance(&config).await?;
+    if !database_exists(&admin, &name).await? {
+        return Ok(TargetState::default());
+    }
+    let sessions = sessions_on(&admin, &name).await?;
+    let in_use = (!sessions.is_empty()).then(|| {
+        format!(
+            "PostgreSQL database {name} is in use by {} session(s): {}; stop every steadyflow \
+             node using it first",
+            sessions.len(),
+            sessions.join(", ")
+        )
+    });
+    let client = connect(&config).await?;
+    let mut tables = Vec::new();
+    for table in TABLES {
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.name])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db_err)?;
+        if !exists {
+            continue;
+        }
+        let n: i64 = client
+            .query_one(&format!("SELECT COUNT(*) FROM {}", table.name), &[])
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(db_err)?;
+        if n > 0 {
+            tables.push((table.name.to_string(), n as u64));
+        }
+    }
+    Ok(TargetState { tables, in_use })
+}
+
+/// A staging database `<db>_restore` on the target's server.
+pub struct PgStaging {
+    config: Config,
+    target: String,
+    staging: String,
+    client: Option<Client>,
+}
+
+/// Creates the staging database for the target `url` (dropping a stale one) and
+/// migrates it.
+pub async fn stage(url: &str) -> Result<PgStaging> {
+    recover_interrupted(url).await?;
+    let config = parse(url)?;
+    let target = dbname(&config)?;
+    let staging = format!("{target}_restore");
+    let admin = maintenance(&config).await?;
+    // One statement per call: neither may run inside a (multi-statement) transaction.
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&staging)),
+        format!("CREATE DATABASE {}", ident(&staging)),
+    ] {
+        admin.batch_execute(&sql).await.map_err(db_err)?;
+    }
+    let mut staging_config = config.clone();
+    staging_config.dbname(&staging);
+    let mut client = connect(&staging_config).await?;
+    migrate::migrate(&mut client).await?;
+    // Bulk load: this database is disposable until promoted.
+    client
+        .batch_execute("SET synchronous_commit = off")
+        .await
+        .map_err(db_err)?;
+    Ok(PgStaging {
+        config,
+        target,
+        staging,
+        client: Some(client),
+    })
+}
+
+impl PgStaging {
+    fn client(&self) -> Result<&Client> {
+        self.client
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("staging connection already closed".into()))
+    }
+}
+
+#[async_trait]
+impl Staging for PgStaging {
+    fn describe(&self) -> String {
+        format!("PostgreSQL database {}", self.staging)
+    }
+
+    async fn import(&mut self, table: &'static TableSpec, lines: Vec<String>) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut doc = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
+        doc.push('[');
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                doc.push(',');
+            }
+            doc.push_str(line);
+        }
+        doc.push(']');
+        let n = self
+            .client()?
+            .execute(insert_json(table).as_str(), &[&doc])
+            .await
+            .map_err(|e| {
+                StoreError::Corrupt(format!(
+                    "rows of table {} cannot be imported: {}",
+                    table.name,
+                    db_err(e)
+                ))
+            })?;
+        if n != lines.len() as u64 {
+            return Err(StoreError::Corrupt(format!(
+                "table {}: {} rows given, {n} imported",
+                table.name,
+                lines.len()
+            )));
+        }
+        Ok(())
+    }
+
+    async fn table_digest(&mut self, table: &'static TableSpec) -> Result<TableDigest> {
+        let client = self.client()?;
+        let mut hasher = ContentHasher::new();
+        let rows = client
+            .query_raw(select_json(table).as_str(), std::iter::empty::<&str>())
+            .await
+            .map_err(db_err)?;
+        pin_mut!(rows);
+        while let Some(row) = rows.next().await {
+            let row = row.map_err(db_err)?;
+            hasher.add(&row.try_get::<_, String>(0).map_err(db_err)?)?;
+        }
+        Ok(hasher.finish())
+    }
+
+    async fn promote(mut self: Box<Self>) -> Result<()> {
+        let client = self
+            .client
+            .take()
+            .ok_or_else(|| StoreError::Backend("staging connection already closed".into()))?;
+        // Sequences follow the imported keys; statistics for the planner (a generic plan
+        // cached on empty tables would scan).
+        client
+            .batch_execute(
+                "SELECT setval(pg_get_serial_sequence('history', 'seq'), \
+                 GREATEST((SELECT MAX(seq) FROM history), 1)); \
+                 SET synchronous_commit = on; CHECKPOINT; ANALYZE;",
+            )
+            .await
+            .or_else(|e| {
+                // CHECKPOINT needs superuser or pg_checkpoint: not required for
+                // durability (every commit is in the WAL), only to speed a crash restart.
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(db_err)?;
+        drop(client);
+        let admin = maintenance(&self.config).await?;
+        let old = format!("{}_restore_old", self.target);
+        // The staging connection may take a moment to end on the server.
+        for _ in 0..50 {
+            if sessions_on(&admin, &self.staging).await?.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if database_exists(&admin, &self.target).await? {
+            let sessions = sessions_on(&admin, &self.target).await?;
+            if !sessions.is_empty() {
+                return Err(StoreError::Unavailable(format!(
+                    "PostgreSQL database {} is in use by {}; stop every steadyflow node using it first",
+                    self.target,
+                    sessions.join(", ")
+                )));
+            }
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {}", ident(&old)),
+                format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    ident(&self.target),
+                    ident(&old)
+                ),
+            ] {
+                admin.batch_execute(&sql).await.map_err(db_err)?;
+            }
+        }
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                ident(&self.staging),
+                ident(&self.target)
+            ))
+            .await
+            .map_err(db_err)?;
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {}", ident(&old)))
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn discard(mut self: Box<Self>) -> Result<()> {
+        drop(self.client.take());
+        let admin = maintenance(&self.config).await?;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                ident(&self.staging)
+            ))
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_name_every_column() {
+        for t in TABLES {
+            let s = select_json(t);
+            let i = insert_json(t);
+            for c in t.column_names() {
+                assert!(s.contains(c), "{s}");
+                assert!(i.contains(c), "{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(ident(r#"a"b"#), r#""a""b""#);
+    }
+}

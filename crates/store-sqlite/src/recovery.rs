@@ -1,0 +1,448 @@
+//! Backup and restore on SQLite: a consistent export read beside a running server, and a
+//! staging file that replaces the database only after it was filled and checked.
+//!
+//! The export opens its own read-only connection: one read transaction sees one commit
+//! point of the WAL however long it runs, while `serve` goes on writing. The JSON of every
+//! row is built by SQLite itself (`json_object`), so no row is parsed on the way out.
+//!
+//! A restore writes `<db>.restore` with journaling off (the file is disposable until it
+//! is promoted), checks it, switches it to WAL, flushes it, checkpoints the old database
+//! so that its WAL is empty, and renames the staging file over the database. Killed at
+//! any point before the rename, the old database is untouched and a new run starts over;
+//! after it, the new database is complete.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use steadyflow_store::recovery::{
+    ColumnKind, ContentHasher, EXPORT_BATCH, ExportBatch, Exporter, SnapshotInfo, Staging, TABLES,
+    TableDigest, TableSpec, TargetState,
+};
+use steadyflow_store::{Result, StoreError};
+
+use crate::{backend_err, migrate, open_conn};
+
+/// The schema version this binary writes (an archive from a newer one is refused).
+pub fn schema_version() -> i64 {
+    migrate::MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// The lock a running server holds on `<db>.lock`, so that a restore can tell the
+/// database is in use (an advisory `flock`, released by the kernel when the process ends,
+/// even by kill -9).
+pub struct ServeLock {
+    _file: File,
+}
+
+fn lock_path(db: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.lock", db.display()))
+}
+
+impl ServeLock {
+    /// Takes the lock or says who holds it.
+    pub fn acquire(db: &Path) -> Result<ServeLock> {
+        let path = lock_path(db);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| {
+                StoreError::Unavailable(format!("cannot open lock file {}: {e}", path.display()))
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(ServeLock { _file: file }),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "SQLite database {} is in use by a running steadyflow (lock {} is held); \
+                 stop that server first (e.g. `systemctl stop steadyflow` or Ctrl-C)",
+                db.display(),
+                path.display()
+            ))),
+        }
+    }
+}
+
+/// Exports a SQLite database file, beside a running server or not.
+pub struct SqliteExporter {
+    path: PathBuf,
+}
+
+impl SqliteExporter {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        SqliteExporter { path: path.into() }
+    }
+}
+
+/// `SELECT json_object('col', col, …) FROM table ORDER BY key`.
+fn select_json(table: &TableSpec) -> String {
+    let fields: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| match c.kind {
+            ColumnKind::Json => format!("'{0}', json({0})", c.name),
+            _ => format!("'{0}', {0}", c.name),
+        })
+        .collect();
+    format!(
+        "SELECT json_object({}) FROM {} ORDER BY {}",
+        fields.join(", "),
+        table.name,
+        table.key
+    )
+}
+
+/// `INSERT INTO table (cols) SELECT value->>'col' … FROM json_each(?1)`.
+fn insert_json(table: &TableSpec) -> String {
+    let cols: Vec<&str> = table.column_names().collect();
+    let values: Vec<String> = table
+        .columns
+        .iter()
+        .map(|c| match c.kind {
+            ColumnKind::Json => format!("value -> '$.{}'", c.name),
+            _ => format!("value ->> '$.{}'", c.name),
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1)",
+        table.name,
+        cols.join(", "),
+        values.join(", ")
+    )
+}
+
+fn stored_schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+        [],
+        |r| r.get(0),
+    )
+}
+
+fn export_blocking(
+    path: &Path,
+    out: &tokio::sync::mpsc::Sender<ExportBatch>,
+) -> Result<SnapshotInfo> {
+    if !path.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "SQLite database {} does not exist",
+            path.display()
+        )));
+    }
+    let conn = open_conn(path, true)?;
+    // One read transaction: every SELECT below sees the same commit.
+    conn.execute_batch("BEGIN").map_err(backend_err)?;
+    let schema_version = stored_schema_version(&conn).map_err(backend_err)?;
+    let (first_seq, last_seq, first_ms, last_ms): (
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    ) = conn
+        .query_row(
+            "SELECT MIN(seq), MAX(seq), (SELECT tx_time FROM journal ORDER BY seq LIMIT 1), \
+             (SELECT tx_time FROM journal ORDER BY seq DESC LIMIT 1) FROM journal",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .map_err(backend_err)?;
+    for table in TABLES {
+        let mut stmt = conn.prepare(&select_json(table)).map_err(backend_err)?;
+        let mut rows = stmt.query([]).map_err(backend_err)?;
+        let mut lines = Vec::with_capacity(EXPORT_BATCH);
+        let mut announced = false;
+        while let Some(row) = rows.next().map_err(backend_err)? {
+            lines.push(row.get::<_, String>(0).map_err(backend_err)?);
+            if lines.len() == EXPORT_BATCH {
+                send(out, table, std::mem::take(&mut lines))?;
+                announced = true;
+            }
+        }
+        if !lines.is_empty() || !announced {
+            send(out, table, lines)?;
+        }
+    }
+    conn.execute_batch("COMMIT").map_err(backend_err)?;
+    let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
+    Ok(SnapshotInfo {
+        backend: "sqlite".into(),
+        schema_version,
+        journal_first_seq: first_seq,
+        journal_last_seq: last_seq,
+        journal_first_time: time(first_ms),
+        journal_last_time: time(last_ms),
+    })
+}
+
+fn send(
+    out: &tokio::sync::mpsc::Sender<ExportBatch>,
+    table: &'static TableSpec,
+    lines: Vec<String>,
+) -> Result<()> {
+    out.blocking_send(ExportBatch { table, lines })
+        .map_err(|_| StoreError::Unavailable("backup stopped reading the export".into()))
+}
+
+#[async_trait]
+impl Exporter for SqliteExporter {
+    async fn export(&self, out: tokio::sync::mpsc::Sender<ExportBatch>) -> Result<SnapshotInfo> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || export_blocking(&path, &out))
+            .await
+            .map_err(|e| StoreError::Backend(format!("export thread failed: {e}")))?
+    }
+}
+
+/// What the database at `path` holds now and whether a server uses it.
+pub fn target_state(path: &Path) -> Result<TargetState> {
+    let in_use = ServeLock::acquire(path).err().map(|e| e.to_string());
+    let mut tables = Vec::new();
+    if path.exists() {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(backend_err)?;
+        for table in TABLES {
+            let exists: bool = conn
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+                    [table.name],
+                    |r| r.get(0),
+                )
+                .map_err(backend_err)?;
+            if !exists {
+                continue;
+            }
+            let n: i64 = conn
+                .query_row(&format!("SELECT COUNT(*) FROM {}", table.name), [], |r| {
+                    r.get(0)
+                })
+                .map_err(backend_err)?;
+            if n > 0 {
+                tables.push((table.name.to_string(), n as u64));
+            }
+        }
+    }
+    Ok(TargetState { tables, in_use })
+}
+
+/// A staging file beside the database at `target`.
+pub struct SqliteStaging {
+    target: PathBuf,
+    staging: PathBuf,
+    conn: Option<Connection>,
+}
+
+fn side(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}{suffix}", path.display()))
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::Unavailable(format!("{what} {}: {e}", path.display()))
+}
+
+/// Starts a restore into a new staging file for the database at `target` (a stale
+/// staging file from an earlier, interrupted restore is removed first).
+pub fn stage(target: &Path) -> Result<SqliteStaging> {
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| io_err("cannot create", dir, e))?;
+    }
+    let staging = side(target, ".restore");
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        remove_if_exists(&side(&staging, suffix))?;
+    }
+    let mut conn = Connection::open_with_flags(
+        &staging,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+    )
+    .map_err(|e| io_err("cannot create", &staging, std::io::Error::other(e)))?;
+    // Disposable until promoted: no rollback journal, no syncs while filling it.
+    conn.execute_batch(
+        "PRAGMA page_size=8192; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; \
+         PRAGMA cache_size=-65536;",
+    )
+    .map_err(backend_err)?;
+    migrate::run(&mut conn)?;
+    Ok(SqliteStaging {
+        target: target.to_path_buf(),
+        staging,
+        conn: Some(conn),
+    })
+}
+
+impl SqliteStaging {
+    fn conn(&self) -> Result<&Connection> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("staging connection already closed".into()))
+    }
+
+    fn import_blocking(&self, table: &TableSpec, lines: &[String]) -> Result<()> {
+        let conn = self.conn()?;
+        let mut doc = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
+        doc.push('[');
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                doc.push(',');
+            }
+            doc.push_str(line);
+        }
+        doc.push(']');
+        let mut stmt = conn
+            .prepare_cached(&insert_json(table))
+            .map_err(backend_err)?;
+        let n = stmt.execute([doc]).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "rows of table {} cannot be imported: {e}",
+                table.name
+            ))
+        })?;
+        if n != lines.len() {
+            return Err(StoreError::Corrupt(format!(
+                "table {}: {} rows given, {n} imported",
+                table.name,
+                lines.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn digest_blocking(&self, table: &TableSpec) -> Result<TableDigest> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&select_json(table)).map_err(backend_err)?;
+        let mut rows = stmt.query([]).map_err(backend_err)?;
+        let mut hasher = ContentHasher::new();
+        while let Some(row) = rows.next().map_err(backend_err)? {
+            hasher.add(&row.get::<_, String>(0).map_err(backend_err)?)?;
+        }
+        Ok(hasher.finish())
+    }
+
+    fn promote_blocking(mut self) -> Result<()> {
+        let conn = self
+            .conn
+            .take()
+            .ok_or_else(|| StoreError::Backend("staging connection already closed".into()))?;
+        conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_checkpoint(TRUNCATE);")
+            .map_err(backend_err)?;
+        conn.close().map_err(|(_, e)| backend_err(e))?;
+        File::open(&self.staging)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| io_err("cannot flush", &self.staging, e))?;
+        // Nobody may use the old database while it is replaced.
+        let _lock = ServeLock::acquire(&self.target)?;
+        if self.target.exists() {
+            // Fold the old WAL into the old file first: if the rename below never
+            // happens, the old database is still whole.
+            let old = Connection::open(&self.target).map_err(backend_err)?;
+            old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(backend_err)?;
+            old.close().map_err(|(_, e)| backend_err(e))?;
+        }
+        std::fs::rename(&self.staging, &self.target)
+            .map_err(|e| io_err("cannot move the restored database to", &self.target, e))?;
+        for suffix in ["-wal", "-shm"] {
+            remove_if_exists(&side(&self.target, suffix))?;
+            remove_if_exists(&side(&self.staging, suffix))?;
+        }
+        if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("cannot flush directory", dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn discard_blocking(mut self) -> Result<()> {
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close();
+        }
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            remove_if_exists(&side(&self.staging, suffix))?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs blocking SQLite work off the async runtime's threads.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> Result<R> + Send + 'static) -> Result<R> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(format!("SQLite restore thread failed: {e}")))?
+}
+
+#[async_trait]
+impl Staging for SqliteStaging {
+    fn describe(&self) -> String {
+        format!("SQLite file {}", self.staging.display())
+    }
+
+    async fn import(&mut self, table: &'static TableSpec, lines: Vec<String>) -> Result<()> {
+        // Short blocking inserts: SQLite parses the batch itself (json_each).
+        tokio::task::block_in_place(|| self.import_blocking(table, &lines))
+    }
+
+    async fn table_digest(&mut self, table: &'static TableSpec) -> Result<TableDigest> {
+        tokio::task::block_in_place(|| self.digest_blocking(table))
+    }
+
+    async fn promote(self: Box<Self>) -> Result<()> {
+        let this = *self;
+        blocking(move || this.promote_blocking()).await
+    }
+
+    async fn discard(self: Box<Self>) -> Result<()> {
+        let this = *self;
+        blocking(move || this.discard_blocking()).await
+    }
+}
+
+impl Drop for SqliteStaging {
+    fn drop(&mut self) {
+        // Neither promoted nor discarded (an error on the way): leave nothing behind.
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close();
+            for suffix in ["", "-wal", "-shm", "-journal"] {
+                let _ = std::fs::remove_file(side(&self.staging, suffix));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_name_every_column() {
+        for t in TABLES {
+            let s = select_json(t);
+            let i = insert_json(t);
+            for c in t.column_names() {
+                assert!(s.contains(&format!("'{c}'")), "{s}");
+                assert!(i.contains(&format!("'$.{c}'")), "{i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("x.db");
+        let held = ServeLock::acquire(&db).unwrap();
+        let err = ServeLock::acquire(&db).err().unwrap().to_string();
+        assert!(err.contains("in use"), "{err}");
+        drop(held);
+        ServeLock::acquire(&db).unwrap();
+    }
+}
