@@ -86,18 +86,7 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
 
     // Transaction B commits after it, with higher seqs.
     let now = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-    let inst = InstanceRecord {
-        id: "fast".into(),
-        definition_id: "order:1".into(),
-        definition_key: "order".into(),
-        business_key: None,
-        state: InstanceState::Active,
-        variables: Vars::new(),
-        runtime: serde_json::json!({}).into(),
-        version: 1,
-        started_at: now,
-        ended_at: None,
-    };
+    let inst = active_instance("fast", 1, now);
     store
         .apply(ChangeSet::new(inst, None))
         .await
@@ -625,16 +614,8 @@ async fn recovers_after_connections_are_killed() {
         .expect("deploy after recovery");
     assert_eq!(deployed[0].definition.version, 2);
     let inst = InstanceRecord {
-        id: "after".into(),
         definition_id: "order:2".into(),
-        definition_key: "order".into(),
-        business_key: None,
-        state: InstanceState::Active,
-        variables: Vars::new(),
-        runtime: serde_json::json!({}).into(),
-        version: 1,
-        started_at: t,
-        ended_at: None,
+        ..active_instance("after", 1, t)
     };
     let mut applied = store.apply(ChangeSet::new(inst.clone(), None)).await;
     for _ in 0..5 {
@@ -667,21 +648,7 @@ async fn cancelled_calls_leave_no_open_transaction() {
     };
     let store = Arc::new(PgStore::connect(db.url()).await.expect("connect"));
     let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-    let mut c = ChangeSet::new(
-        InstanceRecord {
-            id: "i".into(),
-            definition_id: "order:1".into(),
-            definition_key: "order".into(),
-            business_key: None,
-            state: InstanceState::Active,
-            variables: Vars::new(),
-            runtime: serde_json::json!({}).into(),
-            version: 1,
-            started_at: t0,
-            ended_at: None,
-        },
-        None,
-    );
+    let mut c = ChangeSet::new(active_instance("i", 1, t0), None);
     c.external_upserted = (0..200)
         .map(|n| ExternalTaskRecord {
             id: format!("e{n:03}"),

@@ -6,8 +6,8 @@
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
-pub mod memory;
 mod history;
+pub mod memory;
 mod records;
 
 pub use history::{decode_history, encode_history};

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::*;
 
 use super::fixtures::*;
+use super::poll::{has, journal_until};
 
 pub async fn apply_insert_reads_back(store: Arc<dyn Store>) {
     let mut inst = instance("i-1", "order");
@@ -395,4 +396,85 @@ pub async fn apply_lock_guard(store: Arc<dyn Store>) {
         .await
         .expect("the holder of the lock commits");
     assert!(store.external_task("e1").await.unwrap().is_none());
+}
+
+/// A change set that would give a second row an existing id fails as a whole (and not
+/// as `Conflict`: reading again cannot help): nothing of it is written, not even its
+/// journal rows.
+pub async fn apply_duplicate_id_changes_nothing(store: Arc<dyn Store>) {
+    let inst = instance("i-1", "order");
+    let mut create = ChangeSet::new(inst.clone(), None);
+    create.tasks_created = vec![task("t-1", "i-1", 1)];
+    create.timers_created = vec![timer("tm-1", "i-1", 1_000)];
+    create.incidents_created = vec![incident("inc-1", "i-1", 1)];
+    insert(store.as_ref(), create).await;
+    let before = journal_until(store.as_ref(), 0, "the insert", |rows| {
+        has(rows, "instance", "i-1", "insert")
+    })
+    .await;
+    let last = before.last().expect("rows").seq;
+
+    let mut new_instance = ChangeSet::new(instance("i-2", "order"), None);
+    new_instance.tasks_created = vec![task("t-1", "i-2", 2)];
+    new_instance.history = vec![hist("i-2", 2, "instanceStarted", 1)];
+    let mut timer_twice = update_of(&inst);
+    timer_twice.instance.variables = vars(json!({"changed": true}));
+    timer_twice.timers_created = vec![timer("tm-1", "i-1", 5_000)];
+    timer_twice.history = vec![hist("i-1", 5, "activityStarted", 2)];
+    let mut incident_twice = update_of(&inst);
+    incident_twice.tasks_removed = vec!["t-1".into()];
+    incident_twice.incidents_created = vec![incident("inc-1", "i-1", 6)];
+    for (why, change) in [
+        ("a new instance reusing a task id", new_instance),
+        ("an update reusing a timer id", timer_twice),
+        ("an update reusing an incident id", incident_twice),
+    ] {
+        match store.apply(change).await {
+            Err(StoreError::Conflict(_)) | Ok(()) => {
+                panic!("{why} must fail, and not as Conflict")
+            }
+            Err(_) => {}
+        }
+    }
+
+    assert_eq!(
+        store.instance("i-2").await.unwrap(),
+        None,
+        "no instance i-2"
+    );
+    assert!(store.history("i-2").await.unwrap().is_empty());
+    assert_eq!(
+        store.instance("i-1").await.unwrap(),
+        Some(inst.clone()),
+        "i-1 unchanged"
+    );
+    assert_eq!(
+        store.task("t-1").await.unwrap(),
+        Some(task("t-1", "i-1", 1)),
+        "the task keeps its instance, and was not removed"
+    );
+    assert_eq!(
+        store.list_timers("i-1").await.unwrap(),
+        vec![timer("tm-1", "i-1", 1_000)]
+    );
+    let incidents = store
+        .list_incidents(&IncidentFilter {
+            instance_id: Some("i-1".into()),
+            open_only: false,
+        })
+        .await;
+    assert_eq!(incidents.unwrap(), vec![incident("inc-1", "i-1", 1)]);
+    assert!(store.history("i-1").await.unwrap().is_empty());
+
+    // Once a later commit is visible, the failed ones would be too.
+    store.apply(update_of(&inst)).await.expect("marker update");
+    let rows = journal_until(store.as_ref(), last, "the marker update", |rows| {
+        has(rows, "instance", "i-1", "update")
+    })
+    .await;
+    assert_eq!(
+        rows.len(),
+        1,
+        "failed change sets add no journal rows; after seq {last} found {rows:#?}"
+    );
 }

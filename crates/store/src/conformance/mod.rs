@@ -116,6 +116,7 @@ macro_rules! conformance_tests {
             apply::apply_stale_version_changes_nothing,
             apply::apply_external_upsert_replaces,
             apply::apply_lock_guard,
+            apply::apply_duplicate_id_changes_nothing,
             listing::list_instances_filters,
             listing::list_tasks_filters,
             listing::claim_task_rules,
