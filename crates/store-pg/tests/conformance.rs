@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use steadyflow_store::conformance::CASES;
+use steadyflow_store::conformance::Fresh;
+use steadyflow_store::conformance::poll::{count, journal_until, until};
 use steadyflow_store::*;
 use steadyflow_store_pg::PgStore;
 use steadyflow_store_pg::testing::{TestDatabase, fresh_database};
@@ -50,24 +51,16 @@ async fn raw_client(db: &TestDatabase) -> tokio_postgres::Client {
     client
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_suite() {
-    for (name, case) in CASES {
-        let Some(db) = fresh_database().await else {
-            return;
-        };
-        eprintln!("conformance (postgres): {name}");
-        let store = PgStore::connect(db.url()).await.expect("connect");
-        let started = Instant::now();
-        // A panic inside the case still drops `db` (and the database) while unwinding.
-        case(Arc::new(store)).await;
-        eprintln!(
-            "conformance (postgres): {name} ok in {:?}",
-            started.elapsed()
-        );
-        db.cleanup().await;
-    }
+/// A store on a database of its own, so the cases run in parallel; dropped once the
+/// case passed. If it failed, `db`'s drop (it is owned by the cleanup, which is then
+/// dropped unpolled) removes the database while unwinding.
+async fn fresh() -> Option<Fresh> {
+    let db = fresh_database().await?;
+    let store = PgStore::connect(db.url()).await.expect("connect");
+    Some(Fresh::new(store).cleanup(db.cleanup()))
 }
+
+steadyflow_store::conformance_tests!(fresh);
 
 /// A journal row of a transaction still in flight holds back every row after it, even
 /// rows committed earlier: a reader resuming from the last seq it saw must not skip it.
@@ -93,18 +86,7 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
 
     // Transaction B commits after it, with higher seqs.
     let now = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-    let inst = InstanceRecord {
-        id: "fast".into(),
-        definition_id: "order:1".into(),
-        definition_key: "order".into(),
-        business_key: None,
-        state: InstanceState::Active,
-        variables: Vars::new(),
-        runtime: serde_json::json!({}).into(),
-        version: 1,
-        started_at: now,
-        ended_at: None,
-    };
+    let inst = active_instance("fast", 1, now);
     store
         .apply(ChangeSet::new(inst, None))
         .await
@@ -129,14 +111,10 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
     );
 
     tx.commit().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rows = loop {
-        let rows = store.journal_since(0, 100).await.unwrap();
-        if rows.len() > committed.len() || Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let rows = journal_until(&store, 0, "A's row once A committed", |rows| {
+        rows.len() > committed.len()
+    })
+    .await;
     let seqs: Vec<i64> = rows.iter().map(|r| r.seq).collect();
     let mut expected = vec![held];
     expected.extend(&committed);
@@ -181,25 +159,14 @@ async fn journal_reader_never_skips_a_late_commit() {
     older.commit().await.unwrap();
 
     // (Polls: an open transaction elsewhere in the cluster may hold the journal back.)
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let seen = loop {
-        let seen = store.journal_since(0, 100).await.unwrap();
-        if !seen.is_empty() || Instant::now() > deadline {
-            break seen;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let seen = journal_until(&store, 0, "the older row", |rows| !rows.is_empty()).await;
     let ids: Vec<&str> = seen.iter().map(|r| r.entity_id.as_str()).collect();
     assert_eq!(ids, ["older"], "the committed row, not the one in flight");
     younger.commit().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rest = loop {
-        let rest = store.journal_since(seen[0].seq, 100).await.unwrap();
-        if !rest.is_empty() || Instant::now() > deadline {
-            break rest;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let rest = journal_until(&store, seen[0].seq, "the younger row", |rows| {
+        !rows.is_empty()
+    })
+    .await;
     let ids: Vec<&str> = rest.iter().map(|r| r.entity_id.as_str()).collect();
     assert_eq!(
         ids,
@@ -478,23 +445,15 @@ async fn batch_isolates_failures() {
 
     // The journal holds the good ones only, each once.
     // (Polls: an open transaction elsewhere in the cluster may hold the journal back.)
-    let count = |rows: &[JournalRecord], op: &str| {
-        rows.iter()
-            .filter(|r| r.entity == "instance" && r.op == op)
-            .count()
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rows = loop {
-        let rows = store.journal_since(0, 10_000).await.unwrap();
-        if (count(&rows, "insert") >= 37 && count(&rows, "update") >= 7)
-            || Instant::now() > deadline
-        {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let rows = journal_until(store.as_ref(), 0, "the good change sets' rows", |rows| {
+        count(rows, "instance", "insert") >= 37 && count(rows, "instance", "update") >= 7
+    })
+    .await;
     assert_eq!(
-        (count(&rows, "insert"), count(&rows, "update")),
+        (
+            count(&rows, "instance", "insert"),
+            count(&rows, "instance", "update")
+        ),
         (10 + 27, 7),
         "journal rows of committed change sets only"
     );
@@ -567,17 +526,13 @@ async fn losers_in_the_database_drop_out_of_their_batch() {
             assert!(task.is_some() && history.len() == 1, "y{n}: written");
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let rows = loop {
-        let rows = store.journal_since(0, 1_000).await.unwrap();
-        if rows.len() >= 6 * 3 || Instant::now() > deadline {
-            break rows;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let rows = journal_until(store.as_ref(), 0, "the winners' rows", |rows| {
+        rows.len() >= 6 * 3
+    })
+    .await;
     let mut journaled: Vec<&str> = rows
         .iter()
-        .filter(|r| r.entity == "instance")
+        .filter(|r| r.entity.as_str() == "instance")
         .map(|r| r.entity_id.as_str())
         .collect();
     journaled.sort_unstable();
@@ -612,16 +567,31 @@ async fn recovers_after_connections_are_killed() {
     assert!(store.instance("after").await.unwrap().is_none());
 
     let admin = raw_client(&db).await;
-    let killed = admin
+    let killed: Vec<i32> = admin
         .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = current_database() AND pid <> pg_backend_pid()",
             &[],
         )
         .await
-        .unwrap();
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
     assert!(!killed.is_empty(), "the store had connections to kill");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Terminating only signals the backends: wait until every one of them has gone.
+    until("the killed backends gone", || async {
+        let left: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+                &[&killed],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if left == 0 { Ok(()) } else { Err(left) }
+    })
+    .await;
 
     // Calls on dead connections may fail, but only as Unavailable.
     for _ in 0..20 {
@@ -644,16 +614,8 @@ async fn recovers_after_connections_are_killed() {
         .expect("deploy after recovery");
     assert_eq!(deployed[0].definition.version, 2);
     let inst = InstanceRecord {
-        id: "after".into(),
         definition_id: "order:2".into(),
-        definition_key: "order".into(),
-        business_key: None,
-        state: InstanceState::Active,
-        variables: Vars::new(),
-        runtime: serde_json::json!({}).into(),
-        version: 1,
-        started_at: t,
-        ended_at: None,
+        ..active_instance("after", 1, t)
     };
     let mut applied = store.apply(ChangeSet::new(inst.clone(), None)).await;
     for _ in 0..5 {
@@ -686,21 +648,7 @@ async fn cancelled_calls_leave_no_open_transaction() {
     };
     let store = Arc::new(PgStore::connect(db.url()).await.expect("connect"));
     let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-    let mut c = ChangeSet::new(
-        InstanceRecord {
-            id: "i".into(),
-            definition_id: "order:1".into(),
-            definition_key: "order".into(),
-            business_key: None,
-            state: InstanceState::Active,
-            variables: Vars::new(),
-            runtime: serde_json::json!({}).into(),
-            version: 1,
-            started_at: t0,
-            ended_at: None,
-        },
-        None,
-    );
+    let mut c = ChangeSet::new(active_instance("i", 1, t0), None);
     c.external_upserted = (0..200)
         .map(|n| ExternalTaskRecord {
             id: format!("e{n:03}"),

@@ -1,20 +1,18 @@
 //! The shared store conformance suite on SQLite, plus SQLite-specific checks.
 
-use std::sync::Arc;
-
 use steadyflow_store::Store;
-use steadyflow_store::conformance::CASES;
+use steadyflow_store::conformance::Fresh;
 use steadyflow_store_sqlite::SqliteStore;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_suite() {
-    for (name, case) in CASES {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path().join("conformance.db")).expect("open");
-        eprintln!("conformance (sqlite): {name}");
-        case(Arc::new(store)).await;
-    }
+/// A store on a new file in a temporary directory, removed once the case passed (and
+/// by the directory's own drop when it failed).
+async fn fresh() -> Option<Fresh> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = SqliteStore::open(dir.path().join("conformance.db")).expect("open");
+    Some(Fresh::new(store).cleanup(async move { drop(dir) }))
 }
+
+steadyflow_store::conformance_tests!(fresh);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopening_keeps_data_and_does_not_migrate_twice() {

@@ -4,8 +4,10 @@
 //! A store only persists; it never decides. The engine hands it a [`ChangeSet`] per
 //! command, which the store commits atomically together with its journal rows.
 
+#[cfg(feature = "conformance")]
 pub mod conformance;
 mod history;
+pub mod memory;
 mod records;
 pub mod recovery;
 
