@@ -79,7 +79,7 @@ impl Engine {
             reason: reason.clone(),
         };
         if stopped && scope.timer.is_none() {
-            tracing::debug!(instance = instance_id, %reason, "command on a stopped instance refused");
+            tracing::debug!(instance = %instance_id, %reason, "command on a stopped instance refused");
             return Err(corrupt);
         }
 
@@ -90,7 +90,7 @@ impl Engine {
         let mut cs = ChangeSet::new(next, Some(inst.version));
         cs.prior_state = Some(inst.state);
         if !stopped {
-            tracing::error!(instance = instance_id, %reason, "corrupt instance state: stopping the instance at an incident");
+            tracing::error!(instance = %instance_id, %reason, "corrupt instance state: stopping the instance at an incident");
             let activity = scope.activity.unwrap_or_default();
             let message = format!("corrupt state: {reason}");
             let incident_id = crate::core::new_id();
