@@ -9,6 +9,10 @@
 //! * [`health`] and [`supervise`]: background work (the timer driver, ...) runs in a
 //!   supervised loop and reports its state for `/health`.
 
+// Stored data must never panic the engine (issue 16): every remaining `expect` guards
+// an invariant the code itself establishes, and says which where it is allowed.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod clock;
 pub mod core;
 mod error;

@@ -456,6 +456,7 @@ impl<'d> Transition<'d> {
             })
     }
 
+    #[allow(clippy::expect_used)]
     pub(super) fn pos(&self, tid: u64) -> usize {
         // Local invariant: token ids reach here only from the runtime's own tokens (a
         // `waiting` lookup, `spawn`, or the queue, which `run` filters by existence).
@@ -475,6 +476,7 @@ impl<'d> Transition<'d> {
         &mut self.rt.tokens[p]
     }
 
+    #[allow(clippy::expect_used)]
     pub(super) fn element_of(&self, tid: u64) -> usize {
         let t = self.token(tid);
         // Invariant established by this transition: `open` checked that every stored

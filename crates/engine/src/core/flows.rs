@@ -275,6 +275,7 @@ impl Transition<'_> {
             } else {
                 // Invariant: `Transition::open` checked every token's element (see
                 // `element_of`).
+                #[allow(clippy::expect_used)]
                 let at = self
                     .def
                     .element_index(&t.element)

@@ -73,6 +73,7 @@ impl Runtime {
         }
     }
 
+    #[allow(clippy::expect_used)]
     pub fn to_json(&self) -> RawJson {
         // Local invariant: a `Runtime` is plain data (strings, numbers, maps with string
         // keys), which serde_json always serializes.
