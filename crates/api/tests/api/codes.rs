@@ -357,9 +357,10 @@ async fn health_reports_a_panicked_component_down_until_it_runs_again() {
     let (go_tx, go) = watch::channel(false);
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = calls.clone();
+    // Long enough that a slow first probe still sees the component down.
     let backoff = Backoff {
-        initial: Duration::from_millis(300),
-        max: Duration::from_millis(300),
+        initial: Duration::from_millis(1500),
+        max: Duration::from_millis(1500),
     };
     let driver = tokio::spawn(supervise(health, backoff, stop, move || {
         let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;

@@ -391,9 +391,12 @@ impl Engine {
         let id = inst.id.clone();
         let cs = match self.instance_graph(&inst).await {
             Ok(def) => Transition::open(&def.graph, inst, self.now())
-                .and_then(|tr| match tr.is_stopped() && !scope.on_stopped {
-                    true => Err(corrupt::still_stopped(&id)),
-                    false => Ok(tr),
+                .and_then(|tr| {
+                    if tr.is_stopped() && !scope.on_stopped {
+                        Err(corrupt::still_stopped(&id))
+                    } else {
+                        Ok(tr)
+                    }
                 })
                 .map_err(EngineError::from)
                 .and_then(|mut tr| f(&mut tr).map(|()| tr.finish())),
