@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 
 /// A JSON request body (required) or response body.
 #[derive(Debug, Clone, Copy, Default)]
@@ -74,9 +74,8 @@ async fn read<S: Send + Sync>(req: Request, state: &S) -> Result<(HeaderMap, Byt
 }
 
 fn bytes_rejection(r: BytesRejection) -> ApiError {
-    let status = r.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "payload_too_large", r.body_text())
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(Code::PayloadTooLarge, r.body_text())
     } else {
         ApiError::bad_request(r.body_text())
     }

@@ -10,6 +10,10 @@
 //! Handlers never touch a database: they call [`Engine`] and convert its records to the
 //! JSON shapes in [`model`].
 
+// Requests and stored data must never panic a handler: the one remaining `expect` guards
+// an invariant of this crate's own making, and says so where it is allowed.
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -29,7 +33,7 @@ mod params;
 mod routes;
 
 pub use auth::{AllowAll, Authenticator, Principal};
-pub use error::{ApiError, ErrorBody, ErrorResponse};
+pub use error::{ApiError, Code, ErrorBody, ErrorResponse};
 pub use json::{Json, JsonOrEmpty};
 
 /// What every handler can reach.
@@ -44,7 +48,9 @@ pub struct AppState {
     info(
         title = "Steadyflow",
         description = "BPMN workflow engine REST API. Errors are \
-            `{\"error\":{\"code\":\"...\",\"message\":\"...\",\"details\":{...}}}` with stable codes."
+            `{\"error\":{\"code\":\"...\",\"message\":\"...\",\"details\":{...}}}` with one \
+            stable code per condition; the `ErrorBody` schema lists every code with its HTTP status \
+            and meaning. A `busy` answer (503) carries `Retry-After`."
     ),
     tags(
         (name = "process definitions", description = "Deploy BPMN and start instances"),
@@ -93,8 +99,7 @@ async fn unknown_route(method: Method, uri: Uri) -> ApiError {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        Code::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

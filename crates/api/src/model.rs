@@ -2,8 +2,11 @@
 //! conversions from the store's records. Kept apart from the records so the wire format
 //! does not change when storage does.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
+use steadyflow_engine::ComponentReport;
 use steadyflow_engine::DeployedDefinition as EngineDeployed;
 use steadyflow_engine::core::Runtime;
 use steadyflow_store::{
@@ -11,8 +14,6 @@ use steadyflow_store::{
     InstanceState, LockedTask, TaskRecord, Vars,
 };
 use utoipa::ToSchema;
-
-use crate::error::ApiError;
 
 /// Timestamps leave the API with millisecond precision, whether they come from the
 /// store (which keeps milliseconds) or fresh from a command (which may carry nanoseconds),
@@ -140,22 +141,26 @@ pub struct ProcessInstance {
     pub state: ProcessInstanceState,
     #[schema(value_type = Object)]
     pub variables: Vars,
-    /// Element ids where tokens stand (sorted, deduplicated); empty once ended.
+    /// Element ids where tokens stand (sorted, deduplicated); empty once ended, and
+    /// when the stored runtime cannot be read (corrupt state: the instance is stopped at
+    /// a `corruptState` incident as soon as a command meets it).
     pub active_activity_ids: Vec<String>,
     pub started_at: DateTime<Utc>,
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-impl TryFrom<InstanceRecord> for ProcessInstance {
-    type Error = ApiError;
-
-    fn try_from(r: InstanceRecord) -> Result<Self, ApiError> {
-        let runtime = Runtime::from_json(&r.runtime).map_err(|e| {
-            tracing::error!(instance = %r.id, error = %e, "unreadable instance runtime");
-            ApiError::internal()
-        })?;
-        Ok(ProcessInstance {
-            active_activity_ids: runtime.active_activity_ids(),
+/// Infallible: one instance with an unreadable runtime must not fail a whole listing.
+impl From<InstanceRecord> for ProcessInstance {
+    fn from(r: InstanceRecord) -> Self {
+        let active_activity_ids = match Runtime::from_json(&r.runtime) {
+            Ok(runtime) => runtime.active_activity_ids(),
+            Err(e) => {
+                tracing::warn!(instance = %r.id, error = %e, "unreadable instance runtime");
+                Vec::new()
+            }
+        };
+        ProcessInstance {
+            active_activity_ids,
             id: r.id,
             definition_id: r.definition_id,
             definition_key: r.definition_key,
@@ -164,7 +169,7 @@ impl TryFrom<InstanceRecord> for ProcessInstance {
             variables: r.variables,
             started_at: ms(r.started_at),
             ended_at: r.ended_at.map(ms),
-        })
+        }
     }
 }
 
@@ -388,16 +393,63 @@ impl From<IncidentRecord> for Incident {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Up,
+    /// Overall only: the database answers, but a background component is down.
+    Degraded,
     Down,
 }
 
+/// `status`: `down` when the database does not answer (503), else `degraded` when a
+/// background component is down (200: requests are still served), else `up`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: Status,
-    pub components: HealthComponents,
+    /// By name: `database`, and every background component of this node (`timerDriver`,
+    /// and those registered later, e.g. backup scheduler, journal shipper).
+    pub components: BTreeMap<String, ComponentStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct HealthComponents {
-    pub database: Status,
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// `up` or `down`.
+    pub status: Status,
+    /// Why it is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The last failure of a background component, kept after it recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// How often a background component was restarted after a panic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarts: Option<u64>,
+}
+
+impl ComponentStatus {
+    pub fn up() -> Self {
+        ComponentStatus {
+            status: Status::Up,
+            reason: None,
+            last_error: None,
+            restarts: None,
+        }
+    }
+
+    pub fn down(reason: impl Into<String>) -> Self {
+        ComponentStatus {
+            status: Status::Down,
+            reason: Some(reason.into()),
+            ..Self::up()
+        }
+    }
+}
+
+impl From<ComponentReport> for ComponentStatus {
+    fn from(r: ComponentReport) -> Self {
+        ComponentStatus {
+            status: if r.up { Status::Up } else { Status::Down },
+            reason: r.reason,
+            last_error: r.last_error,
+            restarts: Some(r.restarts),
+        }
+    }
 }

@@ -32,16 +32,16 @@ impl ManualClock {
     }
 
     pub fn advance(&self, by: Duration) {
-        *self.now.lock().expect("clock poisoned") += by;
+        *crate::sync::lock(&self.now) += by;
     }
 
     pub fn set(&self, to: DateTime<Utc>) {
-        *self.now.lock().expect("clock poisoned") = to;
+        *crate::sync::lock(&self.now) = to;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
-        *self.now.lock().expect("clock poisoned")
+        *crate::sync::lock(&self.now)
     }
 }

@@ -89,27 +89,19 @@ impl HotInstances {
 
     /// The instance as this node last committed it.
     pub(crate) fn get(&self, id: &str) -> Option<InstanceRecord> {
-        let hit = self
-            .instances
-            .lock()
-            .expect("hot instances poisoned")
-            .get(id);
+        let hit = crate::sync::lock(&self.instances).get(id);
         hit.map(|i| (*i).clone())
     }
 
     /// The instance external task `task_id` belongs to, as this node last committed it.
     pub(crate) fn of_task(&self, task_id: &str) -> Option<InstanceRecord> {
-        let owner = self
-            .tasks
-            .lock()
-            .expect("hot tasks poisoned")
-            .get(task_id)?;
+        let owner = crate::sync::lock(&self.tasks).get(task_id)?;
         self.get(&owner)
     }
 
     /// Remembers a committed instance; an ended one is forgotten (no command runs on it).
     pub(crate) fn put(&self, inst: &InstanceRecord) {
-        let mut map = self.instances.lock().expect("hot instances poisoned");
+        let mut map = crate::sync::lock(&self.instances);
         if inst.state.is_ended() {
             map.remove(inst.id.as_str());
         } else {
@@ -118,24 +110,15 @@ impl HotInstances {
     }
 
     pub(crate) fn forget(&self, id: &str) {
-        self.instances
-            .lock()
-            .expect("hot instances poisoned")
-            .remove(id);
+        crate::sync::lock(&self.instances).remove(id);
     }
 
     pub(crate) fn task_owned_by(&self, task_id: &str, instance_id: &str) {
-        self.tasks
-            .lock()
-            .expect("hot tasks poisoned")
-            .insert(task_id.to_string(), instance_id.to_string());
+        crate::sync::lock(&self.tasks).insert(task_id.to_string(), instance_id.to_string());
     }
 
     pub(crate) fn forget_task(&self, task_id: &str) {
-        self.tasks
-            .lock()
-            .expect("hot tasks poisoned")
-            .remove(task_id);
+        crate::sync::lock(&self.tasks).remove(task_id);
     }
 }
 

@@ -2,7 +2,7 @@
 
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::{Value, json};
-use steadyflow_engine::core::{Runtime, Transition, Wait};
+use steadyflow_engine::core::{CoreError, Runtime, Transition, Wait};
 use steadyflow_model::{ProcessDefinition, parse_definitions};
 use steadyflow_store::{ChangeSet, InstanceRecord, InstanceState, Vars};
 
@@ -332,4 +332,108 @@ fn setting_retries_to_zero_raises_an_incident_and_more_retries_resolve_it() {
     let cs = tr.finish();
     assert_eq!(cs.instance.state, InstanceState::Active);
     assert_eq!(cs.incidents_resolved.len(), 1);
+}
+
+/// A user task with a boundary timer, waiting: the runtime the corrupt-state tests edit.
+fn waiting_with_boundary_timer() -> Harness {
+    let def = model(
+        r#"<startEvent id="s"/><sequenceFlow id="f0" sourceRef="s" targetRef="a"/>
+        <userTask id="a"/><sequenceFlow id="f1" sourceRef="a" targetRef="e"/><endEvent id="e"/>
+        <boundaryEvent id="late" attachedToRef="a"><timerEventDefinition><timeDuration>PT1H</timeDuration></timerEventDefinition></boundaryEvent>
+        <sequenceFlow id="f2" sourceRef="late" targetRef="e"/>"#,
+    );
+    Harness::start(def, json!({}))
+}
+
+/// `h`'s instance with its runtime JSON passed through `edit`.
+fn edited(h: &Harness, edit: impl FnOnce(&mut Value)) -> InstanceRecord {
+    let mut rt: Value = serde_json::from_str(h.inst.runtime.as_str()).unwrap();
+    edit(&mut rt);
+    let mut inst = h.inst.clone();
+    inst.runtime = steadyflow_store::RawJson::from_text(rt.to_string()).unwrap();
+    inst
+}
+
+fn corrupt_reason(h: &Harness, inst: InstanceRecord) -> String {
+    match Transition::open(&h.def, inst, h.now) {
+        Err(CoreError::Corrupt { instance, reason }) => {
+            assert_eq!(instance, h.inst.id);
+            reason
+        }
+        Err(e) => panic!("expected Corrupt, got {e:?}"),
+        Ok(_) => panic!("expected Corrupt, the transition opened"),
+    }
+}
+
+#[test]
+fn stored_state_that_contradicts_the_definition_is_corrupt_not_a_panic() {
+    let h = waiting_with_boundary_timer();
+
+    let ghost = edited(&h, |rt| rt["tokens"][0]["element"] = json!("ghost"));
+    let reason = corrupt_reason(&h, ghost);
+    assert!(reason.contains("`ghost`"), "{reason}");
+
+    let not_a_boundary = edited(&h, |rt| {
+        rt["tokens"][0]["boundaryTimers"][0]["boundary"] = json!("e");
+    });
+    let reason = corrupt_reason(&h, not_a_boundary);
+    assert!(
+        reason.contains("`e`") && reason.contains("boundary"),
+        "{reason}"
+    );
+
+    let twice = edited(&h, |rt| {
+        let t = rt["tokens"][0].clone();
+        rt["tokens"].as_array_mut().unwrap().push(t);
+    });
+    assert!(corrupt_reason(&h, twice).contains("used twice"));
+
+    let behind = edited(&h, |rt| rt["nextToken"] = json!(0));
+    assert!(corrupt_reason(&h, behind).contains("nextToken"));
+
+    let mid_step = edited(&h, |rt| rt["tokens"][0]["wait"] = json!({"kind": "ready"}));
+    assert!(corrupt_reason(&h, mid_step).contains("mid-step"));
+
+    let mut unreadable = h.inst.clone();
+    unreadable.runtime = steadyflow_store::RawJson::from_text(r#"{"tokens": 7}"#.into()).unwrap();
+    assert!(corrupt_reason(&h, unreadable).contains("unreadable runtime"));
+
+    // The untouched runtime still opens, and its timer fires.
+    let mut h = h;
+    h.advance(Duration::hours(2));
+    assert_eq!(h.inst.state, InstanceState::Completed);
+}
+
+#[test]
+fn a_repaired_stopped_instance_gets_its_removed_timers_back_due_now() {
+    let mut h = waiting_with_boundary_timer();
+    let timer_id = h.timers[0].0.clone();
+    // What the engine leaves after stopping it: state incident, the fired timer's row gone.
+    h.inst.state = InstanceState::Incident;
+    h.timers.clear();
+    let tr = Transition::open(&h.def, h.inst.clone(), h.now).unwrap();
+    assert!(tr.is_stopped(), "incident state without a token incident");
+
+    h.command(|tr| tr.resolve_corrupt_state("inc-1", &Default::default()));
+    assert_eq!(h.inst.state, InstanceState::Active);
+    assert_eq!(h.timers.len(), 1);
+    let (id, activity, due) = &h.timers[0];
+    assert_eq!((id, activity.as_str(), *due), (&timer_id, "late", h.now));
+    h.advance(Duration::zero());
+    assert_eq!(
+        h.inst.state,
+        InstanceState::Completed,
+        "the boundary timer fired"
+    );
+
+    // A timer whose row still exists is left alone.
+    let mut h = waiting_with_boundary_timer();
+    let existing = h.timers.iter().map(|t| t.0.clone()).collect();
+    h.inst.state = InstanceState::Incident;
+    let def = h.def.clone();
+    let mut tr = Transition::open(&def, h.inst.clone(), h.now).unwrap();
+    tr.resolve_corrupt_state("inc-1", &existing);
+    let cs = tr.finish();
+    assert!(cs.timers_created.is_empty());
+    assert_eq!(cs.incidents_resolved, ["inc-1"]);
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use steadyflow_api::{AllowAll, AppState};
-use steadyflow_engine::{Engine, SystemClock};
+use steadyflow_api::{AllowAll, ApiError, AppState};
+use steadyflow_engine::{Backoff, ComponentHealth, Engine, SystemClock, supervise};
 use tokio::sync::watch;
 
 use crate::config::{Config, redact};
@@ -16,8 +16,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     let store = crate::stores::open(&url).await?;
     let engine = Arc::new(Engine::new(store, Arc::new(SystemClock)));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Registered before it starts, so `/health` lists it from the first request on.
+    let timer_health = engine.components().register(TIMER_DRIVER);
     let timers = tokio::spawn(timer_driver(
         engine.clone(),
+        timer_health,
         Duration::from_millis(cfg.timer_poll_ms),
         stop_rx,
     ));
@@ -40,22 +43,40 @@ pub async fn run(cfg: Config) -> Result<()> {
     Ok(())
 }
 
-/// Fires due timers: at once while there is work, else every `idle` interval.
-async fn timer_driver(engine: Arc<Engine>, idle: Duration, mut stop: watch::Receiver<bool>) {
-    loop {
-        let wait = match engine.fire_due_timers(100).await {
-            Ok(0) => idle,
-            Ok(_) => Duration::ZERO,
-            Err(e) => {
-                tracing::warn!(error = %e, "timer driver: firing timers failed");
-                Duration::from_secs(1)
+/// The timer driver's name among the components `/health` reports.
+const TIMER_DRIVER: &str = "timerDriver";
+
+/// Due timers taken on per iteration.
+const TIMER_BATCH: usize = 100;
+
+/// Fires due timers: at once while there is work, else every `idle` interval. Runs
+/// supervised ([`supervise`]): a failed iteration (say, the database is away) is retried
+/// with back-off, a panic is caught and the loop started again, and `/health` shows the
+/// component `timerDriver` down, with the reason, while it is not running. One corrupt
+/// instance does not fail an iteration: the engine stops that instance at an incident
+/// and fires the other timers of the batch.
+async fn timer_driver(
+    engine: Arc<Engine>,
+    health: Arc<ComponentHealth>,
+    idle: Duration,
+    stop: watch::Receiver<bool>,
+) {
+    supervise(health, Backoff::default(), stop, move || {
+        let engine = engine.clone();
+        async move {
+            match engine.fire_due_timers(TIMER_BATCH).await {
+                Ok(0) => Ok(idle),
+                Ok(_) => Ok(Duration::ZERO),
+                Err(e) => {
+                    tracing::warn!(error = %e, "timer driver: firing timers failed");
+                    // What `/health` may show: the API's client-safe wording (a database
+                    // error's driver text stays in the log).
+                    Err(ApiError::from(e).message().to_string())
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
         }
-    }
+    })
+    .await;
 }
 
 async fn shutdown_signal() {

@@ -1,8 +1,8 @@
 //! End-to-end tests across crates, in one test binary (one link on 2 cores):
 //! the BPMN conformance runner over the shared corpus (in process on SQLite and
 //! PostgreSQL, and over HTTP against a started `steadyflow serve`), crash consistency,
-//! two engine nodes sharing one PostgreSQL database, and two engines whose hot caches go
-//! stale under each other.
+//! two engine nodes sharing one PostgreSQL database, two engines whose hot caches go
+//! stale under each other, and one poisoned row that must not stop a node.
 
 mod e2e {
     pub mod backup_support;
@@ -17,6 +17,7 @@ mod e2e {
     mod backup_tests;
     mod cluster_tests;
     mod conformance_tests;
+    mod corrupt_state_tests;
     mod crash_tests;
     mod hot_cache_tests;
     mod openapi_tests;

@@ -164,7 +164,7 @@ async fn start_by_key(
     JsonOrEmpty(body): JsonOrEmpty<StartInstance>,
 ) -> Result<impl IntoResponse, ApiError> {
     let inst = state.engine.start(&key, start_request(body)).await?;
-    Ok((StatusCode::CREATED, Json(ProcessInstance::try_from(inst)?)))
+    Ok((StatusCode::CREATED, Json(ProcessInstance::from(inst))))
 }
 
 /// Start an instance of one specific definition version.
@@ -189,7 +189,7 @@ async fn start_by_id(
         .engine
         .start_definition(&id, start_request(body))
         .await?;
-    Ok((StatusCode::CREATED, Json(ProcessInstance::try_from(inst)?)))
+    Ok((StatusCode::CREATED, Json(ProcessInstance::from(inst))))
 }
 
 fn start_request(body: StartInstance) -> StartRequest {

@@ -117,7 +117,9 @@ async fn fetch_and_lock(
         (status = 200, body = ProcessInstance),
         (status = 400, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
-        (status = 409, description = "Not locked by this worker, or the lock expired", body = ErrorResponse),
+        (status = 409, description = "`lock_expired` (this worker's lock ran out or was released) or `locked_by_other_worker`", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
     )
 )]
 async fn complete_external_task(
@@ -129,7 +131,7 @@ async fn complete_external_task(
         .engine
         .complete_external_task(&id, &body.worker_id, body.variables)
         .await?;
-    Ok(Json(inst.try_into()?))
+    Ok(Json(inst.into()))
 }
 
 /// Report a failed external task.
@@ -146,7 +148,9 @@ async fn complete_external_task(
         (status = 200, body = ExternalTask),
         (status = 400, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
-        (status = 409, description = "Not locked by this worker, or the lock expired", body = ErrorResponse),
+        (status = 409, description = "`lock_expired` (this worker's lock ran out or was released) or `locked_by_other_worker`", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
     )
 )]
 async fn fail_external_task(
@@ -176,6 +180,9 @@ async fn fail_external_task(
         (status = 200, body = ExternalTask),
         (status = 400, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
+        (status = 409, description = "`instance_ended`: the instance has already ended", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
     )
 )]
 async fn set_retries(
@@ -201,6 +208,9 @@ async fn set_retries(
     responses(
         (status = 200, body = ExternalTask),
         (status = 404, body = ErrorResponse),
+        (status = 409, description = "`instance_ended`: the instance has already ended", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
     )
 )]
 async fn unlock_external_task(

@@ -63,12 +63,14 @@ async fn list_incidents(
         (status = 200, body = ProcessInstance),
         (status = 400, description = "An external task's incident", body = ErrorResponse),
         (status = 404, description = "No open incident with this id", body = ErrorResponse),
-        (status = 409, body = ErrorResponse),
+        (status = 409, description = "`instance_ended`: the instance has already ended", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
     )
 )]
 async fn retry_incident(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ProcessInstance>, ApiError> {
-    Ok(Json(state.engine.retry_incident(&id).await?.try_into()?))
+    Ok(Json(state.engine.retry_incident(&id).await?.into()))
 }

@@ -68,10 +68,7 @@ async fn list_instances(
     };
     let instances = state.engine.instances(&filter).await?;
     Ok(Json(
-        instances
-            .into_iter()
-            .map(ProcessInstance::try_from)
-            .collect::<Result<_, _>>()?,
+        instances.into_iter().map(ProcessInstance::from).collect(),
     ))
 }
 
@@ -90,7 +87,7 @@ async fn get_instance(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ProcessInstance>, ApiError> {
-    Ok(Json(state.engine.instance(&id).await?.try_into()?))
+    Ok(Json(state.engine.instance(&id).await?.into()))
 }
 
 /// Cancel a running instance; returns it as cancelled.
@@ -102,7 +99,9 @@ async fn get_instance(
     responses(
         (status = 200, body = ProcessInstance),
         (status = 404, body = ErrorResponse),
-        (status = 409, description = "The instance has already ended", body = ErrorResponse),
+        (status = 409, description = "`instance_ended`: the instance has already ended", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
     )
 )]
 async fn cancel_instance(
@@ -111,7 +110,7 @@ async fn cancel_instance(
     Path(id): Path<String>,
 ) -> Result<Json<ProcessInstance>, ApiError> {
     let reason = format!("cancelled through the REST API by {}", principal.name);
-    Ok(Json(state.engine.cancel(&id, &reason).await?.try_into()?))
+    Ok(Json(state.engine.cancel(&id, &reason).await?.into()))
 }
 
 /// What happened to the instance, oldest first.
@@ -144,7 +143,9 @@ async fn instance_history(
         (status = 200, body = ProcessInstance),
         (status = 400, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
-        (status = 409, description = "The instance has already ended", body = ErrorResponse),
+        (status = 409, description = "`instance_ended`: the instance has already ended", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
     )
 )]
 async fn set_variables(
@@ -157,6 +158,6 @@ async fn set_variables(
             .engine
             .set_variables(&id, body.variables)
             .await?
-            .try_into()?,
+            .into(),
     ))
 }

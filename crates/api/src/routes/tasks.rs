@@ -80,7 +80,7 @@ async fn get_task(
         (status = 200, body = Task),
         (status = 400, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
-        (status = 409, description = "Claimed by another user", body = ErrorResponse),
+        (status = 409, description = "`task_already_claimed`: another user holds the task", body = ErrorResponse),
     )
 )]
 async fn claim_task(
@@ -106,7 +106,9 @@ async fn claim_task(
         (status = 200, body = ProcessInstance),
         (status = 400, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
-        (status = 409, body = ErrorResponse),
+        (status = 409, description = "`instance_ended`: the instance has already ended", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
     )
 )]
 async fn complete_task(
@@ -119,6 +121,6 @@ async fn complete_task(
             .engine
             .complete_task(&id, body.variables)
             .await?
-            .try_into()?,
+            .into(),
     ))
 }

@@ -63,7 +63,7 @@ async fn only_the_worker_holding_the_lock_may_complete() {
     let r = complete("w2").await;
     assert_eq!(
         (r.status, r.code()),
-        (StatusCode::CONFLICT, "conflict".into()),
+        (StatusCode::CONFLICT, "locked_by_other_worker".into()),
         "{}",
         r.text
     );
@@ -95,15 +95,9 @@ async fn an_expired_lock_cannot_complete() {
         .await;
     assert_eq!(
         (r.status, r.code()),
-        (StatusCode::CONFLICT, "conflict".into()),
+        (StatusCode::CONFLICT, "lock_expired".into()),
         "{}",
         r.text
-    );
-    assert!(
-        r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("expired")
     );
 }
 

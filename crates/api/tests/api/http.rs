@@ -105,7 +105,7 @@ async fn health_is_up_with_a_live_database() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         r.json(),
-        json!({"status": "up", "components": {"database": "up"}})
+        json!({"status": "up", "components": {"database": {"status": "up"}}})
     );
 }
 
@@ -346,7 +346,9 @@ async fn a_dead_database_is_503_and_its_cause_stays_in_the_log() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         body,
-        json!({"status": "down", "components": {"database": "down"}})
+        json!({"status": "down", "components": {"database": {
+            "status": "down", "reason": "the database does not answer"
+        }}})
     );
 
     let (status, body) = get_with(down(), "/api/v1/process-instances").await;

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::Value;
 use steadyflow_api::{AllowAll, AppState, Authenticator};
 use steadyflow_engine::{Clock, Engine, SystemClock};
+use steadyflow_store::Store;
 use steadyflow_store_sqlite::SqliteStore;
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -43,6 +44,7 @@ pub const EXTERNAL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 
 pub struct App {
     pub router: Router,
+    pub engine: Arc<Engine>,
     _dir: TempDir,
 }
 
@@ -73,11 +75,27 @@ impl App {
     }
 
     pub fn build(clock: Arc<dyn Clock>, auth: Arc<dyn Authenticator>) -> App {
+        Self::build_over(clock, auth, |s| s)
+    }
+
+    /// An app whose engine sees the SQLite store through `wrap` (to inject faults).
+    pub fn build_over(
+        clock: Arc<dyn Clock>,
+        auth: Arc<dyn Authenticator>,
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path().join("t.db")).expect("open sqlite");
-        let engine = Arc::new(Engine::new(Arc::new(store), clock));
-        let router = steadyflow_api::router(AppState { engine, auth });
-        App { router, _dir: dir }
+        let engine = Arc::new(Engine::new(wrap(Arc::new(store)), clock));
+        let router = steadyflow_api::router(AppState {
+            engine: engine.clone(),
+            auth,
+        });
+        App {
+            router,
+            engine,
+            _dir: dir,
+        }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Reply {

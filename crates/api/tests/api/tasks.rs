@@ -99,7 +99,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     let r = claim("bob").await;
     assert_eq!(
         (r.status, r.code()),
-        (StatusCode::CONFLICT, "conflict".into()),
+        (StatusCode::CONFLICT, "task_already_claimed".into()),
         "{}",
         r.text
     );
@@ -193,7 +193,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
 }
 
 #[tokio::test]
-async fn cancelling_twice_is_a_conflict() {
+async fn cancelling_twice_is_instance_ended() {
     let app = App::new();
     app.deploy(USER_TASK_XML).await;
     let inst = app.start("approval", json!({})).await;
@@ -205,7 +205,7 @@ async fn cancelling_twice_is_a_conflict() {
     let r = app.delete(&uri).await;
     assert_eq!(
         (r.status, r.code()),
-        (StatusCode::CONFLICT, "conflict".into()),
+        (StatusCode::CONFLICT, "instance_ended".into()),
         "{}",
         r.text
     );

@@ -4,10 +4,10 @@ use std::collections::VecDeque;
 
 use serde_json::{Value, json};
 use steadyflow_expr::{Context, Layered};
-use steadyflow_model::{ElementKind, ProcessDefinition, TimerDef};
+use steadyflow_model::{ElementKind, ProcessDefinition};
 use steadyflow_store::{
     ChangeSet, ExternalTaskRecord, HistoryRecord, IncidentRecord, InstanceRecord, InstanceState,
-    RawJson, TaskRecord, TimerRecord, Timestamp, Vars,
+    RawJson, TimerRecord, Timestamp, Vars,
 };
 
 use super::runtime::{Runtime, Token, Wait};
@@ -22,8 +22,20 @@ pub enum CoreError {
         what: &'static str,
         id: String,
     },
-    #[error("corrupt runtime state of instance {0}: {1}")]
-    Corrupt(String, String),
+    /// Stored state contradicts itself or the definition (unparseable runtime JSON, a
+    /// token at an element the definition lacks ...): the instance cannot move on until
+    /// the data is repaired.
+    #[error("corrupt state of instance {instance}: {reason}")]
+    Corrupt { instance: String, reason: String },
+}
+
+impl CoreError {
+    pub fn corrupt(instance: impl Into<String>, reason: impl Into<String>) -> Self {
+        CoreError::Corrupt {
+            instance: instance.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// What a change set holds until [`Transition::finish`] puts the new instance state in:
@@ -56,7 +68,7 @@ pub struct Transition<'d> {
     pub(super) queue: VecDeque<u64>,
     pub(super) cs: ChangeSet,
     /// External tasks this transition created (not yet in the store).
-    new_externals: Vec<String>,
+    pub(super) new_externals: Vec<String>,
     /// Elements entered so far: bounds a cycle without a wait state.
     pub(super) steps: usize,
 }
@@ -95,7 +107,9 @@ impl<'d> Transition<'d> {
         }
     }
 
-    /// Opens a transition on a stored, running instance.
+    /// Opens a transition on a stored, running instance. Its runtime is parsed and
+    /// checked against `def` ([`Runtime::check`]): what the transition relies on about
+    /// stored data holds from here on, or this is `Err(Corrupt)`.
     pub fn open(
         def: &'d ProcessDefinition,
         inst: InstanceRecord,
@@ -105,7 +119,9 @@ impl<'d> Transition<'d> {
             return Err(CoreError::Ended(inst.id));
         }
         let rt = Runtime::from_json(&inst.runtime)
-            .map_err(|e| CoreError::Corrupt(inst.id.clone(), e.to_string()))?;
+            .map_err(|e| CoreError::corrupt(&inst.id, format!("unreadable runtime: {e}")))?;
+        rt.check(def)
+            .map_err(|reason| CoreError::corrupt(&inst.id, reason))?;
         let mut cs = ChangeSet::new(placeholder(&inst), Some(inst.version));
         cs.prior_state = Some(inst.state);
         Ok(Transition {
@@ -122,6 +138,56 @@ impl<'d> Transition<'d> {
 
     pub fn instance_id(&self) -> &str {
         &self.inst.id
+    }
+
+    /// The instance stands in state `incident` although no token or task of its runtime
+    /// holds one: the engine stopped it from outside the token machine, for corrupt
+    /// state (a `corruptState` incident). It stays stopped until that incident is
+    /// retried ([`Self::resolve_corrupt_state`]).
+    pub fn is_stopped(&self) -> bool {
+        self.inst.state == InstanceState::Incident && !self.rt.has_incident()
+    }
+
+    /// Resolves the `corruptState` incident `incident_id` after its state was repaired
+    /// (this transition opened, so the runtime now reads and checks). Timers the tokens
+    /// wait for whose rows are gone (`existing_timers` lacks them: the engine removes a
+    /// timer that fires into corrupt state) are armed again, due now: each was due when
+    /// it was removed.
+    pub fn resolve_corrupt_state(
+        &mut self,
+        incident_id: &str,
+        existing_timers: &std::collections::HashSet<String>,
+    ) {
+        self.cs.incidents_resolved.push(incident_id.to_string());
+        self.hist(
+            "incidentResolved",
+            None,
+            json!({ "incidentId": incident_id }),
+        );
+        let mut lost = Vec::new();
+        for t in &self.rt.tokens {
+            if let Wait::Timer { timer_id } = &t.wait
+                && !existing_timers.contains(timer_id)
+            {
+                lost.push((timer_id.clone(), t.element.clone()));
+            }
+            for b in &t.boundary_timers {
+                if !existing_timers.contains(&b.timer_id) {
+                    lost.push((b.timer_id.clone(), b.boundary.clone()));
+                }
+            }
+        }
+        for (id, activity_id) in lost {
+            self.cs.timers_created.push(TimerRecord {
+                id,
+                instance_id: self.inst.id.clone(),
+                activity_id,
+                due_at: self.now,
+                owner: None,
+                lock_until: None,
+                created_at: self.now,
+            });
+        }
     }
 
     /// Commit only while `worker` still holds its lock on external task `task_id`.
@@ -224,7 +290,7 @@ impl<'d> Transition<'d> {
                 .map(|b| (t.id, b.boundary.clone()))
         });
         if let Some((host_token, boundary)) = boundary {
-            self.fire_boundary_timer(host_token, timer_id, &boundary);
+            self.fire_boundary_timer(host_token, timer_id, &boundary)?;
             self.run();
             return Ok(());
         }
@@ -242,28 +308,36 @@ impl<'d> Transition<'d> {
     /// A boundary timer fired: an interrupting one cancels the activity (its work item and
     /// its other boundary timers) and the token leaves through the boundary event; a
     /// non-interrupting one sends a new token out of the boundary event.
-    fn fire_boundary_timer(&mut self, host_token: u64, timer_id: &str, boundary: &str) {
+    fn fire_boundary_timer(
+        &mut self,
+        host_token: u64,
+        timer_id: &str,
+        boundary: &str,
+    ) -> Result<(), CoreError> {
+        // `open` checked that `boundary` is a boundary timer event of the definition;
+        // this is Corrupt rather than a panic all the same, as it costs nothing here.
+        let found = self
+            .def
+            .element_index(boundary)
+            .map(|el| (el, &self.def.elements[el].kind));
+        let (el, interrupting) = match found {
+            Some((el, ElementKind::BoundaryTimer { interrupting, .. })) => (el, *interrupting),
+            _ => {
+                let reason = format!("timer {timer_id} names `{boundary}`, no boundary timer");
+                return Err(CoreError::corrupt(&self.inst.id, reason));
+            }
+        };
         self.cs.timers_removed.push(timer_id.to_string());
         self.token_mut(host_token)
             .boundary_timers
             .retain(|b| b.timer_id != timer_id);
-        let el = self
-            .def
-            .element_index(boundary)
-            .expect("boundary event of the definition");
-        let interrupting = matches!(
-            self.def.elements[el].kind,
-            ElementKind::BoundaryTimer {
-                interrupting: true,
-                ..
-            }
-        );
         if interrupting {
             let host = self.token(host_token).element.clone();
             self.hist("activityCancelled", Some(&host), json!({ "by": boundary }));
             self.cancel_token(host_token);
         }
         self.spawn(el, None);
+        Ok(())
     }
 
     /// Sets instance variables (outside any task).
@@ -275,14 +349,17 @@ impl<'d> Transition<'d> {
     /// Retries the element an incident stopped at (after its cause was fixed, e.g. by
     /// setting variables).
     pub fn retry_incident(&mut self, incident_id: &str) -> Result<(), CoreError> {
-        let tid = self.waiting(
-            |w| matches!(w, Wait::Incident { incident_id: i, .. } if i == incident_id),
+        let (tid, leaving) = self.waiting_with(
+            |w| match w {
+                Wait::Incident {
+                    incident_id: i,
+                    leaving,
+                } if i == incident_id => Some(*leaving),
+                _ => None,
+            },
             "incident",
             incident_id,
         )?;
-        let Wait::Incident { leaving, .. } = self.token(tid).wait.clone() else {
-            unreachable!()
-        };
         self.cs.incidents_resolved.push(incident_id.to_string());
         let el = self.token(tid).element.clone();
         self.hist(
@@ -357,11 +434,21 @@ impl<'d> Transition<'d> {
         what: &'static str,
         id: &str,
     ) -> Result<u64, CoreError> {
+        self.waiting_with(|w| f(w).then_some(()), what, id)
+            .map(|(tid, ())| tid)
+    }
+
+    /// The first token whose wait `f` picks, with what `f` took from it.
+    fn waiting_with<T>(
+        &self,
+        f: impl Fn(&Wait) -> Option<T>,
+        what: &'static str,
+        id: &str,
+    ) -> Result<(u64, T), CoreError> {
         self.rt
             .tokens
             .iter()
-            .find(|t| f(&t.wait))
-            .map(|t| t.id)
+            .find_map(|t| f(&t.wait).map(|v| (t.id, v)))
             .ok_or_else(|| CoreError::NotWaiting {
                 instance: self.inst.id.clone(),
                 what,
@@ -369,7 +456,10 @@ impl<'d> Transition<'d> {
             })
     }
 
+    #[allow(clippy::expect_used)]
     pub(super) fn pos(&self, tid: u64) -> usize {
+        // Local invariant: token ids reach here only from the runtime's own tokens (a
+        // `waiting` lookup, `spawn`, or the queue, which `run` filters by existence).
         self.rt
             .tokens
             .iter()
@@ -386,8 +476,12 @@ impl<'d> Transition<'d> {
         &mut self.rt.tokens[p]
     }
 
+    #[allow(clippy::expect_used)]
     pub(super) fn element_of(&self, tid: u64) -> usize {
         let t = self.token(tid);
+        // Invariant established by this transition: `open` checked that every stored
+        // token stands at an element of the definition (`Runtime::check`), and tokens
+        // made or moved since take their element from the definition's own indices.
         self.def
             .element_index(&t.element)
             .expect("token stands at an element of its definition")
@@ -591,152 +685,4 @@ impl<'d> Transition<'d> {
         );
         self.rt.task_incidents.push((inc, task.id.clone()));
     }
-
-    // ---- work items ------------------------------------------------------------
-
-    pub(super) fn create_user_task(&mut self, tid: u64, el: usize) -> Result<(), String> {
-        let e = &self.def.elements[el];
-        let ElementKind::UserTask(ut) = &e.kind else {
-            unreachable!()
-        };
-        let (name, assignee, users, groups) = self.with_ctx(tid, |ctx| -> Result<_, String> {
-            let name = match &ut.name {
-                Some(x) => Some(x.eval_string(ctx).map_err(|e| e.to_string())?),
-                None => e.name.clone(),
-            };
-            // An expression that yields null (or "") leaves the task unassigned.
-            let assignee = match &ut.assignee {
-                Some(x) => match x.eval(ctx).map_err(|e| e.to_string())? {
-                    Value::Null => None,
-                    Value::String(s) if s.is_empty() => None,
-                    Value::String(s) => Some(s),
-                    other => Some(other.to_string()),
-                },
-                None => None,
-            };
-            Ok((
-                name,
-                assignee,
-                people(&ut.candidate_users, ctx)?,
-                people(&ut.candidate_groups, ctx)?,
-            ))
-        })?;
-        let task_id = new_id();
-        self.cs.tasks_created.push(TaskRecord {
-            id: task_id.clone(),
-            instance_id: self.inst.id.clone(),
-            definition_id: self.inst.definition_id.clone(),
-            activity_id: e.id.clone(),
-            name,
-            assignee,
-            candidate_users: users,
-            candidate_groups: groups,
-            created_at: self.now,
-        });
-        self.token_mut(tid).wait = Wait::UserTask { task_id };
-        Ok(())
-    }
-
-    pub(super) fn create_external_task(&mut self, tid: u64, el: usize) -> Result<(), String> {
-        let e = &self.def.elements[el];
-        let ElementKind::ExternalTask { topic, .. } = &e.kind else {
-            unreachable!()
-        };
-        let mut locals = Vars::new();
-        for m in &e.inputs {
-            let v = self
-                .with_ctx(tid, |ctx| m.source.eval(ctx))
-                .map_err(|err| err.to_string())?;
-            locals.insert(m.target.clone(), v);
-        }
-        self.token_mut(tid).locals = locals;
-        let topic = self
-            .with_ctx(tid, |ctx| topic.eval_string(ctx))
-            .map_err(|err| err.to_string())?;
-        let task_id = new_id();
-        self.cs.external_upserted.push(ExternalTaskRecord {
-            id: task_id.clone(),
-            instance_id: self.inst.id.clone(),
-            definition_id: self.inst.definition_id.clone(),
-            activity_id: e.id.clone(),
-            topic,
-            worker_id: None,
-            lock_expires_at: None,
-            retries: None,
-            error_message: None,
-            retry_at: None,
-            created_at: self.now,
-        });
-        self.new_externals.push(task_id.clone());
-        self.token_mut(tid).wait = Wait::ExternalTask { task_id };
-        Ok(())
-    }
-
-    pub(super) fn create_timer(&mut self, tid: u64, el: usize) -> Result<(), String> {
-        let def = self.def;
-        let ElementKind::TimerCatch(td) = &def.elements[el].kind else {
-            unreachable!()
-        };
-        let due = self.due(tid, td)?;
-        let timer_id = self.add_timer(&def.elements[el].id, due);
-        self.token_mut(tid).wait = Wait::Timer { timer_id };
-        Ok(())
-    }
-
-    /// When a timer definition falls due, evaluated in token `tid`'s scope.
-    fn due(&self, tid: u64, td: &TimerDef) -> Result<Timestamp, String> {
-        self.with_ctx(tid, |ctx| -> Result<Timestamp, String> {
-            match td {
-                TimerDef::Duration(x) => {
-                    let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
-                    steadyflow_model::parse_duration(&text)
-                        .and_then(|d| d.after(self.now))
-                        .ok_or_else(|| format!("`{text}` is not an ISO-8601 duration"))
-                }
-                TimerDef::Date(x) => {
-                    let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
-                    steadyflow_model::parse_date_time(&text)
-                        .ok_or_else(|| format!("`{text}` is not an ISO-8601 date-time"))
-                }
-            }
-        })
-    }
-
-    fn add_timer(&mut self, activity_id: &str, due: Timestamp) -> String {
-        let timer_id = new_id();
-        self.cs.timers_created.push(TimerRecord {
-            id: timer_id.clone(),
-            instance_id: self.inst.id.clone(),
-            activity_id: activity_id.to_string(),
-            due_at: due,
-            owner: None,
-            lock_until: None,
-            created_at: self.now,
-        });
-        timer_id
-    }
-}
-
-/// Candidate users/groups: each expression gives a comma separated string or a list.
-fn people(exprs: &[steadyflow_expr::Expression], ctx: &dyn Context) -> Result<Vec<String>, String> {
-    let mut out = Vec::new();
-    for x in exprs {
-        match x.eval(ctx).map_err(|e| e.to_string())? {
-            Value::Array(items) => out.extend(items.iter().map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })),
-            Value::String(s) => out.extend(
-                s.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            ),
-            Value::Null => {}
-            other => out.push(other.to_string()),
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|p| seen.insert(p.clone()));
-    Ok(out)
 }

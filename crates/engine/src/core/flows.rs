@@ -69,17 +69,17 @@ impl Transition<'_> {
                 Ok(())
             }
             // Boundary timers first: when either step fails, nothing is left behind.
-            ElementKind::UserTask(_) => self
+            ElementKind::UserTask(ut) => self
                 .arm_boundaries(tid, el)
-                .and_then(|()| self.create_user_task(tid, el)),
-            ElementKind::ExternalTask { .. } => self
+                .and_then(|()| self.create_user_task(tid, el, ut)),
+            ElementKind::ExternalTask { topic, .. } => self
                 .arm_boundaries(tid, el)
-                .and_then(|()| self.create_external_task(tid, el)),
+                .and_then(|()| self.create_external_task(tid, el, topic)),
             ElementKind::BoundaryTimer { .. } => {
                 self.complete_activity(tid, None);
                 Ok(())
             }
-            ElementKind::TimerCatch(_) => self.create_timer(tid, el),
+            ElementKind::TimerCatch(td) => self.create_timer(tid, el, td),
             ElementKind::ExclusiveGateway => {
                 self.hist("activityCompleted", Some(&id), Value::Null);
                 self.leave(tid);
@@ -273,6 +273,9 @@ impl Transition<'_> {
             if t.wait == Wait::Join && t.element == *id {
                 waiting.push(t.id);
             } else {
+                // Invariant: `Transition::open` checked every token's element (see
+                // `element_of`).
+                #[allow(clippy::expect_used)]
                 let at = self
                     .def
                     .element_index(&t.element)

@@ -6,7 +6,9 @@
 
 mod exec;
 mod flows;
+mod items;
 pub mod runtime;
 
+pub(crate) use exec::new_id;
 pub use exec::{CoreError, Transition};
 pub use runtime::{Runtime, Token, Wait};

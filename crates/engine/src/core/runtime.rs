@@ -1,6 +1,7 @@
 //! The persisted execution state of one instance (`InstanceRecord::runtime`).
 
 use serde::{Deserialize, Serialize};
+use steadyflow_model::{ElementKind, ProcessDefinition};
 use steadyflow_store::{RawJson, Vars};
 
 /// Where a token stands while the instance is at rest.
@@ -72,8 +73,57 @@ impl Runtime {
         }
     }
 
+    #[allow(clippy::expect_used)]
     pub fn to_json(&self) -> RawJson {
+        // Local invariant: a `Runtime` is plain data (strings, numbers, maps with string
+        // keys), which serde_json always serializes.
         RawJson::to_raw(self).expect("runtime serializes")
+    }
+
+    /// Checks what the transition code relies on but the stored JSON could contradict
+    /// (a bad manual edit, a restore that went wrong): every token stands at an element
+    /// of `def`, every boundary timer names a boundary timer event of `def`, token ids
+    /// are unique and below `next_token`, and no token is persisted mid-step (`Ready`).
+    /// `Err` names the first contradiction found.
+    pub fn check(&self, def: &ProcessDefinition) -> Result<(), String> {
+        // Runs on every command: no allocation for the usual handful of tokens.
+        let mut many = (self.tokens.len() > 32).then(std::collections::HashSet::new);
+        for (i, t) in self.tokens.iter().enumerate() {
+            let twice = match &mut many {
+                Some(seen) => !seen.insert(t.id),
+                None => self.tokens[..i].iter().any(|o| o.id == t.id),
+            };
+            if twice {
+                return Err(format!("token id {} is used twice", t.id));
+            }
+            if t.id >= self.next_token {
+                return Err(format!(
+                    "token id {} is not below nextToken {}",
+                    t.id, self.next_token
+                ));
+            }
+            if def.element_index(&t.element).is_none() {
+                return Err(format!(
+                    "token {} stands at `{}`, which process `{}` does not have",
+                    t.id, t.element, def.key
+                ));
+            }
+            if t.wait == Wait::Ready {
+                return Err(format!("token {} was stored mid-step (ready)", t.id));
+            }
+            for b in &t.boundary_timers {
+                let is_boundary_timer = def.element_index(&b.boundary).is_some_and(|el| {
+                    matches!(def.elements[el].kind, ElementKind::BoundaryTimer { .. })
+                });
+                if !is_boundary_timer {
+                    return Err(format!(
+                        "timer {} of token {} names `{}`, which is not a boundary timer event of process `{}`",
+                        b.timer_id, t.id, b.boundary, def.key
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn has_incident(&self) -> bool {
