@@ -129,6 +129,52 @@ fn sidecar_beside(archive: &Path) -> Option<Sidecar> {
     (s.archive == name).then_some(s)
 }
 
+/// The chain that restores `point`: its full backup first, then every incremental up to
+/// and including `point`. A missing parent is bad input; a parent whose journal does not
+/// end where the child's begins is a gap (verification failed).
+pub fn chain(dir: &Path, point: &Sidecar) -> Result<Vec<Sidecar>> {
+    let points = list(dir)?;
+    let mut out = vec![point.clone()];
+    while let Some(parent_id) = out.last().and_then(|p| p.manifest.parent.clone()) {
+        let child = out
+            .last()
+            .map(|c| c.manifest.id.clone())
+            .unwrap_or_default();
+        let parent = points
+            .iter()
+            .find(|p| p.manifest.id == parent_id)
+            .ok_or_else(|| {
+                BackupError::BadInput(format!(
+                    "backup {child} needs its parent {parent_id}, which is not in {}",
+                    dir.display()
+                ))
+            })?;
+        let after = out
+            .last()
+            .and_then(|c| c.manifest.journal.as_ref())
+            .and_then(|j| j.after_seq);
+        let resume = parent.manifest.journal.as_ref().map(|j| j.resume_seq);
+        if after != resume {
+            return Err(BackupError::Verify(format!(
+                "gap in the chain: {child} starts after journal sequence {after:?}, its parent \
+                 {parent_id} ends at {resume:?}"
+            )));
+        }
+        if out.len() > 100_000 {
+            return Err(BackupError::Verify("the backup chain loops".into()));
+        }
+        out.push(parent.clone());
+    }
+    out.reverse();
+    if out.first().is_some_and(|f| f.manifest.kind != Kind::Full) {
+        return Err(BackupError::BadInput(format!(
+            "the chain of {} does not begin with a full backup",
+            point.manifest.id
+        )));
+    }
+    Ok(out)
+}
+
 /// Checks the archive file against the size and SHA-256 its sidecar recorded when it was
 /// written (catches damage the content checks cannot see, such as tar padding).
 pub fn check_file(path: &Path, sidecar: Option<&Sidecar>) -> Result<()> {

@@ -55,6 +55,8 @@ pub struct BackupOptions {
     pub config_files: Vec<ConfigFile>,
     /// The backup's time (and name); the engine clock's now.
     pub now: DateTime<Utc>,
+    /// Full, or incremental: the journal since the newest backup in `dir`.
+    pub kind: Kind,
 }
 
 /// Takes a full backup. `exporter` is the database to read (`None` only with
@@ -70,7 +72,7 @@ pub async fn create(
     )))?;
     let _lock = catalog::DirLock::acquire(&opts.dir)?;
     catalog::remove_debris(&opts.dir)?;
-    let id = catalog::new_id(&opts.dir, opts.now, Kind::Full);
+    let id = catalog::new_id(&opts.dir, opts.now, opts.kind);
     let spool = opts.dir.join(format!(".{id}.spool"));
     std::fs::create_dir_all(&spool).map_err(BackupError::io(format!(
         "cannot create {}",
@@ -96,7 +98,36 @@ async fn build(
     let mut files: Vec<(FileEntry, PathBuf)> = Vec::new();
     let mut classes = Vec::new();
     let mut snapshot = None;
-    if opts.parts.db() {
+    let mut parent = None;
+    if opts.kind == Kind::Incremental {
+        let exporter = exporter.ok_or_else(|| {
+            BackupError::BadInput("an incremental backup needs a database to read".into())
+        })?;
+        let base = catalog::list(&opts.dir)?
+            .into_iter()
+            .rev()
+            .find(|p| p.manifest.journal.is_some())
+            .ok_or_else(|| {
+                BackupError::BadInput(format!(
+                    "no full backup of the database in {} to continue from; take a full backup first",
+                    opts.dir.display()
+                ))
+            })?;
+        let after = base.manifest.journal.as_ref().map_or(0, |j| j.resume_seq);
+        let (info, journal) = export_journal(exporter, after, spool, progress).await?;
+        if base.manifest.source_backend.as_deref() != Some(info.backend.as_str()) {
+            return Err(BackupError::BadInput(format!(
+                "the newest backup {} is of a {} database, this one is {}: take a full backup first",
+                base.manifest.id,
+                base.manifest.source_backend.as_deref().unwrap_or("-"),
+                info.backend
+            )));
+        }
+        files.push(journal);
+        classes.push(DataClass::Important);
+        snapshot = Some(info);
+        parent = Some(base.manifest.id.clone());
+    } else if opts.parts.db() {
         let exporter = exporter.ok_or_else(|| {
             BackupError::BadInput("a database backup needs a database to read".into())
         })?;
@@ -105,7 +136,7 @@ async fn build(
         classes.extend([DataClass::Critical, DataClass::Important]);
         snapshot = Some(info);
     }
-    if opts.parts.config() {
+    if opts.kind == Kind::Full && opts.parts.config() {
         for cf in &opts.config_files {
             files.push(spool_config(cf, spool, opts.encrypt.is_some())?);
         }
@@ -121,8 +152,8 @@ async fn build(
         format_version: FORMAT_VERSION,
         engine_version: env!("CARGO_PKG_VERSION").to_string(),
         id: id.to_string(),
-        kind: Kind::Full,
-        parent: None,
+        kind: opts.kind,
+        parent,
         created_at: opts.now,
         source_backend: snapshot.as_ref().map(|s| s.backend.clone()),
         schema_version: snapshot.as_ref().map(|s| s.schema_version),
@@ -221,6 +252,47 @@ fn verify_after_write(
         )));
     }
     Ok(None)
+}
+
+/// Spools the journal rows after `after` to `<spool>/journal.jsonl`.
+async fn export_journal(
+    exporter: &dyn Exporter,
+    after: i64,
+    spool: &Path,
+    progress: &Progress,
+) -> Result<(
+    steadyflow_store::recovery::SnapshotInfo,
+    (FileEntry, PathBuf),
+)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportBatch>(8);
+    let spool_dir = spool.to_path_buf();
+    let progress_w = progress.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<Option<(FileEntry, PathBuf)>> {
+        let mut current: Option<TableSpool> = None;
+        while let Some(batch) = rx.blocking_recv() {
+            if current.is_none() {
+                current = Some(TableSpool::create(&spool_dir, batch.table)?);
+            }
+            let c = current.as_mut().expect("set just above");
+            for line in &batch.lines {
+                c.add(line)?;
+            }
+            progress_w.rows(batch.lines.len() as u64, c.bytes());
+        }
+        current.map(TableSpool::finish).transpose()
+    });
+    progress.stage("exporting the journal");
+    let info = exporter.export_journal(after, tx).await;
+    let file = writer
+        .await
+        .map_err(|e| BackupError::BadInput(format!("spool writer failed: {e}")))??;
+    let info = info?;
+    let file = file.ok_or_else(|| {
+        BackupError::Store(steadyflow_store::StoreError::Backend(
+            "the journal export sent nothing".into(),
+        ))
+    })?;
+    Ok((info, file))
 }
 
 /// Spools every table to `<spool>/<table>.jsonl`, hashing bytes and canonical content.

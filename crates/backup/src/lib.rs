@@ -24,4 +24,7 @@ pub use error::{BackupError, Result, exit};
 pub use keys::{DecryptWith, EncryptTo};
 pub use manifest::{FORMAT_VERSION, Kind, Manifest, Sidecar};
 pub use progress::{Progress, ProgressSink};
-pub use restore::{Staged, TableCheck, restore_config, restore_tables, verify};
+pub use restore::{
+    ReplaySummary, ReplayedWork, Staged, TableCheck, restore_chain, restore_config, restore_tables,
+    verify,
+};

@@ -289,3 +289,317 @@ pub fn restore_config(
     }
     Ok(written)
 }
+
+/// A task that was completed, failed, locked or claimed after the recovery point: its
+/// side effects outside the engine happened, and after the restore the engine hands it
+/// out (or waits for it) again. The task id is the worker's idempotency key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplayedWork {
+    /// `externalTask` or `userTask`.
+    pub kind: String,
+    pub id: String,
+    /// What happened after the recovery point: `completed` (or removed with its
+    /// instance), `failed`, `locked`, `claimed`, `created`.
+    pub what: String,
+    /// Topic of an external task, name (or element id) of a user task.
+    pub topic_or_name: Option<String>,
+    /// The worker holding the lock, or the assignee.
+    pub worker_or_assignee: Option<String>,
+    pub instance_id: Option<String>,
+    pub business_key: Option<String>,
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether the task exists in the restored state (false: created after the recovery
+    /// point; the instance will create it anew, under a new id).
+    pub exists_after_restore: bool,
+}
+
+/// What replaying a chain's journal did.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplaySummary {
+    pub incrementals: usize,
+    pub rows_replayed: u64,
+    pub transactions_replayed: u64,
+    /// Rows of transactions after the recovery point, left out.
+    pub rows_after_point: u64,
+    /// Commit time of the last transaction replayed.
+    pub restored_to: Option<chrono::DateTime<chrono::Utc>>,
+    /// The range a `--to-time` may name with this chain.
+    pub covered_from: Option<chrono::DateTime<chrono::Utc>>,
+    pub covered_to: Option<chrono::DateTime<chrono::Utc>>,
+    pub replay_report: Vec<ReplayedWork>,
+}
+
+/// Restores a chain (full backup first, then incrementals, as [`crate::catalog::chain`]
+/// gives it) into `staging`: the full backup's tables, checked against its manifest, then
+/// the incrementals' journal rows replayed in sequence order, whole transactions only,
+/// up to `to_time` (every transaction committed at or before it) or to the end.
+pub async fn restore_chain(
+    archives: &[(std::path::PathBuf, crate::manifest::Sidecar)],
+    keys: &DecryptWith,
+    staging: Box<dyn Staging>,
+    max_schema: i64,
+    to_time: Option<chrono::DateTime<chrono::Utc>>,
+    progress: &Progress,
+) -> Result<(Staged, ReplaySummary)> {
+    let (full_path, full) = archives
+        .first()
+        .ok_or_else(|| BackupError::BadInput("an empty backup chain".into()))?;
+    let base = full.manifest.journal.clone().ok_or_else(|| {
+        BackupError::BadInput(format!("backup {} holds no database", full.manifest.id))
+    })?;
+    let covered_from = base.journal_last_time.unwrap_or(full.manifest.created_at);
+    let covered_to = archives
+        .last()
+        .map(|(_, s)| s.manifest.created_at)
+        .unwrap_or(covered_from)
+        .max(covered_from);
+    if let Some(t) = to_time
+        && (t < covered_from || t > covered_to)
+    {
+        return Err(BackupError::BadInput(format!(
+            "{t} is outside the range this chain covers: {covered_from} .. {covered_to}"
+        )));
+    }
+    let mut staged = restore_tables(full_path, keys, staging, max_schema, progress).await?;
+    let mut summary = ReplaySummary {
+        covered_from: Some(covered_from),
+        covered_to: Some(covered_to),
+        restored_to: base.journal_last_time,
+        ..Default::default()
+    };
+    let backend = base.backend.clone();
+    let mut work: Replay = Replay::default();
+    for (path, sidecar) in &archives[1..] {
+        summary.incrementals += 1;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(4);
+        let (p, k) = (path.clone(), keys.clone());
+        let reader = tokio::task::spawn_blocking(move || {
+            archive::read(&p, &k, |_, file, r| {
+                if file.table.as_deref() != Some("journal") {
+                    return Ok(());
+                }
+                let table = steadyflow_store::recovery::table("journal")
+                    .ok_or_else(|| BackupError::BadInput("no journal table".into()))?;
+                stream_lines(r, table, |Item::Rows(_, lines)| {
+                    tx.blocking_send(lines)
+                        .map_err(|_| BackupError::BadInput("restore stopped".into()))
+                })
+            })
+        });
+        progress.stage(&format!("replaying {}", sidecar.manifest.id));
+        let mut failed = None;
+        while let Some(lines) = rx.recv().await {
+            if let Err(e) = work
+                .feed(&lines, &base, &backend, to_time, &mut staged, &mut summary)
+                .await
+            {
+                failed = Some(e);
+                break;
+            }
+            progress.rows(lines.len() as u64, 0);
+        }
+        drop(rx);
+        let read = reader
+            .await
+            .map_err(|e| BackupError::BadInput(format!("archive reader failed: {e}")));
+        let err = match (read, failed) {
+            (_, Some(e)) => Some(e),
+            (Ok(Err(e)), None) | (Err(e), None) => Some(e),
+            (Ok(Ok(_)), None) => None,
+        };
+        if let Some(e) = err {
+            let _ = staged.staging.discard().await;
+            return Err(e);
+        }
+    }
+    if let Err(e) = work.flush(&mut staged, &mut summary).await {
+        let _ = staged.staging.discard().await;
+        return Err(e);
+    }
+    match work.report(&mut staged).await {
+        Ok(r) => summary.replay_report = r,
+        Err(e) => {
+            let _ = staged.staging.discard().await;
+            return Err(e);
+        }
+    }
+    Ok((staged, summary))
+}
+
+/// Replay state across the incrementals of a chain.
+#[derive(Default)]
+struct Replay {
+    /// The transaction being collected: its id, rows and latest time.
+    current: Option<(i64, Vec<steadyflow_store::recovery::JournalLine>)>,
+    /// Last image of every task and external task seen, and business keys.
+    images: std::collections::HashMap<String, serde_json::Value>,
+    business_keys: std::collections::HashMap<String, String>,
+    /// Task rows after the recovery point, in order.
+    after: Vec<steadyflow_store::recovery::JournalLine>,
+    to_time: Option<i64>,
+}
+
+impl Replay {
+    async fn feed(
+        &mut self,
+        lines: &[String],
+        base: &steadyflow_store::recovery::SnapshotInfo,
+        backend: &str,
+        to_time: Option<chrono::DateTime<chrono::Utc>>,
+        staged: &mut Staged,
+        summary: &mut ReplaySummary,
+    ) -> Result<()> {
+        self.to_time = to_time.map(|t| t.timestamp_millis());
+        for line in lines {
+            let j = steadyflow_store::recovery::JournalLine::parse(line)?;
+            // Already inside the full backup's snapshot.
+            if j.seq <= base.resume_seq || base.pg_snapshot.as_ref().is_some_and(|s| s.holds(j.seq))
+            {
+                continue;
+            }
+            let tx = j.transaction(backend);
+            if self.current.as_ref().is_some_and(|(id, _)| *id != tx) {
+                self.flush(staged, summary).await?;
+            }
+            self.current
+                .get_or_insert_with(|| (tx, Vec::new()))
+                .1
+                .push(j);
+        }
+        Ok(())
+    }
+
+    /// Replays (or, past the recovery point, sets aside) the collected transaction.
+    async fn flush(&mut self, staged: &mut Staged, summary: &mut ReplaySummary) -> Result<()> {
+        let Some((_, rows)) = self.current.take() else {
+            return Ok(());
+        };
+        let time = rows.iter().map(|r| r.tx_time).max().unwrap_or(0);
+        let include = self.to_time.is_none_or(|t| time <= t);
+        if include {
+            let mut ops = Vec::with_capacity(rows.len());
+            for r in &rows {
+                ops.push(steadyflow_store::recovery::replay_op(r)?);
+                self.remember(r)?;
+            }
+            staged.staging.replay(ops).await?;
+            summary.rows_replayed += rows.len() as u64;
+            summary.transactions_replayed += 1;
+            summary.restored_to = chrono::DateTime::from_timestamp_millis(time);
+        } else {
+            summary.rows_after_point += rows.len() as u64;
+            for r in rows {
+                if r.entity == "task" || r.entity == "externalTask" {
+                    self.after.push(r);
+                } else if r.entity == "instance" {
+                    self.remember(&r)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, r: &steadyflow_store::recovery::JournalLine) -> Result<()> {
+        if let Some(img) = r.image()? {
+            if r.entity == "instance" {
+                if let Some(bk) = img.get("businessKey").and_then(|v| v.as_str()) {
+                    self.business_keys
+                        .insert(r.entity_id.clone(), bk.to_string());
+                }
+            } else if r.entity == "task" || r.entity == "externalTask" {
+                self.images.insert(r.entity_id.clone(), img);
+            }
+        }
+        Ok(())
+    }
+
+    async fn report(&mut self, staged: &mut Staged) -> Result<Vec<ReplayedWork>> {
+        let mut out = Vec::new();
+        let (tasks, externals, instances) = (
+            steadyflow_store::recovery::table("tasks"),
+            steadyflow_store::recovery::table("external_tasks"),
+            steadyflow_store::recovery::table("instances"),
+        );
+        let (Some(tasks), Some(externals), Some(instances)) = (tasks, externals, instances) else {
+            return Ok(out);
+        };
+        for r in std::mem::take(&mut self.after) {
+            let external = r.entity == "externalTask";
+            let table = if external { externals } else { tasks };
+            let at_point = staged
+                .staging
+                .lookup(table, &r.entity_id)
+                .await?
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(&l).ok());
+            let image = r.image()?;
+            let known = image
+                .clone()
+                .or_else(|| self.images.get(&r.entity_id).cloned());
+            let field = |img: &Option<serde_json::Value>, camel: &str, snake: &str| {
+                img.as_ref().and_then(|v| {
+                    v.get(camel)
+                        .or_else(|| v.get(snake))
+                        .and_then(|x| x.as_str())
+                        .map(str::to_string)
+                })
+            };
+            let what = match (r.op.as_str(), external, &image) {
+                ("delete", _, _) => "completed",
+                ("insert", _, _) => "created",
+                (_, true, Some(img)) if img.get("errorMessage").is_some_and(|e| !e.is_null()) => {
+                    "failed"
+                }
+                (_, true, Some(img)) if img.get("workerId").is_some_and(|w| !w.is_null()) => {
+                    "locked"
+                }
+                (_, false, Some(img)) if img.get("assignee").is_some_and(|a| !a.is_null()) => {
+                    "claimed"
+                }
+                _ => "changed",
+            };
+            let src = known.clone().or(at_point.clone());
+            let instance_id = field(&src, "instanceId", "instance_id");
+            let mut business_key = instance_id
+                .as_ref()
+                .and_then(|i| self.business_keys.get(i).cloned());
+            if business_key.is_none()
+                && let Some(i) = &instance_id
+                && let Some(line) = staged.staging.lookup(instances, i).await?
+            {
+                business_key = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| {
+                        v.get("business_key")
+                            .and_then(|b| b.as_str())
+                            .map(str::to_string)
+                    });
+            }
+            let who = if external {
+                field(&image, "workerId", "worker_id")
+                    .or_else(|| field(&src, "workerId", "worker_id"))
+            } else {
+                field(&image, "assignee", "assignee")
+                    .or_else(|| field(&src, "assignee", "assignee"))
+            };
+            let name = if external {
+                field(&src, "topic", "topic")
+            } else {
+                field(&src, "name", "name").or_else(|| field(&src, "activityId", "activity_id"))
+            };
+            out.push(ReplayedWork {
+                kind: if external { "externalTask" } else { "userTask" }.into(),
+                id: r.entity_id.clone(),
+                what: what.into(),
+                topic_or_name: name,
+                worker_or_assignee: who,
+                instance_id,
+                business_key,
+                at: r.time(),
+                exists_after_restore: at_point.is_some(),
+            });
+        }
+        Ok(out)
+    }
+}

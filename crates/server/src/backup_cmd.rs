@@ -32,8 +32,9 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct TakeArgs {
-    /// Only the journal since the newest backup (not available yet: refused with exit code 2).
-    #[arg(long)]
+    /// Only the journal since the newest backup in --dir (its parent); restores replay it
+    /// on top of the chain's full backup.
+    #[arg(long, conflicts_with_all = ["redis_only", "config_only"])]
     pub incremental: bool,
     /// Only the database tables.
     #[arg(long, group = "part")]
@@ -106,7 +107,10 @@ pub struct RestoreArgs {
     /// Only the configuration files (into --config-dir).
     #[arg(long, group = "part")]
     pub config_only: bool,
-    /// Point-in-time restore (not available yet: refused with exit code 2).
+    /// Point-in-time restore: the chain's full backup, then every journal transaction
+    /// committed at or before this time (RFC 3339, e.g. 2026-12-03T10:15:00Z). The backup
+    /// named (default `latest`) ends the chain. Work done after that time is listed in the
+    /// replay report.
     #[arg(long, value_name = "RFC3339")]
     pub to_time: Option<String>,
     /// Restore into a scratch database, check it, report, and drop it: the target is
@@ -369,11 +373,6 @@ pub async fn backup(args: BackupArgs, config_file: Option<&Path>) -> i32 {
 }
 
 async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, BackupError> {
-    if args.incremental {
-        return Err(BackupError::BadInput(
-            "incremental backups are not available in this version yet; take a full backup".into(),
-        ));
-    }
     if args.redis_only {
         return Err(BackupError::BadInput(
             "Redis backups are not available in this version yet (no cache is configured)".into(),
@@ -385,6 +384,11 @@ async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, Ba
         Parts::ConfigOnly
     } else {
         Parts::All
+    };
+    let kind = if args.incremental {
+        steadyflow_backup::Kind::Incremental
+    } else {
+        steadyflow_backup::Kind::Full
     };
     let exporter = if parts == Parts::ConfigOnly {
         None
@@ -398,6 +402,7 @@ async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, Ba
         encrypt: args.encrypt.then(encrypt_keys),
         config_files: config_files(config_file),
         now: chrono::Utc::now(),
+        kind,
     };
     steadyflow_backup::create(exporter.as_deref(), &opts, &progress()).await
 }
@@ -481,6 +486,10 @@ async fn verify(v: &VerifyArgs) -> i32 {
         let s2 = sidecar.clone();
         let outcome = tokio::task::spawn_blocking(move || {
             catalog::check_file(&p2, s2.as_ref())?;
+            // An incremental is only as good as its chain: every parent there, no gap.
+            if let Some(s) = &s2 {
+                catalog::chain(p2.parent().unwrap_or(Path::new(".")), s)?;
+            }
             steadyflow_backup::verify(&p2, &k2)
         })
         .await
@@ -545,11 +554,15 @@ async fn run_restore(
     args: &RestoreArgs,
     config_file: Option<&Path>,
 ) -> Result<serde_json::Value, BackupError> {
-    if args.to_time.is_some() {
-        return Err(BackupError::BadInput(
-            "point-in-time restore (--to-time) is not available in this version yet".into(),
-        ));
-    }
+    let to_time = args
+        .to_time
+        .as_deref()
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| BackupError::BadInput(format!("--to-time `{t}` is not RFC 3339: {e}")))
+        })
+        .transpose()?;
     if args.redis_only {
         return Err(BackupError::BadInput(
             "Redis restores are not available in this version yet".into(),
@@ -612,10 +625,53 @@ async fn run_restore(
             )));
         }
     }
+    // The chain that restores the named point: its full backup, then its incrementals.
+    let chain: Vec<(PathBuf, Sidecar)> = match &sidecar {
+        Some(s) => {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let chain = catalog::chain(dir, s)?;
+            for link in &chain[..chain.len() - 1] {
+                let p = dir.join(&link.archive);
+                let l = link.clone();
+                tokio::task::spawn_blocking(move || catalog::check_file(&p, Some(&l)))
+                    .await
+                    .map_err(|e| BackupError::BadInput(format!("check failed: {e}")))??;
+            }
+            chain
+                .into_iter()
+                .map(|s| (dir.join(&s.archive), s))
+                .collect()
+        }
+        None => Vec::new(),
+    };
     let staging = db.stage().await?;
-    let staged =
-        steadyflow_backup::restore_tables(&path, &keys, staging, db.schema_version(), &progress())
-            .await?;
+    let (staged, replay) = if chain.len() > 1 || to_time.is_some() {
+        if chain.is_empty() {
+            return Err(BackupError::BadInput(
+                "a point-in-time restore needs the backup directory's catalog: name the backup by id".into(),
+            ));
+        }
+        let (staged, summary) = steadyflow_backup::restore_chain(
+            &chain,
+            &keys,
+            staging,
+            db.schema_version(),
+            to_time,
+            &progress(),
+        )
+        .await?;
+        (staged, Some(summary))
+    } else {
+        let staged = steadyflow_backup::restore_tables(
+            &path,
+            &keys,
+            staging,
+            db.schema_version(),
+            &progress(),
+        )
+        .await?;
+        (staged, None)
+    };
     let m = &staged.manifest;
     let rows: u64 = staged
         .tables
@@ -631,6 +687,10 @@ async fn run_restore(
     } else {
         staged.staging.promote().await?;
     }
+    let report_file = match &replay {
+        Some(r) if !args.test => Some(write_replay_report(&db, r)?),
+        _ => None,
+    };
     let mut written_config = Vec::new();
     if !args.test && !args.db_only && m.files.iter().any(|f| f.path.starts_with("config/")) {
         let (p, k, dest, force) = (
@@ -645,10 +705,33 @@ async fn run_restore(
         .await
         .map_err(|e| BackupError::BadInput(format!("restore failed: {e}")))??;
     }
+    let replayed = replay
+        .as_ref()
+        .map(|r| {
+            format!(
+                "; {} incremental(s): {} journal rows in {} transactions replayed up to {}{}",
+                r.incrementals,
+                r.rows_replayed,
+                r.transactions_replayed,
+                r.restored_to.map_or("-".into(), |t| t.to_rfc3339()),
+                if r.replay_report.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} task(s) worked on after that point will run again (replay report{})",
+                        r.replay_report.len(),
+                        report_file
+                            .as_ref()
+                            .map_or(String::new(), |f| format!(": {}", f.display()))
+                    )
+                }
+            )
+        })
+        .unwrap_or_default();
     let summary = if args.test {
         format!(
             "test restore of backup {id} ({}, from {}) into {staging_name}: {} tables, {rows} rows, \
-             counts and checksums match, {seconds:.2} s; scratch dropped, nothing else touched",
+             counts and checksums match{replayed}, {seconds:.2} s; scratch dropped, nothing else touched",
             kind.as_str(),
             source.as_deref().unwrap_or("-"),
             tables.iter().filter(|t| t.restored).count()
@@ -656,7 +739,7 @@ async fn run_restore(
     } else {
         format!(
             "restored backup {id} ({}, from {}) into {}: {} tables, {rows} rows, counts and \
-             checksums match, {seconds:.2} s{}",
+             checksums match{replayed}, {seconds:.2} s{}",
             kind.as_str(),
             source.as_deref().unwrap_or("-"),
             db.describe(),
@@ -679,6 +762,38 @@ async fn run_restore(
         "rows": rows,
         "seconds": seconds,
         "configFiles": written_config,
+        "replay": replay,
+        "replayReportFile": report_file,
         "summary": summary,
     }))
+}
+
+/// Writes the replay report beside the target: `<db>.replay-report.json` next to a
+/// SQLite file, `replay-report-<database>.json` in the working directory for PostgreSQL.
+fn write_replay_report(
+    db: &Db,
+    summary: &steadyflow_backup::ReplaySummary,
+) -> Result<PathBuf, BackupError> {
+    let path = match db {
+        Db::Sqlite(p) => PathBuf::from(format!("{}.replay-report.json", p.display())),
+        Db::Postgres(u) => {
+            let name = u
+                .parse::<tokio_postgres::Config>()
+                .ok()
+                .and_then(|c| c.get_dbname().map(str::to_string))
+                .unwrap_or_else(|| "postgres".into());
+            PathBuf::from(format!("replay-report-{name}.json"))
+        }
+    };
+    let text = serde_json::to_vec_pretty(&json!({
+        "restoredTo": summary.restored_to,
+        "coveredFrom": summary.covered_from,
+        "coveredTo": summary.covered_to,
+        "tasks": summary.replay_report,
+        "note": "These tasks were worked on after the recovery point: the restored engine hands them out (or waits for them) again. Workers should use the task id as an idempotency key.",
+    }))
+    .map_err(|e| BackupError::BadInput(format!("replay report: {e}")))?;
+    std::fs::write(&path, text)
+        .map_err(BackupError::io(format!("cannot write {}", path.display())))?;
+    Ok(path)
 }

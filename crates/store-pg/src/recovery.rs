@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::{StreamExt, pin_mut};
 use steadyflow_store::recovery::{
-    ContentHasher, EXPORT_BATCH, ExportBatch, Exporter, SnapshotInfo, Staging, TABLES, TableDigest,
-    TableSpec, TargetState,
+    ContentHasher, EXPORT_BATCH, ExportBatch, Exporter, JournalLine, PgSnapshot, ReplayOp,
+    SnapshotInfo, Staging, TABLES, TableDigest, TableSpec, TargetState,
 };
 use steadyflow_store::{Result, StoreError};
 use tokio_postgres::{Client, Config, NoTls};
@@ -66,6 +66,49 @@ fn select_json(table: &TableSpec) -> String {
         cols.join(", "),
         table.name,
         table.key
+    )
+}
+
+/// The snapshot of the current transaction (call inside it).
+async fn current_snapshot(client: &Client) -> Result<PgSnapshot> {
+    let row = client
+        .query_one(
+            "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, \
+             COALESCE((SELECT array_agg(x::text::bigint) FROM pg_snapshot_xip(s) x), '{}') \
+             FROM pg_current_snapshot() s",
+            &[],
+        )
+        .await
+        .map_err(db_err)?;
+    Ok(PgSnapshot {
+        xmin: row.try_get(0).map_err(db_err)?,
+        xmax: row.try_get(1).map_err(db_err)?,
+        xip: row.try_get(2).map_err(db_err)?,
+    })
+}
+
+/// Upsert by key: `INSERT … ON CONFLICT (key) DO UPDATE SET every other column`.
+fn upsert_json(table: &TableSpec) -> String {
+    let sets: Vec<String> = table
+        .column_names()
+        .filter(|c| *c != table.key)
+        .map(|c| format!("{c} = EXCLUDED.{c}"))
+        .collect();
+    format!(
+        "{} ON CONFLICT ({}) DO UPDATE SET {}",
+        insert_json(table),
+        table.key,
+        sets.join(", ")
+    )
+}
+
+/// Insert without the key column (history appends take a new `seq`).
+fn append_json(table: &TableSpec) -> String {
+    let cols: Vec<&str> = table.column_names().filter(|c| *c != table.key).collect();
+    let cols = cols.join(", ");
+    format!(
+        "INSERT INTO {t} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{t}, $1::text::json)",
+        t = table.name
     )
 }
 
@@ -141,6 +184,7 @@ impl Exporter for PgExporter {
             .map_err(db_err)?;
         let get = |i: usize| j.try_get::<_, Option<i64>>(i).map_err(db_err);
         let (first_seq, last_seq, first_ms, last_ms) = (get(0)?, get(1)?, get(2)?, get(3)?);
+        let snapshot = current_snapshot(&tx).await?;
         for table in TABLES {
             let out = out.clone();
             stream_table(&tx, table, move |lines| {
@@ -158,12 +202,97 @@ impl Exporter for PgExporter {
         Ok(SnapshotInfo {
             backend: "postgres".into(),
             schema_version: i64::from(schema_version),
+            resume_seq: (snapshot.xmin << 20) - 1,
+            after_seq: None,
+            pg_snapshot: Some(snapshot),
             journal_first_seq: first_seq,
             journal_last_seq: last_seq,
             journal_first_time: time(first_ms),
             journal_last_time: time(last_ms),
         })
     }
+
+    async fn export_journal(
+        &self,
+        after_seq: i64,
+        out: tokio::sync::mpsc::Sender<ExportBatch>,
+    ) -> Result<SnapshotInfo> {
+        export_journal_pg(&self.config, after_seq, out).await
+    }
+}
+
+async fn export_journal_pg(
+    config: &Config,
+    after: i64,
+    out: tokio::sync::mpsc::Sender<ExportBatch>,
+) -> Result<SnapshotInfo> {
+    let table = steadyflow_store::recovery::table("journal")
+        .ok_or_else(|| StoreError::Backend("no journal table spec".into()))?;
+    let client = connect(config).await?;
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .map_err(db_err)?;
+    let schema_version: i32 = client
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(db_err)?;
+    // Rows of transactions below the snapshot's xmin: all of them have ended, so no row
+    // can still appear below this bound. The rest waits for the next incremental.
+    let snapshot = current_snapshot(&client).await?;
+    let bound = snapshot.xmin << 20;
+    let cols: Vec<&str> = table.column_names().collect();
+    let sql = format!(
+        "SELECT row_to_json(r)::text FROM (SELECT {} FROM journal WHERE seq > $1 AND seq < $2 ORDER BY seq) r",
+        cols.join(", ")
+    );
+    let rows = client
+        .query_raw(
+            sql.as_str(),
+            [&after as &(dyn tokio_postgres::types::ToSql + Sync), &bound],
+        )
+        .await
+        .map_err(db_err)?;
+    pin_mut!(rows);
+    let mut lines = Vec::with_capacity(EXPORT_BATCH);
+    let (mut first, mut last): (Option<(i64, i64)>, Option<(i64, i64)>) = (None, None);
+    let mut announced = false;
+    let closed = || StoreError::Unavailable("backup stopped reading the export".into());
+    while let Some(row) = rows.next().await {
+        let line: String = row.map_err(db_err)?.try_get(0).map_err(db_err)?;
+        let j = JournalLine::parse(&line)?;
+        first.get_or_insert((j.seq, j.tx_time));
+        last = Some((j.seq, j.tx_time));
+        lines.push(line);
+        if lines.len() == EXPORT_BATCH {
+            out.send(ExportBatch {
+                table,
+                lines: std::mem::take(&mut lines),
+            })
+            .await
+            .map_err(|_| closed())?;
+            announced = true;
+        }
+    }
+    if !lines.is_empty() || !announced {
+        out.send(ExportBatch { table, lines })
+            .await
+            .map_err(|_| closed())?;
+    }
+    client.batch_execute("COMMIT").await.map_err(db_err)?;
+    let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
+    Ok(SnapshotInfo {
+        backend: "postgres".into(),
+        schema_version: i64::from(schema_version),
+        resume_seq: (bound - 1).max(after),
+        after_seq: Some(after),
+        pg_snapshot: None,
+        journal_first_seq: first.map(|f| f.0),
+        journal_last_seq: last.map(|l| l.0),
+        journal_first_time: time(first.map(|f| f.1)),
+        journal_last_time: time(last.map(|l| l.1)),
+    })
 }
 
 /// Connection to the maintenance database `postgres` of the target's server.
@@ -348,6 +477,58 @@ impl Staging for PgStaging {
             )));
         }
         Ok(())
+    }
+
+    async fn replay(&mut self, ops: Vec<ReplayOp>) -> Result<()> {
+        let client = self.client()?;
+        if ops.iter().any(|o| matches!(o, ReplayOp::Append(..))) {
+            // Appends take new keys from the sequence: past every imported row.
+            client
+                .batch_execute(
+                    "SELECT setval(pg_get_serial_sequence('history', 'seq'), \
+                     GREATEST((SELECT MAX(seq) FROM history), 1))",
+                )
+                .await
+                .map_err(db_err)?;
+        }
+        for op in ops {
+            let (sql, param) = match op {
+                ReplayOp::Upsert(t, line) => (upsert_json(t), format!("[{line}]")),
+                ReplayOp::Append(t, line) => (append_json(t), format!("[{line}]")),
+                ReplayOp::Delete(t, key) => {
+                    client
+                        .execute(
+                            format!("DELETE FROM {} WHERE {} = $1", t.name, t.key).as_str(),
+                            &[&key],
+                        )
+                        .await
+                        .map_err(db_err)?;
+                    continue;
+                }
+            };
+            client
+                .execute(sql.as_str(), &[&param])
+                .await
+                .map_err(|e| StoreError::Corrupt(format!("replay failed: {}", db_err(e))))?;
+        }
+        Ok(())
+    }
+
+    async fn lookup(&mut self, table: &'static TableSpec, key: &str) -> Result<Option<String>> {
+        let client = self.client()?;
+        let cols: Vec<&str> = table.column_names().collect();
+        let sql = format!(
+            "SELECT row_to_json(r)::text FROM (SELECT {} FROM {} WHERE {} = $1) r",
+            cols.join(", "),
+            table.name,
+            table.key
+        );
+        let row = client
+            .query_opt(sql.as_str(), &[&key])
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<_, String>(0).map_err(db_err))
+            .transpose()
     }
 
     async fn table_digest(&mut self, table: &'static TableSpec) -> Result<TableDigest> {

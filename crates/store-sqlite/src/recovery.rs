@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use steadyflow_store::recovery::{
-    ColumnKind, ContentHasher, EXPORT_BATCH, ExportBatch, Exporter, SnapshotInfo, Staging, TABLES,
-    TableDigest, TableSpec, TargetState,
+    ColumnKind, ContentHasher, EXPORT_BATCH, ExportBatch, Exporter, ReplayOp, SnapshotInfo,
+    Staging, TABLES, TableDigest, TableSpec, TargetState,
 };
 use steadyflow_store::{Result, StoreError};
 
@@ -93,6 +93,29 @@ fn select_json(table: &TableSpec) -> String {
     )
 }
 
+/// Like [`insert_json`] without the key column (appends to history: a new `seq`).
+fn append_json(table: &TableSpec) -> String {
+    let cols: Vec<&steadyflow_store::recovery::Column> = table
+        .columns
+        .iter()
+        .filter(|c| c.name != table.key)
+        .collect();
+    let names: Vec<&str> = cols.iter().map(|c| c.name).collect();
+    let values: Vec<String> = cols
+        .iter()
+        .map(|c| match c.kind {
+            ColumnKind::Json => format!("value -> '$.{}'", c.name),
+            _ => format!("value ->> '$.{}'", c.name),
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1)",
+        table.name,
+        names.join(", "),
+        values.join(", ")
+    )
+}
+
 /// `INSERT INTO table (cols) SELECT value->>'col' … FROM json_each(?1)`.
 fn insert_json(table: &TableSpec) -> String {
     let cols: Vec<&str> = table.column_names().collect();
@@ -164,14 +187,86 @@ fn export_blocking(
         }
     }
     conn.execute_batch("COMMIT").map_err(backend_err)?;
+    flush_wal(path)?;
     let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
     Ok(SnapshotInfo {
         backend: "sqlite".into(),
         schema_version,
+        resume_seq: last_seq.unwrap_or(0),
+        after_seq: None,
+        pg_snapshot: None,
         journal_first_seq: first_seq,
         journal_last_seq: last_seq,
         journal_first_time: time(first_ms),
         journal_last_time: time(last_ms),
+    })
+}
+
+/// Makes every commit this process has read durable. A server answers its callers only
+/// after its own WAL flush, but a reader can see a batch a few milliseconds earlier; one
+/// `fdatasync` of the WAL (written in order) covers every commit visible so far, so an
+/// export never holds rows that a power loss could take back.
+fn flush_wal(db: &Path) -> Result<()> {
+    let wal = side(db, "-wal");
+    match File::open(&wal) {
+        Ok(f) => f.sync_data().map_err(|e| io_err("cannot flush", &wal, e)),
+        // No WAL: every commit is in the database file, flushed by its checkpoint.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("cannot open", &wal, e)),
+    }
+}
+
+fn export_journal_blocking(
+    path: &Path,
+    after: i64,
+    out: &tokio::sync::mpsc::Sender<ExportBatch>,
+) -> Result<SnapshotInfo> {
+    if !path.exists() {
+        return Err(StoreError::Unavailable(format!(
+            "SQLite database {} does not exist",
+            path.display()
+        )));
+    }
+    let table = steadyflow_store::recovery::table("journal")
+        .ok_or_else(|| StoreError::Backend("no journal table spec".into()))?;
+    let conn = open_conn(path, true)?;
+    conn.execute_batch("BEGIN").map_err(backend_err)?;
+    let schema_version = stored_schema_version(&conn).map_err(backend_err)?;
+    let select = select_json(table).replace(" ORDER BY", " WHERE seq > ?1 ORDER BY");
+    let mut stmt = conn.prepare(&select).map_err(backend_err)?;
+    let mut rows = stmt.query([after]).map_err(backend_err)?;
+    let mut lines = Vec::with_capacity(EXPORT_BATCH);
+    let (mut first, mut last): (Option<(i64, i64)>, Option<(i64, i64)>) = (None, None);
+    let mut announced = false;
+    while let Some(row) = rows.next().map_err(backend_err)? {
+        let line: String = row.get(0).map_err(backend_err)?;
+        let j = steadyflow_store::recovery::JournalLine::parse(&line)?;
+        first.get_or_insert((j.seq, j.tx_time));
+        last = Some((j.seq, j.tx_time));
+        lines.push(line);
+        if lines.len() == EXPORT_BATCH {
+            send(out, table, std::mem::take(&mut lines))?;
+            announced = true;
+        }
+    }
+    if !lines.is_empty() || !announced {
+        send(out, table, lines)?;
+    }
+    drop(rows);
+    drop(stmt);
+    conn.execute_batch("COMMIT").map_err(backend_err)?;
+    flush_wal(path)?;
+    let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
+    Ok(SnapshotInfo {
+        backend: "sqlite".into(),
+        schema_version,
+        resume_seq: last.map_or(after, |l| l.0),
+        after_seq: Some(after),
+        pg_snapshot: None,
+        journal_first_seq: first.map(|f| f.0),
+        journal_last_seq: last.map(|l| l.0),
+        journal_first_time: time(first.map(|f| f.1)),
+        journal_last_time: time(last.map(|l| l.1)),
     })
 }
 
@@ -189,6 +284,17 @@ impl Exporter for SqliteExporter {
     async fn export(&self, out: tokio::sync::mpsc::Sender<ExportBatch>) -> Result<SnapshotInfo> {
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || export_blocking(&path, &out))
+            .await
+            .map_err(|e| StoreError::Backend(format!("export thread failed: {e}")))?
+    }
+
+    async fn export_journal(
+        &self,
+        after_seq: i64,
+        out: tokio::sync::mpsc::Sender<ExportBatch>,
+    ) -> Result<SnapshotInfo> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || export_journal_blocking(&path, after_seq, &out))
             .await
             .map_err(|e| StoreError::Backend(format!("export thread failed: {e}")))?
     }
@@ -317,6 +423,50 @@ impl SqliteStaging {
         Ok(())
     }
 
+    fn replay_blocking(&self, ops: &[ReplayOp]) -> Result<()> {
+        let conn = self.conn()?;
+        for op in ops {
+            match op {
+                ReplayOp::Upsert(table, line) => {
+                    let sql =
+                        insert_json(table).replacen("INSERT INTO", "INSERT OR REPLACE INTO", 1);
+                    conn.prepare_cached(&sql)
+                        .and_then(|mut s| s.execute([format!("[{line}]")]))
+                        .map_err(|e| {
+                            StoreError::Corrupt(format!("replay into {} failed: {e}", table.name))
+                        })?;
+                }
+                ReplayOp::Delete(table, key) => {
+                    let sql = format!("DELETE FROM {} WHERE {} = ?1", table.name, table.key);
+                    conn.prepare_cached(&sql)
+                        .and_then(|mut s| s.execute([key]))
+                        .map_err(backend_err)?;
+                }
+                ReplayOp::Append(table, line) => {
+                    let sql = append_json(table);
+                    conn.prepare_cached(&sql)
+                        .and_then(|mut s| s.execute([format!("[{line}]")]))
+                        .map_err(|e| {
+                            StoreError::Corrupt(format!("replay into {} failed: {e}", table.name))
+                        })?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup_blocking(&self, table: &TableSpec, key: &str) -> Result<Option<String>> {
+        let conn = self.conn()?;
+        let sql =
+            select_json(table).replace(" ORDER BY", &format!(" WHERE {} = ?1 ORDER BY", table.key));
+        let mut stmt = conn.prepare_cached(&sql).map_err(backend_err)?;
+        let mut rows = stmt.query([key]).map_err(backend_err)?;
+        match rows.next().map_err(backend_err)? {
+            Some(r) => Ok(Some(r.get(0).map_err(backend_err)?)),
+            None => Ok(None),
+        }
+    }
+
     fn digest_blocking(&self, table: &TableSpec) -> Result<TableDigest> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(&select_json(table)).map_err(backend_err)?;
@@ -394,6 +544,14 @@ impl Staging for SqliteStaging {
 
     async fn table_digest(&mut self, table: &'static TableSpec) -> Result<TableDigest> {
         tokio::task::block_in_place(|| self.digest_blocking(table))
+    }
+
+    async fn replay(&mut self, ops: Vec<ReplayOp>) -> Result<()> {
+        tokio::task::block_in_place(|| self.replay_blocking(&ops))
+    }
+
+    async fn lookup(&mut self, table: &'static TableSpec, key: &str) -> Result<Option<String>> {
+        tokio::task::block_in_place(|| self.lookup_blocking(table, key))
     }
 
     async fn promote(self: Box<Self>) -> Result<()> {

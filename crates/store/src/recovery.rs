@@ -30,7 +30,7 @@ pub enum ColumnKind {
     Json,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Column {
     pub name: &'static str,
     pub kind: ColumnKind,
@@ -62,7 +62,7 @@ impl DataClass {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct TableSpec {
     pub name: &'static str,
     pub class: DataClass,
@@ -244,12 +244,40 @@ pub struct ExportBatch {
 /// Rows sent per [`ExportBatch`].
 pub const EXPORT_BATCH: usize = 2_000;
 
-/// Facts about one consistent export.
+/// Which journal rows a PostgreSQL snapshot already holds: its `pg_current_snapshot()`.
+/// A row's transaction id is `seq >> 20`; the transaction is inside the snapshot when it
+/// finished before `xmin`, or ran below `xmax` and was not in progress (`xip`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PgSnapshot {
+    pub xmin: i64,
+    pub xmax: i64,
+    pub xip: Vec<i64>,
+}
+
+impl PgSnapshot {
+    pub fn holds(&self, seq: i64) -> bool {
+        let xid = seq >> 20;
+        xid < self.xmin || (xid < self.xmax && !self.xip.contains(&xid))
+    }
+}
+
+/// Facts about one consistent export (of every table, or of the journal alone).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SnapshotInfo {
     pub backend: String,
     pub schema_version: i64,
+    /// Incrementals go on with the journal rows after this sequence: every row at or
+    /// below it is inside this export (SQLite: its last row; PostgreSQL: below the
+    /// snapshot's `xmin`, whose transactions have all ended).
+    pub resume_seq: i64,
+    /// A journal-only export: the rows after this sequence (the parent's `resume_seq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<i64>,
+    /// PostgreSQL: the rows above `resume_seq` that the snapshot holds all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pg_snapshot: Option<PgSnapshot>,
     /// Journal rows inside the snapshot: lowest and highest sequence, with their times.
     pub journal_first_seq: Option<i64>,
     pub journal_last_seq: Option<i64>,
@@ -258,6 +286,10 @@ pub struct SnapshotInfo {
 }
 
 /// Backup side of a store: one consistent read of every table.
+///
+/// Only durable rows are exported: the SQLite exporter flushes the WAL it read from
+/// (`fdatasync`, which covers every commit it saw) before it reports success, and on
+/// PostgreSQL a committed row is durable.
 #[async_trait]
 pub trait Exporter: Send + Sync {
     /// Reads every table of [`TABLES`] in that order inside ONE read transaction
@@ -265,6 +297,153 @@ pub trait Exporter: Send + Sync {
     /// batches to `out` (bounded: a slow consumer slows the export, memory stays flat).
     /// Every table is announced by at least one batch, possibly empty.
     async fn export(&self, out: tokio::sync::mpsc::Sender<ExportBatch>) -> Result<SnapshotInfo>;
+
+    /// Reads the journal rows after `after_seq` that no transaction still running can
+    /// precede, in sequence order, as the journal table's lines.
+    async fn export_journal(
+        &self,
+        after_seq: i64,
+        out: tokio::sync::mpsc::Sender<ExportBatch>,
+    ) -> Result<SnapshotInfo>;
+}
+
+/// One journal row as an archive holds it (the journal table's line).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct JournalLine {
+    pub seq: i64,
+    /// Commit time, milliseconds since the epoch.
+    pub tx_time: i64,
+    pub entity: String,
+    pub entity_id: String,
+    pub op: String,
+    /// The row image (the record's JSON text), `None` for deletes.
+    pub row: Option<String>,
+}
+
+impl JournalLine {
+    pub fn parse(line: &str) -> Result<JournalLine> {
+        serde_json::from_str(line)
+            .map_err(|e| StoreError::Corrupt(format!("journal row cannot be read: {e}")))
+    }
+
+    /// The transaction the row belongs to: rows of one transaction are restored together
+    /// or not at all. PostgreSQL: the transaction id in the sequence's high bits;
+    /// SQLite: one writer transaction shares one `tx_time` (see the journal's docs).
+    pub fn transaction(&self, backend: &str) -> i64 {
+        if backend == "postgres" {
+            self.seq >> 20
+        } else {
+            self.tx_time
+        }
+    }
+
+    pub fn time(&self) -> Option<Timestamp> {
+        chrono::DateTime::from_timestamp_millis(self.tx_time)
+    }
+
+    /// The image parsed, `None` for deletes.
+    pub fn image(&self) -> Result<Option<serde_json::Value>> {
+        self.row
+            .as_deref()
+            .map(|r| {
+                serde_json::from_str(r).map_err(|e| {
+                    StoreError::Corrupt(format!("journal row {} image: {e}", self.seq))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// What replaying one journal row does to a restored database.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplayOp {
+    /// Insert the row, or replace the one with the same key (a line of the table).
+    Upsert(&'static TableSpec, String),
+    /// Remove the row with this key, if there.
+    Delete(&'static TableSpec, String),
+    /// Append a row to an append-only table (history), without its key.
+    Append(&'static TableSpec, String),
+}
+
+fn entity_table(entity: &str) -> Result<&'static TableSpec> {
+    let name = match entity {
+        "definition" => "definitions",
+        "instance" => "instances",
+        "task" => "tasks",
+        "externalTask" => "external_tasks",
+        "timer" => "timers",
+        "incident" => "incidents",
+        "history" => "history",
+        other => {
+            return Err(StoreError::Corrupt(format!(
+                "journal names an unknown entity `{other}`"
+            )));
+        }
+    };
+    table(name).ok_or_else(|| StoreError::Corrupt(format!("no table {name}")))
+}
+
+fn camel(column: &str) -> String {
+    let mut out = String::with_capacity(column.len());
+    let mut upper = false;
+    for c in column.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn to_ms(v: &serde_json::Value, what: &str) -> Result<serde_json::Value> {
+    Ok(match v {
+        serde_json::Value::String(s) => {
+            let t = chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|e| StoreError::Corrupt(format!("{what}: `{s}` is not a time: {e}")))?;
+            serde_json::Value::from(t.timestamp_millis())
+        }
+        other => other.clone(),
+    })
+}
+
+/// Turns a journal row into what replaying it does. The image is the record's JSON
+/// (camelCase fields, RFC 3339 times); the result is a table line (column names,
+/// milliseconds), the same form a backup's table files hold.
+pub fn replay_op(j: &JournalLine) -> Result<ReplayOp> {
+    let table = entity_table(&j.entity)?;
+    if j.op == "delete" {
+        return Ok(ReplayOp::Delete(table, j.entity_id.clone()));
+    }
+    let image = j.image()?.ok_or_else(|| {
+        StoreError::Corrupt(format!("journal row {} ({}) has no image", j.seq, j.op))
+    })?;
+    let mut row = serde_json::Map::new();
+    if table.name == "history" {
+        // The image is the history document itself: {"time": …, "events": […]}.
+        row.insert("instance_id".into(), j.entity_id.clone().into());
+        row.insert("time".into(), to_ms(&image["time"], "history time")?);
+        row.insert("events".into(), image);
+        return Ok(ReplayOp::Append(
+            table,
+            serde_json::Value::Object(row).to_string(),
+        ));
+    }
+    for col in table.columns {
+        let v = image.get(camel(col.name)).cloned().unwrap_or_default();
+        let v = match col.kind {
+            ColumnKind::Int => to_ms(&v, col.name)?,
+            _ => v,
+        };
+        row.insert(col.name.to_string(), v);
+    }
+    Ok(ReplayOp::Upsert(
+        table,
+        serde_json::Value::Object(row).to_string(),
+    ))
 }
 
 /// A restore target being filled: a side file (SQLite) or a side database (PostgreSQL)
@@ -278,6 +457,10 @@ pub trait Staging: Send {
     async fn import(&mut self, table: &'static TableSpec, lines: Vec<String>) -> Result<()>;
     /// Row count and content checksum of `table` as the staging holds it now.
     async fn table_digest(&mut self, table: &'static TableSpec) -> Result<TableDigest>;
+    /// Applies journal rows in order (see [`replay_op`]).
+    async fn replay(&mut self, ops: Vec<ReplayOp>) -> Result<()>;
+    /// The row of `table` with this key, as a table line.
+    async fn lookup(&mut self, table: &'static TableSpec, key: &str) -> Result<Option<String>>;
     /// Makes the imported data durable and puts it in place of the target.
     async fn promote(self: Box<Self>) -> Result<()>;
     /// Removes the staging data (the target stays as it was).
@@ -379,6 +562,60 @@ mod tests {
         let mut h = ContentHasher::new();
         assert!(matches!(h.add("[1]"), Err(StoreError::Corrupt(_))));
         assert!(matches!(h.add("{oops"), Err(StoreError::Corrupt(_))));
+    }
+
+    #[test]
+    fn journal_images_become_table_lines() {
+        let j = JournalLine::parse(
+            r#"{"seq":7,"tx_time":1000,"entity":"externalTask","entity_id":"x1","op":"update","row":"{\"id\":\"x1\",\"instanceId\":\"i\",\"definitionId\":\"d:1\",\"activityId\":\"a\",\"topic\":\"t\",\"workerId\":\"w\",\"lockExpiresAt\":\"2026-06-01T09:00:00Z\",\"retries\":null,\"errorMessage\":null,\"retryAt\":null,\"createdAt\":\"2026-06-01T08:00:00.5Z\"}"}"#,
+        )
+        .unwrap();
+        let ReplayOp::Upsert(t, line) = replay_op(&j).unwrap() else {
+            panic!("an update is an upsert");
+        };
+        assert_eq!(t.name, "external_tasks");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["lock_expires_at"], 1_780_304_400_000_i64);
+        assert_eq!(v["created_at"], 1_780_300_800_500_i64);
+        assert_eq!(v["worker_id"], "w");
+        let del = JournalLine {
+            op: "delete".into(),
+            row: None,
+            ..j.clone()
+        };
+        assert_eq!(
+            replay_op(&del).unwrap(),
+            ReplayOp::Delete(table("external_tasks").unwrap(), "x1".into())
+        );
+        let hist = JournalLine {
+            entity: "history".into(),
+            entity_id: "i".into(),
+            op: "append".into(),
+            row: Some(
+                r#"{"time":"2026-06-01T09:00:00Z","events":[{"event":"instanceStarted"}]}"#.into(),
+            ),
+            ..j
+        };
+        let ReplayOp::Append(t, line) = replay_op(&hist).unwrap() else {
+            panic!("history is appended");
+        };
+        assert_eq!(t.name, "history");
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["instance_id"], "i");
+        assert_eq!(v["events"]["events"][0]["event"], "instanceStarted");
+    }
+
+    #[test]
+    fn a_postgres_snapshot_holds_what_ended_before_it() {
+        let s = PgSnapshot {
+            xmin: 10,
+            xmax: 20,
+            xip: vec![12],
+        };
+        assert!(s.holds(9 << 20 | 3));
+        assert!(s.holds(11 << 20));
+        assert!(!s.holds(12 << 20 | 1));
+        assert!(!s.holds(20 << 20));
     }
 
     #[test]

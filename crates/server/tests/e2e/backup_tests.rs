@@ -858,3 +858,176 @@ fn runbook_scripts_back_up_and_test_restore() {
     let out = run("backup.sh", &["--bogus"]);
     assert_eq!(code(&out), 2);
 }
+
+/// Work after a backup, through an engine on the wall clock: some user tasks and external
+/// tasks completed (by `worker`), and `starts` new instances. Returns the ids of the
+/// external tasks completed.
+async fn more_work(store: Arc<dyn Store>, worker: &str, starts: usize) -> Vec<String> {
+    use steadyflow_engine::{Engine, StartRequest, SystemClock};
+    use steadyflow_store::{TaskFilter, TopicLock, Vars};
+    let engine = Engine::new(store, Arc::new(SystemClock));
+    let tasks = engine
+        .tasks(&TaskFilter {
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for t in tasks {
+        engine.complete_task(&t.id, Vars::new()).await.unwrap();
+    }
+    // Locks taken at populate time (June 2026) have long expired on the wall clock.
+    let topics = [TopicLock {
+        topic: "charge".into(),
+        lock_duration_ms: 600_000,
+    }];
+    let mut done = Vec::new();
+    for t in engine.fetch_and_lock(worker, 3, &topics).await.unwrap() {
+        engine
+            .complete_external_task(&t.task.id, worker, Vars::new())
+            .await
+            .unwrap();
+        done.push(t.task.id);
+    }
+    for k in 0..starts {
+        engine
+            .start(
+                "order",
+                StartRequest {
+                    business_key: Some(format!("{worker}-{k}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    done
+}
+
+/// full → work → incremental → work → incremental: `latest` restores the newest state,
+/// `--to-time` the state between the two, naming the work done after it; a missing
+/// parent and a time outside the chain are refused.
+async fn incremental_chain(dir: &Path, src: &str, dst: &str, dst_pit: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let store = open(src).await;
+    populate(store.clone(), 20).await;
+    backup(dir, src, &[], &[]);
+    more_work(store.clone(), "w-mid", 4).await;
+    let mid = state_digests(src).await;
+    let first = backup(dir, src, &["--incremental"], &[]);
+    assert_eq!(first["manifest"]["kind"], "incremental");
+    assert!(first["manifest"]["parent"].is_string());
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let point = chrono::Utc::now();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let late = more_work(store.clone(), "w-late", 2).await;
+    assert!(!late.is_empty());
+    let end = state_digests(src).await;
+    let second = backup(dir, src, &["--incremental"], &[]);
+    assert_eq!(second["manifest"]["parent"], first["manifest"]["id"]);
+    drop(store);
+
+    let out = restore(dir, "latest", dst, &[], &[]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(
+        state_digests(dst).await,
+        end,
+        "latest restore differs from the source"
+    );
+    assert_eq!(finish_all(open(dst).await).await, 26);
+
+    let at = point.to_rfc3339();
+    let out = restore(dir, "latest", dst_pit, &["--to-time", &at], &[]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(
+        state_digests(dst_pit).await,
+        mid,
+        "point-in-time restore differs"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let replayed: Vec<&Value> = report["replay"]["replayReport"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .collect();
+    for id in &late {
+        let hit = replayed
+            .iter()
+            .find(|w| w["id"] == id.as_str() && w["kind"] == "externalTask")
+            .unwrap_or_else(|| {
+                panic!("external task {id} done after the point is not reported: {replayed:?}")
+            });
+        assert_eq!(hit["topicOrName"], "charge");
+        assert!(
+            hit["businessKey"].as_str().unwrap().starts_with("order-"),
+            "{hit}"
+        );
+        assert_eq!(hit["existsAfterRestore"], true);
+    }
+    assert!(report["replayReportFile"].is_string());
+
+    // Before the chain's full backup: refused.
+    let out = restore(
+        dir,
+        "latest",
+        &sqlite_url(dir, "never.db"),
+        &["--to-time", "2020-01-01T00:00:00Z"],
+        &[],
+    );
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("outside"),
+        "{}",
+        show(&out)
+    );
+    // A missing parent: refused, and verify says so too.
+    let middle = archive_path(dir, &first);
+    std::fs::rename(&middle, dir.join("moved-away")).unwrap();
+    let out = restore(
+        dir,
+        second["manifest"]["id"].as_str().unwrap(),
+        &sqlite_url(dir, "never.db"),
+        &[],
+        &[],
+    );
+    assert_eq!(code(&out), 2, "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("parent"),
+        "{}",
+        show(&out)
+    );
+    assert!(!dir.join("never.db").exists());
+}
+
+#[test]
+fn sqlite_incremental_chain_and_point_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    runtime().block_on(incremental_chain(
+        &d.join("w"),
+        &sqlite_url(d, "a.db"),
+        &sqlite_url(d, "latest.db"),
+        &sqlite_url(d, "pit.db"),
+    ));
+}
+
+#[test]
+fn postgres_incremental_chain_and_point_in_time() {
+    runtime().block_on(async {
+        let Some(a) = steadyflow_store_pg::testing::fresh_database().await else {
+            return;
+        };
+        let b = steadyflow_store_pg::testing::fresh_database()
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // Latest into PostgreSQL, the point in time into SQLite.
+        incremental_chain(&d.join("w"), a.url(), b.url(), &sqlite_url(d, "pit.db")).await;
+        for db in [&a, &b] {
+            drop_side_databases(db).await;
+        }
+        a.cleanup().await;
+        b.cleanup().await;
+    });
+}
