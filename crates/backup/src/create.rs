@@ -57,6 +57,9 @@ pub struct BackupOptions {
     pub now: DateTime<Utc>,
     /// Full, or incremental: the journal since the newest backup in `dir`.
     pub kind: Kind,
+    /// After the backup is verified and in place, delete the live journal's rows it
+    /// holds (incrementals continue after them; point-in-time restores read archives).
+    pub prune_journal: bool,
 }
 
 /// Takes a full backup. `exporter` is the database to read (`None` only with
@@ -80,6 +83,20 @@ pub async fn create(
     )))?;
     let result = build(exporter, opts, &id, &spool, progress).await;
     let _ = std::fs::remove_dir_all(&spool);
+    if let (Ok(sidecar), Some(exporter), true) = (&result, exporter, opts.prune_journal)
+        && let Some(j) = &sidecar.manifest.journal
+    {
+        progress.stage("pruning the journal");
+        match exporter.prune_journal(j.resume_seq).await {
+            Ok(n) => tracing::info!(
+                rows = n,
+                upto = j.resume_seq,
+                "pruned journal rows inside the backup"
+            ),
+            // The backup stands; the rows are pruned by the next one.
+            Err(e) => tracing::warn!(error = %e, "could not prune the journal"),
+        }
+    }
     if result.is_err() {
         // Never leave a partial archive behind a failed run (a killed run's debris is
         // removed by the next one).

@@ -48,6 +48,10 @@ pub struct TakeArgs {
     /// Write a plain tar (zstd is the default).
     #[arg(long)]
     pub no_compress: bool,
+    /// Keep the live journal's rows that this backup holds (by default they are deleted
+    /// once the backup is verified, so the journal stays small).
+    #[arg(long, env = "STEADYFLOW_BACKUP_KEEP_JOURNAL")]
+    pub keep_journal: bool,
     /// Encrypt with age: passphrase from ENCRYPT_KEY, or to the recipients in
     /// STEADYFLOW_AGE_RECIPIENTS (comma-separated `age1…` keys).
     #[arg(long)]
@@ -403,6 +407,7 @@ async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, Ba
         config_files: config_files(config_file),
         now: chrono::Utc::now(),
         kind,
+        prune_journal: !args.keep_journal,
     };
     steadyflow_backup::create(exporter.as_deref(), &opts, &progress()).await
 }

@@ -87,6 +87,29 @@ async fn current_snapshot(client: &Client) -> Result<PgSnapshot> {
     })
 }
 
+/// The lowest transaction id that can still add journal rows to *this* database, read
+/// before the export's snapshot is taken: the oldest transaction in progress on this
+/// database, else the next transaction id. Everything below it had finished before the
+/// snapshot, so it is inside the snapshot. Unlike the snapshot's `xmin`, a long
+/// transaction in another database of the cluster (a report, a `pg_dump`) does not hold
+/// it back. `pg_stat_activity` shows 32-bit ids; they are widened with the epoch of the
+/// 64-bit horizon.
+async fn own_horizon(client: &Client) -> Result<i64> {
+    let row = client
+        .query_one(
+            "WITH h AS (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS xmax) \
+             SELECT LEAST(h.xmax, COALESCE((SELECT MIN((((h.xmax >> 32) - \
+                 CASE WHEN a.backend_xid::text::bigint > (h.xmax & 4294967295) THEN 1 ELSE 0 END) << 32) \
+                 | a.backend_xid::text::bigint) \
+               FROM pg_stat_activity a WHERE a.datname = current_database() \
+                 AND a.backend_xid IS NOT NULL AND a.pid <> pg_backend_pid()), h.xmax)) FROM h",
+            &[],
+        )
+        .await
+        .map_err(db_err)?;
+    row.try_get(0).map_err(db_err)
+}
+
 /// Upsert by key: `INSERT … ON CONFLICT (key) DO UPDATE SET every other column`.
 fn upsert_json(table: &TableSpec) -> String {
     let sets: Vec<String> = table
@@ -164,6 +187,7 @@ async fn stream_table(
 impl Exporter for PgExporter {
     async fn export(&self, out: tokio::sync::mpsc::Sender<ExportBatch>) -> Result<SnapshotInfo> {
         let tx = connect(&self.config).await?;
+        let horizon = own_horizon(&tx).await?;
         // One snapshot for every table: what committed before it, nothing after.
         tx.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
@@ -202,7 +226,7 @@ impl Exporter for PgExporter {
         Ok(SnapshotInfo {
             backend: "postgres".into(),
             schema_version: i64::from(schema_version),
-            resume_seq: (snapshot.xmin << 20) - 1,
+            resume_seq: (horizon.max(snapshot.xmin) << 20) - 1,
             after_seq: None,
             pg_snapshot: Some(snapshot),
             journal_first_seq: first_seq,
@@ -219,6 +243,26 @@ impl Exporter for PgExporter {
     ) -> Result<SnapshotInfo> {
         export_journal_pg(&self.config, after_seq, out).await
     }
+
+    async fn prune_journal(&self, upto_seq: i64) -> Result<u64> {
+        let client = connect(&self.config).await?;
+        // Oldest first, a bounded number of rows per statement (each its own transaction).
+        let mut deleted = 0u64;
+        loop {
+            let n = client
+                .execute(
+                    "DELETE FROM journal WHERE seq IN \
+                     (SELECT seq FROM journal WHERE seq <= $1 ORDER BY seq LIMIT $2)",
+                    &[&upto_seq, &steadyflow_store::recovery::PRUNE_BATCH],
+                )
+                .await
+                .map_err(db_err)?;
+            deleted += n;
+            if n < steadyflow_store::recovery::PRUNE_BATCH as u64 {
+                return Ok(deleted);
+            }
+        }
+    }
 }
 
 async fn export_journal_pg(
@@ -229,6 +273,7 @@ async fn export_journal_pg(
     let table = steadyflow_store::recovery::table("journal")
         .ok_or_else(|| StoreError::Backend("no journal table spec".into()))?;
     let client = connect(config).await?;
+    let horizon = own_horizon(&client).await?;
     client
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
@@ -238,10 +283,10 @@ async fn export_journal_pg(
         .await
         .and_then(|r| r.try_get(0))
         .map_err(db_err)?;
-    // Rows of transactions below the snapshot's xmin: all of them have ended, so no row
-    // can still appear below this bound. The rest waits for the next incremental.
-    let snapshot = current_snapshot(&client).await?;
-    let bound = snapshot.xmin << 20;
+    // Rows of transactions below this database's horizon: all of them had ended before
+    // the snapshot, so no row can still appear below this bound. The rest waits for the
+    // next incremental.
+    let bound = horizon << 20;
     let cols: Vec<&str> = table.column_names().collect();
     let sql = format!(
         "SELECT row_to_json(r)::text FROM (SELECT {} FROM journal WHERE seq > $1 AND seq < $2 ORDER BY seq) r",

@@ -270,6 +270,30 @@ fn export_journal_blocking(
     })
 }
 
+/// Deletes journal rows `<= upto` from the oldest up, a bounded range per transaction
+/// (a second writer beside the server's: SQLite serializes them, the busy timeout waits).
+fn prune_blocking(path: &Path, upto: i64) -> Result<u64> {
+    let conn = open_conn(path, false)?;
+    let oldest: Option<i64> = conn
+        .query_row("SELECT MIN(seq) FROM journal", [], |r| r.get(0))
+        .map_err(backend_err)?;
+    let Some(mut from) = oldest else {
+        return Ok(0);
+    };
+    let mut deleted = 0u64;
+    while from <= upto {
+        let to = (from + steadyflow_store::recovery::PRUNE_BATCH - 1).min(upto);
+        deleted += conn
+            .execute(
+                "DELETE FROM journal WHERE seq >= ?1 AND seq <= ?2",
+                [from, to],
+            )
+            .map_err(backend_err)? as u64;
+        from = to + 1;
+    }
+    Ok(deleted)
+}
+
 fn send(
     out: &tokio::sync::mpsc::Sender<ExportBatch>,
     table: &'static TableSpec,
@@ -297,6 +321,13 @@ impl Exporter for SqliteExporter {
         tokio::task::spawn_blocking(move || export_journal_blocking(&path, after_seq, &out))
             .await
             .map_err(|e| StoreError::Backend(format!("export thread failed: {e}")))?
+    }
+
+    async fn prune_journal(&self, upto_seq: i64) -> Result<u64> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || prune_blocking(&path, upto_seq))
+            .await
+            .map_err(|e| StoreError::Backend(format!("prune thread failed: {e}")))?
     }
 }
 

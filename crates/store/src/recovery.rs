@@ -305,7 +305,14 @@ pub trait Exporter: Send + Sync {
         after_seq: i64,
         out: tokio::sync::mpsc::Sender<ExportBatch>,
     ) -> Result<SnapshotInfo>;
+
+    /// Deletes the live journal's rows at or below `upto_seq` (already inside a verified
+    /// backup), in short transactions beside a running server; returns how many.
+    async fn prune_journal(&self, upto_seq: i64) -> Result<u64>;
 }
+
+/// Rows deleted per pruning transaction: short enough not to hold up the writer.
+pub const PRUNE_BATCH: i64 = 20_000;
 
 /// One journal row as an archive holds it (the journal table's line).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -285,3 +285,24 @@ pub fn restore(
     args.extend_from_slice(extra);
     steadyflow(dir, &args, env)
 }
+
+/// Rows in the live journal.
+pub async fn journal_rows(url: &str) -> usize {
+    let exporter: Box<dyn Exporter> = match url.strip_prefix("sqlite://") {
+        Some(p) => Box::new(steadyflow_store_sqlite::recovery::SqliteExporter::new(p)),
+        None => Box::new(steadyflow_store_pg::recovery::PgExporter::new(url).unwrap()),
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportBatch>(8);
+    let count = tokio::spawn(async move {
+        let mut n = 0;
+        while let Some(b) = rx.recv().await {
+            n += b.lines.len();
+        }
+        n
+    });
+    exporter
+        .export_journal(-1, tx)
+        .await
+        .expect("journal export");
+    count.await.unwrap()
+}

@@ -911,8 +911,12 @@ async fn incremental_chain(dir: &Path, src: &str, dst: &str, dst_pit: &str) {
     std::fs::create_dir_all(dir).unwrap();
     let store = open(src).await;
     populate(store.clone(), 20).await;
+    assert!(journal_rows(src).await > 100);
     backup(dir, src, &[], &[]);
+    // The rows the verified backup holds are pruned from the live journal.
+    assert_eq!(journal_rows(src).await, 0);
     more_work(store.clone(), "w-mid", 4).await;
+    assert!(journal_rows(src).await > 0);
     let mid = state_digests(src).await;
     let first = backup(dir, src, &["--incremental"], &[]);
     assert_eq!(first["manifest"]["kind"], "incremental");
