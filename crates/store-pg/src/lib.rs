@@ -241,7 +241,7 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, change: ChangeSet) -> Result<()> {
-        let images = apply::Images::of(&change)?;
+        let images = RowImages::of(&change)?;
         let (reply, done) = oneshot::channel();
         self.writer
             .send(apply::Job {
@@ -263,9 +263,9 @@ impl Store for PgStore {
         self.read_tasks(filter).await
     }
 
-    async fn claim_task(&self, id: &str, user: &str, _now: Timestamp) -> Result<TaskRecord> {
+    async fn claim_task(&self, id: &str, user: &str, now: Timestamp) -> Result<TaskRecord> {
         let (this, id, user) = (self.clone(), id.to_string(), user.to_string());
-        detached(async move { this.write_claim(&id, &user).await }).await
+        detached(async move { this.write_claim(&id, &user, now).await }).await
     }
 
     async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {

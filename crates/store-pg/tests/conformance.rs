@@ -106,7 +106,7 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
         ended_at: None,
     };
     store
-        .apply(ChangeSet::new(inst, None))
+        .apply(ChangeSet::new(inst, None, now))
         .await
         .expect("apply");
     let other = raw_client(&db).await;
@@ -304,7 +304,7 @@ async fn apply_throughput() {
     let hist = move |id: &str, event: &str| HistoryRecord {
         instance_id: id.into(),
         time: t0,
-        event: event.into(),
+        event: HistoryEvent::parse(event).expect("a history event"),
         activity_id: Some("a".into()),
         detail: serde_json::json!({"k": 1}),
     };
@@ -330,7 +330,7 @@ async fn apply_throughput() {
                     started_at: t0,
                     ended_at: None,
                 };
-                let mut c = ChangeSet::new(inst.clone(), None);
+                let mut c = ChangeSet::new(inst.clone(), None, t0);
                 c.tasks_created = vec![TaskRecord {
                     id: format!("{id}-t0"),
                     instance_id: id.clone(),
@@ -351,7 +351,7 @@ async fn apply_throughput() {
                         inst.state = InstanceState::Completed;
                         inst.ended_at = Some(t0);
                     }
-                    let mut c = ChangeSet::new(inst.clone(), Some(expected));
+                    let mut c = ChangeSet::new(inst.clone(), Some(expected), t0);
                     c.tasks_removed = vec![format!("{id}-t{}", step - 1)];
                     if step < 3 {
                         c.tasks_created = vec![TaskRecord {
@@ -421,7 +421,7 @@ async fn batch_isolates_failures() {
     };
     // Existing state: instances x0..x9 at version 1, and a task "taken".
     for n in 0..10 {
-        let mut c = ChangeSet::new(inst(&format!("x{n}"), 1), None);
+        let mut c = ChangeSet::new(inst(&format!("x{n}"), 1), None, t0);
         if n == 0 {
             c.tasks_created = vec![task("taken", "x0")];
         }
@@ -435,14 +435,18 @@ async fn batch_isolates_failures() {
     for n in 0..40 {
         let (change, outcome) = if n < 30 {
             let id = format!("new{n}");
-            let mut c = ChangeSet::new(inst(&id, 1), None);
+            let mut c = ChangeSet::new(inst(&id, 1), None, t0);
             let bad = n % 10 == 5;
             c.tasks_created = vec![task(if bad { "taken" } else { &id }, &id)];
             (c, if bad { "error" } else { "ok" })
         } else {
             let k = n - 30;
             let stale = k >= 7;
-            let c = ChangeSet::new(inst(&format!("x{k}"), 2), Some(if stale { 5 } else { 1 }));
+            let c = ChangeSet::new(
+                inst(&format!("x{k}"), 2),
+                Some(if stale { 5 } else { 1 }),
+                t0,
+            );
             (c, if stale { "conflict" } else { "ok" })
         };
         expected.push((change.instance.id.clone(), outcome));
@@ -480,7 +484,7 @@ async fn batch_isolates_failures() {
     // (Polls: an open transaction elsewhere in the cluster may hold the journal back.)
     let count = |rows: &[JournalRecord], op: &str| {
         rows.iter()
-            .filter(|r| r.entity == "instance" && r.op == op)
+            .filter(|r| r.entity == JournalEntity::Instance && r.op.as_str() == op)
             .count()
     };
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -526,7 +530,11 @@ async fn losers_in_the_database_drop_out_of_their_batch() {
     let handles: Vec<_> = (0..10)
         .map(|n| {
             let stale = n % 3 == 0;
-            let mut c = ChangeSet::new(inst(&format!("y{n}"), 4), Some(if stale { 2 } else { 3 }));
+            let mut c = ChangeSet::new(
+                inst(&format!("y{n}"), 4),
+                Some(if stale { 2 } else { 3 }),
+                t0,
+            );
             c.tasks_created = vec![TaskRecord {
                 id: format!("t{n}"),
                 instance_id: format!("y{n}"),
@@ -541,7 +549,7 @@ async fn losers_in_the_database_drop_out_of_their_batch() {
             c.history = vec![HistoryRecord {
                 instance_id: format!("y{n}"),
                 time: t0,
-                event: "e".into(),
+                event: HistoryEvent::ActivityCompleted,
                 activity_id: None,
                 detail: serde_json::json!({}),
             }];
@@ -577,7 +585,7 @@ async fn losers_in_the_database_drop_out_of_their_batch() {
     };
     let mut journaled: Vec<&str> = rows
         .iter()
-        .filter(|r| r.entity == "instance")
+        .filter(|r| r.entity == JournalEntity::Instance)
         .map(|r| r.entity_id.as_str())
         .collect();
     journaled.sort_unstable();
@@ -655,11 +663,11 @@ async fn recovers_after_connections_are_killed() {
         started_at: t,
         ended_at: None,
     };
-    let mut applied = store.apply(ChangeSet::new(inst.clone(), None)).await;
+    let mut applied = store.apply(ChangeSet::new(inst.clone(), None, t)).await;
     for _ in 0..5 {
         match applied {
             Err(StoreError::Unavailable(_)) => {
-                applied = store.apply(ChangeSet::new(inst.clone(), None)).await
+                applied = store.apply(ChangeSet::new(inst.clone(), None, t)).await
             }
             _ => break,
         }
@@ -700,6 +708,7 @@ async fn cancelled_calls_leave_no_open_transaction() {
             ended_at: None,
         },
         None,
+        t0,
     );
     c.external_upserted = (0..200)
         .map(|n| ExternalTaskRecord {

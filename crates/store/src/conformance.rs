@@ -160,7 +160,7 @@ fn incident(id: &str, inst: &str, created: i64) -> IncidentRecord {
         id: id.into(),
         instance_id: inst.into(),
         activity_id: "gateway".into(),
-        incident_type: "noMatchingFlow".into(),
+        incident_type: IncidentType::NoMatchingFlow,
         message: format!("incident {id}"),
         external_task_id: None,
         created_at: at(created),
@@ -172,7 +172,7 @@ fn hist(inst: &str, time: i64, event: &str, n: i64) -> HistoryRecord {
     HistoryRecord {
         instance_id: inst.into(),
         time: at(time),
-        event: event.into(),
+        event: HistoryEvent::parse(event).unwrap_or_else(|| panic!("unknown test event {event}")),
         activity_id: Some(format!("act-{n}")),
         detail: json!({"n": n, "note": format!("{event} #{n}")}),
     }
@@ -191,7 +191,7 @@ fn new_def(key: &str, checksum: &str) -> NewDefinition {
 fn update_of(prev: &InstanceRecord) -> ChangeSet {
     let mut next = prev.clone();
     next.version = prev.version + 1;
-    ChangeSet::new(next, Some(prev.version))
+    ChangeSet::new(next, Some(prev.version), at(0))
 }
 
 async fn insert(store: &dyn Store, change: ChangeSet) {
@@ -244,13 +244,13 @@ async fn journal_until(
 
 fn has(rows: &[JournalRecord], entity: &str, id: &str, op: &str) -> bool {
     rows.iter()
-        .any(|r| r.entity == entity && r.entity_id == id && r.op == op)
+        .any(|r| r.entity.as_str() == entity && r.entity_id == id && r.op.as_str() == op)
 }
 
 fn one<'a>(rows: &'a [JournalRecord], entity: &str, id: &str, op: &str) -> &'a JournalRecord {
     let found: Vec<_> = rows
         .iter()
-        .filter(|r| r.entity == entity && r.entity_id == id && r.op == op)
+        .filter(|r| r.entity.as_str() == entity && r.entity_id == id && r.op.as_str() == op)
         .collect();
     assert_eq!(
         found.len(),
@@ -429,7 +429,7 @@ async fn apply_insert_reads_back(store: Arc<dyn Store>) {
         },
     ];
 
-    let mut change = ChangeSet::new(inst.clone(), None);
+    let mut change = ChangeSet::new(inst.clone(), None, at(0));
     change.tasks_created = vec![t1.clone(), t2.clone()];
     change.external_upserted = vec![e1.clone(), e2.clone()];
     change.timers_created = vec![tm.clone()];
@@ -517,7 +517,7 @@ async fn apply_insert_reads_back(store: Arc<dyn Store>) {
 
 async fn apply_update_replaces_and_removes(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.tasks_created = vec![task("t-1", "i-1", 1), task("t-2", "i-1", 2)];
     create.external_upserted = vec![
         external("e-1", "i-1", "pay", 1),
@@ -625,7 +625,7 @@ async fn apply_update_replaces_and_removes(store: Arc<dyn Store>) {
 
 async fn apply_stale_version_changes_nothing(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.tasks_created = vec![task("t-1", "i-1", 1)];
     create.external_upserted = vec![external("e-1", "i-1", "pay", 1)];
     create.timers_created = vec![timer("tm-1", "i-1", 1_000)];
@@ -653,7 +653,7 @@ async fn apply_stale_version_changes_nothing(store: Arc<dyn Store>) {
     stale.timers_removed = vec!["tm-1".into()];
     stale.incidents_created = vec![incident("inc-stale", "i-1", 5)];
     stale.incidents_resolved = vec!["inc-1".into()];
-    stale.history = vec![hist("i-1", 5, "stale", 9)];
+    stale.history = vec![hist("i-1", 5, "activityCancelled", 9)];
     match store.apply(stale).await {
         Err(StoreError::Conflict(id)) => assert_eq!(id, "i-1", "Conflict names the instance"),
         other => panic!("a stale expected_version must be Conflict, got {other:?}"),
@@ -707,14 +707,17 @@ async fn apply_stale_version_changes_nothing(store: Arc<dyn Store>) {
 
     // Inserting an instance that already exists is not allowed either.
     assert!(
-        store.apply(ChangeSet::new(inst, None)).await.is_err(),
+        store
+            .apply(ChangeSet::new(inst, None, at(0)))
+            .await
+            .is_err(),
         "inserting an existing instance must fail"
     );
 }
 
 async fn apply_external_upsert_replaces(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.external_upserted = vec![external("e-1", "i-1", "pay", 1)];
     insert(store.as_ref(), create).await;
 
@@ -741,10 +744,10 @@ async fn apply_external_upsert_replaces(store: Arc<dyn Store>) {
 
 async fn incidents_created_and_resolved(store: Arc<dyn Store>) {
     let a = instance("i-a", "order");
-    let mut create = ChangeSet::new(a.clone(), None);
+    let mut create = ChangeSet::new(a.clone(), None, at(0));
     create.incidents_created = vec![incident("inc-1", "i-a", 1), incident("inc-2", "i-a", 2)];
     insert(store.as_ref(), create).await;
-    let mut create_b = ChangeSet::new(instance("i-b", "order"), None);
+    let mut create_b = ChangeSet::new(instance("i-b", "order"), None, at(0));
     create_b.incidents_created = vec![incident("inc-3", "i-b", 3)];
     insert(store.as_ref(), create_b).await;
 
@@ -835,7 +838,7 @@ async fn list_instances_filters(store: Arc<dyn Store>) {
         mk("c", "invoice", Some("b1"), InstanceState::Active, 3),
         mk("d", "invoice", None, InstanceState::Incident, 4),
     ] {
-        insert(store.as_ref(), ChangeSet::new(inst, None)).await;
+        insert(store.as_ref(), ChangeSet::new(inst, None, at(0))).await;
     }
     let list = |f: InstanceFilter| {
         let store = store.clone();
@@ -943,10 +946,10 @@ async fn list_tasks_filters(store: Arc<dyn Store>) {
         candidate_users: vec!["sales".into()],
         ..task("t4", "B", 4)
     };
-    let mut a = ChangeSet::new(instance("A", "order"), None);
+    let mut a = ChangeSet::new(instance("A", "order"), None, at(0));
     a.tasks_created = vec![t1.clone(), t2.clone()];
     insert(store.as_ref(), a).await;
-    let mut b = ChangeSet::new(instance("B", "order"), None);
+    let mut b = ChangeSet::new(instance("B", "order"), None, at(0));
     b.tasks_created = vec![t3.clone(), t4.clone()];
     insert(store.as_ref(), b).await;
 
@@ -1043,7 +1046,7 @@ async fn claim_task_rules(store: Arc<dyn Store>) {
         candidate_groups: vec!["sales".into()],
         ..task("t1", "A", 1)
     };
-    let mut a = ChangeSet::new(instance("A", "order"), None);
+    let mut a = ChangeSet::new(instance("A", "order"), None, at(0));
     a.tasks_created = vec![t1.clone()];
     insert(store.as_ref(), a).await;
 
@@ -1098,7 +1101,7 @@ async fn fetch_and_lock_selection(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
     let mut other_inst = instance("i-2", "order");
     other_inst.variables = vars(json!({"other": "yes"}));
-    let mut a = ChangeSet::new(inst.clone(), None);
+    let mut a = ChangeSet::new(inst.clone(), None, at(0));
     a.external_upserted = vec![
         external("e1", "i-1", "pay", 1),
         external("e3", "i-1", "pay", 3),
@@ -1106,7 +1109,7 @@ async fn fetch_and_lock_selection(store: Arc<dyn Store>) {
         external("e5", "i-1", "other", 0),
     ];
     insert(store.as_ref(), a).await;
-    let mut b = ChangeSet::new(other_inst.clone(), None);
+    let mut b = ChangeSet::new(other_inst.clone(), None, at(0));
     b.external_upserted = vec![external("e2", "i-2", "ship", 2)];
     insert(store.as_ref(), b).await;
 
@@ -1192,7 +1195,7 @@ async fn fetch_and_lock_selection(store: Arc<dyn Store>) {
 }
 
 async fn fetch_and_lock_lock_expiry(store: Arc<dyn Store>) {
-    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    let mut a = ChangeSet::new(instance("i-1", "order"), None, at(0));
     a.external_upserted = vec![external("e1", "i-1", "pay", 1)];
     insert(store.as_ref(), a).await;
     let pay = topics(&[("pay", 1_000)]);
@@ -1224,7 +1227,7 @@ async fn fetch_and_lock_lock_expiry(store: Arc<dyn Store>) {
 /// A change set with a lock guard commits only while that worker's lock holds; otherwise
 /// it is refused like a lost optimistic lock and changes nothing.
 async fn apply_lock_guard(store: Arc<dyn Store>) {
-    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    let mut a = ChangeSet::new(instance("i-1", "order"), None, at(0));
     a.external_upserted = vec![external("e1", "i-1", "pay", 1)];
     insert(store.as_ref(), a).await;
     let got = store
@@ -1269,7 +1272,7 @@ async fn apply_lock_guard(store: Arc<dyn Store>) {
 }
 
 async fn fetch_and_lock_retries_and_backoff(store: Arc<dyn Store>) {
-    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    let mut a = ChangeSet::new(instance("i-1", "order"), None, at(0));
     a.external_upserted = vec![
         ExternalTaskRecord {
             retries: Some(0),
@@ -1318,7 +1321,7 @@ async fn fetch_and_lock_retries_and_backoff(store: Arc<dyn Store>) {
 }
 
 async fn fetch_and_lock_concurrent_workers(store: Arc<dyn Store>) {
-    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    let mut a = ChangeSet::new(instance("i-1", "order"), None, at(0));
     a.external_upserted = (0..10)
         .map(|n| external(&format!("e{n:02}"), "i-1", "pay", n))
         .collect();
@@ -1376,7 +1379,7 @@ async fn fetch_and_lock_concurrent_workers(store: Arc<dyn Store>) {
     );
 
     // Four workers draining 60 tasks in small bites, in parallel tasks.
-    let mut b = ChangeSet::new(instance("i-2", "order"), None);
+    let mut b = ChangeSet::new(instance("i-2", "order"), None, at(0));
     b.external_upserted = (0..60)
         .map(|n| external(&format!("b{n:02}"), "i-2", "bulk", 1_000 + n))
         .collect();
@@ -1424,7 +1427,7 @@ async fn timers_acquire_and_next_due(store: Arc<dyn Store>) {
         lock_until: Some(at(3_000)),
         ..timer("tm4", "A", 500)
     };
-    let mut a = ChangeSet::new(instance("A", "order"), None);
+    let mut a = ChangeSet::new(instance("A", "order"), None, at(0));
     a.timers_created = vec![
         timer("tm1", "A", 1_000),
         timer("tm2", "A", 2_000),
@@ -1432,7 +1435,7 @@ async fn timers_acquire_and_next_due(store: Arc<dyn Store>) {
         held.clone(),
     ];
     insert(store.as_ref(), a).await;
-    let mut b = ChangeSet::new(instance("B", "order"), None);
+    let mut b = ChangeSet::new(instance("B", "order"), None, at(0));
     b.timers_created = vec![timer("tm5", "B", 1_500)];
     insert(store.as_ref(), b).await;
 
@@ -1517,7 +1520,7 @@ async fn timers_acquire_and_next_due(store: Arc<dyn Store>) {
     );
 
     // Three nodes draining 30 due timers in parallel: each timer goes to one node.
-    let mut c = ChangeSet::new(instance("C", "order"), None);
+    let mut c = ChangeSet::new(instance("C", "order"), None, at(0));
     c.timers_created = (0..30)
         .map(|n| timer(&format!("bulk{n:02}"), "C", 300_000 + n))
         .collect();
@@ -1562,13 +1565,13 @@ async fn timers_acquire_and_next_due(store: Arc<dyn Store>) {
 async fn history_insertion_order(store: Arc<dyn Store>) {
     // Times deliberately out of order: history is returned in insertion order.
     let a = instance("A", "order");
-    let mut first = ChangeSet::new(a.clone(), None);
+    let mut first = ChangeSet::new(a.clone(), None, at(0));
     first.history = vec![
         hist("A", 50, "instanceStarted", 1),
         hist("A", 10, "activityStarted", 2),
     ];
     insert(store.as_ref(), first).await;
-    let mut b = ChangeSet::new(instance("B", "order"), None);
+    let mut b = ChangeSet::new(instance("B", "order"), None, at(0));
     b.history = vec![hist("B", 0, "instanceStarted", 1)];
     insert(store.as_ref(), b).await;
     let mut second = update_of(&a);
@@ -1614,7 +1617,7 @@ async fn journal_rows(store: Arc<dyn Store>) {
         hist("i-1", 1, "instanceStarted", 1),
         hist("i-1", 2, "activityStarted", 2),
     ];
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.tasks_created = vec![t1.clone()];
     create.external_upserted = vec![e1.clone()];
     create.timers_created = vec![tm1.clone()];
@@ -1707,7 +1710,10 @@ async fn journal_rows(store: Arc<dyn Store>) {
         "the resolve row image carries resolved_at"
     );
 
-    let appends: Vec<_> = rows.iter().filter(|r| r.entity == "history").collect();
+    let appends: Vec<_> = rows
+        .iter()
+        .filter(|r| r.entity == JournalEntity::History)
+        .collect();
     assert_eq!(
         appends.len(),
         2,
@@ -1716,7 +1722,7 @@ async fn journal_rows(store: Arc<dyn Store>) {
     assert!(
         appends
             .iter()
-            .all(|r| r.op == "append" && r.entity_id == "i-1"),
+            .all(|r| r.op == JournalOp::Append && r.entity_id == "i-1"),
         "history rows: append per instance"
     );
     let first: Vec<HistoryRecord> =
@@ -1735,7 +1741,7 @@ async fn journal_limit_and_failed_apply(store: Arc<dyn Store>) {
     let mut insts = Vec::new();
     for n in 0..3 {
         let id = format!("i-{n}");
-        let mut c = ChangeSet::new(instance(&id, "order"), None);
+        let mut c = ChangeSet::new(instance(&id, "order"), None, at(0));
         c.history = vec![hist(&id, n, "instanceStarted", n)];
         insts.push(c.instance.clone());
         insert(store.as_ref(), c).await;
@@ -1777,9 +1783,10 @@ async fn journal_limit_and_failed_apply(store: Arc<dyn Store>) {
             ..insts[0].clone()
         },
         Some(5),
+        at(0),
     );
     stale.tasks_created = vec![task("t-failed", "i-0", 1)];
-    stale.history = vec![hist("i-0", 9, "failed", 9)];
+    stale.history = vec![hist("i-0", 9, "activityCancelled", 9)];
     assert!(
         matches!(store.apply(stale).await, Err(StoreError::Conflict(_))),
         "stale expected_version must be Conflict"

@@ -3,12 +3,24 @@
 //!
 //! A store only persists; it never decides. The engine hands it a [`ChangeSet`] per
 //! command, which the store commits atomically together with its journal rows.
+//!
+//! What does not depend on the database is here too, so that each backend keeps only
+//! its SQL and its binding: [`deploy`] versioning, a change set's [`RowImages`], the
+//! [`journal`] entries of a write, the [`migrations`] runner's rules, the [`listing`]
+//! queries, and the [`schema`] (column lists, times).
 
 pub mod conformance;
+pub mod deploy;
 mod history;
+mod images;
+pub mod journal;
+pub mod listing;
+pub mod migrations;
 mod records;
+pub mod schema;
 
 pub use history::{decode_history, encode_history};
+pub use images::RowImages;
 pub use records::*;
 
 use async_trait::async_trait;
@@ -17,7 +29,8 @@ use chrono::{DateTime, Utc};
 pub type Timestamp = DateTime<Utc>;
 pub type Vars = serde_json::Map<String, serde_json::Value>;
 
-#[derive(Debug, thiserror::Error)]
+/// Every field is plain data, so one failure can be handed to every caller of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Optimistic lock lost: the instance changed since it was read.
     #[error("instance {0} was changed concurrently")]
@@ -34,6 +47,23 @@ pub enum StoreError {
     Backend(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Why claiming task `id` for someone changed nothing, given the task as stored now
+    /// (`None`: there is no such task).
+    pub fn claim_refused(id: &str, stored: Option<TaskRecord>) -> StoreError {
+        match stored {
+            Some(t) => StoreError::Rejected(format!(
+                "task {id} is already claimed by {}",
+                t.assignee.unwrap_or_default()
+            )),
+            None => StoreError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            },
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

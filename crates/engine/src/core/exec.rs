@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use steadyflow_expr::{Context, Layered};
 use steadyflow_model::{ElementKind, ProcessDefinition, TimerDef};
 use steadyflow_store::{
-    ChangeSet, ExternalTaskRecord, HistoryRecord, IncidentRecord, InstanceRecord, InstanceState,
-    RawJson, TaskRecord, TimerRecord, Timestamp, Vars,
+    ChangeSet, ExternalTaskRecord, HistoryEvent, HistoryRecord, IncidentRecord, IncidentType,
+    InstanceRecord, InstanceState, RawJson, TaskRecord, TimerRecord, Timestamp, Vars,
 };
 
 use super::runtime::{Runtime, Token, Wait};
@@ -82,7 +82,7 @@ impl<'d> Transition<'d> {
             started_at: now,
             ended_at: None,
         };
-        let cs = ChangeSet::new(placeholder(&inst), None);
+        let cs = ChangeSet::new(placeholder(&inst), None, now);
         Transition {
             def,
             now,
@@ -106,7 +106,7 @@ impl<'d> Transition<'d> {
         }
         let rt = Runtime::from_json(&inst.runtime)
             .map_err(|e| CoreError::Corrupt(inst.id.clone(), e.to_string()))?;
-        let mut cs = ChangeSet::new(placeholder(&inst), Some(inst.version));
+        let mut cs = ChangeSet::new(placeholder(&inst), Some(inst.version), now);
         cs.prior_state = Some(inst.state);
         Ok(Transition {
             def,
@@ -136,14 +136,14 @@ impl<'d> Transition<'d> {
     /// Starts the instance at its none start event and runs it to rest.
     pub fn start(&mut self) {
         self.hist(
-            "instanceStarted",
+            HistoryEvent::InstanceStarted,
             None,
             json!({ "definitionId": self.inst.definition_id }),
         );
         if !self.inst.variables.is_empty() {
             let names: Vec<&String> = self.inst.variables.keys().collect();
             let detail = json!({ "names": names });
-            self.hist("variablesChanged", None, detail);
+            self.hist(HistoryEvent::VariablesChanged, None, detail);
         }
         let start = self.def.start;
         self.spawn(start, None);
@@ -260,7 +260,11 @@ impl<'d> Transition<'d> {
         );
         if interrupting {
             let host = self.token(host_token).element.clone();
-            self.hist("activityCancelled", Some(&host), json!({ "by": boundary }));
+            self.hist(
+                HistoryEvent::ActivityCancelled,
+                Some(&host),
+                json!({ "by": boundary }),
+            );
             self.cancel_token(host_token);
         }
         self.spawn(el, None);
@@ -286,7 +290,7 @@ impl<'d> Transition<'d> {
         self.cs.incidents_resolved.push(incident_id.to_string());
         let el = self.token(tid).element.clone();
         self.hist(
-            "incidentResolved",
+            HistoryEvent::IncidentResolved,
             Some(&el),
             json!({ "incidentId": incident_id }),
         );
@@ -305,7 +309,11 @@ impl<'d> Transition<'d> {
         self.clear_tokens();
         self.inst.state = InstanceState::Cancelled;
         self.inst.ended_at = Some(self.now);
-        self.hist("instanceCancelled", None, json!({ "reason": reason }));
+        self.hist(
+            HistoryEvent::InstanceCancelled,
+            None,
+            json!({ "reason": reason }),
+        );
     }
 
     /// Closes the transition into the change set to commit.
@@ -316,7 +324,7 @@ impl<'d> Transition<'d> {
                 if self.inst.state != InstanceState::Completed {
                     self.inst.state = InstanceState::Completed;
                     self.inst.ended_at = Some(self.now);
-                    self.hist("instanceCompleted", None, Value::Null);
+                    self.hist(HistoryEvent::InstanceCompleted, None, Value::Null);
                 }
             } else if self.rt.has_incident() {
                 self.inst.state = InstanceState::Incident;
@@ -332,11 +340,11 @@ impl<'d> Transition<'d> {
 
     // ---- bookkeeping -------------------------------------------------------------
 
-    pub(super) fn hist(&mut self, event: &str, activity: Option<&str>, detail: Value) {
+    pub(super) fn hist(&mut self, event: HistoryEvent, activity: Option<&str>, detail: Value) {
         self.cs.history.push(HistoryRecord {
             instance_id: self.inst.id.clone(),
             time: self.now,
-            event: event.to_string(),
+            event,
             activity_id: activity.map(str::to_string),
             detail,
         });
@@ -348,7 +356,11 @@ impl<'d> Transition<'d> {
         }
         let names: Vec<String> = variables.keys().cloned().collect();
         self.inst.variables.extend(variables);
-        self.hist("variablesChanged", None, json!({ "names": names }));
+        self.hist(
+            HistoryEvent::VariablesChanged,
+            None,
+            json!({ "names": names }),
+        );
     }
 
     fn waiting(
@@ -442,13 +454,13 @@ impl<'d> Transition<'d> {
     pub(super) fn new_incident(
         &mut self,
         el: &str,
-        kind: &str,
+        kind: IncidentType,
         message: String,
         task: Option<String>,
     ) -> String {
         let id = new_id();
         self.hist(
-            "incidentCreated",
+            HistoryEvent::IncidentCreated,
             Some(el),
             json!({ "incidentId": id, "type": kind, "message": message }),
         );
@@ -456,7 +468,7 @@ impl<'d> Transition<'d> {
             id: id.clone(),
             instance_id: self.inst.id.clone(),
             activity_id: el.to_string(),
-            incident_type: kind.to_string(),
+            incident_type: kind,
             message,
             external_task_id: task,
             created_at: self.now,
@@ -466,7 +478,13 @@ impl<'d> Transition<'d> {
     }
 
     /// Stops token `tid` at an incident.
-    pub(super) fn incident(&mut self, tid: u64, kind: &str, message: String, leaving: bool) {
+    pub(super) fn incident(
+        &mut self,
+        tid: u64,
+        kind: IncidentType,
+        message: String,
+        leaving: bool,
+    ) {
         let el = self.token(tid).element.clone();
         tracing::debug!(instance = %self.inst.id, element = %el, %message, "incident");
         let incident_id = self.new_incident(&el, kind, message, None);
@@ -585,7 +603,7 @@ impl<'d> Transition<'d> {
         );
         let inc = self.new_incident(
             &task.activity_id,
-            "failedExternalTask",
+            IncidentType::FailedExternalTask,
             msg,
             Some(task.id.clone()),
         );

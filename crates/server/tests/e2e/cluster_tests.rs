@@ -123,7 +123,8 @@ fn two_nodes_share_one_postgres_without_double_execution() {
             let n = history
                 .iter()
                 .filter(|h| {
-                    h.event == "activityCompleted" && h.activity_id.as_deref() == Some(activity)
+                    h.event == steadyflow_store::HistoryEvent::ActivityCompleted
+                        && h.activity_id.as_deref() == Some(activity)
                 })
                 .count();
             assert_eq!(n, 1, "instance {}: `{activity}` completed {n} times", i.id);
