@@ -286,28 +286,36 @@ impl Store for PgStore {
         self.read_external_tasks(filter).await
     }
 
-    async fn fetch_and_lock(
-        &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
-    ) -> Result<Vec<LockedTask>> {
-        let (this, worker, topics) = (self.clone(), worker.to_string(), topics.to_vec());
-        detached(async move { this.write_fetch_and_lock(&worker, max, &topics, now).await }).await
+    async fn lock_tasks(&self, request: &TaskLocking<'_>) -> Result<Vec<LockedTask>> {
+        let (this, worker, topics) = (
+            self.clone(),
+            request.worker.to_string(),
+            request.topics.to_vec(),
+        );
+        let (max, now) = (request.max, request.now);
+        detached(async move {
+            let request = TaskLocking {
+                worker: &worker,
+                max,
+                topics: &topics,
+                now,
+            };
+            this.write_fetch_and_lock(&request).await
+        })
+        .await
     }
 
-    async fn acquire_due_timers(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<TimerRecord>> {
-        let (this, owner) = (self.clone(), owner.to_string());
+    async fn lock_due_timers(&self, request: &TimerLocking<'_>) -> Result<Vec<TimerRecord>> {
+        let (this, owner) = (self.clone(), request.owner.to_string());
+        let (now, lock_until, limit) = (request.now, request.lock_until, request.limit);
         detached(async move {
-            this.write_acquire_timers(&owner, now, lock_until, limit)
-                .await
+            let request = TimerLocking {
+                owner: &owner,
+                now,
+                lock_until,
+                limit,
+            };
+            this.write_acquire_timers(&request).await
         })
         .await
     }

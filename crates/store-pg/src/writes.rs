@@ -1,7 +1,6 @@
 //! Writes other than `apply`: deploy, claim, fetch-and-lock, timer acquisition. Each
 //! runs in its own transaction and appends its journal rows in it.
 
-use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use steadyflow_store::journal::JournalEntry;
@@ -130,11 +129,7 @@ impl PgStore {
             }
             out.push(deployed);
         }
-        let entries = out
-            .iter()
-            .filter(|d| d.created)
-            .map(|d| JournalEntry::of(JournalOp::Insert, &d.definition))
-            .collect::<Result<Vec<_>>>()?;
+        let entries = steadyflow_store::deploy::journal(&out)?;
         if !entries.is_empty() {
             let stmt = tx.prepare_cached(JOURNAL_INSERT).await.map_err(db_err)?;
             let arrays = JournalArrays::new(&entries)?;
@@ -189,21 +184,14 @@ impl PgStore {
 
     pub(crate) async fn write_fetch_and_lock(
         &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
+        request: &TaskLocking<'_>,
     ) -> Result<Vec<LockedTask>> {
-        if topics.is_empty() || max == 0 {
-            return Ok(Vec::new());
-        }
-        // First lock duration of a topic wins; duplicates would make the join ambiguous.
-        let mut seen = HashSet::new();
-        let (names, durations): (Vec<&str>, Vec<i64>) = topics
+        let (names, durations): (Vec<&str>, Vec<i64>) = request
+            .topics
             .iter()
-            .filter(|t| seen.insert(t.topic.as_str()))
             .map(|t| (t.topic.as_str(), t.lock_duration_ms))
             .unzip();
+        let worker = request.worker;
         let client = self.client().await?;
         let journal = client
             .prepare_cached(JOURNAL_INSERT)
@@ -213,8 +201,8 @@ impl PgStore {
             .prepare_cached(&FETCH_AND_LOCK)
             .await
             .map_err(db_err)?;
-        let now = to_ms(now);
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let now = to_ms(request.now);
+        let max = i64::try_from(request.max).unwrap_or(i64::MAX);
         let steps = vec![Step::Query(
             stmt,
             vec![&names, &durations, &now, &max, &worker],
@@ -241,14 +229,8 @@ impl PgStore {
 
     pub(crate) async fn write_acquire_timers(
         &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
+        request: &TimerLocking<'_>,
     ) -> Result<Vec<TimerRecord>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let cols = prefixed("t", TIMER_COLS);
         let sql = format!(
             "WITH picked AS MATERIALIZED ( \
@@ -268,8 +250,9 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         let stmt = client.prepare_cached(&sql).await.map_err(db_err)?;
-        let (now, lock_until) = (to_ms(now), to_ms(lock_until));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (now, lock_until) = (to_ms(request.now), to_ms(request.lock_until));
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let owner = request.owner;
         let steps = vec![Step::Query(stmt, vec![&now, &limit, &owner, &lock_until])];
         let timers = pipeline::transact(
             &client,

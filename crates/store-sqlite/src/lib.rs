@@ -332,18 +332,19 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn fetch_and_lock(
-        &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
-    ) -> Result<Vec<LockedTask>> {
-        let (worker, topics) = (worker.to_string(), topics.to_vec());
+    async fn lock_tasks(&self, request: &TaskLocking<'_>) -> Result<Vec<LockedTask>> {
+        let (worker, topics) = (request.worker.to_string(), request.topics.to_vec());
+        let (max, now) = (request.max, request.now);
         let locked = self
             .writer
             .run(Some(now), move |c, tx| {
-                writes::fetch_and_lock(c, tx, &worker, max, &topics, now)
+                let request = TaskLocking {
+                    worker: &worker,
+                    max,
+                    topics: &topics,
+                    now,
+                };
+                writes::fetch_and_lock(c, tx, &request)
             })
             .await?;
         if locked.is_empty() {
@@ -370,14 +371,14 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn acquire_due_timers(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<TimerRecord>> {
-        let owner = owner.to_string();
+    async fn lock_due_timers(&self, request: &TimerLocking<'_>) -> Result<Vec<TimerRecord>> {
+        let owner = request.owner.to_string();
+        let TimerLocking {
+            now,
+            lock_until,
+            limit,
+            ..
+        } = *request;
         self.writer
             .run(Some(now), move |c, tx| {
                 writes::acquire_due_timers(c, tx, &owner, now, lock_until, limit)

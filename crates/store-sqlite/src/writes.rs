@@ -82,11 +82,7 @@ pub(crate) fn deploy(
         }
         out.push(deployed);
     }
-    let entries = out
-        .iter()
-        .filter(|d| d.created)
-        .map(|d| JournalEntry::of(JournalOp::Insert, &d.definition))
-        .collect::<R<Vec<_>>>()?;
+    let entries = steadyflow_store::deploy::journal(&out)?;
     append_journal(c, tx, &entries)?;
     drop(entries);
     Ok(out)
@@ -429,14 +425,14 @@ fn merge_topics<K: Ord>(
 pub(crate) fn fetch_and_lock(
     c: &Connection,
     tx: i64,
-    worker: &str,
-    max: usize,
-    topics: &[TopicLock],
-    now: Timestamp,
+    request: &TaskLocking<'_>,
 ) -> R<Vec<ExternalTaskRecord>> {
-    if topics.is_empty() || max == 0 {
-        return Ok(Vec::new());
-    }
+    let TaskLocking {
+        worker,
+        max,
+        topics,
+        now,
+    } = *request;
     let from = format!("SELECT {EXTERNAL_COLS} FROM external_tasks WHERE topic = ?1");
     let ready = "(retries IS NULL OR retries > 0) AND (retry_at IS NULL OR retry_at <= ?2)";
     // Per topic, two index range scans that never step over locked rows: expired locks
@@ -464,11 +460,7 @@ pub(crate) fn fetch_and_lock(
         )
         .map_err(backend_err)?;
     for task in found.iter_mut() {
-        let lock_ms = topics
-            .iter()
-            .find(|t| t.topic == task.topic)
-            .map(|t| t.lock_duration_ms)
-            .unwrap_or(0);
+        let lock_ms = request.lock_duration_ms(&task.topic);
         task.worker_id = Some(worker.to_string());
         let until = to_ms(now).saturating_add(lock_ms);
         task.lock_expires_at = Some(from_ms(until)?);

@@ -1,7 +1,8 @@
 //! Deploy versioning: per key, a definition whose checksum equals the latest stored
 //! version's is that version again; any other is stored as the next version.
 
-use crate::{DefinitionRecord, Deployed, NewDefinition, Timestamp};
+use crate::journal::JournalEntry;
+use crate::{DefinitionRecord, Deployed, JournalOp, NewDefinition, Result, Timestamp};
 
 /// What deploying `new` comes to, given the latest stored version of its key. When
 /// `created`, the backend inserts the returned record (id `"{key}:{version}"`) and
@@ -35,6 +36,15 @@ pub fn next_version(
     }
 }
 
+/// The journal entries of a deploy: one insert per created definition.
+pub fn journal(deployed: &[Deployed]) -> Result<Vec<JournalEntry<'_>>> {
+    deployed
+        .iter()
+        .filter(|d| d.created)
+        .map(|d| JournalEntry::of(JournalOp::Insert, &d.definition))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +75,9 @@ mod tests {
         assert_eq!(changed.definition.id, "order:2");
         assert_eq!(changed.definition.xml.as_deref(), Some("<x c='b'/>"));
         assert_eq!(changed.definition.deployed_at, now);
+        let all = [same, changed];
+        let entries = journal(&all).unwrap();
+        assert_eq!(entries.len(), 1, "only what was created is journaled");
+        assert_eq!(&*entries[0].entity_id, "order:2");
     }
 }
