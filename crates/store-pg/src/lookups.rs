@@ -174,8 +174,8 @@ async fn query(
     let shared;
     let pooled;
     let client: &deadpool_postgres::Client = match readers.client().await {
-        Some(c) => {
-            shared = c?;
+        Some(found) => {
+            shared = found?;
             &shared
         }
         None => {

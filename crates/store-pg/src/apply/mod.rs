@@ -124,14 +124,7 @@ async fn writer_loop(
     let mut carry: VecDeque<Job> = VecDeque::new();
     let mut recent = Recent::default();
     loop {
-        let mut next = Assembly {
-            max_batch,
-            recent: &recent,
-            counters: &counters,
-            batch: Vec::new(),
-            ids: HashSet::new(),
-            held: VecDeque::new(),
-        };
+        let mut next = Assembly::new(max_batch, &recent, &counters);
         for job in carry.drain(..) {
             next.admit(job);
         }
@@ -163,7 +156,20 @@ struct Assembly<'w> {
     held: VecDeque<Job>,
 }
 
-impl Assembly<'_> {
+impl<'w> Assembly<'w> {
+    fn new(max_batch: usize, recent: &'w Recent, counters: &'w Counters) -> Self {
+        Assembly {
+            max_batch,
+            recent,
+            counters,
+            batch: Vec::new(),
+            ids: HashSet::new(),
+            held: VecDeque::new(),
+        }
+    }
+
+    /// Answers a stale change set `Conflict` at once, puts the others in the batch
+    /// while it has room and no change set of their instance, else holds them.
     fn admit(&mut self, job: Job) {
         if self.recent.is_stale(&job.change) {
             self.counters.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -186,5 +192,119 @@ impl Assembly<'_> {
                 Err(_) => break,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use steadyflow_store::{InstanceRecord, InstanceState, Timestamp};
+
+    use super::*;
+
+    fn change(id: &str, expected: Option<i64>) -> ChangeSet {
+        let time = Timestamp::from_timestamp_millis(0).unwrap();
+        let instance = InstanceRecord {
+            id: id.into(),
+            definition_id: "p:1".into(),
+            definition_key: "p".into(),
+            business_key: None,
+            state: InstanceState::Active,
+            variables: Default::default(),
+            runtime: serde_json::json!({}).into(),
+            version: expected.map_or(1, |v| v + 1),
+            started_at: time,
+            ended_at: None,
+        };
+        ChangeSet::new(instance, expected, time)
+    }
+
+    fn job(id: &str, expected: Option<i64>) -> (Job, oneshot::Receiver<Result<()>>) {
+        let change = change(id, expected);
+        let images = RowImages::of(&change).unwrap();
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            change,
+            images,
+            reply,
+        };
+        (job, answer)
+    }
+
+    #[test]
+    fn stale_means_older_than_a_version_this_writer_committed() {
+        let mut recent = Recent::default();
+        recent.record(vec![("a".into(), 3)]);
+        assert!(
+            recent.is_stale(&change("a", Some(2))),
+            "made from an older version"
+        );
+        assert!(
+            !recent.is_stale(&change("a", Some(3))),
+            "made from the latest"
+        );
+        assert!(
+            recent.is_stale(&change("a", None)),
+            "inserting one that exists"
+        );
+        assert!(
+            !recent.is_stale(&change("b", Some(1))),
+            "unknown: the database decides"
+        );
+    }
+
+    #[test]
+    fn recent_versions_are_kept_for_two_generations() {
+        let mut recent = Recent::default();
+        recent.record(vec![("old".into(), 5)]);
+        recent.record((0..RECENT).map(|n| (format!("i{n}"), 1)).collect());
+        assert!(recent.current.is_empty(), "a full generation moves on");
+        assert!(
+            recent.is_stale(&change("old", Some(4))),
+            "still known one generation on"
+        );
+        recent.record((0..=RECENT).map(|n| (format!("j{n}"), 1)).collect());
+        assert!(
+            !recent.is_stale(&change("old", Some(4))),
+            "forgotten two generations on"
+        );
+    }
+
+    #[test]
+    fn admit_answers_stale_at_once_and_holds_what_does_not_fit() {
+        let mut recent = Recent::default();
+        recent.record(vec![("a".into(), 3)]);
+        let counters = Counters::default();
+        let mut next = Assembly::new(2, &recent, &counters);
+        let (stale, mut stale_answer) = job("a", Some(2));
+        next.admit(stale);
+        assert!(
+            matches!(stale_answer.try_recv(), Ok(Err(StoreError::Conflict(id))) if id == "a"),
+            "a stale change set is answered Conflict without a round trip"
+        );
+        assert_eq!(counters.snapshot().conflicts, 1);
+        let mut answers = Vec::new();
+        for (id, expected) in [("a", Some(3)), ("a", Some(4)), ("b", None), ("c", None)] {
+            let (job, answer) = job(id, expected);
+            next.admit(job);
+            answers.push(answer);
+        }
+        let ids = |jobs: &mut dyn Iterator<Item = &Job>| -> Vec<(String, Option<i64>)> {
+            jobs.map(|j| (j.change.instance.id.clone(), j.change.expected_version))
+                .collect()
+        };
+        assert_eq!(
+            ids(&mut next.batch.iter()),
+            [("a".into(), Some(3)), ("b".into(), None)],
+            "one change set per instance, at most max_batch"
+        );
+        assert_eq!(
+            ids(&mut next.held.iter()),
+            [("a".into(), Some(4)), ("c".into(), None)],
+            "held in arrival order for the next batch"
+        );
+        assert!(
+            answers.iter_mut().all(|a| a.try_recv().is_err()),
+            "nobody admitted is answered yet"
+        );
     }
 }
