@@ -37,7 +37,7 @@
 //! (`pipeline::SESSION_OPTIONS`); everything else runs in a transaction with custom plans
 //! and the usual planner.
 //!
-//! [`testing`] gives other crates' tests a throwaway database.
+//! `testing` (with the cargo feature `testing`) gives tests a throwaway database.
 
 mod apply;
 mod error;
@@ -47,6 +47,7 @@ mod pipeline;
 mod reads;
 mod rows;
 mod shared;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod writes;
 
