@@ -64,8 +64,10 @@ pub use migrate::latest_version as schema_version;
 
 use crate::error::{db_err, pool_err};
 
-/// Tuning of a [`PgStore`].
-#[derive(Debug, Clone)]
+/// Tuning of a [`PgStore`]. Deserializable (every field optional, defaults below) so a
+/// configuration file can carry it as is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PgOptions {
     /// Maximum pooled connections (writers, fetches and other queries together).
     pub pool_size: usize,
@@ -74,7 +76,9 @@ pub struct PgOptions {
     pub writers: usize,
     /// Most change sets committed in one transaction.
     pub max_batch: usize,
-    /// How long a caller waits for a free connection before `Unavailable`.
+    /// How long a caller waits for a free connection before `Unavailable` (written in
+    /// milliseconds: `acquire_timeout_ms`).
+    #[serde(rename = "acquire_timeout_ms", with = "millis")]
     pub acquire_timeout: Duration,
     /// Connections shared by all primary-key lookups, which tokio-postgres pipelines
     /// (see `shared.rs`); in addition to `pool_size`. 0 runs them on pooled connections.
@@ -90,6 +94,21 @@ impl Default for PgOptions {
             acquire_timeout: Duration::from_secs(10),
             shared_readers: 1,
         }
+    }
+}
+
+/// A [`Duration`] as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 

@@ -24,8 +24,10 @@ use steadyflow_store::*;
 
 use writer::Writer;
 
-/// Tuning of a [`SqliteStore`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Tuning of a [`SqliteStore`]. Deserializable (every field optional, defaults below)
+/// so a configuration file can carry it as is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SqliteOptions {
     /// Commands waiting for the writer thread at most; further callers wait for room
     /// (back-pressure instead of an ever-growing queue).
