@@ -189,12 +189,16 @@ mod tests {
 
     /// Tests that call [`load`] run in a figment `Jail`: one at a time, each with only
     /// the environment it sets (the environment is the process's).
-    #[test]
-    fn flags_win_over_file_and_defaults() {
+    fn jailed(test: fn()) {
         figment::Jail::expect_with(|_| {
-            flags_win();
+            test();
             Ok(())
         });
+    }
+
+    #[test]
+    fn flags_win_over_file_and_defaults() {
+        jailed(flags_win);
     }
 
     fn flags_win() {
@@ -225,10 +229,7 @@ mod tests {
 
     #[test]
     fn sections_reach_the_store_and_timer_knobs() {
-        figment::Jail::expect_with(|_| {
-            sections_from_a_file();
-            Ok(())
-        });
+        jailed(sections_from_a_file);
     }
 
     fn sections_from_a_file() {

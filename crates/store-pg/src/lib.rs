@@ -6,7 +6,7 @@
 //! - **Writes of engine commands** (`apply`) are group-committed: each instance belongs
 //!   to one of a few writer tasks (by a hash of its id), which commits whatever is queued
 //!   as one transaction of multi-row `UNNEST` statements, pipelined into two round trips
-//!   (see `apply.rs`). Instance updates are optimistic (`version` column) and may carry a
+//!   (see `apply/`). Instance updates are optimistic (`version` column) and may carry a
 //!   worker's lock guard; a change set that loses either is answered
 //!   [`StoreError::Conflict`], and the rest of its batch commits. A change set made from
 //!   a version its writer has already replaced is answered at once, without a round
@@ -21,11 +21,14 @@
 //!   starts with its transaction's id, and [`Store::journal_since`] returns only rows of
 //!   transactions older than the snapshot's `xmin`: a reader resuming from the last seq
 //!   it saw never skips a late commit. (Any transaction with an xid that is still open in
-//!   the cluster, in any database, holds the journal back until it ends.)
+//!   the cluster, in any database, holds the journal back until it ends.) Its `tx_time`
+//!   is the engine's: the latest time of the change sets a transaction commits (or the
+//!   `now` of the call); rows carry their own change set's time (`resolved_at`, history).
 //! - **History**: one row per change set, holding its history records as one compact JSONB
 //!   document (`steadyflow_store::encode_history`).
 //! - **Migrations** are plain SQL files (`migrations/postgres`) embedded in the binary,
-//!   tracked in `schema_version` and applied under an advisory lock.
+//!   tracked in `schema_version` and applied under an advisory lock; a schema newer than
+//!   the binary is refused (`steadyflow_store::migrations`).
 //! - Timestamps are BIGINT milliseconds since the epoch; JSON columns are JSONB, except
 //!   an instance's runtime (JSON) and the journal's row images (TEXT), which the
 //!   database never looks into (see the migration). Tables and columns mirror the SQLite

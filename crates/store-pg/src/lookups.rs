@@ -7,7 +7,7 @@
 //! queued and answers it with one `= ANY($1)` query per kind, pipelined on a shared
 //! connection (see `shared.rs`). With nothing else queued a lookup goes out at once;
 //! under load, lookups queue up while earlier batches are in flight, like the group
-//! commit of `apply.rs`. The query starts after the lookup was queued, so a caller sees
+//! commit of `apply/`. The query starts after the lookup was queued, so a caller sees
 //! everything committed before it asked.
 
 use std::collections::HashMap;

@@ -7,7 +7,12 @@
 //! Commands run back to back without savepoints; a command that fails cleanly (lost
 //! optimistic lock, not found, rejected) has written nothing, and any other failure rolls
 //! the batch back and re-runs its commands one transaction each. Reads go to a few reader
-//! threads with read-only connections (WAL lets them run beside the writer).
+//! threads with read-only connections (WAL lets them run beside the writer). Both queues
+//! are bounded ([`SqliteOptions`]): when one is full, callers wait for room.
+//!
+//! The times written are the engine's: each command's own (history, `resolved_at`) and,
+//! for the journal's `tx_time`, the latest command time of the transaction, never less
+//! than the previous transaction's (see `writer.rs`).
 
 mod migrate;
 mod reads;
