@@ -190,7 +190,7 @@ impl From<HistoryRecord> for HistoryEvent {
     fn from(r: HistoryRecord) -> Self {
         HistoryEvent {
             time: ms(r.time),
-            event: r.event,
+            event: r.event.as_str().to_string(),
             activity_id: r.activity_id,
             detail: r.detail,
         }
@@ -378,7 +378,7 @@ impl From<IncidentRecord> for Incident {
             id: r.id,
             process_instance_id: r.instance_id,
             activity_id: r.activity_id,
-            incident_type: r.incident_type,
+            incident_type: r.incident_type.as_str().to_string(),
             message: r.message,
             external_task_id: r.external_task_id,
             created: ms(r.created_at),

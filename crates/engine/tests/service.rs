@@ -129,25 +129,14 @@ impl Store for Probe {
     ) -> Result<Vec<ExternalTaskRecord>> {
         self.inner.list_external_tasks(filter).await
     }
-    async fn fetch_and_lock(
-        &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
-    ) -> Result<Vec<LockedTask>> {
-        self.inner.fetch_and_lock(worker, max, topics, now).await
+    async fn lock_tasks(&self, r: &steadyflow_store::TaskLocking<'_>) -> Result<Vec<LockedTask>> {
+        self.inner.lock_tasks(r).await
     }
-    async fn acquire_due_timers(
+    async fn lock_due_timers(
         &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
+        r: &steadyflow_store::TimerLocking<'_>,
     ) -> Result<Vec<TimerRecord>> {
-        self.inner
-            .acquire_due_timers(owner, now, lock_until, limit)
-            .await
+        self.inner.lock_due_timers(r).await
     }
     async fn list_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>> {
         self.inner.list_timers(instance_id).await

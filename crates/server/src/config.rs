@@ -1,49 +1,118 @@
 //! Configuration: defaults < configs/config.yaml (or --config) < STEADYFLOW_* environment < flags.
+//!
+//! Every default is declared once, in the `Default` impls of the types below (the store
+//! options in their own crates). Every environment name is declared once: the top-level
+//! settings that have flags read their variable through clap (`env = …`, shown in
+//! `--help`); the settings of a section are read as `STEADYFLOW_<SECTION>__<KEY>`
+//! (`STEADYFLOW_POSTGRES__POOL_SIZE`, `STEADYFLOW_ENGINE__TIMERS__BATCH`), named after
+//! the fields themselves.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
+use steadyflow_store_pg::PgOptions;
+use steadyflow_store_sqlite::SqliteOptions;
+
+/// Prefix of every environment variable of the configuration.
+const ENV_PREFIX: &str = "STEADYFLOW_";
 
 #[derive(Debug, Clone, clap::Args, Default)]
 pub struct DbArgs {
-    /// Database URL: sqlite://PATH or postgres://HOST/DB [env: STEADYFLOW_DATABASE_URL]
-    /// (default: sqlite://<data dir>/steadyflow.db)
-    #[arg(long)]
+    /// Database URL: sqlite://PATH or postgres://HOST/DB (without one: steadyflow.db in
+    /// the data directory)
+    #[arg(long, env = "STEADYFLOW_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Directory for local data [env: STEADYFLOW_DATA_DIR] (default: ./data)
-    #[arg(long)]
+    /// Directory for local data (default: `data_dir` of the configuration)
+    #[arg(long, env = "STEADYFLOW_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Address to listen on [env: STEADYFLOW_LISTEN] (default: 0.0.0.0:8080)
-    #[arg(long)]
+    /// Address to listen on (default: `listen` of the configuration)
+    #[arg(long, env = "STEADYFLOW_LISTEN")]
     pub listen: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
     pub listen: String,
     pub database_url: Option<String>,
     pub data_dir: PathBuf,
-    /// How often the timer driver looks for due timers when idle, in milliseconds.
+    /// Tuning of the PostgreSQL store (used when `database_url` is `postgres://…`).
+    pub postgres: PgOptions,
+    /// Tuning of the SQLite store (used when `database_url` is `sqlite://…`).
+    pub sqlite: SqliteOptions,
+    pub engine: EngineConfig,
+    /// `engine.timers.idle_poll_ms`, for `serve.rs` until it reads `engine.timers`
+    /// (see [`TimerConfig`]); not a setting of its own.
+    #[serde(skip)]
     pub timer_poll_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
+        let engine = EngineConfig::default();
         Config {
             listen: "0.0.0.0:8080".into(),
             database_url: None,
             data_dir: PathBuf::from("./data"),
-            timer_poll_ms: 200,
+            postgres: PgOptions::default(),
+            sqlite: SqliteOptions::default(),
+            timer_poll_ms: engine.timers.idle_poll_ms,
+            engine,
         }
+    }
+}
+
+/// The engine's own knobs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    pub timers: TimerConfig,
+}
+
+/// The timer driver: how many due timers it takes at once, how long it holds them
+/// while they fire (another node takes a timer over only after that), and how often it
+/// looks for due timers when there were none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimerConfig {
+    /// Due timers acquired per round.
+    pub batch: usize,
+    /// How long an acquired timer stays locked to this node, in milliseconds.
+    pub lock_ms: u64,
+    /// Pause between rounds that found nothing due, in milliseconds.
+    pub idle_poll_ms: u64,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        TimerConfig {
+            batch: 100,
+            lock_ms: 5 * 60 * 1000,
+            idle_poll_ms: 200,
+        }
+    }
+}
+
+#[allow(
+    dead_code,
+    reason = "for serve.rs's timer driver, which still reads `timer_poll_ms`"
+)]
+impl TimerConfig {
+    pub fn lock(&self) -> Duration {
+        Duration::from_millis(self.lock_ms)
+    }
+
+    pub fn idle_poll(&self) -> Duration {
+        Duration::from_millis(self.idle_poll_ms)
     }
 }
 
@@ -69,6 +138,14 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The settings of the sections from the environment: `STEADYFLOW_<SECTION>__<KEY>`
+/// (a double underscore separates levels). The top-level settings come through clap.
+fn section_env() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
 pub fn load(file: Option<&Path>, db: &DbArgs, listen: Option<&str>) -> Result<Config> {
     let mut fig = Figment::from(Serialized::defaults(Config::default()));
     match file {
@@ -87,12 +164,7 @@ pub fn load(file: Option<&Path>, db: &DbArgs, listen: Option<&str>) -> Result<Co
             }
         }
     }
-    fig = fig.merge(Env::prefixed("STEADYFLOW_").only(&[
-        "listen",
-        "database_url",
-        "data_dir",
-        "timer_poll_ms",
-    ]));
+    fig = fig.merge(section_env());
     if let Some(l) = listen {
         fig = fig.merge(("listen", l));
     }
@@ -102,15 +174,34 @@ pub fn load(file: Option<&Path>, db: &DbArgs, listen: Option<&str>) -> Result<Co
     if let Some(d) = &db.data_dir {
         fig = fig.merge(("data_dir", d));
     }
-    fig.extract().context("invalid configuration")
+    let mut cfg: Config = fig.extract().context("invalid configuration")?;
+    cfg.timer_poll_ms = cfg.engine.timers.idle_poll_ms;
+    Ok(cfg)
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures return figment::Error"
+)]
 mod tests {
     use super::*;
 
+    /// Tests that call [`load`] run in a figment `Jail`: one at a time, each with only
+    /// the environment it sets (the environment is the process's).
+    fn jailed(test: fn()) {
+        figment::Jail::expect_with(|_| {
+            test();
+            Ok(())
+        });
+    }
+
     #[test]
     fn flags_win_over_file_and_defaults() {
+        jailed(flags_win);
+    }
+
+    fn flags_win() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.yaml");
         std::fs::write(&file, "listen: 127.0.0.1:9000\ndata_dir: /var/lib/sf\n").unwrap();
@@ -134,6 +225,120 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn sections_reach_the_store_and_timer_knobs() {
+        jailed(sections_from_a_file);
+    }
+
+    fn sections_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "postgres:\n  pool_size: 32\n  acquire_timeout_ms: 2500\n\
+             sqlite:\n  write_queue: 64\n\
+             engine:\n  timers:\n    batch: 7\n    idle_poll_ms: 50\n",
+        )
+        .unwrap();
+        let cfg = load(Some(&file), &DbArgs::default(), None).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            cfg.postgres,
+            PgOptions {
+                pool_size: 32,
+                acquire_timeout: Duration::from_millis(2500),
+                ..defaults.postgres.clone()
+            }
+        );
+        assert_eq!(cfg.sqlite.write_queue, 64);
+        assert_eq!(cfg.sqlite.read_queue, defaults.sqlite.read_queue);
+        assert_eq!(
+            cfg.engine.timers,
+            TimerConfig {
+                batch: 7,
+                idle_poll_ms: 50,
+                ..TimerConfig::default()
+            }
+        );
+        assert_eq!(
+            cfg.timer_poll_ms, 50,
+            "serve.rs sees the configured idle poll"
+        );
+
+        std::fs::write(&file, "postgres:\n  pool_sise: 32\n").unwrap();
+        let err = load(Some(&file), &DbArgs::default(), None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("pool_sise"),
+            "a misspelt knob is refused: {err:#}"
+        );
+    }
+
+    #[test]
+    fn section_settings_come_from_double_underscore_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STEADYFLOW_POSTGRES__WRITERS", 9);
+            jail.set_env("STEADYFLOW_ENGINE__TIMERS__LOCK_MS", 60000);
+            jail.set_env("STEADYFLOW_SQLITE__READERS", 2);
+            // Read by clap, or by others: never taken as settings here.
+            jail.set_env("STEADYFLOW_LISTEN", "127.0.0.1:1");
+            jail.set_env("STEADYFLOW_LOG", "debug");
+            jail.create_file("none.yaml", "{}")?;
+            let cfg = load(Some(Path::new("none.yaml")), &DbArgs::default(), None).expect("load");
+            assert_eq!(cfg.postgres.writers, 9);
+            assert_eq!(cfg.engine.timers.lock(), Duration::from_secs(60));
+            assert_eq!(cfg.sqlite.readers, 2);
+            assert_eq!(cfg.listen, Config::default().listen);
+            Ok(())
+        });
+    }
+
+    /// configs/config.yaml lists every setting with its default, so that the file an
+    /// operator copies cannot drift from the code.
+    #[test]
+    fn the_shipped_config_file_lists_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/config.yaml");
+        let shipped = Figment::from(Yaml::file(&path));
+        let cfg: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Yaml::file(&path))
+            .extract()
+            .expect("configs/config.yaml is valid");
+        // (`timer_poll_ms` is not read from files.)
+        let expected = Config {
+            timer_poll_ms: cfg.timer_poll_ms,
+            ..Config::default()
+        };
+        assert_eq!(
+            cfg, expected,
+            "configs/config.yaml sets a value other than the default"
+        );
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        let mut missing = Vec::new();
+        leaves(&defaults, String::new(), &mut |key| {
+            if shipped.find_value(&key).is_err() {
+                missing.push(key);
+            }
+        });
+        assert!(missing.is_empty(), "configs/config.yaml lacks {missing:?}");
+    }
+
+    /// The dotted keys of every non-null leaf of `v`.
+    fn leaves(v: &serde_json::Value, prefix: String, out: &mut dyn FnMut(String)) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    leaves(child, key, out);
+                }
+            }
+            serde_json::Value::Null => {}
+            _ => out(prefix),
+        }
     }
 
     #[test]

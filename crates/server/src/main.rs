@@ -67,7 +67,7 @@ fn main() -> Result<()> {
             }
             Command::Migrate(args) => {
                 let cfg = config::load(cli.config.as_deref(), &args, None)?;
-                stores::open(&cfg.database_url()).await?;
+                stores::open_configured(&cfg).await?;
                 tracing::info!(url = %config::redact(&cfg.database_url()), "migrations applied");
                 Ok(())
             }

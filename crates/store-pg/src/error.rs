@@ -79,18 +79,3 @@ pub(crate) fn server_rejected(e: &tokio_postgres::Error) -> bool {
 pub(crate) fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("{what}: {e}"))
 }
-
-/// `StoreError` is not `Clone`; a batch failure is reported to every caller in it.
-pub(crate) fn duplicate(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Conflict(id) => StoreError::Conflict(id.clone()),
-        StoreError::NotFound { what, id } => StoreError::NotFound {
-            what,
-            id: id.clone(),
-        },
-        StoreError::Rejected(m) => StoreError::Rejected(m.clone()),
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Backend(m) => StoreError::Backend(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-    }
-}

@@ -6,7 +6,7 @@
 //! - **Writes of engine commands** (`apply`) are group-committed: each instance belongs
 //!   to one of a few writer tasks (by a hash of its id), which commits whatever is queued
 //!   as one transaction of multi-row `UNNEST` statements, pipelined into two round trips
-//!   (see `apply.rs`). Instance updates are optimistic (`version` column) and may carry a
+//!   (see `apply/`). Instance updates are optimistic (`version` column) and may carry a
 //!   worker's lock guard; a change set that loses either is answered
 //!   [`StoreError::Conflict`], and the rest of its batch commits. A change set made from
 //!   a version its writer has already replaced is answered at once, without a round
@@ -21,11 +21,14 @@
 //!   starts with its transaction's id, and [`Store::journal_since`] returns only rows of
 //!   transactions older than the snapshot's `xmin`: a reader resuming from the last seq
 //!   it saw never skips a late commit. (Any transaction with an xid that is still open in
-//!   the cluster, in any database, holds the journal back until it ends.)
+//!   the cluster, in any database, holds the journal back until it ends.) Its `tx_time`
+//!   is the engine's: the latest time of the change sets a transaction commits (or the
+//!   `now` of the call); rows carry their own change set's time (`resolved_at`, history).
 //! - **History**: one row per change set, holding its history records as one compact JSONB
 //!   document (`steadyflow_store::encode_history`).
 //! - **Migrations** are plain SQL files (`migrations/postgres`) embedded in the binary,
-//!   tracked in `schema_version` and applied under an advisory lock.
+//!   tracked in `schema_version` and applied under an advisory lock; a schema newer than
+//!   the binary is refused (`steadyflow_store::migrations`).
 //! - Timestamps are BIGINT milliseconds since the epoch; JSON columns are JSONB, except
 //!   an instance's runtime (JSON) and the journal's row images (TEXT), which the
 //!   database never looks into (see the migration). Tables and columns mirror the SQLite
@@ -37,7 +40,7 @@
 //! (`pipeline::SESSION_OPTIONS`); everything else runs in a transaction with custom plans
 //! and the usual planner.
 //!
-//! [`testing`] gives other crates' tests a throwaway database.
+//! `testing` (with the cargo feature `testing`) gives tests a throwaway database.
 
 mod apply;
 mod error;
@@ -48,6 +51,7 @@ mod reads;
 pub mod recovery;
 mod rows;
 mod shared;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod writes;
 
@@ -64,8 +68,10 @@ pub use migrate::latest_version as schema_version;
 
 use crate::error::{db_err, pool_err};
 
-/// Tuning of a [`PgStore`].
-#[derive(Debug, Clone)]
+/// Tuning of a [`PgStore`]. Deserializable (every field optional, defaults below) so a
+/// configuration file can carry it as is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct PgOptions {
     /// Maximum pooled connections (writers, fetches and other queries together).
     pub pool_size: usize,
@@ -74,7 +80,9 @@ pub struct PgOptions {
     pub writers: usize,
     /// Most change sets committed in one transaction.
     pub max_batch: usize,
-    /// How long a caller waits for a free connection before `Unavailable`.
+    /// How long a caller waits for a free connection before `Unavailable` (written in
+    /// milliseconds: `acquire_timeout_ms`).
+    #[serde(rename = "acquire_timeout_ms", with = "millis")]
     pub acquire_timeout: Duration,
     /// Connections shared by all primary-key lookups, which tokio-postgres pipelines
     /// (see `shared.rs`); in addition to `pool_size`. 0 runs them on pooled connections.
@@ -90,6 +98,21 @@ impl Default for PgOptions {
             acquire_timeout: Duration::from_secs(10),
             shared_readers: 1,
         }
+    }
+}
+
+/// A [`Duration`] as whole milliseconds.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
     }
 }
 
@@ -242,7 +265,7 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, change: ChangeSet) -> Result<()> {
-        let images = apply::Images::of(&change)?;
+        let images = RowImages::of(&change)?;
         let (reply, done) = oneshot::channel();
         self.writer
             .send(apply::Job {
@@ -264,9 +287,9 @@ impl Store for PgStore {
         self.read_tasks(filter).await
     }
 
-    async fn claim_task(&self, id: &str, user: &str, _now: Timestamp) -> Result<TaskRecord> {
+    async fn claim_task(&self, id: &str, user: &str, now: Timestamp) -> Result<TaskRecord> {
         let (this, id, user) = (self.clone(), id.to_string(), user.to_string());
-        detached(async move { this.write_claim(&id, &user).await }).await
+        detached(async move { this.write_claim(&id, &user, now).await }).await
     }
 
     async fn external_task(&self, id: &str) -> Result<Option<ExternalTaskRecord>> {
@@ -287,28 +310,36 @@ impl Store for PgStore {
         self.read_external_tasks(filter).await
     }
 
-    async fn fetch_and_lock(
-        &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
-    ) -> Result<Vec<LockedTask>> {
-        let (this, worker, topics) = (self.clone(), worker.to_string(), topics.to_vec());
-        detached(async move { this.write_fetch_and_lock(&worker, max, &topics, now).await }).await
+    async fn lock_tasks(&self, request: &TaskLocking<'_>) -> Result<Vec<LockedTask>> {
+        let (this, worker, topics) = (
+            self.clone(),
+            request.worker.to_string(),
+            request.topics.to_vec(),
+        );
+        let (max, now) = (request.max, request.now);
+        detached(async move {
+            let request = TaskLocking {
+                worker: &worker,
+                max,
+                topics: &topics,
+                now,
+            };
+            this.write_fetch_and_lock(&request).await
+        })
+        .await
     }
 
-    async fn acquire_due_timers(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<TimerRecord>> {
-        let (this, owner) = (self.clone(), owner.to_string());
+    async fn lock_due_timers(&self, request: &TimerLocking<'_>) -> Result<Vec<TimerRecord>> {
+        let (this, owner) = (self.clone(), request.owner.to_string());
+        let (now, lock_until, limit) = (request.now, request.lock_until, request.limit);
         detached(async move {
-            this.write_acquire_timers(&owner, now, lock_until, limit)
-                .await
+            let request = TimerLocking {
+                owner: &owner,
+                now,
+                lock_until,
+                limit,
+            };
+            this.write_acquire_timers(&request).await
         })
         .await
     }

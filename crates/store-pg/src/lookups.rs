@@ -7,19 +7,20 @@
 //! queued and answers it with one `= ANY($1)` query per kind, pipelined on a shared
 //! connection (see `shared.rs`). With nothing else queued a lookup goes out at once;
 //! under load, lookups queue up while earlier batches are in flight, like the group
-//! commit of `apply.rs`. The query starts after the lookup was queued, so a caller sees
+//! commit of `apply/`. The query starts after the lookup was queued, so a caller sees
 //! everything committed before it asked.
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock};
 
 use deadpool_postgres::Pool;
+use steadyflow_store::schema::{EXTERNAL_COL_COUNT, EXTERNAL_COLS, INSTANCE_COLS, prefixed};
 use steadyflow_store::*;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_postgres::Row;
 
-use crate::error::{db_err, duplicate, pool_err};
-use crate::rows::{self, EXTERNAL_COL_COUNT, EXTERNAL_COLS, INSTANCE_COLS, prefixed};
+use crate::error::{db_err, pool_err};
+use crate::rows;
 use crate::shared::SharedReaders;
 
 /// Most lookups answered by one batch.
@@ -127,10 +128,10 @@ async fn answer(batch: Vec<Lookup>, readers: &SharedReaders, pool: &Pool) {
             Ok(found) => found,
             Err(e) => {
                 for reply in instances.into_values().flatten() {
-                    let _ = reply.send(Err(duplicate(&e)));
+                    let _ = reply.send(Err(e.clone()));
                 }
                 for reply in externals.into_values().flatten() {
-                    let _ = reply.send(Err(duplicate(&e)));
+                    let _ = reply.send(Err(e.clone()));
                 }
                 return;
             }
@@ -159,10 +160,7 @@ async fn answer(batch: Vec<Lookup>, readers: &SharedReaders, pool: &Pool) {
 fn respond<T: Clone>(replies: Vec<Reply<T>>, found: Option<Result<T>>) {
     let found = found.transpose();
     for reply in replies {
-        let _ = reply.send(match &found {
-            Ok(v) => Ok(v.clone()),
-            Err(e) => Err(duplicate(e)),
-        });
+        let _ = reply.send(found.clone());
     }
 }
 
@@ -176,8 +174,8 @@ async fn query(
     let shared;
     let pooled;
     let client: &deadpool_postgres::Client = match readers.client().await {
-        Some(c) => {
-            shared = c?;
+        Some(found) => {
+            shared = found?;
             &shared
         }
         None => {

@@ -1,25 +1,26 @@
-//! Schema migrations: plain SQL files embedded in the binary, tracked in
-//! `schema_version`, applied in one transaction under a transaction-scoped advisory
-//! lock so nodes starting together apply each migration exactly once.
+//! Schema migrations by the shared rules ([`steadyflow_store::migrations`]): plain SQL
+//! files embedded in the binary, tracked in `schema_version`, applied in one
+//! transaction under a transaction-scoped advisory lock so nodes starting together
+//! apply each migration exactly once; a database written by a newer binary is refused.
 
+use steadyflow_store::migrations::{self, Migration};
 use steadyflow_store::{Result, StoreError};
 use tokio_postgres::Client;
 
 use crate::error::db_err;
 
-/// `(version, name, sql)`, in order.
-pub(crate) const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../migrations/postgres/0001_init.sql"),
-)];
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "init",
+    sql: include_str!("../migrations/postgres/0001_init.sql"),
+}];
 
 /// Advisory lock key of the migration lock ("steadyfl" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7374_6561_6479_666c;
 
 /// The schema version this binary writes.
 pub fn latest_version() -> i32 {
-    MIGRATIONS.last().map(|m| m.0).unwrap_or(0)
+    migrations::latest(MIGRATIONS)
 }
 
 /// Brings the schema up to date; returns the versions applied now.
@@ -39,32 +40,64 @@ pub(crate) async fn migrate(client: &mut Client) -> Result<Vec<i32>> {
         .await
         .and_then(|r| r.try_get(0))
         .map_err(db_err)?;
-    if current > latest_version() {
-        tracing::warn!(
-            current,
-            known = latest_version(),
-            "PostgreSQL schema is newer than this binary; continuing with the known tables"
-        );
-    }
     let mut applied = Vec::new();
-    for (version, name, sql) in MIGRATIONS.iter().filter(|m| m.0 > current) {
-        tx.batch_execute(sql).await.map_err(|e| {
+    for m in migrations::pending(current, MIGRATIONS)? {
+        tx.batch_execute(m.sql).await.map_err(|e| {
             StoreError::Backend(format!(
-                "migration {version} ({name}) failed: {}",
+                "migration {} ({}) failed: {}",
+                m.version,
+                m.name,
                 db_err(e)
             ))
         })?;
+        // Bookkeeping of the schema, not engine state: the database's own clock.
         tx.execute(
-            "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, $2, $3)",
-            &[version, name, &chrono::Utc::now().timestamp_millis()],
+            "INSERT INTO schema_version (version, name, applied_at) \
+             VALUES ($1, $2, (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
+            &[&m.version, &m.name],
         )
         .await
         .map_err(db_err)?;
-        applied.push(*version);
+        applied.push(m.version);
     }
     tx.commit().await.map_err(db_err)?;
     if !applied.is_empty() {
         tracing::info!(?applied, "applied PostgreSQL migrations");
     }
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use steadyflow_store::StoreError;
+    use tokio_postgres::NoTls;
+
+    use crate::PgStore;
+    use crate::testing::fresh_database;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_schema_newer_than_this_binary_is_refused() {
+        let Some(db) = fresh_database().await else {
+            return;
+        };
+        drop(PgStore::connect(db.url()).await.expect("migrate"));
+        let (client, conn) = tokio_postgres::connect(db.url(), NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+            .execute(
+                "INSERT INTO schema_version (version, name, applied_at) VALUES ($1, 'future', 0)",
+                &[&(super::latest_version() + 1)],
+            )
+            .await
+            .unwrap();
+        drop(client);
+        match PgStore::connect(db.url()).await {
+            Err(StoreError::Unavailable(m)) => {
+                assert!(m.contains("newer than this binary"), "{m}")
+            }
+            Err(e) => panic!("expected Unavailable, got {e}"),
+            Ok(_) => panic!("a newer schema must be refused"),
+        }
+        db.cleanup().await;
+    }
 }

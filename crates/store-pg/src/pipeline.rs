@@ -9,12 +9,11 @@
 //! "current transaction is aborted", and a `COMMIT` of an aborted transaction rolls it
 //! back; the first error is the one reported.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use serde_json::value::RawValue;
+use steadyflow_store::journal::JournalEntry;
 use steadyflow_store::{Result, StoreError};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Row, Statement};
@@ -109,61 +108,6 @@ async fn join_in_order<T>(
         .collect()
 }
 
-/// A journal row to append in the current transaction.
-pub(crate) struct JournalEntry<'a> {
-    pub entity: &'static str,
-    pub entity_id: String,
-    pub op: &'static str,
-    /// Row image as JSON text (serialized once, maybe before the transaction began);
-    /// `None` for deletes.
-    pub row: Option<Cow<'a, RawValue>>,
-}
-
-/// Serializes a row image straight to JSON text (no intermediate `Value` tree).
-pub(crate) fn to_json<T: serde::Serialize + ?Sized>(what: &str, v: &T) -> Result<Box<RawValue>> {
-    serde_json::value::to_raw_value(v)
-        .map_err(|e| StoreError::Backend(format!("serializing {what}: {e}")))
-}
-
-impl<'a> JournalEntry<'a> {
-    pub fn new<T: serde::Serialize + ?Sized>(
-        entity: &'static str,
-        id: &str,
-        op: &'static str,
-        row: &T,
-    ) -> Result<Self> {
-        Ok(Self::with_row(
-            entity,
-            id,
-            op,
-            Cow::Owned(to_json(entity, row)?),
-        ))
-    }
-
-    /// With an image serialized already.
-    pub fn image(entity: &'static str, id: &str, op: &'static str, row: &'a RawValue) -> Self {
-        Self::with_row(entity, id, op, Cow::Borrowed(row))
-    }
-
-    fn with_row(entity: &'static str, id: &str, op: &'static str, row: Cow<'a, RawValue>) -> Self {
-        JournalEntry {
-            entity,
-            entity_id: id.to_string(),
-            op,
-            row: Some(row),
-        }
-    }
-
-    pub fn delete(entity: &'static str, id: &str) -> Self {
-        JournalEntry {
-            entity,
-            entity_id: id.to_string(),
-            op: "delete",
-            row: None,
-        }
-    }
-}
-
 /// Appends a transaction's journal rows; at most once per transaction, with fewer than
 /// [`MAX_JOURNAL_ROWS`] rows (see the `journal` table for the seqs).
 pub(crate) const JOURNAL_INSERT: &str = "INSERT INTO journal (seq, tx_time, entity, entity_id, op, row) \
@@ -182,31 +126,24 @@ pub(crate) struct JournalArrays<'a> {
 }
 
 impl<'a> JournalArrays<'a> {
-    pub fn new(entries: &'a [JournalEntry<'_>]) -> Self {
-        JournalArrays {
-            entity: entries.iter().map(|e| e.entity).collect(),
-            entity_id: entries.iter().map(|e| e.entity_id.as_str()).collect(),
-            op: entries.iter().map(|e| e.op).collect(),
-            row: entries
-                .iter()
-                .map(|e| e.row.as_deref().map(RawValue::get))
-                .collect(),
+    /// Refuses more rows than one transaction may journal.
+    pub fn new(entries: &'a [JournalEntry<'_>]) -> Result<Self> {
+        if entries.len() > MAX_JOURNAL_ROWS {
+            return Err(StoreError::Backend(format!(
+                "{} journal rows in one transaction (at most {MAX_JOURNAL_ROWS})",
+                entries.len()
+            )));
         }
+        Ok(JournalArrays {
+            entity: entries.iter().map(|e| e.entity.as_str()).collect(),
+            entity_id: entries.iter().map(|e| &*e.entity_id).collect(),
+            op: entries.iter().map(|e| e.op.as_str()).collect(),
+            row: entries.iter().map(JournalEntry::row_text).collect(),
+        })
     }
 
     pub fn params(&'a self, tx_time: &'a i64) -> Vec<Param<'a>> {
         vec![tx_time, &self.entity, &self.entity_id, &self.op, &self.row]
-    }
-
-    /// Refuses more rows than one transaction may journal.
-    pub fn check(&self) -> Result<()> {
-        if self.entity.len() > MAX_JOURNAL_ROWS {
-            return Err(StoreError::Backend(format!(
-                "{} journal rows in one transaction (at most {MAX_JOURNAL_ROWS})",
-                self.entity.len()
-            )));
-        }
-        Ok(())
     }
 }
 
@@ -272,11 +209,13 @@ pub(crate) async fn transact<'j, T>(
             Ok(value)
         }
         Ok(Finish::Commit(value, entries)) => {
-            let arrays = JournalArrays::new(&entries);
-            if let Err(e) = arrays.check() {
-                rollback(client).await;
-                return Err(TxError::Store(e));
-            }
+            let arrays = match JournalArrays::new(&entries) {
+                Ok(arrays) => arrays,
+                Err(e) => {
+                    rollback(client).await;
+                    return Err(TxError::Store(e));
+                }
+            };
             let mut tail = Vec::with_capacity(2);
             if !entries.is_empty() {
                 tail.push(Step::Query(journal_stmt.clone(), arrays.params(&tx_time)));

@@ -2,6 +2,8 @@
 //! plans: index scans); the others on a pooled connection, in a one-statement
 //! transaction with a custom plan. The hot path's lookups are batched (`lookups.rs`).
 
+use steadyflow_store::listing::{self, Arg, Dialect, Listing};
+use steadyflow_store::schema::*;
 use steadyflow_store::*;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -9,53 +11,14 @@ use tokio_postgres::types::ToSql;
 use crate::PgStore;
 use crate::error::db_err;
 use crate::pipeline::{self, BEGIN_CUSTOM_PLANS, Step};
-use crate::rows::{self, *};
+use crate::rows;
 
-type Owned = Box<dyn ToSql + Sync + Send>;
-
-/// `WHERE` clause builder for optional filters with numbered parameters.
-#[derive(Default)]
-struct Where {
-    clauses: Vec<String>,
-    args: Vec<Owned>,
-}
-
-impl Where {
-    /// Adds `clause`, where `$?` stands for the parameter `v`.
-    fn param(&mut self, clause: &str, v: Owned) -> &mut Self {
-        self.args.push(v);
-        self.clauses
-            .push(clause.replace("$?", &format!("${}", self.args.len())));
-        self
-    }
-
-    fn eq(&mut self, col: &str, v: &Option<String>) -> &mut Self {
-        if let Some(v) = v {
-            self.param(&format!("{col} = $?"), Box::new(v.clone()));
-        }
-        self
-    }
-
-    fn sql(&self) -> String {
-        if self.clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", self.clauses.join(" AND "))
-        }
-    }
-
-    /// ` LIMIT $n` with the limit as a parameter (keeps one prepared statement).
-    fn limit(&mut self, limit: Option<usize>) -> String {
-        match limit {
-            Some(n) => {
-                self.args
-                    .push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)));
-                format!(" LIMIT ${}", self.args.len())
-            }
-            None => String::new(),
-        }
-    }
-}
+/// PostgreSQL's spelling of the shared listing queries.
+const DIALECT: Dialect = Dialect {
+    param: |n| format!("${n}"),
+    // JSONB containment: exact element match, never a substring.
+    has_candidate_group: |p| format!("candidate_groups @> jsonb_build_array({p}::text)"),
+};
 
 impl PgStore {
     /// Runs a query with a custom plan (in a one-statement transaction, pipelined into
@@ -100,13 +63,23 @@ impl PgStore {
         client.query_opt(&stmt, &[&key]).await.map_err(db_err)
     }
 
-    async fn query_where(&self, sql: &str, w: &Where) -> Result<Vec<Row>> {
-        let args: Vec<&(dyn ToSql + Sync)> = w
+    /// Runs a shared listing query (see [`query_rows`](Self::query_rows)).
+    async fn query_listing(&self, q: Listing) -> Result<Vec<Row>> {
+        let args: Vec<Box<dyn ToSql + Sync + Send>> = q
             .args
+            .into_iter()
+            .map(|a| -> Box<dyn ToSql + Sync + Send> {
+                match a {
+                    Arg::Text(s) => Box::new(s),
+                    Arg::Int(n) => Box::new(n),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = args
             .iter()
             .map(|a| a.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        self.query_rows(sql, &args).await
+        self.query_rows(&q.sql, &refs).await
     }
 
     pub(crate) async fn read_definition(
@@ -125,13 +98,7 @@ impl PgStore {
         &self,
         key: Option<&str>,
     ) -> Result<Vec<DefinitionRecord>> {
-        let mut w = Where::default();
-        w.eq("key", &key.map(str::to_string));
-        let sql = format!(
-            "SELECT {DEFINITION_COLS} FROM definitions{} ORDER BY key, version DESC",
-            w.sql()
-        );
-        self.query_where(&sql, &w)
+        self.query_listing(listing::definitions(&DIALECT, key))
             .await?
             .iter()
             .map(|r| rows::definition(r, false))
@@ -139,16 +106,7 @@ impl PgStore {
     }
 
     pub(crate) async fn read_instances(&self, f: &InstanceFilter) -> Result<Vec<InstanceRecord>> {
-        let mut w = Where::default();
-        w.eq("state", &f.state.map(|s| s.as_str().to_string()))
-            .eq("definition_key", &f.definition_key)
-            .eq("business_key", &f.business_key);
-        let limit = w.limit(f.limit);
-        let sql = format!(
-            "SELECT {INSTANCE_COLS} FROM instances{} ORDER BY started_at, id{limit}",
-            w.sql()
-        );
-        self.query_where(&sql, &w)
+        self.query_listing(listing::instances(&DIALECT, f))
             .await?
             .iter()
             .map(rows::instance)
@@ -165,22 +123,7 @@ impl PgStore {
     }
 
     pub(crate) async fn read_tasks(&self, f: &TaskFilter) -> Result<Vec<TaskRecord>> {
-        let mut w = Where::default();
-        w.eq("assignee", &f.assignee)
-            .eq("instance_id", &f.instance_id);
-        if let Some(g) = &f.candidate_group {
-            // JSONB containment: exact element match, never a substring.
-            w.param(
-                "candidate_groups @> jsonb_build_array($?::text)",
-                Box::new(g.clone()),
-            );
-        }
-        let limit = w.limit(f.limit);
-        let sql = format!(
-            "SELECT {TASK_COLS} FROM tasks{} ORDER BY created_at, id{limit}",
-            w.sql()
-        );
-        self.query_where(&sql, &w)
+        self.query_listing(listing::tasks(&DIALECT, f))
             .await?
             .iter()
             .map(rows::task)
@@ -200,14 +143,7 @@ impl PgStore {
         &self,
         f: &ExternalTaskFilter,
     ) -> Result<Vec<ExternalTaskRecord>> {
-        let mut w = Where::default();
-        w.eq("instance_id", &f.instance_id).eq("topic", &f.topic);
-        let limit = w.limit(f.limit);
-        let sql = format!(
-            "SELECT {EXTERNAL_COLS} FROM external_tasks{} ORDER BY created_at, id{limit}",
-            w.sql()
-        );
-        self.query_where(&sql, &w)
+        self.query_listing(listing::external_tasks(&DIALECT, f))
             .await?
             .iter()
             .map(rows::external)
@@ -235,16 +171,7 @@ impl PgStore {
     }
 
     pub(crate) async fn read_incidents(&self, f: &IncidentFilter) -> Result<Vec<IncidentRecord>> {
-        let mut w = Where::default();
-        w.eq("instance_id", &f.instance_id);
-        if f.open_only {
-            w.clauses.push("resolved_at IS NULL".into());
-        }
-        let sql = format!(
-            "SELECT {INCIDENT_COLS} FROM incidents{} ORDER BY created_at, id",
-            w.sql()
-        );
-        self.query_where(&sql, &w)
+        self.query_listing(listing::incidents(&DIALECT, f))
             .await?
             .iter()
             .map(rows::incident)

@@ -1,22 +1,13 @@
-//! Row <-> record mapping. Column lists and mappers are kept side by side so the
-//! positions cannot drift apart.
+//! Row <-> record mapping, in the column order of [`steadyflow_store::schema`]'s lists.
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use steadyflow_store::schema::from_ms;
 use steadyflow_store::*;
 use tokio_postgres::Row;
 use tokio_postgres::types::{FromSql, Json};
 
 use crate::error::corrupt;
-
-pub(crate) fn ms(t: Timestamp) -> i64 {
-    t.timestamp_millis()
-}
-
-pub(crate) fn from_ms(v: i64) -> Result<Timestamp> {
-    chrono::DateTime::from_timestamp_millis(v)
-        .ok_or_else(|| corrupt("timestamp", format!("{v} ms out of range")))
-}
 
 pub(crate) fn get<'a, T: FromSql<'a>>(row: &'a Row, idx: usize) -> Result<T> {
     row.try_get(idx)
@@ -50,17 +41,12 @@ pub(crate) fn vars(v: Value) -> Result<Vars> {
     }
 }
 
-/// `cols` (a `", "`-separated column list) qualified with a table alias.
-pub(crate) fn prefixed(alias: &str, cols: &str) -> String {
-    cols.split(", ")
-        .map(|c| format!("{alias}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// A closed-set column (`decode` of one of the record enums).
+fn named<T>(row: &Row, idx: usize, decode: fn(&str) -> Result<T>) -> Result<T> {
+    decode(get(row, idx)?)
 }
 
-pub(crate) const DEFINITION_COLS: &str = "id, key, version, name, checksum, deployed_at";
-
-/// Reads [`DEFINITION_COLS`], plus `xml` as column 6 when `with_xml`.
+/// Reads the definition columns, plus `xml` as column 6 when `with_xml`.
 pub(crate) fn definition(row: &Row, with_xml: bool) -> Result<DefinitionRecord> {
     Ok(DefinitionRecord {
         id: get(row, 0)?,
@@ -73,21 +59,18 @@ pub(crate) fn definition(row: &Row, with_xml: bool) -> Result<DefinitionRecord> 
     })
 }
 
-pub(crate) const INSTANCE_COLS: &str = "id, definition_id, definition_key, business_key, state, variables, runtime, version, started_at, ended_at";
-
 pub(crate) fn instance(row: &Row) -> Result<InstanceRecord> {
     instance_at(row, 0)
 }
 
-/// Reads [`INSTANCE_COLS`] starting at column `at` (after the columns of a joined table).
+/// Reads the instance columns starting at column `at` (after a joined table's).
 pub(crate) fn instance_at(row: &Row, at: usize) -> Result<InstanceRecord> {
-    let state: String = get(row, at + 4)?;
     Ok(InstanceRecord {
         id: get(row, at)?,
         definition_id: get(row, at + 1)?,
         definition_key: get(row, at + 2)?,
         business_key: get(row, at + 3)?,
-        state: InstanceState::parse(&state).ok_or_else(|| corrupt("instance state", &state))?,
+        state: named(row, at + 4, InstanceState::decode)?,
         variables: vars(get(row, at + 5)?)?,
         runtime: {
             let Json(raw) = get::<Json<Box<serde_json::value::RawValue>>>(row, at + 6)?;
@@ -98,8 +81,6 @@ pub(crate) fn instance_at(row: &Row, at: usize) -> Result<InstanceRecord> {
         ended_at: opt_ts(row, at + 9)?,
     })
 }
-
-pub(crate) const TASK_COLS: &str = "id, instance_id, definition_id, activity_id, name, assignee, candidate_users, candidate_groups, created_at";
 
 pub(crate) fn task(row: &Row) -> Result<TaskRecord> {
     Ok(TaskRecord {
@@ -114,12 +95,6 @@ pub(crate) fn task(row: &Row) -> Result<TaskRecord> {
         created_at: ts(row, 8)?,
     })
 }
-
-pub(crate) const EXTERNAL_COLS: &str = "id, instance_id, definition_id, activity_id, topic, worker_id, \
-     lock_expires_at, retries, error_message, retry_at, created_at";
-
-/// Number of [`EXTERNAL_COLS`]: the index of the first column after them.
-pub(crate) const EXTERNAL_COL_COUNT: usize = 11;
 
 pub(crate) fn external(row: &Row) -> Result<ExternalTaskRecord> {
     Ok(ExternalTaskRecord {
@@ -137,9 +112,6 @@ pub(crate) fn external(row: &Row) -> Result<ExternalTaskRecord> {
     })
 }
 
-pub(crate) const TIMER_COLS: &str =
-    "id, instance_id, activity_id, due_at, owner, lock_until, created_at";
-
 pub(crate) fn timer(row: &Row) -> Result<TimerRecord> {
     Ok(TimerRecord {
         id: get(row, 0)?,
@@ -152,14 +124,12 @@ pub(crate) fn timer(row: &Row) -> Result<TimerRecord> {
     })
 }
 
-pub(crate) const INCIDENT_COLS: &str = "id, instance_id, activity_id, incident_type, message, external_task_id, created_at, resolved_at";
-
 pub(crate) fn incident(row: &Row) -> Result<IncidentRecord> {
     Ok(IncidentRecord {
         id: get(row, 0)?,
         instance_id: get(row, 1)?,
         activity_id: get(row, 2)?,
-        incident_type: get(row, 3)?,
+        incident_type: named(row, 3, IncidentType::decode)?,
         message: get(row, 4)?,
         external_task_id: get(row, 5)?,
         created_at: ts(row, 6)?,
@@ -167,7 +137,6 @@ pub(crate) fn incident(row: &Row) -> Result<IncidentRecord> {
     })
 }
 
-/// The `events` column of a history row: the change set's records, in order.
 /// A history row (`instance_id, events`): its change set's records.
 pub(crate) fn history_events(row: &Row) -> Result<Vec<HistoryRecord>> {
     let owner: &str = get(row, 0)?;
@@ -175,15 +144,13 @@ pub(crate) fn history_events(row: &Row) -> Result<Vec<HistoryRecord>> {
     decode_history(owner, events.0.get()).map_err(|e| corrupt("history events", e))
 }
 
-pub(crate) const JOURNAL_COLS: &str = "seq, tx_time, entity, entity_id, op, row";
-
 pub(crate) fn journal(row: &Row) -> Result<JournalRecord> {
     Ok(JournalRecord {
         seq: get(row, 0)?,
         tx_time: ts(row, 1)?,
-        entity: get(row, 2)?,
+        entity: named(row, 2, JournalEntity::decode)?,
         entity_id: get(row, 3)?,
-        op: get(row, 4)?,
+        op: named(row, 4, JournalOp::decode)?,
         row: match get::<Option<&str>>(row, 5)? {
             Some(text) => {
                 serde_json::from_str(text).map_err(|e| corrupt("journal row image", e))?
@@ -191,16 +158,4 @@ pub(crate) fn journal(row: &Row) -> Result<JournalRecord> {
             None => Value::Null,
         },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn column_lists_match_their_mappers() {
-        assert_eq!(EXTERNAL_COLS.split(", ").count(), EXTERNAL_COL_COUNT);
-        assert_eq!(INSTANCE_COLS.split(", ").count(), 10);
-        assert_eq!(prefixed("e", "id, topic"), "e.id, e.topic");
-    }
 }

@@ -1,17 +1,16 @@
 //! Writes other than `apply`: deploy, claim, fetch-and-lock, timer acquisition. Each
 //! runs in its own transaction and appends its journal rows in it.
 
-use std::collections::HashSet;
 use std::sync::LazyLock;
 
+use steadyflow_store::journal::JournalEntry;
+use steadyflow_store::schema::*;
 use steadyflow_store::*;
 
 use crate::PgStore;
 use crate::error::db_err;
-use crate::pipeline::{
-    self, CUSTOM_PLANS, Finish, JOURNAL_INSERT, JournalArrays, JournalEntry, Step,
-};
-use crate::rows::{self, *};
+use crate::pipeline::{self, CUSTOM_PLANS, Finish, JOURNAL_INSERT, JournalArrays, Param, Step};
+use crate::rows;
 
 /// Fetch-and-lock in one statement (parameters: topics `$1` with their lock durations
 /// `$2`, now `$3`, max `$4`, worker `$5`).
@@ -73,10 +72,6 @@ pub(crate) static FETCH_AND_LOCK: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
-
 impl PgStore {
     pub(crate) async fn write_deploy(
         &self,
@@ -112,69 +107,47 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         let mut out = Vec::with_capacity(defs.len());
-        let mut journal = Vec::new();
-        for d in defs {
-            let current = tx.query(&latest, &[&d.key]).await.map_err(db_err)?;
-            let current = current
+        for d in &defs {
+            let stored = tx.query(&latest, &[&d.key]).await.map_err(db_err)?;
+            let stored = stored
                 .first()
                 .map(|r| rows::definition(r, true))
                 .transpose()?;
-            if let Some(l) = current.as_ref().filter(|l| l.checksum == d.checksum) {
-                out.push(Deployed {
-                    definition: l.clone(),
-                    created: false,
-                });
-                continue;
+            let deployed = steadyflow_store::deploy::next_version(stored, d, now);
+            if deployed.created {
+                let r = &deployed.definition;
+                let params: [Param<'_>; 7] = [
+                    &r.id,
+                    &r.key,
+                    &r.version,
+                    &r.name,
+                    &r.checksum,
+                    &r.xml,
+                    &r.deployed_at.timestamp_millis(),
+                ];
+                tx.execute(&insert, &params).await.map_err(db_err)?;
             }
-            let version = current.map(|l| l.version + 1).unwrap_or(1);
-            let record = DefinitionRecord {
-                id: format!("{}:{}", d.key, version),
-                key: d.key,
-                version,
-                name: d.name,
-                checksum: d.checksum,
-                xml: Some(d.xml),
-                deployed_at: now,
-            };
-            tx.execute(
-                &insert,
-                &[
-                    &record.id,
-                    &record.key,
-                    &version,
-                    &record.name,
-                    &record.checksum,
-                    &record.xml,
-                    &ms(now),
-                ],
-            )
-            .await
-            .map_err(db_err)?;
-            journal.push(JournalEntry::new(
-                "definition",
-                &record.id,
-                "insert",
-                &record,
-            )?);
-            out.push(Deployed {
-                definition: record,
-                created: true,
-            });
+            out.push(deployed);
         }
-        if !journal.is_empty() {
+        let entries = steadyflow_store::deploy::journal(&out)?;
+        if !entries.is_empty() {
             let stmt = tx.prepare_cached(JOURNAL_INSERT).await.map_err(db_err)?;
-            let arrays = JournalArrays::new(&journal);
-            arrays.check()?;
-            let tx_time = now_ms();
-            tx.execute(&stmt, &arrays.params(&tx_time))
+            let arrays = JournalArrays::new(&entries)?;
+            tx.execute(&stmt, &arrays.params(&to_ms(now)))
                 .await
                 .map_err(db_err)?;
         }
+        drop(entries);
         tx.commit().await.map_err(db_err)?;
         Ok(out)
     }
 
-    pub(crate) async fn write_claim(&self, id: &str, user: &str) -> Result<TaskRecord> {
+    pub(crate) async fn write_claim(
+        &self,
+        id: &str,
+        user: &str,
+        now: Timestamp,
+    ) -> Result<TaskRecord> {
         let client = self.client().await?;
         let journal = client
             .prepare_cached(JOURNAL_INSERT)
@@ -192,49 +165,33 @@ impl PgStore {
             &client,
             pipeline::BEGIN_CUSTOM_PLANS,
             &journal,
-            now_ms(),
+            to_ms(now),
             steps,
             |rows| match rows[0].first().map(rows::task).transpose()? {
                 Some(t) => {
-                    let entry = JournalEntry::new("task", &t.id, "update", &t)?;
+                    let entry = JournalEntry::of(JournalOp::Update, &t)?.into_owned();
                     Ok(Finish::Commit(Some(t), vec![entry]))
                 }
                 None => Ok(Finish::Rollback(None)),
             },
         )
         .await?;
-        if let Some(t) = claimed {
-            return Ok(t);
-        }
-        match self.read_task(id).await? {
-            Some(t) => Err(StoreError::Rejected(format!(
-                "task {id} is already claimed by {}",
-                t.assignee.unwrap_or_default()
-            ))),
-            None => Err(StoreError::NotFound {
-                what: "task",
-                id: id.to_string(),
-            }),
+        match claimed {
+            Some(t) => Ok(t),
+            None => Err(StoreError::claim_refused(id, self.read_task(id).await?)),
         }
     }
 
     pub(crate) async fn write_fetch_and_lock(
         &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
+        request: &TaskLocking<'_>,
     ) -> Result<Vec<LockedTask>> {
-        if topics.is_empty() || max == 0 {
-            return Ok(Vec::new());
-        }
-        // First lock duration of a topic wins; duplicates would make the join ambiguous.
-        let mut seen = HashSet::new();
-        let (names, durations): (Vec<&str>, Vec<i64>) = topics
+        let (names, durations): (Vec<&str>, Vec<i64>) = request
+            .topics
             .iter()
-            .filter(|t| seen.insert(t.topic.as_str()))
             .map(|t| (t.topic.as_str(), t.lock_duration_ms))
             .unzip();
+        let worker = request.worker;
         let client = self.client().await?;
         let journal = client
             .prepare_cached(JOURNAL_INSERT)
@@ -244,54 +201,36 @@ impl PgStore {
             .prepare_cached(&FETCH_AND_LOCK)
             .await
             .map_err(db_err)?;
-        let now = ms(now);
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
+        let now = to_ms(request.now);
+        let max = i64::try_from(request.max).unwrap_or(i64::MAX);
         let steps = vec![Step::Query(
             stmt,
             vec![&names, &durations, &now, &max, &worker],
         )];
         // On the session's cached generic plan: planned once per connection, and reads
         // the index in order for expired locks too (see the plan test below).
-        let locked = pipeline::transact(
-            &client,
-            pipeline::BEGIN,
-            &journal,
-            now_ms(),
-            steps,
-            |rows| {
-                let mut out = Vec::with_capacity(rows[0].len());
-                let mut entries = Vec::with_capacity(rows[0].len());
-                for row in &rows[0] {
-                    let task = rows::external(row)?;
-                    let variables = rows::vars(
-                        rows::get::<Option<serde_json::Value>>(row, EXTERNAL_COL_COUNT)?
-                            .unwrap_or_default(),
-                    )?;
-                    entries.push(JournalEntry::new(
-                        "externalTask",
-                        &task.id,
-                        "update",
-                        &task,
-                    )?);
-                    out.push(LockedTask { task, variables });
-                }
-                Ok(Finish::Commit(out, entries))
-            },
-        )
+        let locked = pipeline::transact(&client, pipeline::BEGIN, &journal, now, steps, |rows| {
+            let mut out = Vec::with_capacity(rows[0].len());
+            let mut entries = Vec::with_capacity(rows[0].len());
+            for row in &rows[0] {
+                let task = rows::external(row)?;
+                let variables = rows::vars(
+                    rows::get::<Option<serde_json::Value>>(row, EXTERNAL_COL_COUNT)?
+                        .unwrap_or_default(),
+                )?;
+                entries.push(JournalEntry::of(JournalOp::Update, &task)?.into_owned());
+                out.push(LockedTask { task, variables });
+            }
+            Ok(Finish::Commit(out, entries))
+        })
         .await?;
         Ok(locked)
     }
 
     pub(crate) async fn write_acquire_timers(
         &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
+        request: &TimerLocking<'_>,
     ) -> Result<Vec<TimerRecord>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
         let cols = prefixed("t", TIMER_COLS);
         let sql = format!(
             "WITH picked AS MATERIALIZED ( \
@@ -311,14 +250,15 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         let stmt = client.prepare_cached(&sql).await.map_err(db_err)?;
-        let (now, lock_until) = (ms(now), ms(lock_until));
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (now, lock_until) = (to_ms(request.now), to_ms(request.lock_until));
+        let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+        let owner = request.owner;
         let steps = vec![Step::Query(stmt, vec![&now, &limit, &owner, &lock_until])];
         let timers = pipeline::transact(
             &client,
             pipeline::BEGIN_CUSTOM_PLANS,
             &journal,
-            now_ms(),
+            now,
             steps,
             |rows| {
                 let mut timers = rows[0]
@@ -328,7 +268,7 @@ impl PgStore {
                 timers.sort_by(|a, b| (a.due_at, &a.id).cmp(&(b.due_at, &b.id)));
                 let entries = timers
                     .iter()
-                    .map(|t| JournalEntry::new("timer", &t.id, "update", t))
+                    .map(|t| Ok(JournalEntry::of(JournalOp::Update, t)?.into_owned()))
                     .collect::<Result<Vec<_>>>()?;
                 Ok(Finish::Commit(timers, entries))
             },

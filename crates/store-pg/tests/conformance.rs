@@ -88,7 +88,7 @@ async fn journal_holds_back_rows_behind_an_open_transaction() {
     let now = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
     let inst = active_instance("fast", 1, now);
     store
-        .apply(ChangeSet::new(inst, None))
+        .apply(ChangeSet::new(inst, None, now))
         .await
         .expect("apply");
     let other = raw_client(&db).await;
@@ -271,7 +271,7 @@ async fn apply_throughput() {
     let hist = move |id: &str, event: &str| HistoryRecord {
         instance_id: id.into(),
         time: t0,
-        event: event.into(),
+        event: HistoryEvent::parse(event).expect("a history event"),
         activity_id: Some("a".into()),
         detail: serde_json::json!({"k": 1}),
     };
@@ -297,7 +297,7 @@ async fn apply_throughput() {
                     started_at: t0,
                     ended_at: None,
                 };
-                let mut c = ChangeSet::new(inst.clone(), None);
+                let mut c = ChangeSet::new(inst.clone(), None, t0);
                 c.tasks_created = vec![TaskRecord {
                     id: format!("{id}-t0"),
                     instance_id: id.clone(),
@@ -318,7 +318,7 @@ async fn apply_throughput() {
                         inst.state = InstanceState::Completed;
                         inst.ended_at = Some(t0);
                     }
-                    let mut c = ChangeSet::new(inst.clone(), Some(expected));
+                    let mut c = ChangeSet::new(inst.clone(), Some(expected), t0);
                     c.tasks_removed = vec![format!("{id}-t{}", step - 1)];
                     if step < 3 {
                         c.tasks_created = vec![TaskRecord {
@@ -388,7 +388,7 @@ async fn batch_isolates_failures() {
     };
     // Existing state: instances x0..x9 at version 1, and a task "taken".
     for n in 0..10 {
-        let mut c = ChangeSet::new(inst(&format!("x{n}"), 1), None);
+        let mut c = ChangeSet::new(inst(&format!("x{n}"), 1), None, t0);
         if n == 0 {
             c.tasks_created = vec![task("taken", "x0")];
         }
@@ -402,14 +402,18 @@ async fn batch_isolates_failures() {
     for n in 0..40 {
         let (change, outcome) = if n < 30 {
             let id = format!("new{n}");
-            let mut c = ChangeSet::new(inst(&id, 1), None);
+            let mut c = ChangeSet::new(inst(&id, 1), None, t0);
             let bad = n % 10 == 5;
             c.tasks_created = vec![task(if bad { "taken" } else { &id }, &id)];
             (c, if bad { "error" } else { "ok" })
         } else {
             let k = n - 30;
             let stale = k >= 7;
-            let c = ChangeSet::new(inst(&format!("x{k}"), 2), Some(if stale { 5 } else { 1 }));
+            let c = ChangeSet::new(
+                inst(&format!("x{k}"), 2),
+                Some(if stale { 5 } else { 1 }),
+                t0,
+            );
             (c, if stale { "conflict" } else { "ok" })
         };
         expected.push((change.instance.id.clone(), outcome));
@@ -485,7 +489,11 @@ async fn losers_in_the_database_drop_out_of_their_batch() {
     let handles: Vec<_> = (0..10)
         .map(|n| {
             let stale = n % 3 == 0;
-            let mut c = ChangeSet::new(inst(&format!("y{n}"), 4), Some(if stale { 2 } else { 3 }));
+            let mut c = ChangeSet::new(
+                inst(&format!("y{n}"), 4),
+                Some(if stale { 2 } else { 3 }),
+                t0,
+            );
             c.tasks_created = vec![TaskRecord {
                 id: format!("t{n}"),
                 instance_id: format!("y{n}"),
@@ -500,7 +508,7 @@ async fn losers_in_the_database_drop_out_of_their_batch() {
             c.history = vec![HistoryRecord {
                 instance_id: format!("y{n}"),
                 time: t0,
-                event: "e".into(),
+                event: HistoryEvent::ActivityCompleted,
                 activity_id: None,
                 detail: serde_json::json!({}),
             }];
@@ -617,11 +625,11 @@ async fn recovers_after_connections_are_killed() {
         definition_id: "order:2".into(),
         ..active_instance("after", 1, t)
     };
-    let mut applied = store.apply(ChangeSet::new(inst.clone(), None)).await;
+    let mut applied = store.apply(ChangeSet::new(inst.clone(), None, t)).await;
     for _ in 0..5 {
         match applied {
             Err(StoreError::Unavailable(_)) => {
-                applied = store.apply(ChangeSet::new(inst.clone(), None)).await
+                applied = store.apply(ChangeSet::new(inst.clone(), None, t)).await
             }
             _ => break,
         }
@@ -648,7 +656,7 @@ async fn cancelled_calls_leave_no_open_transaction() {
     };
     let store = Arc::new(PgStore::connect(db.url()).await.expect("connect"));
     let t0 = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
-    let mut c = ChangeSet::new(active_instance("i", 1, t0), None);
+    let mut c = ChangeSet::new(active_instance("i", 1, t0), None, t0);
     c.external_upserted = (0..200)
         .map(|n| ExternalTaskRecord {
             id: format!("e{n:03}"),

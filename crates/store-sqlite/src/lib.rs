@@ -7,7 +7,12 @@
 //! Commands run back to back without savepoints; a command that fails cleanly (lost
 //! optimistic lock, not found, rejected) has written nothing, and any other failure rolls
 //! the batch back and re-runs its commands one transaction each. Reads go to a few reader
-//! threads with read-only connections (WAL lets them run beside the writer).
+//! threads with read-only connections (WAL lets them run beside the writer). Both queues
+//! are bounded ([`SqliteOptions`]): when one is full, callers wait for room.
+//!
+//! The times written are the engine's: each command's own (history, `resolved_at`) and,
+//! for the journal's `tx_time`, the latest command time of the transaction, never less
+//! than the previous transaction's (see `writer.rs`).
 
 mod migrate;
 mod reads;
@@ -25,6 +30,34 @@ use steadyflow_store::*;
 
 use writer::Writer;
 
+/// Tuning of a [`SqliteStore`]. Deserializable (every field optional, defaults below)
+/// so a configuration file can carry it as is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteOptions {
+    /// Commands waiting for the writer thread at most; further callers wait for room
+    /// (back-pressure instead of an ever-growing queue).
+    pub write_queue: usize,
+    /// Most commands committed in one transaction.
+    pub max_batch: usize,
+    /// Queries waiting for a reader thread at most; further callers wait for room.
+    pub read_queue: usize,
+    /// Reader threads, each with its own read-only connection.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            write_queue: 4096,
+            max_batch: 512,
+            read_queue: 1024,
+            // Enough to overlap with the writer on a small machine.
+            readers: 3,
+        }
+    }
+}
+
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
@@ -35,32 +68,34 @@ pub struct SqliteStore {
 }
 
 /// A fixed set of reader threads, each owning one read-only connection (warm statement
-/// cache), taking queries from one shared queue.
+/// cache), taking queries from one shared, bounded queue.
 struct Readers {
-    queue: std::sync::mpsc::Sender<ReadJob>,
+    queue: tokio::sync::mpsc::Sender<ReadJob>,
 }
 
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
-/// Reader threads: enough to overlap with the writer on a small machine.
-const READERS: usize = 3;
-
 impl Readers {
-    fn start(path: &Path) -> Result<Readers> {
-        let (queue, rx) = std::sync::mpsc::channel::<ReadJob>();
+    fn start(path: &Path, options: &SqliteOptions) -> Result<Readers> {
+        let (queue, rx) = tokio::sync::mpsc::channel::<ReadJob>(options.read_queue.max(1));
         let rx = Arc::new(Mutex::new(rx));
-        for n in 0..READERS {
+        for n in 0..options.readers.max(1) {
             let conn = open_conn(path, true)?;
             let rx = rx.clone();
             std::thread::Builder::new()
                 .name(format!("sqlite-reader-{n}"))
                 .spawn(move || {
                     loop {
-                        let job = match rx.lock().expect("reader queue poisoned").recv() {
-                            Ok(job) => job,
-                            Err(_) => return,
-                        };
-                        job(&conn);
+                        // A reader that panicked while waiting poisons nothing worth
+                        // refusing: the receiver is still whole.
+                        let next = rx
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .blocking_recv();
+                        match next {
+                            Some(job) => job(&conn),
+                            None => return,
+                        }
                     }
                 })
                 .map_err(|e| StoreError::Backend(format!("cannot start reader thread: {e}")))?;
@@ -69,8 +104,20 @@ impl Readers {
     }
 }
 
+/// Maps a driver error: a value that does not convert (a bad timestamp, unknown state,
+/// broken JSON) is a corrupt row; an unreachable or refusing database is `Unavailable`;
+/// anything else is `Backend`.
 pub(crate) fn backend_err(e: rusqlite::Error) -> StoreError {
     match &e {
+        rusqlite::Error::FromSqlConversionFailure(idx, _, cause) => {
+            StoreError::Corrupt(format!("column {idx}: {cause}"))
+        }
+        rusqlite::Error::InvalidColumnType(_, name, ty) => {
+            StoreError::Corrupt(format!("column {name} holds a value of type {ty}"))
+        }
+        rusqlite::Error::IntegralValueOutOfRange(idx, v) => {
+            StoreError::Corrupt(format!("column {idx}: {v} is out of range"))
+        }
         rusqlite::Error::SqliteFailure(f, _)
             if matches!(
                 f.code,
@@ -123,8 +170,14 @@ fn open_conn(path: &Path, read_only: bool) -> Result<Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database file and runs migrations.
+    /// Opens (creating if needed) the database file with default [`SqliteOptions`] and
+    /// runs migrations.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, SqliteOptions::default())
+    }
+
+    /// Opens (creating if needed) the database file and runs migrations.
+    pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -146,20 +199,25 @@ impl SqliteStore {
         migrate::run(&mut conn)?;
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         Ok(SqliteStore {
-            writer: Writer::start(conn, wal)?,
-            readers: Readers::start(&path)?,
+            writer: Writer::start(conn, wal, options.write_queue, options.max_batch)?,
+            readers: Readers::start(&path, &options)?,
             path,
             _serve_lock: serve_lock,
         })
     }
 
-    /// Opens from a `sqlite://PATH` (or `sqlite:PATH`) URL.
+    /// Opens from a `sqlite://PATH` (or `sqlite:PATH`) URL with default options.
     pub fn open_url(url: &str) -> Result<Self> {
+        Self::open_url_with(url, SqliteOptions::default())
+    }
+
+    /// Opens from a `sqlite://PATH` (or `sqlite:PATH`) URL.
+    pub fn open_url_with(url: &str, options: SqliteOptions) -> Result<Self> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .ok_or_else(|| StoreError::Unavailable(format!("not a sqlite URL: {url}")))?;
-        Self::open(path)
+        Self::open_with(path, options)
     }
 
     pub fn path(&self) -> &Path {
@@ -178,6 +236,7 @@ impl SqliteStore {
         self.readers
             .queue
             .send(job)
+            .await
             .map_err(|_| StoreError::Unavailable("SQLite readers have stopped".into()))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("SQLite reader failed".into()))?
@@ -194,12 +253,12 @@ impl Store for SqliteStore {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
             .await?;
         // The writer thread must be alive too.
-        self.writer.run(|_, _| Ok(())).await
+        self.writer.run(None, |_, _| Ok(())).await
     }
 
     async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
         self.writer
-            .run(move |c, tx| writes::deploy(c, tx, &defs, now))
+            .run(Some(now), move |c, tx| writes::deploy(c, tx, &defs, now))
             .await
     }
 
@@ -230,9 +289,11 @@ impl Store for SqliteStore {
     }
 
     async fn apply(&self, change: ChangeSet) -> Result<()> {
-        let images = writes::Images::of(&change)?;
+        let encoded = writes::Encoded::of(&change)?;
         self.writer
-            .run(move |c, tx| writes::apply(c, tx, &change, &images))
+            .run(Some(change.time), move |c, tx| {
+                writes::apply(c, tx, &change, &encoded)
+            })
             .await
     }
 
@@ -246,10 +307,12 @@ impl Store for SqliteStore {
         self.read(move |c| reads::list_tasks(c, &filter)).await
     }
 
-    async fn claim_task(&self, id: &str, user: &str, _now: Timestamp) -> Result<TaskRecord> {
+    async fn claim_task(&self, id: &str, user: &str, now: Timestamp) -> Result<TaskRecord> {
         let (id, user) = (id.to_string(), user.to_string());
         self.writer
-            .run(move |c, tx| writes::claim_task(c, tx, &id, &user))
+            .run(Some(now), move |c, tx| {
+                writes::claim_task(c, tx, &id, &user)
+            })
             .await
     }
 
@@ -281,17 +344,20 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn fetch_and_lock(
-        &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
-    ) -> Result<Vec<LockedTask>> {
-        let (worker, topics) = (worker.to_string(), topics.to_vec());
+    async fn lock_tasks(&self, request: &TaskLocking<'_>) -> Result<Vec<LockedTask>> {
+        let (worker, topics) = (request.worker.to_string(), request.topics.to_vec());
+        let (max, now) = (request.max, request.now);
         let locked = self
             .writer
-            .run(move |c, tx| writes::fetch_and_lock(c, tx, &worker, max, &topics, now))
+            .run(Some(now), move |c, tx| {
+                let request = TaskLocking {
+                    worker: &worker,
+                    max,
+                    topics: &topics,
+                    now,
+                };
+                writes::fetch_and_lock(c, tx, &request)
+            })
             .await?;
         if locked.is_empty() {
             return Ok(Vec::new());
@@ -317,16 +383,18 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn acquire_due_timers(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<TimerRecord>> {
-        let owner = owner.to_string();
+    async fn lock_due_timers(&self, request: &TimerLocking<'_>) -> Result<Vec<TimerRecord>> {
+        let owner = request.owner.to_string();
+        let TimerLocking {
+            now,
+            lock_until,
+            limit,
+            ..
+        } = *request;
         self.writer
-            .run(move |c, tx| writes::acquire_due_timers(c, tx, &owner, now, lock_until, limit))
+            .run(Some(now), move |c, tx| {
+                writes::acquire_due_timers(c, tx, &owner, now, lock_until, limit)
+            })
             .await
     }
 

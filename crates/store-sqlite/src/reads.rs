@@ -2,53 +2,42 @@
 
 use rusqlite::types::Value as Sql;
 use rusqlite::{Connection, OptionalExtension, Row, params_from_iter};
+use steadyflow_store::listing::{self, Arg, Dialect, Listing};
+use steadyflow_store::schema::*;
 use steadyflow_store::*;
 
-use crate::rows::{self, *};
+use crate::rows;
+
+/// SQLite's spelling of the shared listing queries.
+const DIALECT: Dialect = Dialect {
+    param: |n| format!("?{n}"),
+    has_candidate_group: |p| {
+        format!(
+            "EXISTS (SELECT 1 FROM json_each(tasks.candidate_groups) WHERE json_each.value = {p})"
+        )
+    },
+};
 
 fn all<T>(
     c: &Connection,
-    sql: &str,
-    args: Vec<Sql>,
+    q: Listing,
     map: impl Fn(&Row) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<Vec<T>> {
-    let mut stmt = c.prepare_cached(sql)?;
+    let args = q.args.into_iter().map(|a| match a {
+        Arg::Text(s) => Sql::Text(s),
+        Arg::Int(n) => Sql::Integer(n),
+    });
+    let mut stmt = c.prepare_cached(&q.sql)?;
     stmt.query_map(params_from_iter(args), |r| map(r))?
         .collect()
 }
 
-/// `WHERE` clause builder for optional equality filters.
-#[derive(Default)]
-struct Where {
-    clauses: Vec<String>,
-    args: Vec<Sql>,
-}
-
-impl Where {
-    fn eq(&mut self, col: &str, v: &Option<String>) -> &mut Self {
-        if let Some(v) = v {
-            self.args.push(Sql::Text(v.clone()));
-            self.clauses.push(format!("{col} = ?{}", self.args.len()));
-        }
-        self
+/// A query with fixed SQL.
+fn fixed(sql: &str, args: Vec<Arg>) -> Listing {
+    Listing {
+        sql: sql.to_string(),
+        args,
     }
-    fn raw(&mut self, clause: &str, v: Sql) -> &mut Self {
-        self.args.push(v);
-        self.clauses
-            .push(clause.replace("?", &format!("?{}", self.args.len())));
-        self
-    }
-    fn sql(&self) -> String {
-        if self.clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", self.clauses.join(" AND "))
-        }
-    }
-}
-
-fn limit(l: Option<usize>) -> String {
-    l.map(|n| format!(" LIMIT {n}")).unwrap_or_default()
 }
 
 pub(crate) fn definition(
@@ -68,13 +57,9 @@ pub(crate) fn list_definitions(
     c: &Connection,
     key: Option<&str>,
 ) -> rusqlite::Result<Vec<DefinitionRecord>> {
-    let mut w = Where::default();
-    w.eq("key", &key.map(str::to_string));
-    let sql = format!(
-        "SELECT {DEFINITION_COLS} FROM definitions{} ORDER BY key, version DESC",
-        w.sql()
-    );
-    all(c, &sql, w.args, |r| rows::definition(r, false))
+    all(c, listing::definitions(&DIALECT, key), |r| {
+        rows::definition(r, false)
+    })
 }
 
 pub(crate) fn instance(c: &Connection, id: &str) -> rusqlite::Result<Option<InstanceRecord>> {
@@ -106,16 +91,7 @@ pub(crate) fn list_instances(
     c: &Connection,
     f: &InstanceFilter,
 ) -> rusqlite::Result<Vec<InstanceRecord>> {
-    let mut w = Where::default();
-    w.eq("state", &f.state.map(|s| s.as_str().to_string()))
-        .eq("definition_key", &f.definition_key)
-        .eq("business_key", &f.business_key);
-    let sql = format!(
-        "SELECT {INSTANCE_COLS} FROM instances{} ORDER BY started_at, id{}",
-        w.sql(),
-        limit(f.limit)
-    );
-    all(c, &sql, w.args, rows::instance)
+    all(c, listing::instances(&DIALECT, f), rows::instance)
 }
 
 pub(crate) fn task(c: &Connection, id: &str) -> rusqlite::Result<Option<TaskRecord>> {
@@ -126,21 +102,7 @@ pub(crate) fn task(c: &Connection, id: &str) -> rusqlite::Result<Option<TaskReco
 }
 
 pub(crate) fn list_tasks(c: &Connection, f: &TaskFilter) -> rusqlite::Result<Vec<TaskRecord>> {
-    let mut w = Where::default();
-    w.eq("assignee", &f.assignee)
-        .eq("instance_id", &f.instance_id);
-    if let Some(g) = &f.candidate_group {
-        w.raw(
-            "EXISTS (SELECT 1 FROM json_each(tasks.candidate_groups) WHERE json_each.value = ?)",
-            Sql::Text(g.clone()),
-        );
-    }
-    let sql = format!(
-        "SELECT {TASK_COLS} FROM tasks{} ORDER BY created_at, id{}",
-        w.sql(),
-        limit(f.limit)
-    );
-    all(c, &sql, w.args, rows::task)
+    all(c, listing::tasks(&DIALECT, f), rows::task)
 }
 
 pub(crate) fn external_task(
@@ -157,51 +119,36 @@ pub(crate) fn list_external_tasks(
     c: &Connection,
     f: &ExternalTaskFilter,
 ) -> rusqlite::Result<Vec<ExternalTaskRecord>> {
-    let mut w = Where::default();
-    w.eq("instance_id", &f.instance_id).eq("topic", &f.topic);
-    let sql = format!(
-        "SELECT {EXTERNAL_COLS} FROM external_tasks{} ORDER BY created_at, id{}",
-        w.sql(),
-        limit(f.limit)
-    );
-    all(c, &sql, w.args, rows::external)
+    all(c, listing::external_tasks(&DIALECT, f), rows::external)
 }
 
 pub(crate) fn list_timers(c: &Connection, instance_id: &str) -> rusqlite::Result<Vec<TimerRecord>> {
     let sql = format!("SELECT {TIMER_COLS} FROM timers WHERE instance_id = ?1 ORDER BY due_at, id");
-    all(c, &sql, vec![Sql::Text(instance_id.into())], rows::timer)
+    all(
+        c,
+        fixed(&sql, vec![Arg::Text(instance_id.into())]),
+        rows::timer,
+    )
 }
 
 pub(crate) fn next_timer_due(c: &Connection) -> rusqlite::Result<Option<Timestamp>> {
-    let v: Option<i64> = c
-        .prepare_cached("SELECT MIN(due_at) FROM timers")?
-        .query_row([], |r| r.get(0))?;
-    Ok(v.map(from_ms))
+    c.prepare_cached("SELECT MIN(due_at) FROM timers")?
+        .query_row([], |r| rows::opt_ts(r, 0))
 }
 
 pub(crate) fn list_incidents(
     c: &Connection,
     f: &IncidentFilter,
 ) -> rusqlite::Result<Vec<IncidentRecord>> {
-    let mut w = Where::default();
-    w.eq("instance_id", &f.instance_id);
-    if f.open_only {
-        w.clauses.push("resolved_at IS NULL".into());
-    }
-    let sql = format!(
-        "SELECT {INCIDENT_COLS} FROM incidents{} ORDER BY created_at, id",
-        w.sql()
-    );
-    all(c, &sql, w.args, rows::incident)
+    all(c, listing::incidents(&DIALECT, f), rows::incident)
 }
 
 pub(crate) fn history(c: &Connection, instance_id: &str) -> rusqlite::Result<Vec<HistoryRecord>> {
-    let batches = all(
-        c,
+    let q = fixed(
         "SELECT instance_id, events FROM history WHERE instance_id = ?1 ORDER BY seq",
-        vec![Sql::Text(instance_id.into())],
-        rows::history_events,
-    )?;
+        vec![Arg::Text(instance_id.into())],
+    );
+    let batches = all(c, q, rows::history_events)?;
     Ok(batches.into_iter().flatten().collect())
 }
 
@@ -210,10 +157,11 @@ pub(crate) fn journal_since(
     after: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<JournalRecord>> {
+    let sql = format!("SELECT {JOURNAL_COLS} FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     all(
         c,
-        "SELECT seq, tx_time, entity, entity_id, op, row FROM journal WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        vec![Sql::Integer(after), Sql::Integer(limit as i64)],
+        fixed(&sql, vec![Arg::Int(after), Arg::Int(limit)]),
         rows::journal,
     )
 }

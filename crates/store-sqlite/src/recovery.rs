@@ -26,7 +26,9 @@ use crate::{backend_err, migrate, open_conn};
 
 /// The schema version this binary writes (an archive from a newer one is refused).
 pub fn schema_version() -> i64 {
-    migrate::MIGRATIONS.last().map_or(0, |m| m.0)
+    migrate::MIGRATIONS
+        .last()
+        .map_or(0, |m| i64::from(m.version))
 }
 
 /// The lock a running server holds on `<db>.lock`, so that a restore can tell the

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 
 use rusqlite::Connection;
-use steadyflow_store::{Result, StoreError};
-use tokio::sync::oneshot;
+use steadyflow_store::schema::to_ms;
+use steadyflow_store::{Result, StoreError, Timestamp};
+use tokio::sync::{mpsc as queue, oneshot};
 
 use crate::backend_err;
 
@@ -26,6 +27,8 @@ type AnyBox = Box<dyn Any + Send>;
 type Work = Box<dyn FnMut(&Connection, i64) -> Result<AnyBox> + Send>;
 
 struct Job {
+    /// The command's time on the engine's clock (`None`: it writes nothing).
+    time: Option<i64>,
     work: Work,
     /// The result, and the work itself: what it captured (a whole change set) is freed
     /// on the caller's thread, not on the writer's (that cost the writer a tenth of its
@@ -42,18 +45,22 @@ impl Job {
 /// Answers that wait for the WAL flush.
 type Pending = Vec<(Job, Result<AnyBox>)>;
 
-/// Most commands one transaction takes; more wait for the next batch.
-const MAX_BATCH: usize = 512;
-
 pub(crate) struct Writer {
-    queue: mpsc::Sender<Job>,
+    queue: queue::Sender<Job>,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn` (SQLite's automatic WAL checkpoints run there;
     /// a separate checkpointing thread measured no faster on this machine) and the
     /// syncer thread flushing `wal` (the database's `-wal` file).
-    pub(crate) fn start(conn: Connection, wal: PathBuf) -> Result<Writer> {
+    /// At most `queue_bound` commands wait for the writer (callers beyond that wait for
+    /// room); one transaction takes at most `max_batch` of them.
+    pub(crate) fn start(
+        conn: Connection,
+        wal: PathBuf,
+        queue_bound: usize,
+        max_batch: usize,
+    ) -> Result<Writer> {
         // The WAL exists once the connection is in WAL mode and has written (migrations).
         let wal_file = std::fs::File::open(&wal).map_err(|e| {
             StoreError::Unavailable(format!(
@@ -61,7 +68,17 @@ impl Writer {
                 wal.display()
             ))
         })?;
-        let (queue, rx) = mpsc::channel::<Job>();
+        // Journal times go on from the last one written, across restarts too.
+        let last: i64 = conn
+            .query_row(
+                "SELECT COALESCE((SELECT tx_time FROM journal ORDER BY seq DESC LIMIT 1), 0)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(backend_err)?;
+        let clock = TxClock { last };
+        let (queue, rx) = queue::channel::<Job>(queue_bound.max(1));
+        let max_batch = max_batch.max(1);
         let (to_sync, synced) = mpsc::channel::<Pending>();
         let failed = Arc::new(AtomicBool::new(false));
         let flag = failed.clone();
@@ -71,25 +88,28 @@ impl Writer {
             .map_err(|e| StoreError::Backend(format!("cannot start syncer thread: {e}")))?;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || run(conn, rx, to_sync, failed))
+            .spawn(move || run(conn, rx, max_batch, clock, to_sync, failed))
             .map_err(|e| StoreError::Backend(format!("cannot start writer thread: {e}")))?;
         Ok(Writer { queue })
     }
 
     /// Runs `f` inside the next batch transaction and resolves once that batch is
-    /// durably committed. `f` gets the connection and the batch's commit time in
-    /// milliseconds. It may run twice (see [`commit_batch`]), so it must only read what
-    /// it captured. It must fail with `Conflict`, `NotFound` or `Rejected` only before
-    /// it wrote anything.
-    pub(crate) async fn run<R, F>(&self, mut f: F) -> Result<R>
+    /// durably committed. `time` is the command's time on the engine's clock (`None`
+    /// for work that writes nothing); `f` gets the connection and the transaction's
+    /// journal time in milliseconds (see [`TxClock`]). It may run twice (see
+    /// [`commit_batch`]), so it must only read what it captured. It must fail with
+    /// `Conflict`, `NotFound` or `Rejected` only before it wrote anything.
+    pub(crate) async fn run<R, F>(&self, time: Option<Timestamp>, mut f: F) -> Result<R>
     where
         R: Send + 'static,
         F: FnMut(&Connection, i64) -> Result<R> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         let work: Work = Box::new(move |c, t| f(c, t).map(|r| Box::new(r) as AnyBox));
+        let time = time.map(to_ms);
         self.queue
-            .send(Job { work, reply })
+            .send(Job { time, work, reply })
+            .await
             .map_err(|_| StoreError::Unavailable("SQLite writer has stopped".into()))?;
         let (out, work) = rx
             .await
@@ -105,15 +125,35 @@ fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// The journal's `tx_time` of each transaction: the latest time of the commands it
+/// commits (it commits after each of them was made), but never earlier than the
+/// previous transaction's, so that `tx_time` never decreases along `seq` even when the
+/// engine's clock steps back or two nodes' clocks differ (a point-in-time restore cuts
+/// the journal by `tx_time`). Commands without a time take the previous one.
+#[derive(Debug, Default)]
+struct TxClock {
+    last: i64,
+}
+
+impl TxClock {
+    fn next(&mut self, times: impl IntoIterator<Item = Option<i64>>) -> i64 {
+        let latest = times.into_iter().flatten().max().unwrap_or(self.last);
+        self.last = self.last.max(latest);
+        self.last
+    }
+}
+
 fn run(
     conn: Connection,
-    rx: mpsc::Receiver<Job>,
+    mut rx: queue::Receiver<Job>,
+    max_batch: usize,
+    mut clock: TxClock,
     to_sync: mpsc::Sender<Pending>,
     failed: Arc<AtomicBool>,
 ) {
-    while let Ok(first) = rx.recv() {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < max_batch {
             match rx.try_recv() {
                 Ok(job) => batch.push(job),
                 Err(_) => break,
@@ -126,7 +166,7 @@ fn run(
             continue;
         }
         let (n, began) = (batch.len(), std::time::Instant::now());
-        let pending = commit_batch(&conn, batch);
+        let pending = commit_batch(&conn, batch, &mut clock);
         tracing::trace!(
             commands = n,
             elapsed_us = began.elapsed().as_micros() as u64,
@@ -188,13 +228,13 @@ fn is_clean(e: &StoreError) -> bool {
 /// cleanly has written nothing. Any other failure rolls the batch back and re-runs each
 /// command in a transaction of its own, so one bad command never fails the others.
 /// Returns the answers, to be given once the WAL is flushed.
-fn commit_batch(conn: &Connection, mut batch: Vec<Job>) -> Pending {
-    let now = chrono::Utc::now().timestamp_millis();
+fn commit_batch(conn: &Connection, mut batch: Vec<Job>, clock: &mut TxClock) -> Pending {
+    let now = clock.next(batch.iter().map(|job| job.time));
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE") {
         let err = backend_err(e);
         return batch
             .into_iter()
-            .map(|job| (job, Err(clone_err(&err))))
+            .map(|job| (job, Err(err.clone())))
             .collect();
     }
     let mut results: Vec<Result<AnyBox>> = Vec::with_capacity(batch.len());
@@ -205,7 +245,7 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Job>) -> Pending {
         {
             tracing::warn!(error = %e, "a command failed inside a batch; committing one by one");
             let _ = exec(conn, "ROLLBACK");
-            return one_by_one(conn, batch, now);
+            return one_by_one(conn, batch, clock);
         }
         results.push(r);
     }
@@ -217,15 +257,16 @@ fn commit_batch(conn: &Connection, mut batch: Vec<Job>) -> Pending {
             let _ = exec(conn, "ROLLBACK");
             batch
                 .into_iter()
-                .map(|job| (job, Err(clone_err(&err))))
+                .map(|job| (job, Err(err.clone())))
                 .collect()
         }
     }
 }
 
-fn one_by_one(conn: &Connection, batch: Vec<Job>, now: i64) -> Pending {
+fn one_by_one(conn: &Connection, batch: Vec<Job>, clock: &mut TxClock) -> Pending {
     let mut out = Vec::with_capacity(batch.len());
     for mut job in batch {
+        let now = clock.next([job.time]);
         let result = exec(conn, "BEGIN IMMEDIATE")
             .map_err(backend_err)
             .and_then(|()| match (job.work)(conn, now) {
@@ -240,9 +281,17 @@ fn one_by_one(conn: &Connection, batch: Vec<Job>, now: i64) -> Pending {
     out
 }
 
-fn clone_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        other => StoreError::Backend(other.to_string()),
+#[cfg(test)]
+mod tests {
+    use super::TxClock;
+
+    #[test]
+    fn tx_time_is_the_latest_command_time_and_never_decreases() {
+        let mut clock = TxClock::default();
+        assert_eq!(clock.next([Some(100), Some(300), None]), 300);
+        // The engine's clock stepped back (or another node's runs behind): clamped.
+        assert_eq!(clock.next([Some(200)]), 300);
+        assert_eq!(clock.next([None]), 300);
+        assert_eq!(clock.next([Some(400), Some(350)]), 400);
     }
 }

@@ -5,70 +5,40 @@
 use std::borrow::Cow;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::Serialize;
+use steadyflow_store::journal::{self, Effects, JournalEntry};
+use steadyflow_store::schema::*;
 use steadyflow_store::*;
 
 use crate::backend_err;
-use crate::rows::{self, *};
+use crate::rows;
 
 type R<T> = Result<T>;
 
-/// Journal rows of one command, written together by [`Journal::flush`] (multi-row
-/// inserts). Ids and images are borrowed from the change set where they exist already.
-struct Journal<'a> {
-    tx: i64,
-    rows: Vec<JournalRow<'a>>,
-}
-
-/// Entity, entity id, operation, row image.
-type JournalRow<'a> = (
-    &'static str,
-    Cow<'a, str>,
-    &'static str,
-    Option<Cow<'a, str>>,
-);
-
-impl<'a> Journal<'a> {
-    fn new(tx: i64) -> Self {
-        Journal {
-            tx,
-            rows: Vec::new(),
+/// Appends journal rows at `tx_time` (multi-row inserts).
+fn append_journal(c: &Connection, tx_time: i64, entries: &[JournalEntry<'_>]) -> R<()> {
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+    fn text(s: &str) -> ToSqlOutput<'_> {
+        ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))
+    }
+    for chunk in entries.chunks(CHUNK) {
+        let mut stmt = c
+            .prepare_cached(journal_insert(chunk.len()))
+            .map_err(backend_err)?;
+        let mut args: Vec<ToSqlOutput<'_>> = Vec::with_capacity(chunk.len() * 5);
+        for e in chunk {
+            args.extend([
+                ToSqlOutput::Borrowed(ValueRef::Integer(tx_time)),
+                text(e.entity.as_str()),
+                text(&e.entity_id),
+                text(e.op.as_str()),
+                e.row_text()
+                    .map_or(ToSqlOutput::Borrowed(ValueRef::Null), text),
+            ]);
         }
+        stmt.execute(rusqlite::params_from_iter(&args))
+            .map_err(backend_err)?;
     }
-
-    fn add<T: Serialize>(
-        &mut self,
-        entity: &'static str,
-        id: impl Into<Cow<'a, str>>,
-        op: &'static str,
-        row: Option<&T>,
-    ) -> R<()> {
-        let image = match row {
-            Some(r) => Some(Cow::Owned(to_json(r)?)),
-            None => None,
-        };
-        self.rows.push((entity, id.into(), op, image));
-        Ok(())
-    }
-
-    fn raw(&mut self, entity: &'static str, id: &'a str, op: &'static str, image: &'a str) {
-        self.rows
-            .push((entity, Cow::Borrowed(id), op, Some(Cow::Borrowed(image))));
-    }
-
-    fn flush(self, c: &Connection) -> R<()> {
-        for chunk in self.rows.chunks(CHUNK) {
-            let mut stmt = c
-                .prepare_cached(journal_insert(chunk.len()))
-                .map_err(backend_err)?;
-            let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(chunk.len() * 5);
-            for (entity, id, op, row) in chunk {
-                args.extend([&self.tx as &dyn rusqlite::ToSql, entity, id, op, row]);
-            }
-            stmt.execute(args.as_slice()).map_err(backend_err)?;
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 /// Rows per multi-row insert statement.
@@ -90,91 +60,118 @@ fn journal_insert(rows: usize) -> &'static str {
     &all[rows]
 }
 
-fn to_json<T: Serialize>(v: &T) -> R<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Backend(e.to_string()))
-}
-
 pub(crate) fn deploy(
     c: &Connection,
     tx: i64,
     defs: &[NewDefinition],
     now: Timestamp,
 ) -> R<Vec<Deployed>> {
-    let mut j = Journal::new(tx);
     let mut out = Vec::with_capacity(defs.len());
     for d in defs {
         let latest = crate::reads::definition(c, "key", &d.key).map_err(backend_err)?;
-        if let Some(l) = latest.as_ref().filter(|l| l.checksum == d.checksum) {
-            out.push(Deployed {
-                definition: l.clone(),
-                created: false,
-            });
-            continue;
+        let deployed = steadyflow_store::deploy::next_version(latest, d, now);
+        if deployed.created {
+            let r = &deployed.definition;
+            c.prepare_cached(
+                "INSERT INTO definitions (id, key, version, name, checksum, xml, deployed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![r.id, r.key, r.version, r.name, r.checksum, d.xml, to_ms(now)])
+            })
+            .map_err(backend_err)?;
         }
-        let version = latest.map(|l| l.version + 1).unwrap_or(1);
-        let record = DefinitionRecord {
-            id: format!("{}:{}", d.key, version),
-            key: d.key.clone(),
-            version,
-            name: d.name.clone(),
-            checksum: d.checksum.clone(),
-            xml: Some(d.xml.clone()),
-            deployed_at: now,
-        };
-        c.prepare_cached(
-            "INSERT INTO definitions (id, key, version, name, checksum, xml, deployed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![record.id, record.key, version, record.name, record.checksum, d.xml, ms(now)])
-        })
-        .map_err(backend_err)?;
-        j.add("definition", record.id.clone(), "insert", Some(&record))?;
-        out.push(Deployed {
-            definition: record,
-            created: true,
-        });
+        out.push(deployed);
     }
-    j.flush(c)?;
+    let entries = steadyflow_store::deploy::journal(&out)?;
+    append_journal(c, tx, &entries)?;
+    drop(entries);
     Ok(out)
 }
 
-/// JSON of a change set, made on the caller's thread so the writer only writes.
-pub(crate) struct Images {
+/// A change set's JSON, made on the caller's thread so the writer only writes: the
+/// journal's row images, and the texts of SQLite's JSON columns.
+pub(crate) struct Encoded {
+    images: RowImages,
     vars: String,
-    instance: String,
-    tasks: Vec<(String, String, String)>,
-    externals: Vec<String>,
-    timers: Vec<String>,
-    incidents: Vec<String>,
-    history: Option<String>,
+    /// `candidate_users`, `candidate_groups` of each created task.
+    candidates: Vec<(Cow<'static, str>, Cow<'static, str>)>,
 }
 
-impl Images {
-    pub(crate) fn of(ch: &ChangeSet) -> R<Images> {
-        let all = |v: Vec<R<String>>| v.into_iter().collect::<R<Vec<String>>>();
-        Ok(Images {
-            vars: to_json(&ch.instance.variables)?,
-            instance: to_json(&ch.instance)?,
-            tasks: ch
+/// A JSON array of strings; the common empty one without an allocation.
+fn list_json(list: &[String]) -> R<Cow<'static, str>> {
+    if list.is_empty() {
+        return Ok(Cow::Borrowed("[]"));
+    }
+    serde_json::to_string(list)
+        .map(Cow::Owned)
+        .map_err(|e| StoreError::Backend(format!("serializing candidates: {e}")))
+}
+
+impl Encoded {
+    pub(crate) fn of(ch: &ChangeSet) -> R<Encoded> {
+        Ok(Encoded {
+            images: RowImages::of(ch)?,
+            vars: serde_json::to_string(&ch.instance.variables)
+                .map_err(|e| StoreError::Backend(format!("serializing variables: {e}")))?,
+            candidates: ch
                 .tasks_created
                 .iter()
                 .map(|t| {
                     Ok((
-                        to_json(t)?,
-                        to_json(&t.candidate_users)?,
-                        to_json(&t.candidate_groups)?,
+                        list_json(&t.candidate_users)?,
+                        list_json(&t.candidate_groups)?,
                     ))
                 })
                 .collect::<R<_>>()?,
-            externals: all(ch.external_upserted.iter().map(to_json).collect())?,
-            timers: all(ch.timers_created.iter().map(to_json).collect())?,
-            incidents: all(ch.incidents_created.iter().map(to_json).collect())?,
-            history: encode_history(&ch.instance.id, &ch.history),
         })
     }
 }
 
-pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<()> {
+/// The instance update, made once per variant: `state` is left out of the SET list
+/// when the command did not change it (SQLite rewrites the index entries of every
+/// indexed column it sets), and a lock guard joins the WHERE clause (one statement
+/// checks both locks).
+fn update_instance_sql(state_changed: bool, guarded: bool) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        [(false, false), (true, false), (false, true), (true, true)].map(|(state, guard)| {
+            format!(
+                "UPDATE instances SET business_key = ?8, {}variables = ?3, runtime = ?4, version = ?5, \
+                 ended_at = ?6 WHERE id = ?1 AND version = ?7 AND ?2 IS NOT NULL{}",
+                if state { "state = ?2, " } else { "" },
+                if guard {
+                    " AND EXISTS (SELECT 1 FROM external_tasks WHERE id = ?9 AND worker_id = ?10 \
+                     AND lock_expires_at > ?11)"
+                } else {
+                    ""
+                }
+            )
+        })
+    });
+    &all[usize::from(state_changed) | usize::from(guarded) << 1]
+}
+
+/// Deletes row `id` of `entity`'s table; whether there was one.
+fn delete(c: &Connection, entity: JournalEntity, id: &str) -> R<bool> {
+    let sql = match entity {
+        JournalEntity::Task => "DELETE FROM tasks WHERE id = ?1",
+        JournalEntity::ExternalTask => "DELETE FROM external_tasks WHERE id = ?1",
+        JournalEntity::Timer => "DELETE FROM timers WHERE id = ?1",
+        other => {
+            return Err(StoreError::Backend(format!(
+                "{} rows are not deleted by id",
+                other.table()
+            )));
+        }
+    };
+    let n = c
+        .prepare_cached(sql)
+        .and_then(|mut s| s.execute([id]))
+        .map_err(backend_err)?;
+    Ok(n > 0)
+}
+
+pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, enc: &Encoded) -> R<()> {
     // The worker's lock is checked before anything is written: for an instance update,
     // as part of its WHERE clause (one statement checks both locks); else on its own.
     if let Some(g) = &ch.lock_guard
@@ -184,16 +181,15 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
             .prepare_cached(
                 "SELECT 1 FROM external_tasks WHERE id = ?1 AND worker_id = ?2 AND lock_expires_at > ?3",
             )
-            .and_then(|mut s| s.exists(params![g.task_id, g.worker_id, ms(g.now)]))
+            .and_then(|mut s| s.exists(params![g.task_id, g.worker_id, to_ms(g.now)]))
             .map_err(backend_err)?;
         if !held {
             // Like a lost optimistic lock: the engine re-reads and reports the lock's state.
             return Err(StoreError::Conflict(ch.instance.id.clone()));
         }
     }
-    let mut j = Journal::new(tx);
     let i = &ch.instance;
-    let (vars, runtime) = (&img.vars, i.runtime.as_str());
+    let (vars, runtime) = (&enc.vars, i.runtime.as_str());
     match ch.expected_version {
         None => {
             c.prepare_cached(
@@ -203,36 +199,21 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
             .and_then(|mut s| {
                 s.execute(params![
                     i.id, i.definition_id, i.definition_key, i.business_key, i.state.as_str(), vars, runtime,
-                    i.version, ms(i.started_at), i.ended_at.map(ms)
+                    i.version, to_ms(i.started_at), i.ended_at.map(to_ms)
                 ])
             })
             .map_err(backend_err)?;
-            j.raw("instance", &i.id, "insert", &img.instance);
         }
         Some(expected) => {
-            // SQLite rewrites the index entries of every indexed column in the SET list:
-            // leave `state` out when the command did not change it.
-            let set = if ch.prior_state == Some(i.state) {
-                "business_key = ?8, variables = ?3, runtime = ?4, version = ?5, ended_at = ?6"
-            } else {
-                "business_key = ?8, state = ?2, variables = ?3, runtime = ?4, version = ?5, ended_at = ?6"
-            };
-            let guard = if ch.lock_guard.is_some() {
-                " AND EXISTS (SELECT 1 FROM external_tasks WHERE id = ?9 AND worker_id = ?10 AND lock_expires_at > ?11)"
-            } else {
-                ""
-            };
-            let sql = format!(
-                "UPDATE instances SET {set} WHERE id = ?1 AND version = ?7 AND ?2 IS NOT NULL{guard}"
-            );
-            let mut stmt = c.prepare_cached(&sql).map_err(backend_err)?;
+            let sql = update_instance_sql(ch.prior_state != Some(i.state), ch.lock_guard.is_some());
+            let mut stmt = c.prepare_cached(sql).map_err(backend_err)?;
             let base = params![
                 i.id,
                 i.state.as_str(),
                 vars,
                 runtime,
                 i.version,
-                i.ended_at.map(ms),
+                i.ended_at.map(to_ms),
                 expected,
                 i.business_key
             ];
@@ -240,7 +221,7 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
                 None => stmt.execute(base),
                 Some(g) => {
                     let mut all: Vec<&dyn rusqlite::ToSql> = base.to_vec();
-                    let now = ms(g.now);
+                    let now = to_ms(g.now);
                     all.extend([&g.task_id as &dyn rusqlite::ToSql, &g.worker_id, &now]);
                     stmt.execute(all.as_slice())
                 }
@@ -249,13 +230,15 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
             if n == 0 {
                 return Err(StoreError::Conflict(i.id.clone()));
             }
-            j.raw("instance", &i.id, "update", &img.instance);
         }
     }
+    let mut effects = Effects::default();
     for id in &ch.tasks_removed {
-        delete(c, &mut j, "tasks", "task", id)?;
+        if !delete(c, JournalEntity::Task, id)? {
+            effects.missed.push(id);
+        }
     }
-    for (t, (image, users, groups)) in ch.tasks_created.iter().zip(&img.tasks) {
+    for (t, (users, groups)) in ch.tasks_created.iter().zip(&enc.candidates) {
         c.prepare_cached(
             "INSERT INTO tasks (id, instance_id, definition_id, activity_id, name, assignee, candidate_users, candidate_groups, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -263,89 +246,73 @@ pub(crate) fn apply(c: &Connection, tx: i64, ch: &ChangeSet, img: &Images) -> R<
         .and_then(|mut s| {
             s.execute(params![
                 t.id, t.instance_id, t.definition_id, t.activity_id, t.name, t.assignee,
-                users, groups, ms(t.created_at)
+                users, groups, to_ms(t.created_at)
             ])
         })
         .map_err(backend_err)?;
-        j.raw("task", &t.id, "insert", image);
     }
     for id in &ch.external_removed {
-        delete(c, &mut j, "external_tasks", "externalTask", id)?;
+        if !delete(c, JournalEntity::ExternalTask, id)? {
+            effects.missed.push(id);
+        }
     }
-    for (e, image) in ch.external_upserted.iter().zip(&img.externals) {
-        upsert_external(c, &mut j, e, image)?;
+    for e in &ch.external_upserted {
+        if !upsert_external(c, e)? {
+            effects.replaced.push(&e.id);
+        }
     }
     for id in &ch.timers_removed {
-        delete(c, &mut j, "timers", "timer", id)?;
+        if !delete(c, JournalEntity::Timer, id)? {
+            effects.missed.push(id);
+        }
     }
-    for (t, image) in ch.timers_created.iter().zip(&img.timers) {
+    for t in &ch.timers_created {
         c.prepare_cached(
             "INSERT INTO timers (id, instance_id, activity_id, due_at, owner, lock_until, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
         .and_then(|mut s| {
-            s.execute(params![t.id, t.instance_id, t.activity_id, ms(t.due_at), t.owner, t.lock_until.map(ms), ms(t.created_at)])
+            s.execute(params![t.id, t.instance_id, t.activity_id, to_ms(t.due_at), t.owner, t.lock_until.map(to_ms), to_ms(t.created_at)])
         })
         .map_err(backend_err)?;
-        j.raw("timer", &t.id, "insert", image);
     }
-    for (inc, image) in ch.incidents_created.iter().zip(&img.incidents) {
+    for inc in &ch.incidents_created {
         c.prepare_cached(
             "INSERT INTO incidents (id, instance_id, activity_id, incident_type, message, external_task_id, created_at, resolved_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .and_then(|mut s| {
             s.execute(params![
-                inc.id, inc.instance_id, inc.activity_id, inc.incident_type, inc.message, inc.external_task_id,
-                ms(inc.created_at), inc.resolved_at.map(ms)
+                inc.id, inc.instance_id, inc.activity_id, inc.incident_type.as_str(), inc.message, inc.external_task_id,
+                to_ms(inc.created_at), inc.resolved_at.map(to_ms)
             ])
         })
         .map_err(backend_err)?;
-        j.raw("incident", &inc.id, "insert", image);
     }
-    for id in &ch.incidents_resolved {
+    if !ch.incidents_resolved.is_empty() {
         let sql = format!(
             "UPDATE incidents SET resolved_at = ?2 WHERE id = ?1 RETURNING {INCIDENT_COLS}"
         );
-        let row = c
-            .prepare_cached(&sql)
-            .and_then(|mut s| s.query_row(params![id, tx], rows::incident).optional())
-            .map_err(backend_err)?;
-        if let Some(row) = row {
-            j.add("incident", id, "update", Some(&row))?;
+        let mut stmt = c.prepare_cached(&sql).map_err(backend_err)?;
+        for id in &ch.incidents_resolved {
+            let row = stmt
+                .query_row(params![id, to_ms(ch.time)], rows::incident)
+                .optional()
+                .map_err(backend_err)?;
+            effects.resolved.extend(row);
         }
     }
-    if let Some(events) = &img.history {
+    if let Some(events) = &enc.images.history {
         c.prepare_cached("INSERT INTO history (instance_id, time, events) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![i.id, tx, events]))
+            .and_then(|mut s| s.execute(params![i.id, to_ms(ch.time), events.get()]))
             .map_err(backend_err)?;
-        j.raw("history", &i.id, "append", events);
     }
-    j.flush(c)
+    let mut entries = Vec::new();
+    journal::entries(ch, &enc.images, &effects, &mut entries)?;
+    append_journal(c, tx, &entries)
 }
 
-fn delete<'a>(
-    c: &Connection,
-    j: &mut Journal<'a>,
-    table: &str,
-    entity: &'static str,
-    id: &'a str,
-) -> R<()> {
-    let n = c
-        .prepare_cached(&format!("DELETE FROM {table} WHERE id = ?1"))
-        .and_then(|mut s| s.execute([id]))
-        .map_err(backend_err)?;
-    if n > 0 {
-        j.add::<()>(entity, id, "delete", None)?;
-    }
-    Ok(())
-}
-
-fn upsert_external<'a>(
-    c: &Connection,
-    j: &mut Journal<'a>,
-    e: &'a ExternalTaskRecord,
-    image: &'a str,
-) -> R<()> {
+/// Inserts or replaces external task `e`; whether it was inserted.
+fn upsert_external(c: &Connection, e: &ExternalTaskRecord) -> R<bool> {
     let p = params![
         e.id,
         e.instance_id,
@@ -353,11 +320,11 @@ fn upsert_external<'a>(
         e.activity_id,
         e.topic,
         e.worker_id,
-        e.lock_expires_at.map(ms),
+        e.lock_expires_at.map(to_ms),
         e.retries,
         e.error_message,
-        e.retry_at.map(ms),
-        ms(e.created_at)
+        e.retry_at.map(to_ms),
+        to_ms(e.created_at)
     ];
     let inserted = c
         .prepare_cached(
@@ -374,13 +341,7 @@ fn upsert_external<'a>(
         .and_then(|mut s| s.execute(p))
         .map_err(backend_err)?;
     }
-    j.raw(
-        "externalTask",
-        &e.id,
-        if inserted == 0 { "update" } else { "insert" },
-        image,
-    );
-    Ok(())
+    Ok(inserted > 0)
 }
 
 pub(crate) fn claim_task(c: &Connection, tx: i64, id: &str, user: &str) -> R<TaskRecord> {
@@ -393,21 +354,13 @@ pub(crate) fn claim_task(c: &Connection, tx: i64, id: &str, user: &str) -> R<Tas
         .map_err(backend_err)?;
     match row {
         Some(t) => {
-            let mut j = Journal::new(tx);
-            j.add("task", id, "update", Some(&t))?;
-            j.flush(c)?;
+            append_journal(c, tx, &[JournalEntry::of(JournalOp::Update, &t)?])?;
             Ok(t)
         }
-        None => match crate::reads::task(c, id).map_err(backend_err)? {
-            Some(t) => Err(StoreError::Rejected(format!(
-                "task {id} is already claimed by {}",
-                t.assignee.unwrap_or_default()
-            ))),
-            None => Err(StoreError::NotFound {
-                what: "task",
-                id: id.to_string(),
-            }),
-        },
+        None => Err(StoreError::claim_refused(
+            id,
+            crate::reads::task(c, id).map_err(backend_err)?,
+        )),
     }
 }
 
@@ -431,8 +384,12 @@ fn merge_topics<K: Ord>(
     let mut cursors = Vec::with_capacity(stmts.len());
     for (stmt, t) in stmts.iter_mut().zip(topics) {
         cursors.push(
-            stmt.query(params![t.topic, ms(now), max as i64])
-                .map_err(backend_err)?,
+            stmt.query(params![
+                t.topic,
+                to_ms(now),
+                i64::try_from(max).unwrap_or(i64::MAX)
+            ])
+            .map_err(backend_err)?,
         );
     }
     fn next(rows: &mut rusqlite::Rows<'_>) -> R<Option<ExternalTaskRecord>> {
@@ -468,14 +425,14 @@ fn merge_topics<K: Ord>(
 pub(crate) fn fetch_and_lock(
     c: &Connection,
     tx: i64,
-    worker: &str,
-    max: usize,
-    topics: &[TopicLock],
-    now: Timestamp,
+    request: &TaskLocking<'_>,
 ) -> R<Vec<ExternalTaskRecord>> {
-    if topics.is_empty() || max == 0 {
-        return Ok(Vec::new());
-    }
+    let TaskLocking {
+        worker,
+        max,
+        topics,
+        now,
+    } = *request;
     let from = format!("SELECT {EXTERNAL_COLS} FROM external_tasks WHERE topic = ?1");
     let ready = "(retries IS NULL OR retries > 0) AND (retry_at IS NULL OR retry_at <= ?2)";
     // Per topic, two index range scans that never step over locked rows: expired locks
@@ -497,25 +454,20 @@ pub(crate) fn fetch_and_lock(
         })?;
         found.extend(more);
     }
-    let mut j = Journal::new(tx);
     let mut stmt = c
         .prepare_cached(
             "UPDATE external_tasks SET worker_id = ?2, lock_expires_at = ?3 WHERE id = ?1",
         )
         .map_err(backend_err)?;
     for task in found.iter_mut() {
-        let lock_ms = topics
-            .iter()
-            .find(|t| t.topic == task.topic)
-            .map(|t| t.lock_duration_ms)
-            .unwrap_or(0);
+        let lock_ms = request.lock_duration_ms(&task.topic);
         task.worker_id = Some(worker.to_string());
-        task.lock_expires_at = Some(rows::from_ms(ms(now) + lock_ms));
-        stmt.execute(params![task.id, worker, task.lock_expires_at.map(ms)])
+        let until = to_ms(now).saturating_add(lock_ms);
+        task.lock_expires_at = Some(from_ms(until)?);
+        stmt.execute(params![task.id, worker, until])
             .map_err(backend_err)?;
-        j.add("externalTask", &task.id, "update", Some(&*task))?;
     }
-    j.flush(c)?;
+    journal_updates(c, tx, &found)?;
     Ok(found)
 }
 
@@ -534,21 +486,31 @@ pub(crate) fn acquire_due_timers(
     let due: Vec<TimerRecord> = c
         .prepare_cached(&sql)
         .and_then(|mut s| {
-            s.query_map(params![ms(now), limit as i64], rows::timer)?
-                .collect()
+            s.query_map(
+                params![to_ms(now), i64::try_from(limit).unwrap_or(i64::MAX)],
+                rows::timer,
+            )?
+            .collect()
         })
         .map_err(backend_err)?;
-    let mut j = Journal::new(tx);
     let mut out = Vec::with_capacity(due.len());
     for mut t in due {
         t.owner = Some(owner.to_string());
         t.lock_until = Some(lock_until);
         c.prepare_cached("UPDATE timers SET owner = ?2, lock_until = ?3 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![t.id, owner, ms(lock_until)]))
+            .and_then(|mut s| s.execute(params![t.id, owner, to_ms(lock_until)]))
             .map_err(backend_err)?;
-        j.add("timer", t.id.clone(), "update", Some(&t))?;
         out.push(t);
     }
-    j.flush(c)?;
+    journal_updates(c, tx, &out)?;
     Ok(out)
+}
+
+/// Journals `rows` as updated.
+fn journal_updates<T: journal::Journaled>(c: &Connection, tx: i64, rows: &[T]) -> R<()> {
+    let entries = rows
+        .iter()
+        .map(|r| JournalEntry::of(JournalOp::Update, r))
+        .collect::<R<Vec<_>>>()?;
+    append_journal(c, tx, &entries)
 }

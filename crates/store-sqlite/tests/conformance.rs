@@ -44,3 +44,125 @@ fn an_unwritable_location_is_a_clear_error() {
         .expect("must fail");
     assert!(err.to_string().contains("cannot"), "{err}");
 }
+
+fn at(ms: i64) -> steadyflow_store::Timestamp {
+    chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + ms).unwrap()
+}
+
+fn instance(id: &str, version: i64) -> steadyflow_store::InstanceRecord {
+    steadyflow_store::InstanceRecord {
+        id: id.into(),
+        definition_id: "order:1".into(),
+        definition_key: "order".into(),
+        business_key: None,
+        state: steadyflow_store::InstanceState::Active,
+        variables: Default::default(),
+        runtime: serde_json::json!({}).into(),
+        version,
+        started_at: at(0),
+        ended_at: None,
+    }
+}
+
+/// A value no record can hold (edited by hand, or restored wrongly) is reported as a
+/// corrupt row, never read as something else (a stand-in date).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_stored_value_is_corrupt() {
+    use steadyflow_store::{ChangeSet, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("corrupt.db");
+    let store = SqliteStore::open(&path).unwrap();
+    for id in ["bad-time", "bad-state"] {
+        store
+            .apply(ChangeSet::new(instance(id, 1), None, at(0)))
+            .await
+            .unwrap();
+    }
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "UPDATE instances SET started_at = 9223372036854775807 WHERE id = 'bad-time'; \
+         UPDATE instances SET state = 'sleeping' WHERE id = 'bad-state';",
+    )
+    .unwrap();
+    for (id, says) in [("bad-time", "out of range"), ("bad-state", "sleeping")] {
+        match store.instance(id).await {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains(says), "{id}: {m}"),
+            other => panic!("{id}: expected Corrupt, got {other:?}"),
+        }
+    }
+}
+
+/// The times the store writes are the engine's (the change set's, the call's `now`),
+/// and the journal's `tx_time` never decreases along `seq`, even when the engine's
+/// clock steps back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn written_times_come_from_the_engine_clock() {
+    use steadyflow_store::{
+        ChangeSet, IncidentFilter, IncidentRecord, IncidentType, JournalEntity,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("clock.db")).unwrap();
+    let mut create = ChangeSet::new(instance("i", 1), None, at(5_000));
+    create.incidents_created = vec![IncidentRecord {
+        id: "inc".into(),
+        instance_id: "i".into(),
+        activity_id: "g".into(),
+        incident_type: IncidentType::NoMatchingFlow,
+        message: "m".into(),
+        external_task_id: None,
+        created_at: at(5_000),
+        resolved_at: None,
+    }];
+    store.apply(create).await.unwrap();
+    // The clock stepped back: the incident is resolved at the engine's time, the
+    // journal keeps going forward.
+    let mut resolve = ChangeSet::new(instance("i", 2), Some(1), at(3_000));
+    resolve.incidents_resolved = vec!["inc".into()];
+    store.apply(resolve).await.unwrap();
+    let incidents = store
+        .list_incidents(&IncidentFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(incidents[0].resolved_at, Some(at(3_000)));
+    store
+        .deploy(
+            vec![steadyflow_store::NewDefinition {
+                key: "k".into(),
+                name: None,
+                xml: "<x/>".into(),
+                checksum: "c".into(),
+            }],
+            at(9_000),
+        )
+        .await
+        .unwrap();
+    let journal = store.journal_since(0, 100).await.unwrap();
+    let times: Vec<(JournalEntity, i64)> = journal
+        .iter()
+        .map(|r| {
+            (
+                r.entity,
+                r.tx_time.timestamp_millis() - at(0).timestamp_millis(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        times,
+        [
+            (JournalEntity::Instance, 5_000),
+            (JournalEntity::Incident, 5_000),
+            (JournalEntity::Instance, 5_000),
+            (JournalEntity::Incident, 5_000),
+            (JournalEntity::Definition, 9_000),
+        ]
+    );
+    // And across a restart.
+    drop(store);
+    let store = SqliteStore::open(dir.path().join("clock.db")).unwrap();
+    store
+        .apply(ChangeSet::new(instance("j", 1), None, at(1_000)))
+        .await
+        .unwrap();
+    let last = store.journal_since(0, 100).await.unwrap().pop().unwrap();
+    assert_eq!(last.tx_time, at(9_000));
+}

@@ -3,15 +3,30 @@
 //!
 //! A store only persists; it never decides. The engine hands it a [`ChangeSet`] per
 //! command, which the store commits atomically together with its journal rows.
+//!
+//! What does not depend on the database is here too, so that each backend keeps only
+//! its SQL and its binding: [`deploy`] versioning, a change set's [`RowImages`], the
+//! [`journal`] entries of a write, the [`migrations`] runner's rules, the [`listing`]
+//! queries, and the [`schema`] (column lists, times).
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod deploy;
 mod history;
+mod images;
+pub mod journal;
+pub mod listing;
+mod locking;
 pub mod memory;
+pub mod migrations;
 mod records;
 pub mod recovery;
+pub mod schema;
 
 pub use history::{decode_history, encode_history};
+pub use images::RowImages;
+use locking::distinct_topics;
+pub use locking::{TaskLocking, TimerLocking};
 pub use records::*;
 
 use async_trait::async_trait;
@@ -20,7 +35,8 @@ use chrono::{DateTime, Utc};
 pub type Timestamp = DateTime<Utc>;
 pub type Vars = serde_json::Map<String, serde_json::Value>;
 
-#[derive(Debug, thiserror::Error)]
+/// Every field is plain data, so one failure can be handed to every caller of a batch.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Optimistic lock lost: the instance changed since it was read.
     #[error("instance {0} was changed concurrently")]
@@ -37,6 +53,23 @@ pub enum StoreError {
     Backend(String),
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Why claiming task `id` for someone changed nothing, given the task as stored now
+    /// (`None`: there is no such task).
+    pub fn claim_refused(id: &str, stored: Option<TaskRecord>) -> StoreError {
+        match stored {
+            Some(t) => StoreError::Rejected(format!(
+                "task {id} is already claimed by {}",
+                t.assignee.unwrap_or_default()
+            )),
+            None => StoreError::NotFound {
+                what: "task",
+                id: id.to_string(),
+            },
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -85,23 +118,53 @@ pub trait Store: Send + Sync + 'static {
         filter: &ExternalTaskFilter,
     ) -> Result<Vec<ExternalTaskRecord>>;
     /// Locks up to `max` fetchable tasks of the given topics for `worker` (skipping rows
-    /// another node is locking right now), oldest first.
+    /// another node is locking right now), oldest first. A topic listed twice counts
+    /// once, with its first lock duration. Backends implement [`lock_tasks`](Self::lock_tasks).
     async fn fetch_and_lock(
         &self,
         worker: &str,
         max: usize,
         topics: &[TopicLock],
         now: Timestamp,
-    ) -> Result<Vec<LockedTask>>;
+    ) -> Result<Vec<LockedTask>> {
+        if topics.is_empty() || max == 0 {
+            return Ok(Vec::new());
+        }
+        let topics = distinct_topics(topics);
+        let request = TaskLocking {
+            worker,
+            max,
+            topics: &topics,
+            now,
+        };
+        self.lock_tasks(&request).await
+    }
+    /// [`fetch_and_lock`](Self::fetch_and_lock) of a request with at least one topic,
+    /// each once, and `max > 0`.
+    async fn lock_tasks(&self, request: &TaskLocking<'_>) -> Result<Vec<LockedTask>>;
 
-    /// Locks up to `limit` timers due at `now` for `owner` until `lock_until`.
+    /// Locks up to `limit` timers due at `now` for `owner` until `lock_until`, earliest
+    /// first. Backends implement [`lock_due_timers`](Self::lock_due_timers).
     async fn acquire_due_timers(
         &self,
         owner: &str,
         now: Timestamp,
         lock_until: Timestamp,
         limit: usize,
-    ) -> Result<Vec<TimerRecord>>;
+    ) -> Result<Vec<TimerRecord>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let request = TimerLocking {
+            owner,
+            now,
+            lock_until,
+            limit,
+        };
+        self.lock_due_timers(&request).await
+    }
+    /// [`acquire_due_timers`](Self::acquire_due_timers) with `limit > 0`.
+    async fn lock_due_timers(&self, request: &TimerLocking<'_>) -> Result<Vec<TimerRecord>>;
     async fn list_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>>;
     /// Earliest due time of any timer, for the scheduler's sleep.
     async fn next_timer_due(&self) -> Result<Option<Timestamp>>;

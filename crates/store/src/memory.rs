@@ -70,9 +70,10 @@ fn image<T: Serialize>(v: &T) -> Result<Value> {
 
 /// The commit time of a change set: milliseconds, like every store keeps.
 // The lead's merge replaces this by the change set's own time (the engine's clock).
-fn commit_time(_change: &ChangeSet) -> Timestamp {
-    let now = chrono::Utc::now();
-    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+/// The engine's time of the command, at the millisecond precision stores keep.
+fn commit_time(change: &ChangeSet) -> Timestamp {
+    let t = change.time;
+    DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap_or(t)
 }
 
 fn duplicate(what: &str, id: &str) -> StoreError {
@@ -87,9 +88,9 @@ impl State {
             self.journal.push(JournalRecord {
                 seq,
                 tx_time,
-                entity: entity.into(),
+                entity: JournalEntity::parse(entity).unwrap_or(JournalEntity::Instance),
                 entity_id,
-                op: op.into(),
+                op: JournalOp::parse(op).unwrap_or(JournalOp::Update),
                 row,
             });
         }
@@ -200,9 +201,11 @@ impl State {
                 resolved.push((row, img));
             }
         }
-        let history_image = match crate::encode_history(&id, &ch.history) {
-            Some(text) => Some(
-                serde_json::from_str::<Value>(&text)
+        let history_image = match crate::encode_history(&id, &ch.history)
+            .map_err(|e| StoreError::Backend(format!("history image: {e}")))?
+        {
+            Some(raw) => Some(
+                serde_json::from_str::<Value>(raw.get())
                     .map_err(|e| StoreError::Backend(format!("history image: {e}")))?,
             ),
             None => None,
@@ -556,25 +559,14 @@ impl Store for MemoryStore {
         Ok(listed(rows, |t| (t.created_at, t.id.clone()), f.limit))
     }
 
-    async fn fetch_and_lock(
-        &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
-    ) -> Result<Vec<LockedTask>> {
-        self.state()?.fetch_and_lock(worker, max, topics, now)
+    async fn lock_tasks(&self, r: &TaskLocking<'_>) -> Result<Vec<LockedTask>> {
+        self.state()?
+            .fetch_and_lock(r.worker, r.max, r.topics, r.now)
     }
 
-    async fn acquire_due_timers(
-        &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
-    ) -> Result<Vec<TimerRecord>> {
+    async fn lock_due_timers(&self, r: &TimerLocking<'_>) -> Result<Vec<TimerRecord>> {
         self.state()?
-            .acquire_due_timers(owner, now, lock_until, limit)
+            .acquire_due_timers(r.owner, r.now, r.lock_until, r.limit)
     }
 
     async fn list_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>> {

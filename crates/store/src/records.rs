@@ -36,38 +36,138 @@ pub struct Deployed {
     pub created: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum InstanceState {
-    Active,
-    Completed,
-    Cancelled,
-    /// Running, but stopped at one or more open incidents.
-    Incident,
+/// A closed set of names stored as text: each variant's text is written once, here, and
+/// used by serde (row images, journal, history documents) and by the stores' columns
+/// alike, so stored values cannot drift from the code.
+///
+/// Unknown text is never guessed at: [`parse`](InstanceState::parse) answers `None`, and
+/// a store reading such a row reports [`StoreError::Corrupt`](crate::StoreError::Corrupt)
+/// (through `decode`); serde refuses it likewise. There is deliberately no catch-all
+/// `Other(String)` variant: a new name is a format change, and an older binary reading
+/// it reports the row instead of treating it as something it is not.
+macro_rules! closed_set {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored text.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+
+            /// The variant stored as `s`; `None` for text this binary does not know.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $( $text => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
+
+            /// [`parse`](Self::parse) for text read from the database: unknown text is
+            /// a corrupt row.
+            pub fn decode(s: &str) -> crate::Result<Self> {
+                Self::parse(s).ok_or_else(|| {
+                    crate::StoreError::Corrupt(format!(
+                        concat!("unknown ", stringify!($name), " `{}`"),
+                        s
+                    ))
+                })
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+closed_set! {
+    pub enum InstanceState {
+        Active = "active",
+        Completed = "completed",
+        Cancelled = "cancelled",
+        /// Running, but stopped at one or more open incidents.
+        Incident = "incident",
+    }
 }
 
 impl InstanceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Active => "active",
-            InstanceState::Completed => "completed",
-            InstanceState::Cancelled => "cancelled",
-            InstanceState::Incident => "incident",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "active" => InstanceState::Active,
-            "completed" => InstanceState::Completed,
-            "cancelled" => InstanceState::Cancelled,
-            "incident" => InstanceState::Incident,
-            _ => return None,
-        })
-    }
-
     pub fn is_ended(self) -> bool {
         matches!(self, InstanceState::Completed | InstanceState::Cancelled)
+    }
+}
+
+closed_set! {
+    /// Why an instance stopped at an incident.
+    pub enum IncidentType {
+        /// No outgoing flow of an exclusive or inclusive gateway matched.
+        NoMatchingFlow = "noMatchingFlow",
+        /// A condition or script expression could not be evaluated.
+        ExpressionFailed = "expressionFailed",
+        /// An external task ran out of retries.
+        FailedExternalTask = "failedExternalTask",
+        /// A cycle of elements without a wait state ran past the step limit.
+        LoopWithoutWaitState = "loopWithoutWaitState",
+        /// The instance's stored state cannot be executed (corrupt or mis-restored row).
+        CorruptState = "corruptState",
+    }
+}
+
+closed_set! {
+    /// What a history record tells.
+    pub enum HistoryEvent {
+        InstanceStarted = "instanceStarted",
+        InstanceCompleted = "instanceCompleted",
+        InstanceCancelled = "instanceCancelled",
+        ActivityStarted = "activityStarted",
+        ActivityCompleted = "activityCompleted",
+        /// Interrupted (by a boundary event).
+        ActivityCancelled = "activityCancelled",
+        VariablesChanged = "variablesChanged",
+        IncidentCreated = "incidentCreated",
+        IncidentResolved = "incidentResolved",
+    }
+}
+
+closed_set! {
+    /// The kind of row a journal entry images (one per table).
+    pub enum JournalEntity {
+        Definition = "definition",
+        Instance = "instance",
+        Task = "task",
+        ExternalTask = "externalTask",
+        Timer = "timer",
+        Incident = "incident",
+        /// One change set's history document.
+        History = "history",
+    }
+}
+
+closed_set! {
+    /// What happened to a journaled row.
+    pub enum JournalOp {
+        Insert = "insert",
+        Update = "update",
+        /// No image (the row is gone).
+        Delete = "delete",
+        /// A row added to an append-only table (history).
+        Append = "append",
     }
 }
 
@@ -213,8 +313,7 @@ pub struct IncidentRecord {
     pub id: String,
     pub instance_id: String,
     pub activity_id: String,
-    /// `noMatchingFlow`, `expressionFailed`, `failedExternalTask`.
-    pub incident_type: String,
+    pub incident_type: IncidentType,
     pub message: String,
     pub external_task_id: Option<String>,
     pub created_at: Timestamp,
@@ -226,9 +325,7 @@ pub struct IncidentRecord {
 pub struct HistoryRecord {
     pub instance_id: String,
     pub time: Timestamp,
-    /// `instanceStarted`, `activityStarted`, `activityCompleted`, `variablesChanged`,
-    /// `incidentCreated`, `instanceCompleted`, `instanceCancelled` ...
-    pub event: String,
+    pub event: HistoryEvent,
     pub activity_id: Option<String>,
     pub detail: Value,
 }
@@ -238,11 +335,9 @@ pub struct HistoryRecord {
 pub struct JournalRecord {
     pub seq: i64,
     pub tx_time: Timestamp,
-    /// `definition`, `instance`, `task`, `externalTask`, `timer`, `incident`, `history`.
-    pub entity: String,
+    pub entity: JournalEntity,
     pub entity_id: String,
-    /// `insert`, `update`, `delete`, `append`.
-    pub op: String,
+    pub op: JournalOp,
     /// Full row image after the change (`null` for deletes).
     pub row: Value,
 }
@@ -251,6 +346,10 @@ pub struct JournalRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChangeSet {
     pub instance: InstanceRecord,
+    /// When the command happened, on the engine's clock: the time the store writes for
+    /// it (journal `tx_time`, the history row's time, `resolved_at` of the incidents it
+    /// resolves). A store never reads the system clock itself.
+    pub time: Timestamp,
     /// `None` inserts a new instance; `Some(v)` updates only if the stored version is `v`.
     pub expected_version: Option<i64>,
     /// Commit only if this worker still holds an unexpired lock on this external task
@@ -267,16 +366,18 @@ pub struct ChangeSet {
     pub timers_created: Vec<TimerRecord>,
     pub timers_removed: Vec<String>,
     pub incidents_created: Vec<IncidentRecord>,
+    /// Incidents to mark resolved at [`time`](Self::time).
     pub incidents_resolved: Vec<String>,
     pub history: Vec<HistoryRecord>,
 }
 
 impl ChangeSet {
-    pub fn new(instance: InstanceRecord, expected_version: Option<i64>) -> Self {
+    pub fn new(instance: InstanceRecord, expected_version: Option<i64>, time: Timestamp) -> Self {
         ChangeSet {
             prior_state: None,
             lock_guard: None,
             instance,
+            time,
             expected_version,
             tasks_created: Vec::new(),
             tasks_removed: Vec::new(),
@@ -334,4 +435,59 @@ pub struct IncidentFilter {
 pub struct TopicLock {
     pub topic: String,
     pub lock_duration_ms: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serde writes exactly the stored text, so row images, journal rows and history
+    /// documents keep the values they had when these were strings.
+    fn round_trips<T>(all: &[T], as_str: fn(T) -> &'static str, parse: fn(&str) -> Option<T>)
+    where
+        T: Copy + PartialEq + std::fmt::Debug + Serialize + serde::de::DeserializeOwned,
+    {
+        for &v in all {
+            let text = as_str(v);
+            assert_eq!(serde_json::to_string(&v).unwrap(), format!("\"{text}\""));
+            assert_eq!(
+                serde_json::from_str::<T>(&format!("\"{text}\"")).unwrap(),
+                v
+            );
+            assert_eq!(parse(text), Some(v));
+        }
+        assert_eq!(parse("somethingElse"), None);
+        assert!(serde_json::from_str::<T>("\"somethingElse\"").is_err());
+    }
+
+    #[test]
+    fn closed_sets_round_trip_their_stored_text() {
+        round_trips(
+            InstanceState::ALL,
+            InstanceState::as_str,
+            InstanceState::parse,
+        );
+        round_trips(IncidentType::ALL, IncidentType::as_str, IncidentType::parse);
+        round_trips(HistoryEvent::ALL, HistoryEvent::as_str, HistoryEvent::parse);
+        round_trips(
+            JournalEntity::ALL,
+            JournalEntity::as_str,
+            JournalEntity::parse,
+        );
+        round_trips(JournalOp::ALL, JournalOp::as_str, JournalOp::parse);
+        assert_eq!(JournalEntity::ExternalTask.as_str(), "externalTask");
+        assert_eq!(IncidentType::CorruptState.to_string(), "corruptState");
+    }
+
+    #[test]
+    fn unknown_stored_text_is_corrupt() {
+        match JournalOp::decode("upsert") {
+            Err(crate::StoreError::Corrupt(m)) => assert!(m.contains("JournalOp `upsert`"), "{m}"),
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+        assert_eq!(
+            HistoryEvent::decode("incidentCreated").unwrap(),
+            HistoryEvent::IncidentCreated
+        );
+    }
 }

@@ -166,25 +166,14 @@ impl Store for Contended {
     async fn list_external_tasks(&self, f: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
         self.0.list_external_tasks(f).await
     }
-    async fn fetch_and_lock(
-        &self,
-        worker: &str,
-        max: usize,
-        topics: &[TopicLock],
-        now: Timestamp,
-    ) -> Result<Vec<LockedTask>> {
-        self.0.fetch_and_lock(worker, max, topics, now).await
+    async fn lock_tasks(&self, r: &steadyflow_store::TaskLocking<'_>) -> Result<Vec<LockedTask>> {
+        self.0.lock_tasks(r).await
     }
-    async fn acquire_due_timers(
+    async fn lock_due_timers(
         &self,
-        owner: &str,
-        now: Timestamp,
-        lock_until: Timestamp,
-        limit: usize,
+        r: &steadyflow_store::TimerLocking<'_>,
     ) -> Result<Vec<TimerRecord>> {
-        self.0
-            .acquire_due_timers(owner, now, lock_until, limit)
-            .await
+        self.0.lock_due_timers(r).await
     }
     async fn list_timers(&self, instance_id: &str) -> Result<Vec<TimerRecord>> {
         self.0.list_timers(instance_id).await
@@ -252,7 +241,7 @@ async fn poison(store: &dyn Store, instance_id: &str) {
     bad.runtime = RawJson::from_text(rt.to_string()).unwrap();
     bad.version += 1;
     store
-        .apply(ChangeSet::new(bad, Some(inst.version)))
+        .apply(ChangeSet::new(bad, Some(inst.version), inst.started_at))
         .await
         .unwrap();
 }

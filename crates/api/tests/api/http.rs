@@ -285,22 +285,10 @@ impl Store for FailingStore {
     async fn list_external_tasks(&self, _: &ExternalTaskFilter) -> Result<Vec<ExternalTaskRecord>> {
         Err((self.0)())
     }
-    async fn fetch_and_lock(
-        &self,
-        _: &str,
-        _: usize,
-        _: &[TopicLock],
-        _: Timestamp,
-    ) -> Result<Vec<LockedTask>> {
+    async fn lock_tasks(&self, _: &TaskLocking<'_>) -> Result<Vec<LockedTask>> {
         Err((self.0)())
     }
-    async fn acquire_due_timers(
-        &self,
-        _: &str,
-        _: Timestamp,
-        _: Timestamp,
-        _: usize,
-    ) -> Result<Vec<TimerRecord>> {
+    async fn lock_due_timers(&self, _: &TimerLocking<'_>) -> Result<Vec<TimerRecord>> {
         Err((self.0)())
     }
     async fn list_timers(&self, _: &str) -> Result<Vec<TimerRecord>> {

@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 use steadyflow_expr::{Context, Layered};
 use steadyflow_model::{ElementKind, ProcessDefinition};
 use steadyflow_store::{
-    ChangeSet, ExternalTaskRecord, HistoryRecord, IncidentRecord, InstanceRecord, InstanceState,
-    RawJson, TimerRecord, Timestamp, Vars,
+    ChangeSet, ExternalTaskRecord, HistoryEvent, HistoryRecord, IncidentRecord, IncidentType,
+    InstanceRecord, InstanceState, RawJson, TimerRecord, Timestamp, Vars,
 };
 
 use super::runtime::{Runtime, Token, Wait};
@@ -94,7 +94,7 @@ impl<'d> Transition<'d> {
             started_at: now,
             ended_at: None,
         };
-        let cs = ChangeSet::new(placeholder(&inst), None);
+        let cs = ChangeSet::new(placeholder(&inst), None, now);
         Transition {
             def,
             now,
@@ -122,7 +122,7 @@ impl<'d> Transition<'d> {
             .map_err(|e| CoreError::corrupt(&inst.id, format!("unreadable runtime: {e}")))?;
         rt.check(def)
             .map_err(|reason| CoreError::corrupt(&inst.id, reason))?;
-        let mut cs = ChangeSet::new(placeholder(&inst), Some(inst.version));
+        let mut cs = ChangeSet::new(placeholder(&inst), Some(inst.version), now);
         cs.prior_state = Some(inst.state);
         Ok(Transition {
             def,
@@ -160,7 +160,7 @@ impl<'d> Transition<'d> {
     ) {
         self.cs.incidents_resolved.push(incident_id.to_string());
         self.hist(
-            "incidentResolved",
+            HistoryEvent::IncidentResolved,
             None,
             json!({ "incidentId": incident_id }),
         );
@@ -202,14 +202,14 @@ impl<'d> Transition<'d> {
     /// Starts the instance at its none start event and runs it to rest.
     pub fn start(&mut self) {
         self.hist(
-            "instanceStarted",
+            HistoryEvent::InstanceStarted,
             None,
             json!({ "definitionId": self.inst.definition_id }),
         );
         if !self.inst.variables.is_empty() {
             let names: Vec<&String> = self.inst.variables.keys().collect();
             let detail = json!({ "names": names });
-            self.hist("variablesChanged", None, detail);
+            self.hist(HistoryEvent::VariablesChanged, None, detail);
         }
         let start = self.def.start;
         self.spawn(start, None);
@@ -333,7 +333,11 @@ impl<'d> Transition<'d> {
             .retain(|b| b.timer_id != timer_id);
         if interrupting {
             let host = self.token(host_token).element.clone();
-            self.hist("activityCancelled", Some(&host), json!({ "by": boundary }));
+            self.hist(
+                HistoryEvent::ActivityCancelled,
+                Some(&host),
+                json!({ "by": boundary }),
+            );
             self.cancel_token(host_token);
         }
         self.spawn(el, None);
@@ -363,7 +367,7 @@ impl<'d> Transition<'d> {
         self.cs.incidents_resolved.push(incident_id.to_string());
         let el = self.token(tid).element.clone();
         self.hist(
-            "incidentResolved",
+            HistoryEvent::IncidentResolved,
             Some(&el),
             json!({ "incidentId": incident_id }),
         );
@@ -382,7 +386,11 @@ impl<'d> Transition<'d> {
         self.clear_tokens();
         self.inst.state = InstanceState::Cancelled;
         self.inst.ended_at = Some(self.now);
-        self.hist("instanceCancelled", None, json!({ "reason": reason }));
+        self.hist(
+            HistoryEvent::InstanceCancelled,
+            None,
+            json!({ "reason": reason }),
+        );
     }
 
     /// Closes the transition into the change set to commit.
@@ -393,7 +401,7 @@ impl<'d> Transition<'d> {
                 if self.inst.state != InstanceState::Completed {
                     self.inst.state = InstanceState::Completed;
                     self.inst.ended_at = Some(self.now);
-                    self.hist("instanceCompleted", None, Value::Null);
+                    self.hist(HistoryEvent::InstanceCompleted, None, Value::Null);
                 }
             } else if self.rt.has_incident() {
                 self.inst.state = InstanceState::Incident;
@@ -409,11 +417,11 @@ impl<'d> Transition<'d> {
 
     // ---- bookkeeping -------------------------------------------------------------
 
-    pub(super) fn hist(&mut self, event: &str, activity: Option<&str>, detail: Value) {
+    pub(super) fn hist(&mut self, event: HistoryEvent, activity: Option<&str>, detail: Value) {
         self.cs.history.push(HistoryRecord {
             instance_id: self.inst.id.clone(),
             time: self.now,
-            event: event.to_string(),
+            event,
             activity_id: activity.map(str::to_string),
             detail,
         });
@@ -425,7 +433,11 @@ impl<'d> Transition<'d> {
         }
         let names: Vec<String> = variables.keys().cloned().collect();
         self.inst.variables.extend(variables);
-        self.hist("variablesChanged", None, json!({ "names": names }));
+        self.hist(
+            HistoryEvent::VariablesChanged,
+            None,
+            json!({ "names": names }),
+        );
     }
 
     fn waiting(
@@ -536,13 +548,13 @@ impl<'d> Transition<'d> {
     pub(super) fn new_incident(
         &mut self,
         el: &str,
-        kind: &str,
+        kind: IncidentType,
         message: String,
         task: Option<String>,
     ) -> String {
         let id = new_id();
         self.hist(
-            "incidentCreated",
+            HistoryEvent::IncidentCreated,
             Some(el),
             json!({ "incidentId": id, "type": kind, "message": message }),
         );
@@ -550,7 +562,7 @@ impl<'d> Transition<'d> {
             id: id.clone(),
             instance_id: self.inst.id.clone(),
             activity_id: el.to_string(),
-            incident_type: kind.to_string(),
+            incident_type: kind,
             message,
             external_task_id: task,
             created_at: self.now,
@@ -560,7 +572,13 @@ impl<'d> Transition<'d> {
     }
 
     /// Stops token `tid` at an incident.
-    pub(super) fn incident(&mut self, tid: u64, kind: &str, message: String, leaving: bool) {
+    pub(super) fn incident(
+        &mut self,
+        tid: u64,
+        kind: IncidentType,
+        message: String,
+        leaving: bool,
+    ) {
         let el = self.token(tid).element.clone();
         tracing::debug!(instance = %self.inst.id, element = %el, %message, "incident");
         let incident_id = self.new_incident(&el, kind, message, None);
@@ -679,7 +697,7 @@ impl<'d> Transition<'d> {
         );
         let inc = self.new_incident(
             &task.activity_id,
-            "failedExternalTask",
+            IncidentType::FailedExternalTask,
             msg,
             Some(task.id.clone()),
         );

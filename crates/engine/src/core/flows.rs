@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 use steadyflow_model::ElementKind;
-use steadyflow_store::Vars;
+use steadyflow_store::{HistoryEvent, IncidentType, Vars};
 
 use super::exec::Transition;
 use super::runtime::Wait;
@@ -37,7 +37,7 @@ impl Transition<'_> {
                     let msg = format!(
                         "more than {MAX_STEPS} elements passed in one step at `{el}`: a loop without a wait state?"
                     );
-                    self.incident(tid, "loopWithoutWaitState", msg, false);
+                    self.incident(tid, IncidentType::LoopWithoutWaitState, msg, false);
                     continue;
                 }
                 self.enter(tid);
@@ -52,19 +52,23 @@ impl Transition<'_> {
         let el = self.element_of(tid);
         let e = &self.def.elements[el];
         let id = e.id.clone();
-        self.hist("activityStarted", Some(&id), json!({ "type": e.tag }));
+        self.hist(
+            HistoryEvent::ActivityStarted,
+            Some(&id),
+            json!({ "type": e.tag }),
+        );
         let created = match &e.kind {
             ElementKind::StartEvent | ElementKind::PassThrough => {
                 self.complete_activity(tid, None);
                 Ok(())
             }
             ElementKind::EndEvent => {
-                self.hist("activityCompleted", Some(&id), Value::Null);
+                self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
                 self.remove_token(tid);
                 Ok(())
             }
             ElementKind::TerminateEndEvent => {
-                self.hist("activityCompleted", Some(&id), Value::Null);
+                self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
                 self.clear_tokens();
                 Ok(())
             }
@@ -81,7 +85,7 @@ impl Transition<'_> {
             }
             ElementKind::TimerCatch(td) => self.create_timer(tid, el, td),
             ElementKind::ExclusiveGateway => {
-                self.hist("activityCompleted", Some(&id), Value::Null);
+                self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
                 self.leave(tid);
                 Ok(())
             }
@@ -93,7 +97,7 @@ impl Transition<'_> {
                 Ok(())
             }
             ElementKind::ParallelGateway | ElementKind::InclusiveGateway => {
-                self.hist("activityCompleted", Some(&id), Value::Null);
+                self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
                 self.leave(tid);
                 Ok(())
             }
@@ -102,7 +106,7 @@ impl Transition<'_> {
             self.disarm_boundaries(tid);
             self.incident(
                 tid,
-                "expressionFailed",
+                IncidentType::ExpressionFailed,
                 format!("cannot enter `{id}`: {message}"),
                 false,
             );
@@ -132,7 +136,7 @@ impl Transition<'_> {
                     Err(err) => {
                         self.incident(
                             tid,
-                            "expressionFailed",
+                            IncidentType::ExpressionFailed,
                             format!("output mapping of `{id}` failed: {err}"),
                             true,
                         );
@@ -144,7 +148,7 @@ impl Transition<'_> {
         } else if let Some(vars) = completion {
             self.set_vars_from(vars);
         }
-        self.hist("activityCompleted", Some(&id), Value::Null);
+        self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
         self.leave(tid);
     }
 
@@ -154,7 +158,11 @@ impl Transition<'_> {
         }
         let names: Vec<String> = vars.keys().cloned().collect();
         self.inst.variables.extend(vars);
-        self.hist("variablesChanged", None, json!({ "names": names }));
+        self.hist(
+            HistoryEvent::VariablesChanged,
+            None,
+            json!({ "names": names }),
+        );
     }
 
     /// Chooses the outgoing flows of the element token `tid` stands at and follows them.
@@ -195,11 +203,11 @@ impl Transition<'_> {
                     "no outgoing sequence flow of {what} `{}` can be taken: no condition holds and there is no default flow",
                     e.id
                 );
-                self.incident(tid, "noMatchingFlow", msg, true);
+                self.incident(tid, IncidentType::NoMatchingFlow, msg, true);
             }
             Err(NoFlow::Eval(err)) => {
                 let msg = format!("condition on a flow out of `{}` failed: {err}", e.id);
-                self.incident(tid, "expressionFailed", msg, true);
+                self.incident(tid, IncidentType::ExpressionFailed, msg, true);
             }
         }
     }
@@ -301,7 +309,7 @@ impl Transition<'_> {
         self.queue.retain(|q| *q != tid);
         let id = self.def.elements[el].id.clone();
         self.hist(
-            "activityCompleted",
+            HistoryEvent::ActivityCompleted,
             Some(&id),
             json!({ "joined": consumed.len() }),
         );

@@ -25,7 +25,8 @@
 
 use serde_json::json;
 use steadyflow_store::{
-    ChangeSet, HistoryRecord, IncidentFilter, IncidentRecord, InstanceState, StoreError,
+    ChangeSet, HistoryEvent, HistoryRecord, IncidentFilter, IncidentRecord, IncidentType,
+    InstanceState, StoreError,
 };
 
 use super::{Attempt, Engine, Result, Scope};
@@ -33,7 +34,7 @@ use crate::core::CoreError;
 use crate::error::EngineError;
 
 /// The incident type of an instance stopped for corrupt state.
-pub const CORRUPT_STATE: &str = "corruptState";
+pub const CORRUPT_STATE: IncidentType = IncidentType::CorruptState;
 
 /// The refusal of a command on an instance that is already stopped.
 pub(super) fn still_stopped(instance: &str) -> CoreError {
@@ -87,7 +88,7 @@ impl Engine {
         let mut next = inst.clone();
         next.state = InstanceState::Incident;
         next.version += 1;
-        let mut cs = ChangeSet::new(next, Some(inst.version));
+        let mut cs = ChangeSet::new(next, Some(inst.version), now);
         cs.prior_state = Some(inst.state);
         if !stopped {
             tracing::error!(instance = %instance_id, %reason, "corrupt instance state: stopping the instance at an incident");
@@ -97,15 +98,15 @@ impl Engine {
             cs.history.push(HistoryRecord {
                 instance_id: inst.id.clone(),
                 time: now,
-                event: "incidentCreated".into(),
+                event: HistoryEvent::IncidentCreated,
                 activity_id: scope.activity.map(str::to_string),
-                detail: json!({ "incidentId": incident_id, "type": CORRUPT_STATE, "message": message }),
+                detail: json!({ "incidentId": incident_id, "type": CORRUPT_STATE.as_str(), "message": message }),
             });
             cs.incidents_created.push(IncidentRecord {
                 id: incident_id,
                 instance_id: inst.id.clone(),
                 activity_id: activity.to_string(),
-                incident_type: CORRUPT_STATE.to_string(),
+                incident_type: CORRUPT_STATE,
                 message,
                 external_task_id: None,
                 created_at: now,

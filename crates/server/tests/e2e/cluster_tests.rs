@@ -39,7 +39,7 @@ fn two_nodes_share_one_postgres_without_double_execution() {
         std::env::set_var("DBG_URL", db.url());
     }
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let env = [("STEADYFLOW_TIMER_POLL_MS", "20")];
+    let env = [("STEADYFLOW_ENGINE__TIMERS__IDLE_POLL_MS", "20")];
     let a = ServerProcess::start(dir_a.path(), Some(db.url()), &env);
     let b = ServerProcess::start(dir_b.path(), Some(db.url()), &env);
     assert!(a.deploy(TIMER_THEN_WORK).0 < 300);
@@ -123,7 +123,8 @@ fn two_nodes_share_one_postgres_without_double_execution() {
             let n = history
                 .iter()
                 .filter(|h| {
-                    h.event == "activityCompleted" && h.activity_id.as_deref() == Some(activity)
+                    h.event == steadyflow_store::HistoryEvent::ActivityCompleted
+                        && h.activity_id.as_deref() == Some(activity)
                 })
                 .count();
             assert_eq!(n, 1, "instance {}: `{activity}` completed {n} times", i.id);

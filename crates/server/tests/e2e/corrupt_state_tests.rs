@@ -42,7 +42,7 @@ async fn rewrite_runtime(store: &dyn Store, id: &str, edit: impl FnOnce(&mut Val
     next.runtime = RawJson::from_text(rt.to_string()).unwrap();
     next.version += 1;
     store
-        .apply(ChangeSet::new(next, Some(inst.version)))
+        .apply(ChangeSet::new(next, Some(inst.version), inst.started_at))
         .await
         .expect("rewrite the runtime");
     inst.runtime

@@ -41,7 +41,7 @@ pub async fn apply_insert_reads_back(store: Arc<dyn Store>) {
         },
     ];
 
-    let mut change = ChangeSet::new(inst.clone(), None);
+    let mut change = ChangeSet::new(inst.clone(), None, at(0));
     change.tasks_created = vec![t1.clone(), t2.clone()];
     change.external_upserted = vec![e1.clone(), e2.clone()];
     change.timers_created = vec![tm.clone()];
@@ -129,7 +129,7 @@ pub async fn apply_insert_reads_back(store: Arc<dyn Store>) {
 
 pub async fn apply_update_replaces_and_removes(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.tasks_created = vec![task("t-1", "i-1", 1), task("t-2", "i-1", 2)];
     create.external_upserted = vec![
         external("e-1", "i-1", "pay", 1),
@@ -237,7 +237,7 @@ pub async fn apply_update_replaces_and_removes(store: Arc<dyn Store>) {
 
 pub async fn apply_stale_version_changes_nothing(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.tasks_created = vec![task("t-1", "i-1", 1)];
     create.external_upserted = vec![external("e-1", "i-1", "pay", 1)];
     create.timers_created = vec![timer("tm-1", "i-1", 1_000)];
@@ -265,7 +265,7 @@ pub async fn apply_stale_version_changes_nothing(store: Arc<dyn Store>) {
     stale.timers_removed = vec!["tm-1".into()];
     stale.incidents_created = vec![incident("inc-stale", "i-1", 5)];
     stale.incidents_resolved = vec!["inc-1".into()];
-    stale.history = vec![hist("i-1", 5, "stale", 9)];
+    stale.history = vec![hist("i-1", 5, "activityCancelled", 9)];
     match store.apply(stale).await {
         Err(StoreError::Conflict(id)) => assert_eq!(id, "i-1", "Conflict names the instance"),
         other => panic!("a stale expected_version must be Conflict, got {other:?}"),
@@ -319,14 +319,17 @@ pub async fn apply_stale_version_changes_nothing(store: Arc<dyn Store>) {
 
     // Inserting an instance that already exists is not allowed either.
     assert!(
-        store.apply(ChangeSet::new(inst, None)).await.is_err(),
+        store
+            .apply(ChangeSet::new(inst, None, at(0)))
+            .await
+            .is_err(),
         "inserting an existing instance must fail"
     );
 }
 
 pub async fn apply_external_upsert_replaces(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.external_upserted = vec![external("e-1", "i-1", "pay", 1)];
     insert(store.as_ref(), create).await;
 
@@ -354,7 +357,7 @@ pub async fn apply_external_upsert_replaces(store: Arc<dyn Store>) {
 /// A change set with a lock guard commits only while that worker's lock holds; otherwise
 /// it is refused like a lost optimistic lock and changes nothing.
 pub async fn apply_lock_guard(store: Arc<dyn Store>) {
-    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    let mut a = ChangeSet::new(instance("i-1", "order"), None, at(0));
     a.external_upserted = vec![external("e1", "i-1", "pay", 1)];
     insert(store.as_ref(), a).await;
     let got = store
@@ -403,7 +406,7 @@ pub async fn apply_lock_guard(store: Arc<dyn Store>) {
 /// journal rows.
 pub async fn apply_duplicate_id_changes_nothing(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.tasks_created = vec![task("t-1", "i-1", 1)];
     create.timers_created = vec![timer("tm-1", "i-1", 1_000)];
     create.incidents_created = vec![incident("inc-1", "i-1", 1)];
@@ -414,7 +417,7 @@ pub async fn apply_duplicate_id_changes_nothing(store: Arc<dyn Store>) {
     .await;
     let last = before.last().expect("rows").seq;
 
-    let mut new_instance = ChangeSet::new(instance("i-2", "order"), None);
+    let mut new_instance = ChangeSet::new(instance("i-2", "order"), None, at(0));
     new_instance.tasks_created = vec![task("t-1", "i-2", 2)];
     new_instance.history = vec![hist("i-2", 2, "instanceStarted", 1)];
     let mut timer_twice = update_of(&inst);

@@ -12,7 +12,7 @@ pub async fn fetch_and_lock_selection(store: Arc<dyn Store>) {
     let inst = instance("i-1", "order");
     let mut other_inst = instance("i-2", "order");
     other_inst.variables = vars(json!({"other": "yes"}));
-    let mut a = ChangeSet::new(inst.clone(), None);
+    let mut a = ChangeSet::new(inst.clone(), None, at(0));
     a.external_upserted = vec![
         external("e1", "i-1", "pay", 1),
         external("e3", "i-1", "pay", 3),
@@ -20,7 +20,7 @@ pub async fn fetch_and_lock_selection(store: Arc<dyn Store>) {
         external("e5", "i-1", "other", 0),
     ];
     insert(store.as_ref(), a).await;
-    let mut b = ChangeSet::new(other_inst.clone(), None);
+    let mut b = ChangeSet::new(other_inst.clone(), None, at(0));
     b.external_upserted = vec![external("e2", "i-2", "ship", 2)];
     insert(store.as_ref(), b).await;
 
@@ -106,7 +106,7 @@ pub async fn fetch_and_lock_selection(store: Arc<dyn Store>) {
 }
 
 pub async fn fetch_and_lock_lock_expiry(store: Arc<dyn Store>) {
-    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    let mut a = ChangeSet::new(instance("i-1", "order"), None, at(0));
     a.external_upserted = vec![external("e1", "i-1", "pay", 1)];
     insert(store.as_ref(), a).await;
     let pay = topics(&[("pay", 1_000)]);
@@ -136,7 +136,7 @@ pub async fn fetch_and_lock_lock_expiry(store: Arc<dyn Store>) {
 }
 
 pub async fn fetch_and_lock_retries_and_backoff(store: Arc<dyn Store>) {
-    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    let mut a = ChangeSet::new(instance("i-1", "order"), None, at(0));
     a.external_upserted = vec![
         ExternalTaskRecord {
             retries: Some(0),
@@ -185,7 +185,7 @@ pub async fn fetch_and_lock_retries_and_backoff(store: Arc<dyn Store>) {
 }
 
 pub async fn fetch_and_lock_concurrent_workers(store: Arc<dyn Store>) {
-    let mut a = ChangeSet::new(instance("i-1", "order"), None);
+    let mut a = ChangeSet::new(instance("i-1", "order"), None, at(0));
     a.external_upserted = (0..10)
         .map(|n| external(&format!("e{n:02}"), "i-1", "pay", n))
         .collect();
@@ -243,7 +243,7 @@ pub async fn fetch_and_lock_concurrent_workers(store: Arc<dyn Store>) {
     );
 
     // Four workers draining 60 tasks in small bites, in parallel tasks.
-    let mut b = ChangeSet::new(instance("i-2", "order"), None);
+    let mut b = ChangeSet::new(instance("i-2", "order"), None, at(0));
     b.external_upserted = (0..60)
         .map(|n| external(&format!("b{n:02}"), "i-2", "bulk", 1_000 + n))
         .collect();

@@ -92,7 +92,7 @@ pub fn incident(id: &str, inst: &str, created: i64) -> IncidentRecord {
         id: id.into(),
         instance_id: inst.into(),
         activity_id: "gateway".into(),
-        incident_type: "noMatchingFlow".into(),
+        incident_type: IncidentType::NoMatchingFlow,
         message: format!("incident {id}"),
         external_task_id: None,
         created_at: at(created),
@@ -105,7 +105,7 @@ pub fn hist(inst: &str, time: i64, event: &str, n: i64) -> HistoryRecord {
     HistoryRecord {
         instance_id: inst.into(),
         time: at(time),
-        event: event.into(),
+        event: HistoryEvent::parse(event).unwrap_or_else(|| panic!("unknown test event {event}")),
         activity_id: Some(format!("act-{n}")),
         detail: json!({"n": n, "note": format!("{event} #{n}")}),
     }
@@ -125,7 +125,7 @@ pub fn new_def(key: &str, checksum: &str) -> NewDefinition {
 pub fn update_of(prev: &InstanceRecord) -> ChangeSet {
     let mut next = prev.clone();
     next.version = prev.version + 1;
-    ChangeSet::new(next, Some(prev.version))
+    ChangeSet::new(next, Some(prev.version), at(0))
 }
 
 /// Applies a change set that must succeed.

@@ -8,10 +8,10 @@ use super::fixtures::*;
 
 pub async fn incidents_created_and_resolved(store: Arc<dyn Store>) {
     let a = instance("i-a", "order");
-    let mut create = ChangeSet::new(a.clone(), None);
+    let mut create = ChangeSet::new(a.clone(), None, at(0));
     create.incidents_created = vec![incident("inc-1", "i-a", 1), incident("inc-2", "i-a", 2)];
     insert(store.as_ref(), create).await;
-    let mut create_b = ChangeSet::new(instance("i-b", "order"), None);
+    let mut create_b = ChangeSet::new(instance("i-b", "order"), None, at(0));
     create_b.incidents_created = vec![incident("inc-3", "i-b", 3)];
     insert(store.as_ref(), create_b).await;
 
@@ -89,13 +89,13 @@ pub async fn incidents_created_and_resolved(store: Arc<dyn Store>) {
 pub async fn history_insertion_order(store: Arc<dyn Store>) {
     // Times deliberately out of order: history is returned in insertion order.
     let a = instance("A", "order");
-    let mut first = ChangeSet::new(a.clone(), None);
+    let mut first = ChangeSet::new(a.clone(), None, at(0));
     first.history = vec![
         hist("A", 50, "instanceStarted", 1),
         hist("A", 10, "activityStarted", 2),
     ];
     insert(store.as_ref(), first).await;
-    let mut b = ChangeSet::new(instance("B", "order"), None);
+    let mut b = ChangeSet::new(instance("B", "order"), None, at(0));
     b.history = vec![hist("B", 0, "instanceStarted", 1)];
     insert(store.as_ref(), b).await;
     let mut second = update_of(&a);

@@ -23,7 +23,7 @@ pub async fn journal_rows(store: Arc<dyn Store>) {
         hist("i-1", 1, "instanceStarted", 1),
         hist("i-1", 2, "activityStarted", 2),
     ];
-    let mut create = ChangeSet::new(inst.clone(), None);
+    let mut create = ChangeSet::new(inst.clone(), None, at(0));
     create.tasks_created = vec![t1.clone()];
     create.external_upserted = vec![e1.clone()];
     create.timers_created = vec![tm1.clone()];
@@ -147,7 +147,7 @@ pub async fn journal_limit_and_failed_apply(store: Arc<dyn Store>) {
     let mut insts = Vec::new();
     for n in 0..3 {
         let id = format!("i-{n}");
-        let mut c = ChangeSet::new(instance(&id, "order"), None);
+        let mut c = ChangeSet::new(instance(&id, "order"), None, at(0));
         c.history = vec![hist(&id, n, "instanceStarted", n)];
         insts.push(c.instance.clone());
         insert(store.as_ref(), c).await;
@@ -189,9 +189,10 @@ pub async fn journal_limit_and_failed_apply(store: Arc<dyn Store>) {
             ..insts[0].clone()
         },
         Some(5),
+        at(0),
     );
     stale.tasks_created = vec![task("t-failed", "i-0", 1)];
-    stale.history = vec![hist("i-0", 9, "failed", 9)];
+    stale.history = vec![hist("i-0", 9, "activityCancelled", 9)];
     assert!(
         matches!(store.apply(stale).await, Err(StoreError::Conflict(_))),
         "stale expected_version must be Conflict"

@@ -22,7 +22,7 @@ pub async fn list_instances_filters(store: Arc<dyn Store>) {
         mk("c", "invoice", Some("b1"), InstanceState::Active, 3),
         mk("d", "invoice", None, InstanceState::Incident, 4),
     ] {
-        insert(store.as_ref(), ChangeSet::new(inst, None)).await;
+        insert(store.as_ref(), ChangeSet::new(inst, None, at(0))).await;
     }
     let list = |f: InstanceFilter| {
         let store = store.clone();
@@ -130,10 +130,10 @@ pub async fn list_tasks_filters(store: Arc<dyn Store>) {
         candidate_users: vec!["sales".into()],
         ..task("t4", "B", 4)
     };
-    let mut a = ChangeSet::new(instance("A", "order"), None);
+    let mut a = ChangeSet::new(instance("A", "order"), None, at(0));
     a.tasks_created = vec![t1.clone(), t2.clone()];
     insert(store.as_ref(), a).await;
-    let mut b = ChangeSet::new(instance("B", "order"), None);
+    let mut b = ChangeSet::new(instance("B", "order"), None, at(0));
     b.tasks_created = vec![t3.clone(), t4.clone()];
     insert(store.as_ref(), b).await;
 
@@ -230,7 +230,7 @@ pub async fn claim_task_rules(store: Arc<dyn Store>) {
         candidate_groups: vec!["sales".into()],
         ..task("t1", "A", 1)
     };
-    let mut a = ChangeSet::new(instance("A", "order"), None);
+    let mut a = ChangeSet::new(instance("A", "order"), None, at(0));
     a.tasks_created = vec![t1.clone()];
     insert(store.as_ref(), a).await;
 

@@ -17,7 +17,7 @@ pub async fn timers_acquire_and_next_due(store: Arc<dyn Store>) {
         lock_until: Some(at(3_000)),
         ..timer("tm4", "A", 500)
     };
-    let mut a = ChangeSet::new(instance("A", "order"), None);
+    let mut a = ChangeSet::new(instance("A", "order"), None, at(0));
     a.timers_created = vec![
         timer("tm1", "A", 1_000),
         timer("tm2", "A", 2_000),
@@ -25,7 +25,7 @@ pub async fn timers_acquire_and_next_due(store: Arc<dyn Store>) {
         held.clone(),
     ];
     insert(store.as_ref(), a).await;
-    let mut b = ChangeSet::new(instance("B", "order"), None);
+    let mut b = ChangeSet::new(instance("B", "order"), None, at(0));
     b.timers_created = vec![timer("tm5", "B", 1_500)];
     insert(store.as_ref(), b).await;
 
@@ -110,7 +110,7 @@ pub async fn timers_acquire_and_next_due(store: Arc<dyn Store>) {
     );
 
     // Three nodes draining 30 due timers in parallel: each timer goes to one node.
-    let mut c = ChangeSet::new(instance("C", "order"), None);
+    let mut c = ChangeSet::new(instance("C", "order"), None, at(0));
     c.timers_created = (0..30)
         .map(|n| timer(&format!("bulk{n:02}"), "C", 300_000 + n))
         .collect();
