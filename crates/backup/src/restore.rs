@@ -118,15 +118,16 @@ pub async fn restore_tables(
     let read = reader
         .await
         .map_err(|e| BackupError::BadInput(format!("archive reader failed: {e}")));
+    // An import failure comes first: the reader then only saw the channel close.
     let manifest = match (read, import_err) {
         (Ok(Ok(m)), None) => m,
-        (Ok(Err(e)), _) | (Err(e), _) => {
-            let _ = staging.discard().await;
-            return Err(e);
-        }
-        (Ok(Ok(_)), Some(e)) => {
+        (_, Some(e)) => {
             let _ = staging.discard().await;
             return Err(e.into());
+        }
+        (Ok(Err(e)), None) | (Err(e), None) => {
+            let _ = staging.discard().await;
+            return Err(e);
         }
     };
     if let Err(e) = check_restorable(&manifest, max_schema) {

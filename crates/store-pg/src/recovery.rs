@@ -507,12 +507,15 @@ impl Staging for PgStaging {
             .client()?
             .execute(insert_json(table).as_str(), &[&doc])
             .await
-            .map_err(|e| {
-                StoreError::Corrupt(format!(
-                    "rows of table {} cannot be imported: {}",
-                    table.name,
-                    db_err(e)
-                ))
+            .map_err(|e| match db_err(e) {
+                // The database went away: not the archive's fault.
+                StoreError::Unavailable(m) => {
+                    StoreError::Unavailable(format!("importing table {} failed: {m}", table.name))
+                }
+                other => StoreError::Corrupt(format!(
+                    "rows of table {} cannot be imported: {other}",
+                    table.name
+                )),
             })?;
         if n != lines.len() as u64 {
             return Err(StoreError::Corrupt(format!(
@@ -554,7 +557,10 @@ impl Staging for PgStaging {
             client
                 .execute(sql.as_str(), &[&param])
                 .await
-                .map_err(|e| StoreError::Corrupt(format!("replay failed: {}", db_err(e))))?;
+                .map_err(|e| match db_err(e) {
+                    StoreError::Unavailable(m) => StoreError::Unavailable(m),
+                    other => StoreError::Corrupt(format!("replay failed: {other}")),
+                })?;
         }
         Ok(())
     }

@@ -440,11 +440,15 @@ impl SqliteStaging {
         let mut stmt = conn
             .prepare_cached(&insert_json(table))
             .map_err(backend_err)?;
-        let n = stmt.execute([doc]).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "rows of table {} cannot be imported: {e}",
+        let n = stmt.execute([doc]).map_err(|e| match backend_err(e) {
+            // Disk full, I/O error: not the archive's fault.
+            StoreError::Unavailable(m) => {
+                StoreError::Unavailable(format!("importing table {} failed: {m}", table.name))
+            }
+            other => StoreError::Corrupt(format!(
+                "rows of table {} cannot be imported: {other}",
                 table.name
-            ))
+            )),
         })?;
         if n != lines.len() {
             return Err(StoreError::Corrupt(format!(

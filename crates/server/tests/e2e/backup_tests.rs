@@ -1035,3 +1035,110 @@ fn postgres_incremental_chain_and_point_in_time() {
         b.cleanup().await;
     });
 }
+
+#[test]
+fn a_gap_in_the_chain_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = sqlite_url(d, "a.db");
+    let rt = runtime();
+    let store = rt.block_on(open(&src));
+    rt.block_on(populate(store.clone(), 5));
+    let full = backup(d, &src, &[], &[]);
+    rt.block_on(more_work(store.clone(), "w1", 1));
+    backup(d, &src, &["--incremental"], &[]);
+    rt.block_on(more_work(store.clone(), "w2", 1));
+    let second = backup(d, &src, &["--incremental"], &[]);
+    drop(store);
+    // The second incremental's sidecar re-pointed past the first: its journal no longer
+    // begins where its parent's ends.
+    let id = second["manifest"]["id"].as_str().unwrap();
+    let sidecar = d.join("backups").join(format!("{id}.manifest.json"));
+    let mut v: Value = serde_json::from_slice(&std::fs::read(&sidecar).unwrap()).unwrap();
+    v["manifest"]["parent"] = full["manifest"]["id"].clone();
+    std::fs::write(&sidecar, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = restore(d, id, &sqlite_url(d, "t.db"), &[], &[]);
+    assert_eq!(code(&out), 3, "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("gap"),
+        "{}",
+        show(&out)
+    );
+    assert!(!d.join("t.db").exists());
+    let verify = steadyflow(
+        d,
+        &[
+            "backup",
+            "verify",
+            id,
+            "--dir",
+            d.join("backups").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&verify), 3, "{}", show(&verify));
+}
+
+#[test]
+fn postgres_target_disappearing_mid_restore_fails_cleanly() {
+    let rt = runtime();
+    rt.block_on(async {
+        let Some(a) = steadyflow_store_pg::testing::fresh_database().await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().to_path_buf();
+        let src = sqlite_url(&d, "big.db");
+        populate(open(&src).await, 1500).await;
+        backup(&d, &src, &[], &[]);
+        let admin = steadyflow_store_pg::testing::with_dbname(a.url(), "postgres");
+        let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let staging = format!("{}_restore", a.name());
+        let (url, dd) = (a.url().to_string(), d.clone());
+        let restore_run =
+            tokio::task::spawn_blocking(move || restore(&dd, "latest", &url, &[], &[]));
+        // Drop the staging database under the restore as soon as it exists.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut dropped = false;
+        while Instant::now() < deadline && !restore_run.is_finished() {
+            let exists: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                    &[&staging],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if exists {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                dropped = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {staging} WITH (FORCE)"))
+                    .await
+                    .is_ok();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let out = restore_run.await.unwrap();
+        eprintln!("staging dropped under the restore: {dropped}; restore exit {}", code(&out));
+        if dropped && code(&out) != 0 {
+            assert_eq!(code(&out), 1, "{}", show(&out));
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains("database"), "{}", show(&out));
+            // The target was never replaced: still the empty database it was.
+            let state = steadyflow_store_pg::recovery::target_state(a.url())
+                .await
+                .unwrap();
+            assert!(state.tables.is_empty(), "{:?}", state.tables);
+        } else {
+            // The restore won the race: then it must be complete.
+            assert_eq!(code(&out), 0, "{}", show(&out));
+            assert_eq!(digests(a.url()).await, digests(&src).await);
+        }
+        drop_side_databases(&a).await;
+        a.cleanup().await;
+    });
+}
