@@ -17,8 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::{StreamExt, pin_mut};
 use steadyflow_store::recovery::{
-    ContentHasher, EXPORT_BATCH, ExportBatch, Exporter, JournalLine, PgSnapshot, ReplayOp,
-    SnapshotInfo, Staging, TABLES, TableDigest, TableSpec, TargetState,
+    Batcher, ContentHasher, ExportBatch, Exporter, JournalSpan, PgSnapshot, ReplayOp, SnapshotInfo,
+    Staging, TABLES, TableDigest, TableSpec, TargetState, check_imported, import_error, json_array,
+    staging_closed,
 };
 use steadyflow_store::{Result, StoreError};
 use tokio_postgres::{Client, Config, NoTls};
@@ -157,30 +158,45 @@ impl PgExporter {
     }
 }
 
-async fn stream_table(
+/// Streams `sql`'s one-column rows (JSON lines) of `table` to `out`, noting journal
+/// rows in `span`.
+async fn stream(
     client: &Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     table: &'static TableSpec,
-    mut each: impl FnMut(Vec<String>) -> futures_util::future::BoxFuture<'static, Result<()>>,
+    out: &tokio::sync::mpsc::Sender<ExportBatch>,
+    span: &mut JournalSpan,
 ) -> Result<()> {
     let rows = client
-        .query_raw(select_json(table).as_str(), std::iter::empty::<&str>())
+        .query_raw(sql, params.iter().copied())
         .await
         .map_err(db_err)?;
     pin_mut!(rows);
-    let mut lines = Vec::with_capacity(EXPORT_BATCH);
-    let mut announced = false;
+    let closed = || StoreError::Unavailable("backup stopped reading the export".into());
+    let mut batcher = Batcher::new(table);
     while let Some(row) = rows.next().await {
-        let row = row.map_err(db_err)?;
-        lines.push(row.try_get::<_, String>(0).map_err(db_err)?);
-        if lines.len() == EXPORT_BATCH {
-            each(std::mem::take(&mut lines)).await?;
-            announced = true;
+        let line: String = row.map_err(db_err)?.try_get(0).map_err(db_err)?;
+        if table.name == "journal" {
+            span.see(&line)?;
+        }
+        if let Some(batch) = batcher.push(line) {
+            out.send(batch).await.map_err(|_| closed())?;
         }
     }
-    if !lines.is_empty() || !announced {
-        each(lines).await?;
+    if let Some(batch) = batcher.finish() {
+        out.send(batch).await.map_err(|_| closed())?;
     }
     Ok(())
+}
+
+async fn schema_version_of(client: &Client) -> Result<i64> {
+    let v: i32 = client
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
+        .await
+        .and_then(|r| r.try_get(0))
+        .map_err(db_err)?;
+    Ok(i64::from(v))
 }
 
 #[async_trait]
@@ -192,48 +208,22 @@ impl Exporter for PgExporter {
         tx.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await
             .map_err(db_err)?;
-        let schema_version: i32 = tx
-            .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
-            .await
-            .and_then(|r| r.try_get(0))
-            .map_err(db_err)?;
-        let j = tx
-            .query_one(
-                "SELECT MIN(seq), MAX(seq), \
-                 (SELECT tx_time FROM journal ORDER BY seq LIMIT 1), \
-                 (SELECT tx_time FROM journal ORDER BY seq DESC LIMIT 1) FROM journal",
-                &[],
-            )
-            .await
-            .map_err(db_err)?;
-        let get = |i: usize| j.try_get::<_, Option<i64>>(i).map_err(db_err);
-        let (first_seq, last_seq, first_ms, last_ms) = (get(0)?, get(1)?, get(2)?, get(3)?);
+        let schema_version = schema_version_of(&tx).await?;
         let snapshot = current_snapshot(&tx).await?;
+        let mut span = JournalSpan::default();
         for table in TABLES {
-            let out = out.clone();
-            stream_table(&tx, table, move |lines| {
-                let out = out.clone();
-                Box::pin(async move {
-                    out.send(ExportBatch { table, lines }).await.map_err(|_| {
-                        StoreError::Unavailable("backup stopped reading the export".into())
-                    })
-                })
-            })
-            .await?;
+            stream(&tx, &select_json(table), &[], table, &out, &mut span).await?;
         }
         tx.batch_execute("COMMIT").await.map_err(db_err)?;
-        let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
-        Ok(SnapshotInfo {
-            backend: "postgres".into(),
-            schema_version: i64::from(schema_version),
-            resume_seq: (horizon.max(snapshot.xmin) << 20) - 1,
-            after_seq: None,
-            pg_snapshot: Some(snapshot),
-            journal_first_seq: first_seq,
-            journal_last_seq: last_seq,
-            journal_first_time: time(first_ms),
-            journal_last_time: time(last_ms),
-        })
+        let resume = (horizon.max(snapshot.xmin) << 20) - 1;
+        Ok(SnapshotInfo::new(
+            "postgres",
+            schema_version,
+            resume,
+            None,
+            Some(snapshot),
+            span,
+        ))
     }
 
     async fn export_journal(
@@ -278,11 +268,7 @@ async fn export_journal_pg(
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(db_err)?;
-    let schema_version: i32 = client
-        .query_one("SELECT COALESCE(MAX(version), 0) FROM schema_version", &[])
-        .await
-        .and_then(|r| r.try_get(0))
-        .map_err(db_err)?;
+    let schema_version = schema_version_of(&client).await?;
     // Rows of transactions below this database's horizon: all of them had ended before
     // the snapshot, so no row can still appear below this bound. The rest waits for the
     // next incremental.
@@ -292,52 +278,17 @@ async fn export_journal_pg(
         "SELECT row_to_json(r)::text FROM (SELECT {} FROM journal WHERE seq > $1 AND seq < $2 ORDER BY seq) r",
         cols.join(", ")
     );
-    let rows = client
-        .query_raw(
-            sql.as_str(),
-            [&after as &(dyn tokio_postgres::types::ToSql + Sync), &bound],
-        )
-        .await
-        .map_err(db_err)?;
-    pin_mut!(rows);
-    let mut lines = Vec::with_capacity(EXPORT_BATCH);
-    let (mut first, mut last): (Option<(i64, i64)>, Option<(i64, i64)>) = (None, None);
-    let mut announced = false;
-    let closed = || StoreError::Unavailable("backup stopped reading the export".into());
-    while let Some(row) = rows.next().await {
-        let line: String = row.map_err(db_err)?.try_get(0).map_err(db_err)?;
-        let j = JournalLine::parse(&line)?;
-        first.get_or_insert((j.seq, j.tx_time));
-        last = Some((j.seq, j.tx_time));
-        lines.push(line);
-        if lines.len() == EXPORT_BATCH {
-            out.send(ExportBatch {
-                table,
-                lines: std::mem::take(&mut lines),
-            })
-            .await
-            .map_err(|_| closed())?;
-            announced = true;
-        }
-    }
-    if !lines.is_empty() || !announced {
-        out.send(ExportBatch { table, lines })
-            .await
-            .map_err(|_| closed())?;
-    }
+    let mut span = JournalSpan::default();
+    stream(&client, &sql, &[&after, &bound], table, &out, &mut span).await?;
     client.batch_execute("COMMIT").await.map_err(db_err)?;
-    let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
-    Ok(SnapshotInfo {
-        backend: "postgres".into(),
-        schema_version: i64::from(schema_version),
-        resume_seq: (bound - 1).max(after),
-        after_seq: Some(after),
-        pg_snapshot: None,
-        journal_first_seq: first.map(|f| f.0),
-        journal_last_seq: last.map(|l| l.0),
-        journal_first_time: time(first.map(|f| f.1)),
-        journal_last_time: time(last.map(|l| l.1)),
-    })
+    Ok(SnapshotInfo::new(
+        "postgres",
+        schema_version,
+        (bound - 1).max(after),
+        Some(after),
+        None,
+        span,
+    ))
 }
 
 /// Connection to the maintenance database `postgres` of the target's server.
@@ -414,7 +365,10 @@ pub async fn target_state(url: &str) -> Result<TargetState> {
         )
     });
     let client = connect(&config).await?;
-    let mut tables = Vec::new();
+    let mut state = TargetState {
+        in_use,
+        ..TargetState::default()
+    };
     for table in TABLES {
         let exists: bool = client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table.name])
@@ -429,11 +383,9 @@ pub async fn target_state(url: &str) -> Result<TargetState> {
             .await
             .and_then(|r| r.try_get(0))
             .map_err(db_err)?;
-        if n > 0 {
-            tables.push((table.name.to_string(), n as u64));
-        }
+        state.count(table, n);
     }
-    Ok(TargetState { tables, in_use })
+    Ok(state)
 }
 
 /// A staging database `<db>_restore` on the target's server.
@@ -478,9 +430,7 @@ pub async fn stage(url: &str) -> Result<PgStaging> {
 
 impl PgStaging {
     fn client(&self) -> Result<&Client> {
-        self.client
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("staging connection already closed".into()))
+        self.client.as_ref().ok_or_else(staging_closed)
     }
 }
 
@@ -494,36 +444,13 @@ impl Staging for PgStaging {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut doc = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
-        doc.push('[');
-        for (i, line) in lines.iter().enumerate() {
-            if i > 0 {
-                doc.push(',');
-            }
-            doc.push_str(line);
-        }
-        doc.push(']');
+        let doc = json_array(&lines);
         let n = self
             .client()?
             .execute(insert_json(table).as_str(), &[&doc])
             .await
-            .map_err(|e| match db_err(e) {
-                // The database went away: not the archive's fault.
-                StoreError::Unavailable(m) => {
-                    StoreError::Unavailable(format!("importing table {} failed: {m}", table.name))
-                }
-                other => StoreError::Corrupt(format!(
-                    "rows of table {} cannot be imported: {other}",
-                    table.name
-                )),
-            })?;
-        if n != lines.len() as u64 {
-            return Err(StoreError::Corrupt(format!(
-                "table {}: {} rows given, {n} imported",
-                table.name,
-                lines.len()
-            )));
-        }
+            .map_err(|e| import_error(table, db_err(e)))?;
+        check_imported(table, lines.len(), n as u64)?;
         Ok(())
     }
 
@@ -598,10 +525,7 @@ impl Staging for PgStaging {
     }
 
     async fn promote(mut self: Box<Self>) -> Result<()> {
-        let client = self
-            .client
-            .take()
-            .ok_or_else(|| StoreError::Backend("staging connection already closed".into()))?;
+        let client = self.client.take().ok_or_else(staging_closed)?;
         // Sequences follow the imported keys; statistics for the planner (a generic plan
         // cached on empty tables would scan).
         client
@@ -685,14 +609,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn statements_name_every_column() {
+    fn upserts_set_every_other_column_and_appends_leave_the_key_out() {
+        let history = steadyflow_store::recovery::table("history").unwrap();
+        assert!(
+            !append_json(history).contains("seq"),
+            "{}",
+            append_json(history)
+        );
         for t in TABLES {
-            let s = select_json(t);
-            let i = insert_json(t);
-            for c in t.column_names() {
-                assert!(s.contains(c), "{s}");
-                assert!(i.contains(c), "{i}");
-            }
+            let up = upsert_json(t);
+            assert!(up.contains(&format!("ON CONFLICT ({})", t.key)), "{up}");
+            let sets = t
+                .column_names()
+                .filter(|c| up.contains(&format!("{c} = EXCLUDED.{c}")));
+            assert_eq!(sets.count(), t.columns.len() - 1, "{up}");
+            assert!(select_json(t).contains(&format!("ORDER BY {}", t.key)));
         }
     }
 

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use steadyflow_store::recovery::{
-    ColumnKind, ContentHasher, EXPORT_BATCH, ExportBatch, Exporter, ReplayOp, SnapshotInfo,
-    Staging, TABLES, TableDigest, TableSpec, TargetState,
+    Batcher, ColumnKind, ContentHasher, ExportBatch, Exporter, JournalSpan, ReplayOp, SnapshotInfo,
+    Staging, TABLES, TableDigest, TableSpec, TargetState, check_imported, import_error, json_array,
+    staging_closed,
 };
 use steadyflow_store::{Result, StoreError};
 
@@ -145,63 +146,67 @@ fn stored_schema_version(conn: &Connection) -> rusqlite::Result<i64> {
     )
 }
 
-fn export_blocking(
-    path: &Path,
+/// Streams `sql`'s one-column rows (JSON lines) of `table` to `out`, noting journal
+/// rows in `span`.
+fn stream(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    table: &'static TableSpec,
     out: &tokio::sync::mpsc::Sender<ExportBatch>,
-) -> Result<SnapshotInfo> {
+    span: &mut JournalSpan,
+) -> Result<()> {
+    let mut stmt = conn.prepare(sql).map_err(backend_err)?;
+    let mut rows = stmt.query(params).map_err(backend_err)?;
+    let mut batcher = Batcher::new(table);
+    while let Some(row) = rows.next().map_err(backend_err)? {
+        let line: String = row.get(0).map_err(backend_err)?;
+        if table.name == "journal" {
+            span.see(&line)?;
+        }
+        if let Some(batch) = batcher.push(line) {
+            send(out, batch)?;
+        }
+    }
+    match batcher.finish() {
+        Some(batch) => send(out, batch),
+        None => Ok(()),
+    }
+}
+
+fn open_existing(path: &Path) -> Result<Connection> {
     if !path.exists() {
         return Err(StoreError::Unavailable(format!(
             "SQLite database {} does not exist",
             path.display()
         )));
     }
-    let conn = open_conn(path, true)?;
+    open_conn(path, true)
+}
+
+fn export_blocking(
+    path: &Path,
+    out: &tokio::sync::mpsc::Sender<ExportBatch>,
+) -> Result<SnapshotInfo> {
+    let conn = open_existing(path)?;
     // One read transaction: every SELECT below sees the same commit.
     conn.execute_batch("BEGIN").map_err(backend_err)?;
     let schema_version = stored_schema_version(&conn).map_err(backend_err)?;
-    let (first_seq, last_seq, first_ms, last_ms): (
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-        Option<i64>,
-    ) = conn
-        .query_row(
-            "SELECT MIN(seq), MAX(seq), (SELECT tx_time FROM journal ORDER BY seq LIMIT 1), \
-             (SELECT tx_time FROM journal ORDER BY seq DESC LIMIT 1) FROM journal",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )
-        .map_err(backend_err)?;
+    let mut span = JournalSpan::default();
     for table in TABLES {
-        let mut stmt = conn.prepare(&select_json(table)).map_err(backend_err)?;
-        let mut rows = stmt.query([]).map_err(backend_err)?;
-        let mut lines = Vec::with_capacity(EXPORT_BATCH);
-        let mut announced = false;
-        while let Some(row) = rows.next().map_err(backend_err)? {
-            lines.push(row.get::<_, String>(0).map_err(backend_err)?);
-            if lines.len() == EXPORT_BATCH {
-                send(out, table, std::mem::take(&mut lines))?;
-                announced = true;
-            }
-        }
-        if !lines.is_empty() || !announced {
-            send(out, table, lines)?;
-        }
+        stream(&conn, &select_json(table), [], table, out, &mut span)?;
     }
     conn.execute_batch("COMMIT").map_err(backend_err)?;
     flush_wal(path)?;
-    let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
-    Ok(SnapshotInfo {
-        backend: "sqlite".into(),
+    let resume = span.last.map_or(0, |l| l.0);
+    Ok(SnapshotInfo::new(
+        "sqlite",
         schema_version,
-        resume_seq: last_seq.unwrap_or(0),
-        after_seq: None,
-        pg_snapshot: None,
-        journal_first_seq: first_seq,
-        journal_last_seq: last_seq,
-        journal_first_time: time(first_ms),
-        journal_last_time: time(last_ms),
-    })
+        resume,
+        None,
+        None,
+        span,
+    ))
 }
 
 /// Makes every commit this process has read durable. A server answers its callers only
@@ -223,53 +228,25 @@ fn export_journal_blocking(
     after: i64,
     out: &tokio::sync::mpsc::Sender<ExportBatch>,
 ) -> Result<SnapshotInfo> {
-    if !path.exists() {
-        return Err(StoreError::Unavailable(format!(
-            "SQLite database {} does not exist",
-            path.display()
-        )));
-    }
     let table = steadyflow_store::recovery::table("journal")
         .ok_or_else(|| StoreError::Backend("no journal table spec".into()))?;
-    let conn = open_conn(path, true)?;
+    let conn = open_existing(path)?;
     conn.execute_batch("BEGIN").map_err(backend_err)?;
     let schema_version = stored_schema_version(&conn).map_err(backend_err)?;
     let select = select_json(table).replace(" ORDER BY", " WHERE seq > ?1 ORDER BY");
-    let mut stmt = conn.prepare(&select).map_err(backend_err)?;
-    let mut rows = stmt.query([after]).map_err(backend_err)?;
-    let mut lines = Vec::with_capacity(EXPORT_BATCH);
-    let (mut first, mut last): (Option<(i64, i64)>, Option<(i64, i64)>) = (None, None);
-    let mut announced = false;
-    while let Some(row) = rows.next().map_err(backend_err)? {
-        let line: String = row.get(0).map_err(backend_err)?;
-        let j = steadyflow_store::recovery::JournalLine::parse(&line)?;
-        first.get_or_insert((j.seq, j.tx_time));
-        last = Some((j.seq, j.tx_time));
-        lines.push(line);
-        if lines.len() == EXPORT_BATCH {
-            send(out, table, std::mem::take(&mut lines))?;
-            announced = true;
-        }
-    }
-    if !lines.is_empty() || !announced {
-        send(out, table, lines)?;
-    }
-    drop(rows);
-    drop(stmt);
+    let mut span = JournalSpan::default();
+    stream(&conn, &select, [after], table, out, &mut span)?;
     conn.execute_batch("COMMIT").map_err(backend_err)?;
     flush_wal(path)?;
-    let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
-    Ok(SnapshotInfo {
-        backend: "sqlite".into(),
+    let resume = span.last.map_or(after, |l| l.0);
+    Ok(SnapshotInfo::new(
+        "sqlite",
         schema_version,
-        resume_seq: last.map_or(after, |l| l.0),
-        after_seq: Some(after),
-        pg_snapshot: None,
-        journal_first_seq: first.map(|f| f.0),
-        journal_last_seq: last.map(|l| l.0),
-        journal_first_time: time(first.map(|f| f.1)),
-        journal_last_time: time(last.map(|l| l.1)),
-    })
+        resume,
+        Some(after),
+        None,
+        span,
+    ))
 }
 
 /// Deletes journal rows `<= upto` from the oldest up, a bounded range per transaction
@@ -296,12 +273,8 @@ fn prune_blocking(path: &Path, upto: i64) -> Result<u64> {
     Ok(deleted)
 }
 
-fn send(
-    out: &tokio::sync::mpsc::Sender<ExportBatch>,
-    table: &'static TableSpec,
-    lines: Vec<String>,
-) -> Result<()> {
-    out.blocking_send(ExportBatch { table, lines })
+fn send(out: &tokio::sync::mpsc::Sender<ExportBatch>, batch: ExportBatch) -> Result<()> {
+    out.blocking_send(batch)
         .map_err(|_| StoreError::Unavailable("backup stopped reading the export".into()))
 }
 
@@ -335,8 +308,10 @@ impl Exporter for SqliteExporter {
 
 /// What the database at `path` holds now and whether a server uses it.
 pub fn target_state(path: &Path) -> Result<TargetState> {
-    let in_use = ServeLock::acquire(path).err().map(|e| e.to_string());
-    let mut tables = Vec::new();
+    let mut state = TargetState {
+        in_use: ServeLock::acquire(path).err().map(|e| e.to_string()),
+        ..TargetState::default()
+    };
     if path.exists() {
         let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(backend_err)?;
@@ -356,12 +331,10 @@ pub fn target_state(path: &Path) -> Result<TargetState> {
                     r.get(0)
                 })
                 .map_err(backend_err)?;
-            if n > 0 {
-                tables.push((table.name.to_string(), n as u64));
-            }
+            state.count(table, n);
         }
     }
-    Ok(TargetState { tables, in_use })
+    Ok(state)
 }
 
 /// A staging file beside the database at `target`.
@@ -421,42 +394,19 @@ pub fn stage(target: &Path) -> Result<SqliteStaging> {
 
 impl SqliteStaging {
     fn conn(&self) -> Result<&Connection> {
-        self.conn
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("staging connection already closed".into()))
+        self.conn.as_ref().ok_or_else(staging_closed)
     }
 
     fn import_blocking(&self, table: &TableSpec, lines: &[String]) -> Result<()> {
         let conn = self.conn()?;
-        let mut doc = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
-        doc.push('[');
-        for (i, line) in lines.iter().enumerate() {
-            if i > 0 {
-                doc.push(',');
-            }
-            doc.push_str(line);
-        }
-        doc.push(']');
+        let doc = json_array(lines);
         let mut stmt = conn
             .prepare_cached(&insert_json(table))
             .map_err(backend_err)?;
-        let n = stmt.execute([doc]).map_err(|e| match backend_err(e) {
-            // Disk full, I/O error: not the archive's fault.
-            StoreError::Unavailable(m) => {
-                StoreError::Unavailable(format!("importing table {} failed: {m}", table.name))
-            }
-            other => StoreError::Corrupt(format!(
-                "rows of table {} cannot be imported: {other}",
-                table.name
-            )),
-        })?;
-        if n != lines.len() {
-            return Err(StoreError::Corrupt(format!(
-                "table {}: {} rows given, {n} imported",
-                table.name,
-                lines.len()
-            )));
-        }
+        let n = stmt
+            .execute([doc])
+            .map_err(|e| import_error(table, backend_err(e)))?;
+        check_imported(table, lines.len(), n as u64)?;
         Ok(())
     }
 
@@ -516,10 +466,7 @@ impl SqliteStaging {
     }
 
     fn promote_blocking(mut self) -> Result<()> {
-        let conn = self
-            .conn
-            .take()
-            .ok_or_else(|| StoreError::Backend("staging connection already closed".into()))?;
+        let conn = self.conn.take().ok_or_else(staging_closed)?;
         conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_checkpoint(TRUNCATE);")
             .map_err(backend_err)?;
         conn.close().map_err(|(_, e)| backend_err(e))?;

@@ -244,6 +244,99 @@ pub struct ExportBatch {
 /// Rows sent per [`ExportBatch`].
 pub const EXPORT_BATCH: usize = 2_000;
 
+/// Cuts one table's exported lines into [`ExportBatch`]es; a table is announced by one
+/// batch even when it is empty.
+pub struct Batcher {
+    table: &'static TableSpec,
+    lines: Vec<String>,
+    sent: bool,
+}
+
+impl Batcher {
+    pub fn new(table: &'static TableSpec) -> Self {
+        Batcher {
+            table,
+            lines: Vec::with_capacity(EXPORT_BATCH),
+            sent: false,
+        }
+    }
+
+    /// Adds a line; a full batch comes back to be sent.
+    pub fn push(&mut self, line: String) -> Option<ExportBatch> {
+        self.lines.push(line);
+        (self.lines.len() == EXPORT_BATCH).then(|| {
+            self.sent = true;
+            ExportBatch {
+                table: self.table,
+                lines: std::mem::replace(&mut self.lines, Vec::with_capacity(EXPORT_BATCH)),
+            }
+        })
+    }
+
+    /// The last batch, if there is one to send.
+    pub fn finish(self) -> Option<ExportBatch> {
+        (!self.lines.is_empty() || !self.sent).then_some(ExportBatch {
+            table: self.table,
+            lines: self.lines,
+        })
+    }
+}
+
+/// `[line,line,…]`: rows handed to the database as one JSON array.
+pub fn json_array(lines: &[String]) -> String {
+    let mut doc = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum::<usize>() + 2);
+    doc.push('[');
+    for (i, line) in lines.iter().enumerate() {
+        if i > 0 {
+            doc.push(',');
+        }
+        doc.push_str(line);
+    }
+    doc.push(']');
+    doc
+}
+
+/// The first and last journal rows an export saw: `(seq, tx_time ms)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalSpan {
+    pub first: Option<(i64, i64)>,
+    pub last: Option<(i64, i64)>,
+}
+
+impl JournalSpan {
+    /// Notes a journal line (as exported).
+    pub fn see(&mut self, line: &str) -> Result<()> {
+        let j = JournalLine::parse(line)?;
+        self.first.get_or_insert((j.seq, j.tx_time));
+        self.last = Some((j.seq, j.tx_time));
+        Ok(())
+    }
+}
+
+impl SnapshotInfo {
+    pub fn new(
+        backend: &str,
+        schema_version: i64,
+        resume_seq: i64,
+        after_seq: Option<i64>,
+        pg_snapshot: Option<PgSnapshot>,
+        span: JournalSpan,
+    ) -> SnapshotInfo {
+        let time = |ms: Option<i64>| ms.and_then(chrono::DateTime::from_timestamp_millis);
+        SnapshotInfo {
+            backend: backend.into(),
+            schema_version,
+            resume_seq,
+            after_seq,
+            pg_snapshot,
+            journal_first_seq: span.first.map(|f| f.0),
+            journal_last_seq: span.last.map(|l| l.0),
+            journal_first_time: time(span.first.map(|f| f.1)),
+            journal_last_time: time(span.last.map(|l| l.1)),
+        }
+    }
+}
+
 /// Which journal rows a PostgreSQL snapshot already holds: its `pg_current_snapshot()`.
 /// A row's transaction id is `seq >> 20`; the transaction is inside the snapshot when it
 /// finished before `xmin`, or ran below `xmax` and was not in progress (`xip`).
@@ -474,6 +567,37 @@ pub trait Staging: Send {
     async fn discard(self: Box<Self>) -> Result<()>;
 }
 
+/// An import that failed: the database going away (disk full, connection lost) stays
+/// `Unavailable`, anything else means the rows do not fit the table (`Corrupt`).
+pub fn import_error(table: &TableSpec, e: StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => {
+            StoreError::Unavailable(format!("importing table {} failed: {m}", table.name))
+        }
+        other => StoreError::Corrupt(format!(
+            "rows of table {} cannot be imported: {other}",
+            table.name
+        )),
+    }
+}
+
+/// Every row given must have been inserted.
+pub fn check_imported(table: &TableSpec, given: usize, inserted: u64) -> Result<()> {
+    if inserted == given as u64 {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "table {}: {given} rows given, {inserted} imported",
+            table.name
+        )))
+    }
+}
+
+/// A staging used after it was promoted or discarded (a bug in the caller).
+pub fn staging_closed() -> StoreError {
+    StoreError::Backend("the restore staging is already closed".into())
+}
+
 /// What a restore target holds before anything is written: empty or not, and whether
 /// a running server uses it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -482,6 +606,15 @@ pub struct TargetState {
     pub tables: Vec<(String, u64)>,
     /// Why the target is in use (a running `serve`), if it is.
     pub in_use: Option<String>,
+}
+
+impl TargetState {
+    /// Notes a table's row count (empty tables are not listed).
+    pub fn count(&mut self, table: &TableSpec, rows: i64) {
+        if rows > 0 {
+            self.tables.push((table.name.to_string(), rows as u64));
+        }
+    }
 }
 
 /// Row count and content checksum of one table.

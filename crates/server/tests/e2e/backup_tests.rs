@@ -1123,7 +1123,10 @@ fn postgres_target_disappearing_mid_restore_fails_cleanly() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let out = restore_run.await.unwrap();
-        eprintln!("staging dropped under the restore: {dropped}; restore exit {}", code(&out));
+        eprintln!(
+            "staging dropped under the restore: {dropped}; restore exit {}",
+            code(&out)
+        );
         if dropped && code(&out) != 0 {
             assert_eq!(code(&out), 1, "{}", show(&out));
             let text = String::from_utf8_lossy(&out.stdout);
