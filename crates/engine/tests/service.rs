@@ -3,6 +3,14 @@
 //! engine sees the store through a [`Probe`] that counts its commits (and can refuse
 //! some), so the tests tell how many attempts a command took.
 
+// A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
+// exempts only test functions and `#[cfg(test)]` modules).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

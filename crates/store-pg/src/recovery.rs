@@ -301,6 +301,10 @@ async fn export_journal_pg(
         .map_err(db_err)?;
     pin_mut!(rows);
     let mut lines = Vec::with_capacity(EXPORT_BATCH);
+    #[allow(
+        clippy::type_complexity,
+        reason = "two (seq, tx_time) bounds of the export, spelled out once"
+    )]
     let (mut first, mut last): (Option<(i64, i64)>, Option<(i64, i64)>) = (None, None);
     let mut announced = false;
     let closed = || StoreError::Unavailable("backup stopped reading the export".into());

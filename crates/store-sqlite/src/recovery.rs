@@ -238,6 +238,10 @@ fn export_journal_blocking(
     let mut stmt = conn.prepare(&select).map_err(backend_err)?;
     let mut rows = stmt.query([after]).map_err(backend_err)?;
     let mut lines = Vec::with_capacity(EXPORT_BATCH);
+    #[allow(
+        clippy::type_complexity,
+        reason = "two (seq, tx_time) bounds of the export, spelled out once"
+    )]
     let (mut first, mut last): (Option<(i64, i64)>, Option<(i64, i64)>) = (None, None);
     let mut announced = false;
     while let Some(row) = rows.next().map_err(backend_err)? {
