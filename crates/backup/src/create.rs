@@ -290,6 +290,10 @@ async fn export_journal(
             if current.is_none() {
                 current = Some(TableSpool::create(&spool_dir, batch.table)?);
             }
+            #[allow(
+                clippy::expect_used,
+                reason = "`current` is set just above when it was empty"
+            )]
             let c = current.as_mut().expect("set just above");
             for line in &batch.lines {
                 c.add(line)?;
@@ -336,6 +340,10 @@ async fn export_tables(
                 }
                 current = Some(TableSpool::create(&spool_dir, batch.table)?);
             }
+            #[allow(
+                clippy::expect_used,
+                reason = "`current` is set just above for this batch's table"
+            )]
             let c = current
                 .as_mut()
                 .expect("set just above for this batch's table");

@@ -1,5 +1,13 @@
 //! The pure token state machine, without any store: commands in, change sets out.
 
+// A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
+// exempts only test functions and `#[cfg(test)]` modules).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::{Value, json};
 use steadyflow_engine::core::{CoreError, Runtime, Transition, Wait};

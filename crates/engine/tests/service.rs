@@ -3,13 +3,21 @@
 //! engine sees the store through a [`Probe`] that counts its commits (and can refuse
 //! some), so the tests tell how many attempts a command took.
 
+// A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
+// exempts only test functions and `#[cfg(test)]` modules).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use chrono::{Duration, TimeZone, Utc};
 use serde_json::json;
-use steadyflow_engine::{Engine, ManualClock, StartRequest};
+use steadyflow_engine::{Clock, Engine, EngineOptions, ManualClock, StartRequest};
 use steadyflow_store::conformance::fixtures::vars;
 use steadyflow_store::memory::MemoryStore;
 use steadyflow_store::*;
@@ -31,6 +39,17 @@ const PROCESSES: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
     <serviceTask id="job" camunda:type="external" camunda:topic="job" />
     <sequenceFlow id="w2" sourceRef="job" targetRef="we" />
     <endEvent id="we" />
+  </process>
+</definitions>"#;
+
+const TIMER: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" targetNamespace="t">
+  <process id="wait" isExecutable="true">
+    <startEvent id="s" />
+    <sequenceFlow id="f1" sourceRef="s" targetRef="w" />
+    <intermediateCatchEvent id="w"><timerEventDefinition><timeDuration>PT10S</timeDuration></timerEventDefinition></intermediateCatchEvent>
+    <sequenceFlow id="f2" sourceRef="w" targetRef="e" />
+    <endEvent id="e" />
   </process>
 </definitions>"#;
 
@@ -411,5 +430,77 @@ async fn completing_an_external_task_from_a_stale_hot_copy() {
             .unwrap()
             .is_some(),
         "the task is still there"
+    );
+}
+
+/// A node that took a due timer and died before firing it holds the timer for the
+/// configured lock, not the default five minutes; then another node fires it.
+#[tokio::test]
+async fn a_dead_nodes_timer_is_taken_over_after_the_configured_lock() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    ));
+    let options = EngineOptions {
+        timer_lock: std::time::Duration::from_secs(30),
+    };
+    let dying = Probe::over(store.clone());
+    let a = Engine::with_options(dying.clone(), clock.clone(), options.clone());
+    let b = Engine::with_options(store.clone(), clock.clone(), options);
+    a.deploy(TIMER).await.unwrap();
+    let inst = a.start("wait", StartRequest::default()).await.unwrap();
+    clock.advance(Duration::seconds(10));
+
+    // Node a takes the due timer, but none of its commits lands: it dies while firing.
+    dying.inject.store(usize::MAX, Ordering::SeqCst);
+    assert_eq!(
+        a.fire_due_timers(10).await.unwrap(),
+        1,
+        "node a took the timer"
+    );
+    drop(a);
+    let timers = store.list_timers(&inst.id).await.unwrap();
+    assert_eq!(timers.len(), 1, "the timer is still pending: {timers:?}");
+    assert_eq!(
+        timers[0].lock_until,
+        Some(clock.now() + Duration::seconds(30)),
+        "locked for the configured 30 s"
+    );
+
+    clock.advance(Duration::seconds(29));
+    assert_eq!(
+        b.fire_due_timers(10).await.unwrap(),
+        0,
+        "still locked to the dead node"
+    );
+    clock.advance(Duration::seconds(1));
+    assert_eq!(
+        b.fire_due_timers(10).await.unwrap(),
+        1,
+        "taken over as the configured lock runs out, long before five minutes"
+    );
+    let done = store.instance(&inst.id).await.unwrap().expect("instance");
+    assert_eq!(done.state, InstanceState::Completed, "the timer fired once");
+    assert!(store.list_timers(&inst.id).await.unwrap().is_empty());
+}
+
+/// `Engine::new` keeps the default lock of five minutes.
+#[tokio::test]
+async fn timers_are_locked_for_five_minutes_by_default() {
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    ));
+    let probe = Probe::over(store.clone());
+    let engine = Engine::new(probe.clone(), clock.clone());
+    engine.deploy(TIMER).await.unwrap();
+    let inst = engine.start("wait", StartRequest::default()).await.unwrap();
+    clock.advance(Duration::seconds(10));
+    probe.inject.store(usize::MAX, Ordering::SeqCst);
+    assert_eq!(engine.fire_due_timers(10).await.unwrap(), 1);
+    let timers = store.list_timers(&inst.id).await.unwrap();
+    assert_eq!(
+        timers[0].lock_until,
+        Some(clock.now() + Duration::minutes(5))
     );
 }

@@ -1,5 +1,13 @@
 //! JUEL (`${...}` / `#{...}`) behaviour.
 
+// A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
+// exempts only test functions and `#[cfg(test)]` modules).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
 use serde_json::{Map, Value, json};
 use steadyflow_expr::{Dialect, ExprError, Expression, Layered};
 

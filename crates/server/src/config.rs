@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Yaml};
 use serde::{Deserialize, Serialize};
+use steadyflow_engine::EngineOptions;
 use steadyflow_store_pg::PgOptions;
 use steadyflow_store_sqlite::SqliteOptions;
 
@@ -50,23 +51,17 @@ pub struct Config {
     /// Tuning of the SQLite store (used when `database_url` is `sqlite://…`).
     pub sqlite: SqliteOptions,
     pub engine: EngineConfig,
-    /// `engine.timers.idle_poll_ms`, for `serve.rs` until it reads `engine.timers`
-    /// (see [`TimerConfig`]); not a setting of its own.
-    #[serde(skip)]
-    pub timer_poll_ms: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        let engine = EngineConfig::default();
         Config {
             listen: "0.0.0.0:8080".into(),
             database_url: None,
             data_dir: PathBuf::from("./data"),
             postgres: PgOptions::default(),
             sqlite: SqliteOptions::default(),
-            timer_poll_ms: engine.timers.idle_poll_ms,
-            engine,
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -94,19 +89,25 @@ pub struct TimerConfig {
 
 impl Default for TimerConfig {
     fn default() -> Self {
+        // The lock's default is the engine's own (`EngineOptions`), declared there.
+        let lock = EngineOptions::default().timer_lock;
         TimerConfig {
             batch: 100,
-            lock_ms: 5 * 60 * 1000,
+            lock_ms: u64::try_from(lock.as_millis()).unwrap_or(u64::MAX),
             idle_poll_ms: 200,
         }
     }
 }
 
-#[allow(
-    dead_code,
-    reason = "for serve.rs's timer driver, which still reads `timer_poll_ms`"
-)]
 impl TimerConfig {
+    /// Refuses values that would stop timers: a batch of 0 never fires one, and a lock
+    /// of 0 lets every node take the same timer at once.
+    fn check(&self) -> Result<()> {
+        anyhow::ensure!(self.batch > 0, "engine.timers.batch must be at least 1");
+        anyhow::ensure!(self.lock_ms > 0, "engine.timers.lock_ms must be at least 1");
+        Ok(())
+    }
+
     pub fn lock(&self) -> Duration {
         Duration::from_millis(self.lock_ms)
     }
@@ -174,8 +175,8 @@ pub fn load(file: Option<&Path>, db: &DbArgs, listen: Option<&str>) -> Result<Co
     if let Some(d) = &db.data_dir {
         fig = fig.merge(("data_dir", d));
     }
-    let mut cfg: Config = fig.extract().context("invalid configuration")?;
-    cfg.timer_poll_ms = cfg.engine.timers.idle_poll_ms;
+    let cfg: Config = fig.extract().context("invalid configuration")?;
+    cfg.engine.timers.check()?;
     Ok(cfg)
 }
 
@@ -262,9 +263,13 @@ mod tests {
                 ..TimerConfig::default()
             }
         );
-        assert_eq!(
-            cfg.timer_poll_ms, 50,
-            "serve.rs sees the configured idle poll"
+        assert_eq!(cfg.engine.timers.idle_poll(), Duration::from_millis(50));
+
+        std::fs::write(&file, "engine:\n  timers:\n    batch: 0\n").unwrap();
+        let err = load(Some(&file), &DbArgs::default(), None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("engine.timers.batch"),
+            "{err:#}"
         );
 
         std::fs::write(&file, "postgres:\n  pool_sise: 32\n").unwrap();
@@ -304,13 +309,9 @@ mod tests {
             .merge(Yaml::file(&path))
             .extract()
             .expect("configs/config.yaml is valid");
-        // (`timer_poll_ms` is not read from files.)
-        let expected = Config {
-            timer_poll_ms: cfg.timer_poll_ms,
-            ..Config::default()
-        };
         assert_eq!(
-            cfg, expected,
+            cfg,
+            Config::default(),
             "configs/config.yaml sets a value other than the default"
         );
         let defaults = serde_json::to_value(Config::default()).unwrap();

@@ -5,23 +5,25 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use steadyflow_api::{AllowAll, ApiError, AppState};
-use steadyflow_engine::{Backoff, ComponentHealth, Engine, SystemClock, supervise};
+use steadyflow_engine::{Backoff, ComponentHealth, Engine, EngineOptions, SystemClock, supervise};
 use tokio::sync::watch;
 
-use crate::config::{Config, redact};
+use crate::config::{Config, TimerConfig, redact};
 
 pub async fn run(cfg: Config) -> Result<()> {
-    let url = cfg.database_url();
-    tracing::info!(database = %redact(&url), "opening store");
-    let store = crate::stores::open(&url).await?;
-    let engine = Arc::new(Engine::new(store, Arc::new(SystemClock)));
+    tracing::info!(database = %redact(&cfg.database_url()), "opening store");
+    let store = crate::stores::open_configured(&cfg).await?;
+    let options = EngineOptions {
+        timer_lock: cfg.engine.timers.lock(),
+    };
+    let engine = Arc::new(Engine::with_options(store, Arc::new(SystemClock), options));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Registered before it starts, so `/health` lists it from the first request on.
     let timer_health = engine.components().register(TIMER_DRIVER);
     let timers = tokio::spawn(timer_driver(
         engine.clone(),
         timer_health,
-        Duration::from_millis(cfg.timer_poll_ms),
+        cfg.engine.timers.clone(),
         stop_rx,
     ));
 
@@ -46,25 +48,24 @@ pub async fn run(cfg: Config) -> Result<()> {
 /// The timer driver's name among the components `/health` reports.
 const TIMER_DRIVER: &str = "timerDriver";
 
-/// Due timers taken on per iteration.
-const TIMER_BATCH: usize = 100;
-
-/// Fires due timers: at once while there is work, else every `idle` interval. Runs
-/// supervised ([`supervise`]): a failed iteration (say, the database is away) is retried
-/// with back-off, a panic is caught and the loop started again, and `/health` shows the
-/// component `timerDriver` down, with the reason, while it is not running. One corrupt
+/// Fires up to `timers.batch` due timers per iteration: the next one at once while there
+/// is work, else after `timers.idle_poll_ms` (the lock they are taken with is the
+/// engine's, [`EngineOptions`]). Runs supervised ([`supervise`]): a failed iteration
+/// (say, the database is away) is retried with back-off, a panic is caught and the loop
+/// started again, and `/health` shows the component `timerDriver` down, with the reason, while it is not running. One corrupt
 /// instance does not fail an iteration: the engine stops that instance at an incident
 /// and fires the other timers of the batch.
 async fn timer_driver(
     engine: Arc<Engine>,
     health: Arc<ComponentHealth>,
-    idle: Duration,
+    timers: TimerConfig,
     stop: watch::Receiver<bool>,
 ) {
+    let (batch, idle) = (timers.batch, timers.idle_poll());
     supervise(health, Backoff::default(), stop, move || {
         let engine = engine.clone();
         async move {
-            match engine.fire_due_timers(TIMER_BATCH).await {
+            match engine.fire_due_timers(batch).await {
                 Ok(0) => Ok(idle),
                 Ok(_) => Ok(Duration::ZERO),
                 Err(e) => {

@@ -15,11 +15,6 @@ pub async fn open_configured(cfg: &Config) -> Result<Arc<dyn Store>> {
     open_with(&cfg.database_url(), &cfg.postgres, &cfg.sqlite).await
 }
 
-/// Opens `url` with the default store options.
-pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
-    open_with(url, &PgOptions::default(), &SqliteOptions::default()).await
-}
-
 /// Opens `url` with the options of its backend.
 pub async fn open_with(
     url: &str,

@@ -4,6 +4,14 @@
 //! two engine nodes sharing one PostgreSQL database, two engines whose hot caches go
 //! stale under each other, and one poisoned row that must not stop a node.
 
+// A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
+// exempts only test functions and `#[cfg(test)]` modules).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
 mod e2e {
     pub mod backup_support;
     pub mod consistency;

@@ -82,6 +82,10 @@ pub(crate) async fn run<'a>(
 
 /// Polls every future, always in list order, until all are done. The first poll of each
 /// happens in order, which is what keeps the pipeline's requests in order.
+#[allow(
+    clippy::expect_used,
+    reason = "the `poll_fn` is ready only once no future is pending, so every slot is filled"
+)]
 async fn join_in_order<T>(
     mut futures: Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>,
 ) -> Vec<T> {

@@ -3,6 +3,14 @@
 //! reachable server they are skipped with a notice (or fail with
 //! `STEADYFLOW_REQUIRE_SERVICES=1`).
 
+// A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
+// exempts only test functions and `#[cfg(test)]` modules).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

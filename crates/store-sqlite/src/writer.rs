@@ -115,9 +115,14 @@ impl Writer {
             .await
             .map_err(|_| StoreError::Unavailable("SQLite writer has stopped".into()))?;
         drop(work);
-        Ok(*out?
+        #[allow(
+            clippy::expect_used,
+            reason = "the box was made from an `R` by `work` above, and only this call receives it"
+        )]
+        let out = out?
             .downcast::<R>()
-            .expect("writer returns the type it was given"))
+            .expect("writer returns the type it was given");
+        Ok(*out)
     }
 }
 

@@ -404,17 +404,17 @@ fn merge_topics<K: Ord>(
     }
     let mut out = Vec::new();
     while out.len() < max {
-        let Some(i) = (0..heads.len())
-            .filter(|&i| heads[i].is_some())
-            .min_by(|&a, &b| {
-                let (a, b) = (heads[a].as_ref().unwrap(), heads[b].as_ref().unwrap());
-                (key(a), &a.id).cmp(&(key(b), &b.id))
-            })
+        let Some(i) = heads
+            .iter()
+            .enumerate()
+            .filter_map(|(i, head)| head.as_ref().map(|t| (i, t)))
+            .min_by(|(_, a), (_, b)| (key(a), &a.id).cmp(&(key(b), &b.id)))
+            .map(|(i, _)| i)
         else {
             break;
         };
-        out.push(heads[i].take().expect("a head was chosen"));
-        heads[i] = next(&mut cursors[i])?;
+        let chosen = std::mem::replace(&mut heads[i], next(&mut cursors[i])?);
+        out.extend(chosen);
     }
     Ok(out)
 }

@@ -191,7 +191,7 @@ impl<'de> Deserialize<'de> for RawJson {
 
 impl RawJson {
     pub fn null() -> Self {
-        RawJson::from_text("null".to_string()).expect("null is JSON")
+        RawJson(serde_json::value::RawValue::NULL.to_owned().into())
     }
 
     /// Checks that `text` is one JSON value.
@@ -220,6 +220,10 @@ impl From<Box<serde_json::value::RawValue>> for RawJson {
 }
 
 impl From<Value> for RawJson {
+    #[allow(
+        clippy::expect_used,
+        reason = "a `Value` always serializes: its map keys are strings and its numbers finite"
+    )]
     fn from(v: Value) -> Self {
         RawJson::to_raw(&v).expect("a JSON value serializes")
     }

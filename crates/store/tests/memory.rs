@@ -1,5 +1,13 @@
 //! The shared conformance suite on the in-memory store.
 
+// A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
+// exempts only test functions and `#[cfg(test)]` modules).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
 use steadyflow_store::conformance::Fresh;
 use steadyflow_store::memory::MemoryStore;
 

@@ -44,7 +44,10 @@ async fn openapi_json() -> impl IntoResponse {
     static DOC: OnceLock<String> = OnceLock::new();
     // Local invariant: the document is built from this crate's own types, which
     // serialize (the checked-in copy is made by the same call in a test).
-    #[allow(clippy::expect_used)]
+    #[allow(
+        clippy::expect_used,
+        reason = "the document is built from this crate's own types, which serialize"
+    )]
     let doc = DOC.get_or_init(|| {
         crate::openapi()
             .to_json()

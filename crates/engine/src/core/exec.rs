@@ -468,7 +468,10 @@ impl<'d> Transition<'d> {
             })
     }
 
-    #[allow(clippy::expect_used)]
+    #[allow(
+        clippy::expect_used,
+        reason = "token ids reach here only from the runtime's own tokens"
+    )]
     pub(super) fn pos(&self, tid: u64) -> usize {
         // Local invariant: token ids reach here only from the runtime's own tokens (a
         // `waiting` lookup, `spawn`, or the queue, which `run` filters by existence).
@@ -488,7 +491,10 @@ impl<'d> Transition<'d> {
         &mut self.rt.tokens[p]
     }
 
-    #[allow(clippy::expect_used)]
+    #[allow(
+        clippy::expect_used,
+        reason = "`open` checked every stored token's element; new ones come from the definition"
+    )]
     pub(super) fn element_of(&self, tid: u64) -> usize {
         let t = self.token(tid);
         // Invariant established by this transition: `open` checked that every stored

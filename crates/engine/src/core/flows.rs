@@ -283,7 +283,10 @@ impl Transition<'_> {
             } else {
                 // Invariant: `Transition::open` checked every token's element (see
                 // `element_of`).
-                #[allow(clippy::expect_used)]
+                #[allow(
+                    clippy::expect_used,
+                    reason = "`Transition::open` checked every token's element"
+                )]
                 let at = self
                     .def
                     .element_index(&t.element)

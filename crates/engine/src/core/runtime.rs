@@ -73,7 +73,10 @@ impl Runtime {
         }
     }
 
-    #[allow(clippy::expect_used)]
+    #[allow(
+        clippy::expect_used,
+        reason = "a `Runtime` is plain data that serde_json always serializes"
+    )]
     pub fn to_json(&self) -> RawJson {
         // Local invariant: a `Runtime` is plain data (strings, numbers, maps with string
         // keys), which serde_json always serializes.

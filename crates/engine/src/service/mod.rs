@@ -25,6 +25,7 @@ use crate::core::{CoreError, Transition};
 use crate::error::EngineError;
 use crate::health::Components;
 use crate::hot::HotInstances;
+use crate::options::EngineOptions;
 use crate::sync::{read, write};
 
 pub use corrupt::CORRUPT_STATE;
@@ -76,6 +77,8 @@ pub struct Engine {
     hot: HotInstances,
     /// This node's background components, for `/health`.
     components: Components,
+    /// [`EngineOptions::timer_lock`], capped at [`MAX_DURATION_MS`].
+    timer_lock: chrono::Duration,
 }
 
 /// What a command acts on, beyond its instance: names the incident when the instance
@@ -121,7 +124,18 @@ fn too_busy(what: &'static str, id: &str) -> EngineError {
 }
 
 impl Engine {
+    /// An engine with the default [`EngineOptions`].
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self::with_options(store, clock, EngineOptions::default())
+    }
+
+    pub fn with_options(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        options: EngineOptions,
+    ) -> Self {
+        let max = chrono::Duration::milliseconds(MAX_DURATION_MS);
+        let timer_lock = chrono::Duration::from_std(options.timer_lock).map_or(max, |d| d.min(max));
         Engine {
             store,
             clock,
@@ -130,6 +144,7 @@ impl Engine {
             latest: RwLock::new(HashMap::new()),
             hot: HotInstances::new(),
             components: Components::new(),
+            timer_lock,
         }
     }
 

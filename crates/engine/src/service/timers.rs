@@ -3,20 +3,17 @@
 use super::{Engine, Result, Scope};
 use crate::error::EngineError;
 
-/// How long a node holds the timers it took on: another node takes a timer up again
-/// only after this, should this one die while firing it.
-const TIMER_LOCK_MINUTES: i64 = 5;
-
 impl Engine {
     /// Fires up to `limit` due timers, earliest first; returns how many it took on
     /// (fired, or found no longer awaited). Each timer is its own command: one that
-    /// fails is logged and the others still fire. A failed timer stays locked until its
-    /// lock runs out and is then taken up again; but one whose instance turns out
-    /// corrupt is removed as the instance is stopped at an incident (see
-    /// [`super::corrupt`]), so it is not fired again.
+    /// fails is logged and the others still fire. Taken timers stay locked to this node
+    /// for [`EngineOptions::timer_lock`](crate::EngineOptions::timer_lock): a failed
+    /// timer (or one of a node that died) is taken up again once that runs out; but one
+    /// whose instance turns out corrupt is removed as the instance is stopped at an
+    /// incident (see [`super::corrupt`]), so it is not fired again.
     pub async fn fire_due_timers(&self, limit: usize) -> Result<usize> {
         let now = self.now();
-        let lock_until = now + chrono::Duration::minutes(TIMER_LOCK_MINUTES);
+        let lock_until = now + self.timer_lock;
         let due = self
             .store
             .acquire_due_timers(&self.node_id, now, lock_until, limit)

@@ -100,7 +100,12 @@ async fn measure(backend: &str, store: Arc<dyn Store>, args: &BenchArgs) -> Resu
             let mut set = JoinSet::new();
             for i in 0..n {
                 if set.len() >= in_flight {
-                    set.join_next().await.expect("a start in flight")??;
+                    #[allow(
+                        clippy::expect_used,
+                        reason = "the set holds `in_flight` (at least 1) starts here"
+                    )]
+                    let done = set.join_next().await.expect("a start in flight");
+                    done??;
                 }
                 let engine = engine.clone();
                 set.spawn(async move {

@@ -34,10 +34,7 @@ fn two_nodes_share_one_postgres_without_double_execution() {
     let Some(db) = rt.block_on(steadyflow_store_pg::testing::fresh_database()) else {
         return;
     };
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("DBG_URL", db.url());
-    }
+    let url = db.url();
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let env = [("STEADYFLOW_ENGINE__TIMERS__IDLE_POLL_MS", "20")];
     let a = ServerProcess::start(dir_a.path(), Some(db.url()), &env);
@@ -86,7 +83,7 @@ fn two_nodes_share_one_postgres_without_double_execution() {
                         let (status, body) = via.call("POST", &format!("/api/v1/external-tasks/{id}/complete"), Some(&json!({ "workerId": worker })));
                         if status != 200 {
                             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                            let store = rt.block_on(steadyflow_store_pg::PgStore::connect(&std::env::var("DBG_URL").unwrap())).unwrap();
+                            let store = rt.block_on(steadyflow_store_pg::PgStore::connect(url)).unwrap();
                             for j in rt.block_on(store.journal_since(0, 1_000_000)).unwrap() {
                                 if j.entity_id == id { eprintln!("DBG {} {} {} {}", j.seq, j.tx_time, j.op, j.row); }
                             }

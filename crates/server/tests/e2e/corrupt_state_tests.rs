@@ -189,7 +189,7 @@ fn served(
     database_url: Option<&str>,
     open_store: impl Fn() -> Arc<dyn Store>,
 ) {
-    let env = [("STEADYFLOW_TIMER_POLL_MS", "50")];
+    let env = [("STEADYFLOW_ENGINE__TIMERS__IDLE_POLL_MS", "50")];
     let mut server = ServerProcess::start(dir, database_url, &env);
     assert!(server.deploy(WAIT).0 < 300);
     let ids: Vec<String> = (0..3)

@@ -34,8 +34,13 @@
 //! Only compiled with the `conformance` feature, which test crates enable in their
 //! dev-dependencies.
 
-// Test support: a failed `expect` is a failed case, with its message.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+// Test support, compiled only for tests (the `conformance` feature), where clippy.toml's
+// test exemption does not reach: a failed `expect` is a failed case, with its message.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a failed expect is a failed case"
+)]
 
 pub mod apply;
 pub mod definitions;
@@ -134,7 +139,10 @@ macro_rules! conformance_tests {
 
     (@tests $fresh:path; $($area:ident :: $case:ident),+ $(,)?) => {
         mod conformance {
-            #[allow(unused_imports)]
+            #[allow(
+                unused_imports,
+                reason = "`$fresh` may be a full path, which leaves the glob unused"
+            )]
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
