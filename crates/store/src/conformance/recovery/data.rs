@@ -34,6 +34,10 @@ pub fn rich_instance(id: &str, key: &str) -> InstanceRecord {
 /// that removes children, an ended instance, a claim, a fetch-and-lock and a timer
 /// acquisition. `tag` prefixes every id and key; returns once the journal shows the
 /// last write.
+///
+/// History records carry their change set's time, as the engine writes them: a
+/// replayed history row takes its `time` column from its first record (the journal
+/// image holds no other), while the store writes the change set's.
 pub async fn populate(store: &dyn Store, tag: &str) {
     let key = |k: &str| format!("{tag}{k}");
     let ship = NewDefinition {
@@ -176,6 +180,7 @@ pub async fn change_populated(store: &dyn Store, tag: &str) {
 }
 
 /// An instance `{tag}bulk` with `n` tasks: a table (and a journal) past one batch.
+/// Returns once the journal shows it.
 pub async fn bulk(store: &dyn Store, tag: &str, n: usize) {
     let id = format!("{tag}bulk");
     let mut c = ChangeSet::new(instance(&id, "order"), None, at(0));
@@ -183,6 +188,10 @@ pub async fn bulk(store: &dyn Store, tag: &str, n: usize) {
         .map(|k| task(&format!("{id}-t-{k:05}"), &id, k as i64))
         .collect();
     insert(store, c).await;
+    journal_until(store, 0, "the bulk insert", |rows| {
+        has(rows, "instance", &id, "insert")
+    })
+    .await;
 }
 
 /// Rows per table as the store's own reads count them. History rows are one per
