@@ -48,6 +48,7 @@
 //! ```
 //!
 //! Those tests land in a module `recovery`: `cargo test -p steadyflow-store-pg recovery::`.
+//!
 //! Only compiled with the `conformance` feature, which test crates enable in their
 //! dev-dependencies.
 
@@ -75,8 +76,6 @@ use crate::{Result, Store};
 pub type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// One case: runs on a fresh store, panics when the store breaks a rule.
 pub type Case = fn(Arc<dyn Store>) -> CaseFuture;
-/// One recovery case: runs on a fresh source and target, panics when a rule is broken.
-pub type RecoveryCase = fn(Arc<dyn RecoveryBackend>) -> CaseFuture;
 
 /// What one recovery case works on: a source database, written through its [`Store`]
 /// and read by an [`Exporter`], and a restore target on the same backend that starts
@@ -212,9 +211,10 @@ macro_rules! conformance_tests {
     };
 }
 
-/// Expands to one `#[tokio::test]` per [`recovery`] case, in a module `recovery`, each
+/// Expands to one `#[tokio::test]` per [`recovery`](crate::conformance::recovery) case, in a module `recovery`, each
 /// running its case on a backend from `$fresh` (an `async fn() -> Option<Fresh<Arc<dyn
-/// RecoveryBackend>>>` in scope of the invoking file; `None` skips).
+/// RecoveryBackend>>>` in scope of the invoking file; `None` skips). See
+/// [`RecoveryBackend`](crate::conformance::RecoveryBackend).
 #[macro_export]
 macro_rules! recovery_conformance_tests {
     ($fresh:path) => {
