@@ -17,9 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::{StreamExt, pin_mut};
 use steadyflow_store::recovery::{
-    Batcher, ContentHasher, ExportBatch, Exporter, JournalSpan, PgSnapshot, ReplayOp, SnapshotInfo,
-    Staging, TABLES, TableDigest, TableSpec, TargetState, check_imported, import_error, json_array,
-    staging_closed,
+    Batcher, ColumnKind, ContentHasher, ExportBatch, Exporter, JournalSpan, PgSnapshot, ReplayOp,
+    SnapshotInfo, Staging, TABLES, TableDigest, TableSpec, TargetState, check_imported,
+    import_error, json_array, staging_closed,
 };
 use steadyflow_store::{Result, StoreError};
 use tokio_postgres::{Client, Config, NoTls};
@@ -501,10 +501,21 @@ impl Staging for PgStaging {
             table.name,
             table.key
         );
-        let row = client
-            .query_opt(sql.as_str(), &[&key])
-            .await
-            .map_err(db_err)?;
+        // An integer key (history's `seq`) is bound as an integer: text that is none
+        // names no row.
+        let int_key = table
+            .columns
+            .iter()
+            .any(|c| c.name == table.key && c.kind == ColumnKind::Int);
+        let row = if int_key {
+            let Ok(n) = key.parse::<i64>() else {
+                return Ok(None);
+            };
+            client.query_opt(sql.as_str(), &[&n]).await
+        } else {
+            client.query_opt(sql.as_str(), &[&key]).await
+        }
+        .map_err(db_err)?;
         row.map(|r| r.try_get::<_, String>(0).map_err(db_err))
             .transpose()
     }

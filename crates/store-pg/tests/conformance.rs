@@ -14,11 +14,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use steadyflow_store::conformance::Fresh;
 use steadyflow_store::conformance::poll::{count, journal_until, until};
+use steadyflow_store::conformance::{Fresh, RecoveryBackend};
+use steadyflow_store::recovery::{Exporter, Staging};
 use steadyflow_store::*;
 use steadyflow_store_pg::PgStore;
-use steadyflow_store_pg::testing::{TestDatabase, fresh_database};
+use steadyflow_store_pg::recovery::PgExporter;
+use steadyflow_store_pg::testing::{DEFAULT_URL, TestDatabase, URL_ENV, fresh_database};
 use tokio_postgres::NoTls;
 
 /// A store with one writer, so every change set of a test lands in one batch.
@@ -69,6 +71,165 @@ async fn fresh() -> Option<Fresh> {
 }
 
 steadyflow_store::conformance_tests!(fresh);
+
+/// A source and a target database of their own for a recovery case; the target exists
+/// without tables until a case opens a store on it or promotes a restore into it.
+struct PgRecovery {
+    source: Arc<dyn Store>,
+    source_url: String,
+    target_url: String,
+    target: String,
+    admin_url: String,
+}
+
+async fn admin_client(admin_url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(admin_url, NoTls)
+        .await
+        .expect("maintenance connection");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+#[async_trait::async_trait]
+impl RecoveryBackend for PgRecovery {
+    fn source(&self) -> Arc<dyn Store> {
+        self.source.clone()
+    }
+
+    fn exporter(&self) -> Box<dyn Exporter> {
+        Box::new(PgExporter::new(&self.source_url).expect("exporter"))
+    }
+
+    async fn stage(&self) -> Result<Box<dyn Staging>> {
+        Ok(Box::new(
+            steadyflow_store_pg::recovery::stage(&self.target_url).await?,
+        ))
+    }
+
+    async fn staging_exists(&self) -> bool {
+        admin_client(&self.admin_url)
+            .await
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                &[&format!("{}_restore", self.target)],
+            )
+            .await
+            .expect("pg_database")
+            .get(0)
+    }
+
+    fn target_exporter(&self) -> Box<dyn Exporter> {
+        Box::new(PgExporter::new(&self.target_url).expect("exporter"))
+    }
+
+    async fn open_target(&self) -> Arc<dyn Store> {
+        Arc::new(
+            PgStore::connect(&self.target_url)
+                .await
+                .expect("connect to the target"),
+        )
+    }
+
+    async fn close_target(&self, store: Arc<dyn Store>) {
+        assert_eq!(
+            Arc::strong_count(&store),
+            1,
+            "close_target gets the last handle"
+        );
+        drop(store);
+        // The pool's connections end on the server a moment later.
+        let admin = admin_client(&self.admin_url).await;
+        until("the target's sessions to end", || async {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    &[&self.target],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if n == 0 { Ok(()) } else { Err(n) }
+        })
+        .await;
+    }
+}
+
+/// Drops what restores into `target` leave beside it (`<db>_restore`,
+/// `<db>_restore_old`): after the case passed, or in `Drop` when it failed.
+struct RestoreLeftovers {
+    admin_url: String,
+    target: String,
+    done: bool,
+}
+
+impl RestoreLeftovers {
+    async fn cleanup(mut self) {
+        drop_restore_databases(&self.admin_url, &self.target).await;
+        self.done = true;
+    }
+}
+
+impl Drop for RestoreLeftovers {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Possibly inside a runtime, or unwinding: a private runtime on its own thread.
+        let (admin, target) = (self.admin_url.clone(), self.target.clone());
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(drop_restore_databases(&admin, &target));
+            }
+        })
+        .join();
+    }
+}
+
+async fn drop_restore_databases(admin_url: &str, target: &str) {
+    let Ok((client, conn)) = tokio_postgres::connect(admin_url, NoTls).await else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    for suffix in ["_restore", "_restore_old"] {
+        let _ = client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{target}{suffix}\" WITH (FORCE)"
+            ))
+            .await;
+    }
+}
+
+async fn fresh_recovery() -> Option<Fresh<Arc<dyn RecoveryBackend>>> {
+    let source = fresh_database().await?;
+    let target = fresh_database().await?;
+    let admin_url = std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_string());
+    let leftovers = RestoreLeftovers {
+        admin_url: admin_url.clone(),
+        target: target.name().to_string(),
+        done: false,
+    };
+    let backend = PgRecovery {
+        source: Arc::new(PgStore::connect(source.url()).await.expect("connect")),
+        source_url: source.url().to_string(),
+        target_url: target.url().to_string(),
+        target: target.name().to_string(),
+        admin_url,
+    };
+    Some(Fresh::recovery(backend).cleanup(async move {
+        leftovers.cleanup().await;
+        target.cleanup().await;
+        source.cleanup().await;
+    }))
+}
+
+steadyflow_store::recovery_conformance_tests!(fresh_recovery);
 
 /// A journal row of a transaction still in flight holds back every row after it, even
 /// rows committed earlier: a reader resuming from the last seq it saw must not skip it.

@@ -1,4 +1,8 @@
-//! The shared store conformance suite on SQLite, plus SQLite-specific checks.
+//! The shared store conformance suite (and its recovery part) on SQLite, plus
+//! SQLite-specific checks.
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 // A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
 // exempts only test functions and `#[cfg(test)]` modules).
@@ -9,8 +13,10 @@
 )]
 
 use steadyflow_store::Store;
-use steadyflow_store::conformance::Fresh;
+use steadyflow_store::conformance::{Fresh, RecoveryBackend};
+use steadyflow_store::recovery::{Exporter, Staging};
 use steadyflow_store_sqlite::SqliteStore;
+use steadyflow_store_sqlite::recovery::SqliteExporter;
 
 /// A store on a new file in a temporary directory, removed once the case passed (and
 /// by the directory's own drop when it failed).
@@ -21,6 +27,70 @@ async fn fresh() -> Option<Fresh> {
 }
 
 steadyflow_store::conformance_tests!(fresh);
+
+/// A source database file and a restore target beside it (not there until a case
+/// opens or promotes it), in one temporary directory.
+struct SqliteRecovery {
+    source: Arc<dyn Store>,
+    source_path: PathBuf,
+    target: PathBuf,
+}
+
+#[async_trait::async_trait]
+impl RecoveryBackend for SqliteRecovery {
+    fn source(&self) -> Arc<dyn Store> {
+        self.source.clone()
+    }
+
+    fn exporter(&self) -> Box<dyn Exporter> {
+        Box::new(SqliteExporter::new(&self.source_path))
+    }
+
+    async fn stage(&self) -> steadyflow_store::Result<Box<dyn Staging>> {
+        let staging =
+            tokio::task::block_in_place(|| steadyflow_store_sqlite::recovery::stage(&self.target))?;
+        Ok(Box::new(staging))
+    }
+
+    async fn staging_exists(&self) -> bool {
+        PathBuf::from(format!("{}.restore", self.target.display())).exists()
+    }
+
+    fn target_exporter(&self) -> Box<dyn Exporter> {
+        Box::new(SqliteExporter::new(&self.target))
+    }
+
+    async fn open_target(&self) -> Arc<dyn Store> {
+        Arc::new(
+            tokio::task::block_in_place(|| SqliteStore::open(&self.target))
+                .expect("open the target"),
+        )
+    }
+
+    async fn close_target(&self, store: Arc<dyn Store>) {
+        assert_eq!(
+            Arc::strong_count(&store),
+            1,
+            "close_target gets the last handle"
+        );
+        // Dropping the store releases its serve lock at once.
+        drop(store);
+    }
+}
+
+async fn fresh_recovery() -> Option<Fresh<Arc<dyn RecoveryBackend>>> {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let source_path = dir.path().join("source.db");
+    let source = Arc::new(SqliteStore::open(&source_path).expect("open"));
+    let backend = SqliteRecovery {
+        source,
+        source_path,
+        target: dir.path().join("target.db"),
+    };
+    Some(Fresh::recovery(backend).cleanup(async move { drop(dir) }))
+}
+
+steadyflow_store::recovery_conformance_tests!(fresh_recovery);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reopening_keeps_data_and_does_not_migrate_twice() {

@@ -31,6 +31,24 @@
 //!
 //! The cases live by area: [`definitions`], [`apply`], [`listing`], [`external_tasks`],
 //! [`timers`], [`incidents_history`], [`journal`]; their builders in [`fixtures`].
+//!
+//! A second list, [`recovery`], checks what backup and restore need of a backend
+//! ([`crate::recovery`]): exports, journal ranges, pruning and the restore staging. Its
+//! cases run on a [`RecoveryBackend`] (a source database and a restore target) from
+//! [`recovery_conformance_tests!`](crate::recovery_conformance_tests):
+//!
+//! ```ignore
+//! async fn fresh_recovery() -> Option<Fresh<Arc<dyn RecoveryBackend>>> {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     let backend = MyRecovery::new(dir.path()); // implements RecoveryBackend
+//!     Some(Fresh::recovery(backend).cleanup(async move { drop(dir) }))
+//! }
+//!
+//! steadyflow_store::recovery_conformance_tests!(fresh_recovery);
+//! ```
+//!
+//! Those tests land in a module `recovery`: `cargo test -p steadyflow-store-pg recovery::`.
+//!
 //! Only compiled with the `conformance` feature, which test crates enable in their
 //! dev-dependencies.
 
@@ -50,21 +68,47 @@ pub mod incidents_history;
 pub mod journal;
 pub mod listing;
 pub mod poll;
+pub mod recovery;
 pub mod timers;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::Store;
+use crate::recovery::{Exporter, Staging};
+use crate::{Result, Store};
 
 pub type CaseFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// One case: runs on a fresh store, panics when the store breaks a rule.
 pub type Case = fn(Arc<dyn Store>) -> CaseFuture;
 
-/// A fresh store for one case, and what to do once the case passed.
-pub struct Fresh {
-    store: Arc<dyn Store>,
+/// What one recovery case works on: a source database, written through its [`Store`]
+/// and read by an [`Exporter`], and a restore target on the same backend that starts
+/// out empty (never written; a PostgreSQL target may exist without tables).
+#[async_trait::async_trait]
+pub trait RecoveryBackend: Send + Sync {
+    /// The store on the source database (the same one on every call).
+    fn source(&self) -> Arc<dyn Store>;
+    /// An exporter of the source database.
+    fn exporter(&self) -> Box<dyn Exporter>;
+    /// A new restore staging for the target (replacing one left behind).
+    async fn stage(&self) -> Result<Box<dyn Staging>>;
+    /// Whether staging data for the target exists (a side file or database).
+    async fn staging_exists(&self) -> bool;
+    /// An exporter of the target database, to read back what a restore put there.
+    fn target_exporter(&self) -> Box<dyn Exporter>;
+    /// Opens a store on the target (migrating it when it has no tables yet).
+    async fn open_target(&self) -> Arc<dyn Store>;
+    /// Closes a store from [`open_target`](Self::open_target) (given its last handle)
+    /// and returns once nothing of it uses the target any more: a promote refuses a
+    /// target in use.
+    async fn close_target(&self, store: Arc<dyn Store>);
+}
+
+/// What a case runs on (a fresh store, or a [`RecoveryBackend`]), and what to do once
+/// the case passed.
+pub struct Fresh<H = Arc<dyn Store>> {
+    handle: H,
     cleanup: Option<CaseFuture>,
 }
 
@@ -75,11 +119,22 @@ impl Fresh {
 
     pub fn shared(store: Arc<dyn Store>) -> Self {
         Fresh {
-            store,
+            handle: store,
             cleanup: None,
         }
     }
+}
 
+impl Fresh<Arc<dyn RecoveryBackend>> {
+    pub fn recovery(backend: impl RecoveryBackend + 'static) -> Self {
+        Fresh {
+            handle: Arc::new(backend),
+            cleanup: None,
+        }
+    }
+}
+
+impl<H> Fresh<H> {
     /// Runs `cleanup` after the case passed, once the store is dropped (dropping a
     /// test database, say). If the case panics, `cleanup` is dropped unpolled while
     /// unwinding: whatever it owns must clean up in its `Drop` too.
@@ -89,12 +144,12 @@ impl Fresh {
     }
 }
 
-/// Runs `case` on the store `fresh` makes; nothing when it makes none (skipped).
-pub async fn run(fresh: impl Future<Output = Option<Fresh>>, case: Case) {
-    let Some(Fresh { store, cleanup }) = fresh.await else {
+/// Runs `case` on what `fresh` makes; nothing when it makes nothing (skipped).
+pub async fn run<H>(fresh: impl Future<Output = Option<Fresh<H>>>, case: fn(H) -> CaseFuture) {
+    let Some(Fresh { handle, cleanup }) = fresh.await else {
         return;
     };
-    case(store).await;
+    case(handle).await;
     if let Some(cleanup) = cleanup {
         cleanup.await;
     }
@@ -161,5 +216,42 @@ macro_rules! conformance_tests {
         pub const CASES: &[(&str, Case)] = &[
             $((stringify!($case), |store| ::std::boxed::Box::pin($area::$case(store)))),+
         ];
+    };
+}
+
+/// Expands to one `#[tokio::test]` per [`recovery`](crate::conformance::recovery) case, in a module `recovery`, each
+/// running its case on a backend from `$fresh` (an `async fn() -> Option<Fresh<Arc<dyn
+/// RecoveryBackend>>>` in scope of the invoking file; `None` skips). See
+/// [`RecoveryBackend`](crate::conformance::RecoveryBackend).
+#[macro_export]
+macro_rules! recovery_conformance_tests {
+    ($fresh:path) => {
+        $crate::recovery_conformance_tests!(@tests $fresh;
+            exports::export_announces_every_table,
+            exports::export_imports_with_equal_digests,
+            exports::export_is_consistent_under_concurrent_writes,
+            exports::export_journal_ranges_resume_without_gaps,
+            exports::prune_journal_deletes_exactly_up_to,
+            staging::replay_reproduces_the_later_export,
+            staging::lookup_finds_rows_by_key,
+            staging::discard_leaves_the_target_untouched,
+            staging::promote_makes_the_data_readable,
+        );
+    };
+
+    (@tests $fresh:path; $($area:ident :: $case:ident),+ $(,)?) => {
+        mod recovery {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    $crate::conformance::run($fresh(), |backend| {
+                        ::std::boxed::Box::pin($crate::conformance::recovery::$area::$case(backend))
+                    })
+                    .await;
+                }
+            )+
+        }
     };
 }
