@@ -1,9 +1,6 @@
 //! The shared store conformance suite (and its recovery part) on SQLite, plus
 //! SQLite-specific checks.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 // A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
 // exempts only test functions and `#[cfg(test)]` modules).
 #![allow(
@@ -11,6 +8,9 @@ use std::sync::Arc;
     clippy::expect_used,
     reason = "a failed unwrap is a failed test"
 )]
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use steadyflow_store::Store;
 use steadyflow_store::conformance::{Fresh, RecoveryBackend};
