@@ -6,7 +6,7 @@ use thiserror::Error;
 /// Exit codes of `steadyflow backup` / `restore` (also in their `--help`).
 pub mod exit {
     pub const OK: i32 = 0;
-    /// Anything not listed below (database unreachable, I/O error ...).
+    /// Anything not listed below (database or Redis unreachable, I/O error ...).
     pub const FAILED: i32 = 1;
     /// Bad input: unknown backup, unreadable or foreign file, wrong or missing key,
     /// newer format or schema, unsafe archive entries, bad flags.
@@ -39,6 +39,9 @@ pub enum BackupError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Redis (the cache) is unreachable or failed a command (see [`exit::FAILED`]).
+    #[error("{0}")]
+    Cache(String),
 }
 
 impl BackupError {
@@ -49,7 +52,7 @@ impl BackupError {
             BackupError::TargetNotEmpty(_) => exit::TARGET_NOT_EMPTY,
             BackupError::TargetInUse(_) => exit::TARGET_IN_USE,
             BackupError::Store(StoreError::Corrupt(_)) => exit::VERIFY_FAILED,
-            BackupError::Io { .. } | BackupError::Store(_) => exit::FAILED,
+            BackupError::Io { .. } | BackupError::Store(_) | BackupError::Cache(_) => exit::FAILED,
         }
     }
 

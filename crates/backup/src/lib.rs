@@ -9,6 +9,9 @@
 //! `tables/<table>.jsonl` (one JSON object per row, portable across SQLite and
 //! PostgreSQL) and `config/<file>`; beside it `<id>.manifest.json`, the sidecar that
 //! `backup list` reads without a key.
+//!
+//! [`redis`] dumps and restores the Redis keys under the engine's prefix (data class
+//! `cache`) as JSON Lines, one key per line.
 
 pub mod archive;
 pub mod catalog;
@@ -17,6 +20,7 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod progress;
+pub mod redis;
 pub mod restore;
 
 pub use create::{BackupOptions, ConfigFile, Parts, create};
