@@ -22,11 +22,12 @@ use crate::progress::Progress;
 /// Which parts a backup holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Parts {
-    /// Database tables and configuration files.
+    /// Database tables, configuration files, and the Redis keys when Redis is configured.
     #[default]
     All,
     DbOnly,
     ConfigOnly,
+    RedisOnly,
 }
 
 impl Parts {
@@ -36,6 +37,16 @@ impl Parts {
     fn config(self) -> bool {
         matches!(self, Parts::All | Parts::ConfigOnly)
     }
+    fn cache(self) -> bool {
+        matches!(self, Parts::All | Parts::RedisOnly)
+    }
+}
+
+/// The Redis whose keys under `prefix` a backup holds.
+#[derive(Debug, Clone)]
+pub struct RedisSource {
+    pub url: String,
+    pub prefix: String,
 }
 
 /// A configuration file to include: its path on disk and its name in the archive
@@ -57,6 +68,8 @@ pub struct BackupOptions {
     pub now: DateTime<Utc>,
     /// Full, or incremental: the journal since the newest backup in `dir`.
     pub kind: Kind,
+    /// Redis, when configured: its keys under the prefix go into full backups.
+    pub redis: Option<RedisSource>,
     /// After the backup is verified and in place, delete the live journal's rows it
     /// holds (incrementals continue after them; point-in-time restores read archives).
     pub prune_journal: bool,
@@ -159,6 +172,23 @@ async fn build(
         }
         classes.push(DataClass::Config);
     }
+    let mut cache = None;
+    if opts.kind == Kind::Full && opts.parts.cache() {
+        match &opts.redis {
+            Some(r) => {
+                let (entry, info) = spool_redis(r, spool, progress).await?;
+                files.push(entry);
+                classes.push(DataClass::Cache);
+                cache = Some(info);
+            }
+            None if opts.parts == Parts::RedisOnly => {
+                return Err(BackupError::BadInput(
+                    "no Redis is configured (STEADYFLOW_REDIS_URL)".into(),
+                ));
+            }
+            None => {}
+        }
+    }
     let encrypted = opts.encrypt.as_ref().filter(|e| e.is_set());
     if opts.encrypt.is_some() && encrypted.is_none() {
         return Err(BackupError::BadInput(
@@ -179,6 +209,7 @@ async fn build(
         compression: if opts.compress { "zstd" } else { "none" }.into(),
         encryption: encrypted.map_or("none", |e| e.scheme()).into(),
         files: files.iter().map(|(e, _)| e.clone()).collect(),
+        cache,
     };
     let name = catalog::archive_name(id, opts.compress, encrypted.is_some());
     let final_path = opts.dir.join(&name);
@@ -440,6 +471,44 @@ impl TableSpool {
             self.path,
         ))
     }
+}
+
+/// Dumps the Redis keys under the prefix into the spool.
+async fn spool_redis(
+    r: &RedisSource,
+    spool: &Path,
+    progress: &Progress,
+) -> Result<((FileEntry, PathBuf), crate::manifest::CacheInfo)> {
+    progress.stage("dumping Redis keys");
+    let path = spool.join("redis-keys.jsonl");
+    let file = File::create(&path)
+        .map_err(BackupError::io(format!("cannot create {}", path.display())))?;
+    let mut out = HashWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let stats = crate::redis::dump_keys(&r.url, &r.prefix, &mut out).await?;
+    let (buf, size, sha) = out.finish();
+    buf.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .map_err(BackupError::io(format!("cannot write {}", path.display())))?;
+    Ok((
+        (
+            FileEntry {
+                path: crate::manifest::REDIS_KEYS.into(),
+                size,
+                sha256: sha,
+                class: DataClass::Cache,
+                table: None,
+                rows: Some(stats.keys),
+                content_sha256: None,
+            },
+            path,
+        ),
+        crate::manifest::CacheInfo {
+            prefix: r.prefix.clone(),
+            keys: stats.keys,
+            dumped_at: stats.dumped_at,
+        },
+    ))
 }
 
 /// Keys whose values are secrets in configuration files.

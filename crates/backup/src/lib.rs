@@ -23,12 +23,12 @@ pub mod progress;
 pub mod redis;
 pub mod restore;
 
-pub use create::{BackupOptions, ConfigFile, Parts, create};
+pub use create::{BackupOptions, ConfigFile, Parts, RedisSource, create};
 pub use error::{BackupError, Result, exit};
 pub use keys::{DecryptWith, EncryptTo};
 pub use manifest::{FORMAT_VERSION, Kind, Manifest, Sidecar};
 pub use progress::{Progress, ProgressSink};
 pub use restore::{
-    ReplaySummary, ReplayedWork, Staged, TableCheck, restore_chain, restore_config, restore_tables,
-    verify,
+    ReplaySummary, ReplayedWork, Staged, TableCheck, invalidate_redis, restore_chain,
+    restore_config, restore_redis, restore_tables, verify,
 };

@@ -61,7 +61,23 @@ pub struct Manifest {
     pub compression: String,
     pub encryption: String,
     pub files: Vec<FileEntry>,
+    /// The Redis keys (`redis/keys.jsonl`), when the backup holds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheInfo>,
 }
+
+/// Where the archive's Redis keys came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheInfo {
+    pub prefix: String,
+    pub keys: u64,
+    /// Redis' clock when the dump began: restored TTLs count on from here.
+    pub dumped_at: DateTime<Utc>,
+}
+
+/// The archive path of the Redis keys.
+pub const REDIS_KEYS: &str = "redis/keys.jsonl";
 
 impl Manifest {
     pub fn file(&self, path: &str) -> Option<&FileEntry> {

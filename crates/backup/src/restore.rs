@@ -604,3 +604,117 @@ impl Replay {
         Ok(out)
     }
 }
+
+/// Restores the archive's Redis keys under `prefix` of the Redis at `url`: staged while
+/// the archive is read and checked, put in place only when it checked out. With
+/// `force`, existing keys under the prefix are replaced and the prefix ends up holding
+/// exactly the backup's keys; without it, a prefix holding keys is refused.
+pub async fn restore_redis(
+    path: &Path,
+    keys: &DecryptWith,
+    url: &str,
+    prefix: &str,
+    force: bool,
+) -> Result<crate::redis::RestoreStats> {
+    enum Msg {
+        Cache(Option<crate::manifest::CacheInfo>),
+        Lines(Vec<String>),
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(4);
+    let (p, k) = (path.to_path_buf(), keys.clone());
+    let reader = tokio::task::spawn_blocking(move || {
+        let send = |m: Msg| {
+            tx.blocking_send(m)
+                .map_err(|_| BackupError::BadInput("restore stopped".into()))
+        };
+        let mut told = false;
+        archive::read(&p, &k, |manifest, file, r| {
+            if !told {
+                send(Msg::Cache(manifest.cache.clone()))?;
+                told = true;
+            }
+            if file.path != crate::manifest::REDIS_KEYS {
+                return Ok(());
+            }
+            let mut batch = Vec::with_capacity(256);
+            for line in BufReader::new(r).lines() {
+                let line = line.map_err(|e| BackupError::Verify(format!("{}: {e}", file.path)))?;
+                if line.is_empty() {
+                    continue;
+                }
+                batch.push(line);
+                if batch.len() == 256 {
+                    send(Msg::Lines(std::mem::take(&mut batch)))?;
+                }
+            }
+            if !batch.is_empty() {
+                send(Msg::Lines(batch))?;
+            }
+            Ok(())
+        })
+    });
+    let mut staged: Option<crate::redis::KeyRestore> = None;
+    let mut failed = None;
+    'msgs: while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Cache(None) => {
+                failed = Some(BackupError::BadInput(
+                    "this backup holds no Redis keys".into(),
+                ));
+                break;
+            }
+            Msg::Cache(Some(cache)) => {
+                let opts = crate::redis::RestoreKeys {
+                    replace: force,
+                    clear_prefix: force,
+                    ttl: crate::redis::TtlFrom::Dump(cache.dumped_at),
+                };
+                match crate::redis::KeyRestore::begin(url, prefix, opts).await {
+                    Ok(s) => staged = Some(s),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            Msg::Lines(lines) => {
+                let Some(s) = staged.as_mut() else { continue };
+                for line in lines {
+                    if let Err(e) = s.push(&line).await {
+                        failed = Some(e);
+                        break 'msgs;
+                    }
+                }
+            }
+        }
+    }
+    drop(rx);
+    let read = reader
+        .await
+        .map_err(|e| BackupError::BadInput(format!("archive reader failed: {e}")));
+    match (read, failed, staged) {
+        (Ok(Ok(_)), None, Some(s)) => s.promote().await,
+        (Ok(Ok(m)), None, None) => Err(BackupError::BadInput(format!(
+            "backup {} holds no Redis keys",
+            m.id
+        ))),
+        (_, Some(e), s) | (Ok(Err(e)), None, s) | (Err(e), None, s) => {
+            if let Some(s) = s {
+                let _ = s.discard().await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Deletes every key under `prefix`: after a database restore without Redis keys in
+/// the archive, the cache must not serve what the restored database no longer holds.
+pub async fn invalidate_redis(url: &str, prefix: &str) -> Result<u64> {
+    let opts = crate::redis::RestoreKeys {
+        replace: true,
+        clear_prefix: true,
+        ttl: crate::redis::TtlFrom::Restore,
+    };
+    let stats = crate::redis::restore_keys(url, prefix, std::iter::empty(), opts).await?;
+    Ok(stats.cleared)
+}

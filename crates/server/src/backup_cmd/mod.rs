@@ -42,7 +42,8 @@ pub struct TakeArgs {
     /// Only the database tables.
     #[arg(long, group = "part")]
     pub db_only: bool,
-    /// Only the Redis keys under the engine's prefix (not available yet: refused with exit code 2).
+    /// Only the Redis keys under the engine's prefix (STEADYFLOW_REDIS_URL,
+    /// STEADYFLOW_REDIS_PREFIX); a full backup holds them too when Redis is configured.
     #[arg(long, group = "part")]
     pub redis_only: bool,
     /// Only the configuration files.
@@ -108,7 +109,7 @@ pub struct RestoreArgs {
     /// Only the database tables (the default restores tables and configuration files).
     #[arg(long, group = "part")]
     pub db_only: bool,
-    /// Only the Redis keys (not available yet: refused with exit code 2).
+    /// Only the Redis keys under the prefix (STEADYFLOW_REDIS_URL, STEADYFLOW_REDIS_PREFIX).
     #[arg(long, group = "part")]
     pub redis_only: bool,
     /// Only the configuration files (into --config-dir).
@@ -242,6 +243,19 @@ fn database(common: &Common, config_file: Option<&Path>) -> Result<Db, BackupErr
     let cfg = config::load(config_file, &common.db, None)
         .map_err(|e| BackupError::BadInput(format!("{e:#}")))?;
     Db::from_url(&cfg.database_url())
+}
+
+/// The engine's Redis, when configured: `STEADYFLOW_REDIS_URL`, keys under
+/// `STEADYFLOW_REDIS_PREFIX` (default `steadyflow:`).
+pub(crate) fn redis_source() -> Option<steadyflow_backup::RedisSource> {
+    let url = std::env::var("STEADYFLOW_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())?;
+    let prefix = std::env::var("STEADYFLOW_REDIS_PREFIX")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| "steadyflow:".into());
+    Some(steadyflow_backup::RedisSource { url, prefix })
 }
 
 fn encrypt_keys() -> EncryptTo {
@@ -380,12 +394,9 @@ pub async fn backup(args: BackupArgs, config_file: Option<&Path>) -> i32 {
 }
 
 async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, BackupError> {
-    if args.redis_only {
-        return Err(BackupError::BadInput(
-            "Redis backups are not available in this version yet (no cache is configured)".into(),
-        ));
-    }
-    let parts = if args.db_only {
+    let parts = if args.redis_only {
+        Parts::RedisOnly
+    } else if args.db_only {
         Parts::DbOnly
     } else if args.config_only {
         Parts::ConfigOnly
@@ -397,7 +408,7 @@ async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, Ba
     } else {
         steadyflow_backup::Kind::Full
     };
-    let exporter = if parts == Parts::ConfigOnly {
+    let exporter = if matches!(parts, Parts::ConfigOnly | Parts::RedisOnly) {
         None
     } else {
         Some(database(&args.common, config_file)?.exporter()?)
@@ -411,6 +422,7 @@ async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, Ba
         now: chrono::Utc::now(),
         kind,
         prune_journal: !args.keep_journal,
+        redis: redis_source(),
     };
     steadyflow_backup::create(exporter.as_deref(), &opts, &progress()).await
 }

@@ -36,17 +36,39 @@ async fn run_restore(
                 .map_err(|e| BackupError::BadInput(format!("--to-time `{t}` is not RFC 3339: {e}")))
         })
         .transpose()?;
-    if args.redis_only {
-        return Err(BackupError::BadInput(
-            "Redis restores are not available in this version yet".into(),
-        ));
-    }
     let (path, sidecar) = catalog::resolve(&args.common.dir, &args.backup)?;
     {
         let (p, s) = (path.clone(), sidecar.clone());
         tokio::task::spawn_blocking(move || catalog::check_file(&p, s.as_ref()))
             .await
             .map_err(|e| BackupError::BadInput(format!("check failed: {e}")))??;
+    }
+    if args.redis_only {
+        let redis = super::redis_source().ok_or_else(|| {
+            BackupError::BadInput("no Redis is configured (STEADYFLOW_REDIS_URL)".into())
+        })?;
+        if args.test {
+            let (p, k) = (path.clone(), decrypt_keys(args.identity.as_ref()));
+            let m = tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k))
+                .await
+                .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
+            return Ok(json!({"ok": true, "test": true, "backup": m.id,
+                "summary": format!("backup {} verified; Redis not written (--test)", m.id)}));
+        }
+        let stats = steadyflow_backup::restore_redis(
+            &path,
+            &decrypt_keys(args.identity.as_ref()),
+            &redis.url,
+            &redis.prefix,
+            args.force,
+        )
+        .await?;
+        return Ok(
+            json!({"ok": true, "redis": {"prefix": redis.prefix, "restored": stats.restored,
+            "expired": stats.expired, "cleared": stats.cleared},
+            "summary": format!("restored {} Redis key(s) under `{}` ({} expired since the backup, {} replaced)",
+                stats.restored, redis.prefix, stats.expired, stats.cleared)}),
+        );
     }
     let keys = decrypt_keys(args.identity.as_ref());
     if args.config_only {
@@ -178,6 +200,26 @@ async fn run_restore(
         .await
         .map_err(|e| BackupError::BadInput(format!("restore failed: {e}")))??;
     }
+    // The cache must agree with the restored database: its keys come back from the
+    // archive when it holds them, otherwise everything under the prefix is dropped.
+    let mut cache_note = None;
+    if !args.test
+        && !args.db_only
+        && let Some(redis) = super::redis_source()
+    {
+        cache_note = Some(if m.cache.is_some() {
+            let stats =
+                steadyflow_backup::restore_redis(&path, &keys, &redis.url, &redis.prefix, true)
+                    .await?;
+            format!("{} Redis key(s) restored", stats.restored)
+        } else {
+            let n = steadyflow_backup::invalidate_redis(&redis.url, &redis.prefix).await?;
+            format!(
+                "Redis cache under `{}` invalidated ({n} keys)",
+                redis.prefix
+            )
+        });
+    }
     let replayed = replay
         .as_ref()
         .map(|r| {
@@ -235,6 +277,7 @@ async fn run_restore(
         "rows": rows,
         "seconds": seconds,
         "configFiles": written_config,
+        "cache": cache_note,
         "replay": replay,
         "replayReportFile": report_file,
         "summary": summary,

@@ -1145,3 +1145,101 @@ fn postgres_target_disappearing_mid_restore_fails_cleanly() {
         a.cleanup().await;
     });
 }
+
+fn redis_cli(args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", "6379"])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn redis_keys_are_backed_up_restored_and_invalidated_with_the_database() {
+    if !have("redis-cli") || redis_cli(&["ping"]) != "PONG" {
+        services::missing("Redis at 127.0.0.1:6379 (with redis-cli)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let prefix = format!("sf-test-{}:", std::process::id());
+    let key = |k: &str| format!("{prefix}{k}");
+    let env = [
+        ("STEADYFLOW_REDIS_URL", "redis://127.0.0.1:6379"),
+        ("STEADYFLOW_REDIS_PREFIX", prefix.as_str()),
+    ];
+    redis_cli(&["set", &key("def:order"), "cached definition"]);
+    redis_cli(&["hset", &key("token:abc"), "user", "kermit", "role", "admin"]);
+    redis_cli(&["set", &key("lease"), "node-1", "px", "3600000"]);
+    let elsewhere = format!("sf-other-{}:untouched", std::process::id());
+    redis_cli(&["set", &elsewhere, "x"]);
+    let src = sqlite_url(d, "a.db");
+    runtime().block_on(async { populate(open(&src).await, 3).await });
+
+    // --redis-only: just the keys under the prefix.
+    let only = backup(d, &src, &["--redis-only"], &env);
+    assert_eq!(only["manifest"]["cache"]["keys"], 3, "{only}");
+    let id = only["manifest"]["id"].as_str().unwrap().to_string();
+    redis_cli(&["del", &key("def:order"), &key("token:abc"), &key("lease")]);
+    redis_cli(&["set", &key("stale"), "not in the backup"]);
+    // A prefix holding keys is refused without --force, nothing written.
+    let out = restore(d, &id, &src, &["--redis-only"], &env);
+    assert_eq!(code(&out), 4, "{}", show(&out));
+    assert_eq!(redis_cli(&["exists", &key("def:order")]), "0");
+    let out = restore(d, &id, &src, &["--redis-only", "--force"], &env);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(redis_cli(&["get", &key("def:order")]), "cached definition");
+    assert_eq!(redis_cli(&["hget", &key("token:abc"), "role"]), "admin");
+    let ttl: i64 = redis_cli(&["pttl", &key("lease")]).parse().unwrap();
+    assert!(ttl > 3_000_000 && ttl <= 3_600_000, "lease TTL {ttl}");
+    assert_eq!(
+        redis_cli(&["exists", &key("stale")]),
+        "0",
+        "the prefix holds exactly the backup"
+    );
+    assert_eq!(redis_cli(&["get", &elsewhere]), "x");
+
+    // A full backup holds the keys with the database; a restore brings both back.
+    let full = backup(d, &src, &[], &env);
+    assert!(
+        full["manifest"]["dataClasses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "cache")
+    );
+    redis_cli(&["set", &key("def:order"), "changed after the backup"]);
+    let out = restore(
+        d,
+        full["manifest"]["id"].as_str().unwrap(),
+        &sqlite_url(d, "b.db"),
+        &[],
+        &env,
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(redis_cli(&["get", &key("def:order")]), "cached definition");
+
+    // A backup without Redis keys restored while Redis is configured: the cache is
+    // invalidated, never left serving what the restored database does not hold.
+    let plain = backup(d, &src, &["--db-only"], &[]);
+    let out = restore(
+        d,
+        plain["manifest"]["id"].as_str().unwrap(),
+        &sqlite_url(d, "c.db"),
+        &[],
+        &env,
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(
+        redis_cli(&[
+            "exists",
+            &key("def:order"),
+            &key("token:abc"),
+            &key("lease")
+        ]),
+        "0"
+    );
+    assert_eq!(redis_cli(&["get", &elsewhere]), "x");
+    redis_cli(&["del", &elsewhere]);
+}
