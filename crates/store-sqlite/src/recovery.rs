@@ -96,21 +96,21 @@ fn select_json(table: &TableSpec) -> String {
     )
 }
 
-/// Like [`insert_json`] without the key column (appends to history: a new `seq`).
-fn append_json(table: &TableSpec) -> String {
-    let cols: Vec<&steadyflow_store::recovery::Column> = table
-        .columns
-        .iter()
-        .filter(|c| c.name != table.key)
-        .collect();
-    let names: Vec<&str> = cols.iter().map(|c| c.name).collect();
-    let values: Vec<String> = cols
-        .iter()
-        .map(|c| match c.kind {
-            ColumnKind::Json => format!("value -> '$.{}'", c.name),
-            _ => format!("value ->> '$.{}'", c.name),
+/// `INSERT INTO table (cols) SELECT value->>'col' … FROM json_each(?1)` over `columns`.
+fn insert_columns<'c>(
+    table: &TableSpec,
+    columns: impl Iterator<Item = &'c steadyflow_store::recovery::Column>,
+) -> String {
+    let (names, values): (Vec<&str>, Vec<String>) = columns
+        .map(|c| {
+            let value = match c.kind {
+                // `->` keeps JSON as JSON text; `->>` gives SQL text and integers.
+                ColumnKind::Json => format!("value -> '$.{}'", c.name),
+                _ => format!("value ->> '$.{}'", c.name),
+            };
+            (c.name, value)
         })
-        .collect();
+        .unzip();
     format!(
         "INSERT INTO {} ({}) SELECT {} FROM json_each(?1)",
         table.name,
@@ -119,23 +119,14 @@ fn append_json(table: &TableSpec) -> String {
     )
 }
 
-/// `INSERT INTO table (cols) SELECT value->>'col' … FROM json_each(?1)`.
+/// Every column of `table`, from a JSON array of table lines.
 fn insert_json(table: &TableSpec) -> String {
-    let cols: Vec<&str> = table.column_names().collect();
-    let values: Vec<String> = table
-        .columns
-        .iter()
-        .map(|c| match c.kind {
-            ColumnKind::Json => format!("value -> '$.{}'", c.name),
-            _ => format!("value ->> '$.{}'", c.name),
-        })
-        .collect();
-    format!(
-        "INSERT INTO {} ({}) SELECT {} FROM json_each(?1)",
-        table.name,
-        cols.join(", "),
-        values.join(", ")
-    )
+    insert_columns(table, table.columns.iter())
+}
+
+/// Without the key column (appends to history: a new `seq`).
+fn append_json(table: &TableSpec) -> String {
+    insert_columns(table, table.columns.iter().filter(|c| c.name != table.key))
 }
 
 fn stored_schema_version(conn: &Connection) -> rusqlite::Result<i64> {

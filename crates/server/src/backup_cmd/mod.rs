@@ -39,16 +39,8 @@ pub struct TakeArgs {
     /// on top of the chain's full backup.
     #[arg(long, conflicts_with_all = ["redis_only", "config_only"])]
     pub incremental: bool,
-    /// Only the database tables.
-    #[arg(long, group = "part")]
-    pub db_only: bool,
-    /// Only the Redis keys under the engine's prefix (STEADYFLOW_REDIS_URL,
-    /// STEADYFLOW_REDIS_PREFIX); a full backup holds them too when Redis is configured.
-    #[arg(long, group = "part")]
-    pub redis_only: bool,
-    /// Only the configuration files.
-    #[arg(long, group = "part")]
-    pub config_only: bool,
+    #[command(flatten)]
+    pub part: PartFlags,
     /// Write a plain tar (zstd is the default).
     #[arg(long)]
     pub no_compress: bool,
@@ -62,6 +54,23 @@ pub struct TakeArgs {
     pub encrypt: bool,
     #[command(flatten)]
     pub common: Common,
+}
+
+/// One part instead of everything (tables, configuration files, and the Redis keys when
+/// Redis is configured).
+#[derive(Debug, Args, Clone, Copy)]
+#[group(multiple = false)]
+pub struct PartFlags {
+    /// Only the database tables.
+    #[arg(long)]
+    pub db_only: bool,
+    /// Only the Redis keys under the engine's prefix (STEADYFLOW_REDIS_URL,
+    /// STEADYFLOW_REDIS_PREFIX).
+    #[arg(long)]
+    pub redis_only: bool,
+    /// Only the configuration files (restored into --config-dir).
+    #[arg(long)]
+    pub config_only: bool,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -106,15 +115,8 @@ pub struct VerifyArgs {
 pub struct RestoreArgs {
     /// Backup id, archive file, or `latest`.
     pub backup: String,
-    /// Only the database tables (the default restores tables and configuration files).
-    #[arg(long, group = "part")]
-    pub db_only: bool,
-    /// Only the Redis keys under the prefix (STEADYFLOW_REDIS_URL, STEADYFLOW_REDIS_PREFIX).
-    #[arg(long, group = "part")]
-    pub redis_only: bool,
-    /// Only the configuration files (into --config-dir).
-    #[arg(long, group = "part")]
-    pub config_only: bool,
+    #[command(flatten)]
+    pub part: PartFlags,
     /// Point-in-time restore: the chain's full backup, then every journal transaction
     /// committed at or before this time (RFC 3339, e.g. 2026-12-03T10:15:00Z). The backup
     /// named (default `latest`) ends the chain. Work done after that time is listed in the
@@ -394,11 +396,11 @@ pub async fn backup(args: BackupArgs, config_file: Option<&Path>) -> i32 {
 }
 
 async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, BackupError> {
-    let parts = if args.redis_only {
+    let parts = if args.part.redis_only {
         Parts::RedisOnly
-    } else if args.db_only {
+    } else if args.part.db_only {
         Parts::DbOnly
-    } else if args.config_only {
+    } else if args.part.config_only {
         Parts::ConfigOnly
     } else {
         Parts::All

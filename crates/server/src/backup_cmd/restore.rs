@@ -43,7 +43,7 @@ async fn run_restore(
             .await
             .map_err(|e| BackupError::BadInput(format!("check failed: {e}")))??;
     }
-    if args.redis_only {
+    if args.part.redis_only {
         let redis = super::redis_source().ok_or_else(|| {
             BackupError::BadInput("no Redis is configured (STEADYFLOW_REDIS_URL)".into())
         })?;
@@ -71,7 +71,7 @@ async fn run_restore(
         );
     }
     let keys = decrypt_keys(args.identity.as_ref());
-    if args.config_only {
+    if args.part.config_only {
         if args.test {
             let (p, k) = (path.clone(), keys.clone());
             let m = tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k))
@@ -187,7 +187,7 @@ async fn run_restore(
         _ => None,
     };
     let mut written_config = Vec::new();
-    if !args.test && !args.db_only && m.files.iter().any(|f| f.path.starts_with("config/")) {
+    if !args.test && !args.part.db_only && m.files.iter().any(|f| f.path.starts_with("config/")) {
         let (p, k, dest, force) = (
             path.clone(),
             keys.clone(),
@@ -204,7 +204,7 @@ async fn run_restore(
     // archive when it holds them, otherwise everything under the prefix is dropped.
     let mut cache_note = None;
     if !args.test
-        && !args.db_only
+        && !args.part.db_only
         && let Some(redis) = super::redis_source()
     {
         cache_note = Some(if m.cache.is_some() {
