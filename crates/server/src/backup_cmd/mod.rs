@@ -323,7 +323,7 @@ impl TermProgress {
         let bar = indicatif::ProgressBar::new_spinner();
         bar.set_style(
             indicatif::ProgressStyle::with_template(
-                "{spinner} {msg}: {pos} rows, {per_sec} [{elapsed}]",
+                "{spinner} {msg}: {pos} rows ({per_sec}), {prefix} [{elapsed}]",
             )
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
         );
@@ -336,8 +336,12 @@ impl ProgressSink for TermProgress {
     fn stage(&self, name: &str) {
         self.bar.set_message(name.to_string());
     }
-    fn rows(&self, rows: u64, _bytes: u64) {
+    fn rows(&self, rows: u64, bytes: u64) {
         self.bar.inc(rows);
+        if bytes > 0 {
+            self.bar
+                .set_prefix(format!("{}", indicatif::HumanBytes(bytes)));
+        }
     }
 }
 
@@ -429,6 +433,57 @@ async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, Ba
     steadyflow_backup::create(exporter.as_deref(), &opts, &progress()).await
 }
 
+/// One line per recovery point; the journal's sequence and time range say what a
+/// point-in-time restore can reach with it.
+fn print_list(points: &[Sidecar]) {
+    println!(
+        "{:<28} {:<11} {:<28} {:<8} {:>12} {:>10} {:<5} {:<23} {:<39} {:<19} classes",
+        "id",
+        "kind",
+        "parent",
+        "backend",
+        "bytes",
+        "rows",
+        "enc",
+        "journal seq",
+        "journal time range",
+        "verified"
+    );
+    let t = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("-".to_string(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S").to_string()
+        })
+    };
+    for p in points {
+        let m = &p.manifest;
+        let (seq, times) = match &m.journal {
+            Some(j) => (
+                match (j.journal_first_seq, j.journal_last_seq) {
+                    (Some(a), Some(b)) => format!("{a}..{b}"),
+                    _ => "-".into(),
+                },
+                format!("{} .. {}", t(j.journal_first_time), t(j.journal_last_time)),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let classes: Vec<&str> = m.data_classes.iter().map(|c| c.as_str()).collect();
+        println!(
+            "{:<28} {:<11} {:<28} {:<8} {:>12} {:>10} {:<5} {:<23} {:<39} {:<19} {}",
+            m.id,
+            m.kind.as_str(),
+            m.parent.as_deref().unwrap_or("-"),
+            m.source_backend.as_deref().unwrap_or("-"),
+            p.archive_size,
+            m.table_rows(),
+            if m.encryption == "none" { "no" } else { "yes" },
+            seq,
+            times,
+            t(p.verified_at),
+            classes.join(",")
+        );
+    }
+}
+
 fn list(c: &Common) -> i32 {
     match catalog::list(&c.dir) {
         Ok(points) => {
@@ -437,46 +492,7 @@ fn list(c: &Common) -> i32 {
             } else if points.is_empty() {
                 println!("no backups in {}", c.dir.display());
             } else {
-                println!(
-                    "{:<28} {:<11} {:<8} {:>12} {:>10} {:<9} {:<21} {:<22} classes",
-                    "id",
-                    "kind",
-                    "backend",
-                    "bytes",
-                    "rows",
-                    "encrypted",
-                    "journal seq",
-                    "verified"
-                );
-                for p in points {
-                    let m = &p.manifest;
-                    let seq = m
-                        .journal
-                        .as_ref()
-                        .map(|j| match (j.journal_first_seq, j.journal_last_seq) {
-                            (Some(a), Some(b)) => format!("{a}..{b}"),
-                            _ => "-".into(),
-                        })
-                        .unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:<28} {:<11} {:<8} {:>12} {:>10} {:<9} {:<21} {:<22} {}",
-                        m.id,
-                        m.kind.as_str(),
-                        m.source_backend.as_deref().unwrap_or("-"),
-                        p.archive_size,
-                        m.table_rows(),
-                        if m.encryption == "none" { "no" } else { "yes" },
-                        seq,
-                        p.verified_at
-                            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
-                            .unwrap_or_else(|| "never".into()),
-                        m.data_classes
-                            .iter()
-                            .map(|c| c.as_str())
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    );
-                }
+                print_list(&points);
             }
             exit::OK
         }

@@ -1243,3 +1243,63 @@ fn redis_keys_are_backed_up_restored_and_invalidated_with_the_database() {
     assert_eq!(redis_cli(&["get", &elsewhere]), "x");
     redis_cli(&["del", &elsewhere]);
 }
+
+#[test]
+fn config_files_come_back_alone_and_existing_ones_need_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("configs")).unwrap();
+    std::fs::write(d.join("configs/config.yaml"), "listen: 127.0.0.1:9999\n").unwrap();
+    std::fs::write(
+        d.join("configs/production.yaml"),
+        "database_url: postgres://app:hunter2@db/prod\n",
+    )
+    .unwrap();
+    let backups = d.join("backups");
+    let out = steadyflow(
+        d,
+        &[
+            "backup",
+            "--config-only",
+            "--json",
+            "--dir",
+            backups.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    let sidecar: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        sidecar["backup"]["manifest"]["dataClasses"],
+        serde_json::json!(["config"])
+    );
+    std::fs::remove_file(d.join("configs/config.yaml")).unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "latest",
+            "--config-only",
+            "--json",
+            "--dir",
+            backups.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        steadyflow(d, &args, &[])
+    };
+    // production.yaml is still there: refused, and config.yaml not written either.
+    let out = run(&[]);
+    assert_eq!(code(&out), 4, "{}", show(&out));
+    assert!(!d.join("configs/config.yaml").exists());
+    let out = run(&["--force"]);
+    assert_eq!(code(&out), 0, "{}", show(&out));
+    assert_eq!(
+        std::fs::read_to_string(d.join("configs/config.yaml")).unwrap(),
+        "listen: 127.0.0.1:9999\n"
+    );
+    // Stored without encryption: the password never reached the archive.
+    let prod = std::fs::read_to_string(d.join("configs/production.yaml")).unwrap();
+    assert!(
+        !prod.contains("hunter2") && prod.contains("<redacted>"),
+        "{prod}"
+    );
+}
