@@ -29,7 +29,8 @@ pub struct BenchBackupArgs {
     /// Dataset size to generate, in MB (10^6 bytes) of database.
     #[arg(long, default_value_t = 1000)]
     pub size_mb: u64,
-    /// PostgreSQL server for the scratch databases (all dropped afterwards unless --keep).
+    /// PostgreSQL server for the scratch databases (dropped afterwards; with --keep the
+    /// generated one stays).
     #[arg(
         long,
         env = "STEADYFLOW_BENCH_PG_URL",
@@ -49,7 +50,10 @@ pub struct BenchBackupArgs {
     /// system's temporary directory).
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
-    /// Keep the scratch databases, files and archives (their names are printed).
+    /// Keep the generated datasets (PostgreSQL database, SQLite file) and our archives,
+    /// to rerun commands on them (names printed). Restore targets and dumps are always
+    /// dropped as soon as they were measured: together they would need several times the
+    /// dataset's size of disk.
     #[arg(long)]
     pub keep: bool,
     /// Only our operations (no pg_dump, pg_restore, psql, sqlite3, zstd).
@@ -71,6 +75,7 @@ pub async fn run(args: BenchBackupArgs) -> Result<()> {
         std::env::temp_dir().join(format!("steadyflow-bench-backup-{}", std::process::id()))
     });
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
+    check_disk(&work, args.size_mb * 1_000_000).await?;
     println!(
         "bench-backup: {} MB per backend, seed {} instances, work dir {}, {} cores, load {}",
         args.size_mb,
@@ -99,7 +104,45 @@ pub async fn run(args: BenchBackupArgs) -> Result<()> {
     result
 }
 
-/// The scratch databases of one run, dropped at the end unless --keep.
+/// Refuses to start without room for the peak: the dataset, the backup's spool, a
+/// restored copy and a plain dump at once. (Where the PostgreSQL server keeps its data is
+/// not known here; on one machine it is usually the same disk.)
+async fn check_disk(work: &Path, size: u64) -> Result<()> {
+    let out = tokio::task::spawn_blocking({
+        let work = work.to_path_buf();
+        move || {
+            std::process::Command::new("df")
+                .arg("-Pk")
+                .arg(&work)
+                .output()
+        }
+    })
+    .await?;
+    let free_kib = out.ok().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+    });
+    if let Some(kib) = free_kib {
+        ensure!(
+            kib * 1024 >= 4 * size,
+            "{} has {} MiB free; a {} MB run needs about 4 times its size at its peak: use a \
+             smaller --size-mb or another --work-dir",
+            work.display(),
+            kib / 1024,
+            size / 1_000_000
+        );
+    }
+    Ok(())
+}
+
+/// The scratch databases of one run: restore targets are dropped once measured, the rest
+/// at the end (the generated one stays with --keep).
 struct PgScratch {
     admin: String,
     prefix: String,
@@ -160,10 +203,11 @@ async fn postgres(args: &BenchBackupArgs, work: &Path) -> Result<()> {
     };
     let result = postgres_run(args, work, &mut dbs).await;
     if args.keep {
-        println!("kept PostgreSQL databases: {}", dbs.made.join(", "));
-    } else {
-        dbs.drop_all().await;
+        let src = format!("{}_src", dbs.prefix);
+        dbs.made.retain(|n| *n != src);
+        println!("kept PostgreSQL database: {}", dbs.url(&src));
     }
+    dbs.drop_all().await;
     result
 }
 
@@ -203,9 +247,7 @@ async fn postgres_run(args: &BenchBackupArgs, work: &Path, dbs: &mut PgScratch) 
         )
         .await?,
     );
-    if !args.keep {
-        dbs.drop_db(&restored).await;
-    }
+    dbs.drop_db(&restored).await;
 
     if !args.no_baselines {
         let gz = dumps.join("dump.sql.gz");
@@ -238,9 +280,7 @@ async fn postgres_run(args: &BenchBackupArgs, work: &Path, dbs: &mut PgScratch) 
             )
             .await?,
         );
-        if !args.keep {
-            dbs.drop_db(&into).await;
-        }
+        dbs.drop_db(&into).await;
         let plain = dumps.join("dump.sql");
         ops::shell(format!("gzip -dc {} > {}", qp(&gz), qp(&plain))).await?;
         let into = dbs.create("psql").await?;
@@ -257,9 +297,10 @@ async fn postgres_run(args: &BenchBackupArgs, work: &Path, dbs: &mut PgScratch) 
             )
             .await?,
         );
+        dbs.drop_db(&into).await;
+        let _ = std::fs::remove_file(&plain);
         if !args.keep {
-            dbs.drop_db(&into).await;
-            let _ = std::fs::remove_file(&plain);
+            let _ = std::fs::remove_dir_all(&dumps);
         }
     }
 
@@ -272,7 +313,7 @@ async fn postgres_run(args: &BenchBackupArgs, work: &Path, dbs: &mut PgScratch) 
     } else {
         None
     };
-    incremental_and_prune(&src, &backups, &full, &built, &mut rows).await?;
+    incremental_and_prune(&src, &backups, &full, &built, &mut rows, args.keep).await?;
     if let Some(lines) = profiled {
         profile::print("PostgreSQL: stages on their own", &lines);
     }
@@ -286,18 +327,21 @@ async fn postgres_run(args: &BenchBackupArgs, work: &Path, dbs: &mut PgScratch) 
         ),
         built.bytes,
         &rows,
+        true,
     );
     Ok(())
 }
 
 /// 1 % of the instances change through the engine, then an incremental backup and the
-/// journal pruning a default backup does.
+/// journal pruning a default backup does (not with `keep`: the kept dataset keeps its
+/// journal, so that commands rerun on it see the data measured here).
 async fn incremental_and_prune(
     src: &Target,
     backups: &Path,
     full: &steadyflow_backup::Sidecar,
     built: &dataset::Built,
     rows: &mut Vec<Row>,
+    keep: bool,
 ) -> Result<()> {
     let want = (built.instances as usize / 100).max(1);
     let changed = ops::change(src, want).await?;
@@ -307,7 +351,9 @@ async fn incremental_and_prune(
         incr.manifest.parent.as_deref() == Some(full.manifest.id.as_str()),
         "the incremental does not continue the full backup"
     );
-    rows.push(ops::prune(src, &incr).await?);
+    if !keep {
+        rows.push(ops::prune(src, &incr).await?);
+    }
     Ok(())
 }
 
@@ -350,10 +396,8 @@ async fn sqlite(args: &BenchBackupArgs, work: &Path) -> Result<()> {
     );
     let restored = work.join("restored.db");
     rows.extend(ops::restore(&backups, &full, &Target::Sqlite(restored.clone()), false).await?);
-    if !args.keep {
-        for suffix in ["", "-wal", "-shm", ".lock"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", restored.display()));
-        }
+    for suffix in ["", "-wal", "-shm", ".lock"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", restored.display()));
     }
 
     if !args.no_baselines {
@@ -377,6 +421,7 @@ async fn sqlite(args: &BenchBackupArgs, work: &Path) -> Result<()> {
             Some(&zst),
         )
         .await?;
+        let _ = std::fs::remove_file(&copy);
         let mut both = b.usage;
         both.seconds += z.usage.seconds;
         both.own_cpu += z.usage.own_cpu;
@@ -403,10 +448,9 @@ async fn sqlite(args: &BenchBackupArgs, work: &Path) -> Result<()> {
             )
             .await?,
         );
+        let _ = std::fs::remove_file(&back);
         if !args.keep {
-            for f in [&copy, &back] {
-                let _ = std::fs::remove_file(f);
-            }
+            let _ = std::fs::remove_file(&zst);
         }
     }
 
@@ -417,7 +461,7 @@ async fn sqlite(args: &BenchBackupArgs, work: &Path) -> Result<()> {
     } else {
         None
     };
-    incremental_and_prune(&src, &backups, &full, &built, &mut rows).await?;
+    incremental_and_prune(&src, &backups, &full, &built, &mut rows, args.keep).await?;
     if let Some(lines) = profiled {
         profile::print("SQLite: stages on their own", &lines);
     }
@@ -431,6 +475,7 @@ async fn sqlite(args: &BenchBackupArgs, work: &Path) -> Result<()> {
         ),
         built.bytes,
         &rows,
+        false,
     );
     Ok(())
 }

@@ -183,15 +183,20 @@ fn ratio(a: f64, b: f64) -> String {
 }
 
 /// Prints the table: seconds, MiB/s of the database size, archive size and the ratio
-/// against our backup (for dumps) or our full restore (for loads).
-pub fn print(title: &str, db_bytes: u64, rows: &[Row]) {
+/// against our backup (for dumps) or our full restore (for loads). `pg` adds the CPU the
+/// PostgreSQL server used (every session of it: other users of a shared server count).
+pub fn print(title: &str, db_bytes: u64, rows: &[Row], pg: bool) {
     let ours = |k: Kind| rows.iter().find(|r| r.ours && r.kind == k);
     println!();
     println!("{title}");
     println!(
-        "| operation | seconds | MiB/s | archive MiB | time vs ours | size vs ours | our CPU s | PG CPU s | busy | load |"
+        "| operation | seconds | MiB/s | archive MiB | time vs ours | size vs ours | client CPU s |{} busy | load |",
+        if pg { " server CPU s |" } else { "" }
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "|---|---:|---:|---:|---:|---:|---:|{}---:|---:|",
+        if pg { "---:|" } else { "" }
+    );
     for r in rows {
         let u = &r.usage;
         let base = ours(r.kind).filter(|_| r.kind != Kind::Other);
@@ -206,7 +211,7 @@ pub fn print(title: &str, db_bytes: u64, rows: &[Row]) {
             None => ("-".into(), "-".into()),
         };
         println!(
-            "| {}{} | {:.2} | {:.0} | {} | {t_ratio} | {s_ratio} | {:.1} | {:.1} | {:.0} % | {:.1} |",
+            "| {}{} | {:.2} | {:.0} | {} | {t_ratio} | {s_ratio} | {:.1} |{} {:.0} % | {:.1} |",
             r.name.replace('|', "\\|"),
             if r.note.is_empty() {
                 String::new()
@@ -223,7 +228,11 @@ pub fn print(title: &str, db_bytes: u64, rows: &[Row]) {
                 })
                 .unwrap_or_else(|| "-".into()),
             u.own_cpu,
-            u.pg_cpu,
+            if pg {
+                format!(" {:.1} |", u.pg_cpu)
+            } else {
+                String::new()
+            },
             u.machine_busy * 100.0,
             u.load,
         );
