@@ -37,6 +37,10 @@ enum Command {
     /// Benchmark: run the reference process (external task -> exclusive gateway -> parallel
     /// fork of two external tasks -> join) for N instances with persistence; prints instances/s.
     Bench(bench::BenchArgs),
+    /// Benchmark of backup and restore: generates about --size-mb of realistic data on
+    /// PostgreSQL (and SQLite with --sqlite) and times our backup, verify, restore and
+    /// incremental beside pg_dump, pg_restore, psql and sqlite3 + zstd.
+    BenchBackup(bench::backup::BenchBackupArgs),
     /// Back up the database and configuration files into a verified archive
     /// (`backup list`, `backup verify` manage them).
     Backup(backup_cmd::BackupArgs),
@@ -72,6 +76,7 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Command::Bench(args) => bench::run(args).await,
+            Command::BenchBackup(args) => bench::backup::run(args).await,
             Command::Backup(args) => {
                 let code = backup_cmd::backup(args, cli.config.as_deref()).await;
                 std::process::exit(code)

@@ -15,6 +15,8 @@ use steadyflow_engine::{Engine, StartRequest, SystemClock};
 use steadyflow_store::{InstanceFilter, InstanceState, Store, TopicLock};
 use tokio::task::JoinSet;
 
+pub mod backup;
+
 pub const REFERENCE_BPMN: &str = include_str!("reference.bpmn");
 
 #[derive(Debug, Clone, clap::Args)]
