@@ -135,6 +135,7 @@ pub async fn backup(target: &Target, dir: &Path, kind: Kind) -> Result<(Sidecar,
         now: chrono::Utc::now(),
         kind,
         prune_journal: false,
+        redis: None,
     };
     let (clock, progress) = progress();
     let meter = Meter::start();

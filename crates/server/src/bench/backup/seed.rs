@@ -125,8 +125,10 @@ pub async fn run(engine: Arc<Engine>, n: usize) -> Result<SeedStats> {
             ("benchOrder", order_variables(&mut rng, i))
         };
         let business_key = Some(format!("order-{}", uuid4(&mut rng)));
-        if starts.len() >= 64 {
-            starts.join_next().await.expect("a start in flight")??;
+        if starts.len() >= 64
+            && let Some(done) = starts.join_next().await
+        {
+            done??;
         }
         let engine = engine.clone();
         starts.spawn(async move {
@@ -183,8 +185,10 @@ async fn apply(engine: &Arc<Engine>, jobs: Vec<(String, String, Fate, Value)>) -
                 Fate::KeepLocked => Ok(()),
             }
         });
-        if set.len() >= 64 {
-            set.join_next().await.expect("a job in flight")??;
+        if set.len() >= 64
+            && let Some(done) = set.join_next().await
+        {
+            done??;
         }
     }
     while let Some(r) = set.join_next().await {
@@ -294,8 +298,10 @@ async fn work_approvals(engine: &Arc<Engine>, rng: &mut Rng) -> Result<()> {
             }
             anyhow::Ok(())
         });
-        if set.len() >= 64 {
-            set.join_next().await.expect("a job in flight")??;
+        if set.len() >= 64
+            && let Some(done) = set.join_next().await
+        {
+            done??;
         }
     }
     while let Some(r) = set.join_next().await {
