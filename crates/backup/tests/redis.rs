@@ -3,6 +3,14 @@
 //! `sf-test-<uuid>:` and deletes its keys when it ends, failed or not. Without Redis the
 //! tests are skipped with a notice, unless `STEADYFLOW_REQUIRE_SERVICES=1` (CI).
 
+// A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
+// exempts only test functions and `#[cfg(test)]` modules).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a failed unwrap is a failed test"
+)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
