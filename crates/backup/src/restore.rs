@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use steadyflow_store::recovery::{ContentHasher, EXPORT_BATCH, Staging, TableSpec};
+use steadyflow_store::recovery::{EXPORT_BATCH, Staging, TableSpec};
 
 use crate::archive;
 use crate::error::{BackupError, Result};
@@ -200,28 +200,36 @@ fn check_restorable(manifest: &Manifest, max_schema: i64) -> Result<()> {
     Ok(())
 }
 
-/// Checks the whole archive: every file's size and SHA-256 (while reading), then each
-/// table's rows and content checksum recomputed from its lines.
+/// Checks the whole archive: every file's size and SHA-256 (while reading), the manifest,
+/// and each table file's row count. The content checksums are not recomputed here: they
+/// are a function of bytes whose SHA-256 was just checked against the same manifest (a
+/// restore recomputes them from the restored database, where they can differ).
 pub fn verify(path: &Path, keys: &DecryptWith) -> Result<Manifest> {
     let mut problems = Vec::new();
     let manifest = archive::read(path, keys, |_, file, r| {
         if file.table.is_none() {
             return Ok(());
         }
-        let mut hasher = ContentHasher::new();
-        for line in BufReader::with_capacity(1 << 20, r).lines() {
-            let line = line.map_err(|e| BackupError::Verify(format!("{}: {e}", file.path)))?;
-            if !line.is_empty() {
-                hasher
-                    .add(&line)
-                    .map_err(|e| BackupError::Verify(format!("{}: {e}", file.path)))?;
+        let mut rows = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut last = b'\n';
+        loop {
+            let n = r
+                .read(&mut buf)
+                .map_err(|e| BackupError::Verify(format!("{}: {e}", file.path)))?;
+            if n == 0 {
+                break;
             }
+            rows += buf[..n].iter().filter(|b| **b == b'\n').count() as u64;
+            last = buf[n - 1];
         }
-        let d = hasher.finish();
-        if Some(d.rows) != file.rows || Some(&d.content_sha256) != file.content_sha256.as_ref() {
+        if last != b'\n' {
+            rows += 1;
+        }
+        if Some(rows) != file.rows {
             problems.push(format!(
-                "{}: {} rows (content {}), the manifest says {:?} rows ({:?})",
-                file.path, d.rows, d.content_sha256, file.rows, file.content_sha256
+                "{}: {rows} rows, the manifest says {:?}",
+                file.path, file.rows
             ));
         }
         Ok(())
