@@ -10,7 +10,9 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
-use steadyflow_store::recovery::{ContentHasher, DataClass, ExportBatch, Exporter, TABLES};
+use steadyflow_store::recovery::{
+    ContentHasher, DataClass, ExportBatch, Exporter, SnapshotInfo, TABLES,
+};
 
 use crate::archive::{self, HashWriter, Member};
 use crate::catalog;
@@ -302,82 +304,38 @@ fn verify_after_write(
     Ok(None)
 }
 
-/// Spools the journal rows after `after` to `<spool>/journal.jsonl`.
-async fn export_journal(
-    exporter: &dyn Exporter,
-    after: i64,
-    spool: &Path,
-    progress: &Progress,
-) -> Result<(
-    steadyflow_store::recovery::SnapshotInfo,
-    (FileEntry, PathBuf),
-)> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportBatch>(8);
-    let spool_dir = spool.to_path_buf();
-    let progress_w = progress.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<Option<(FileEntry, PathBuf)>> {
-        let mut current: Option<TableSpool> = None;
-        while let Some(batch) = rx.blocking_recv() {
-            if current.is_none() {
-                current = Some(TableSpool::create(&spool_dir, batch.table)?);
-            }
-            #[allow(
-                clippy::expect_used,
-                reason = "`current` is set just above when it was empty"
-            )]
-            let c = current.as_mut().expect("set just above");
-            for line in &batch.lines {
-                c.add(line)?;
-            }
-            progress_w.rows(batch.lines.len() as u64, c.bytes());
-        }
-        current.map(TableSpool::finish).transpose()
-    });
-    progress.stage("exporting the journal");
-    let info = exporter.export_journal(after, tx).await;
-    let file = writer
-        .await
-        .map_err(|e| BackupError::BadInput(format!("spool writer failed: {e}")))??;
-    let info = info?;
-    let file = file.ok_or_else(|| {
-        BackupError::Store(steadyflow_store::StoreError::Backend(
-            "the journal export sent nothing".into(),
-        ))
-    })?;
-    Ok((info, file))
-}
+type Spooled = (FileEntry, PathBuf);
 
-/// Spools every table to `<spool>/<table>.jsonl`, hashing bytes and canonical content.
-async fn export_tables(
-    exporter: &dyn Exporter,
+/// Runs `export` with a channel whose batches a writer thread spools to
+/// `<spool>/<table>.jsonl`, hashing bytes and canonical content: file writes and content
+/// hashing overlap the database read. Returns the export's facts and the files, in the
+/// order the tables came.
+async fn spool_export<'a>(
     spool: &Path,
     progress: &Progress,
-) -> Result<(
-    steadyflow_store::recovery::SnapshotInfo,
-    Vec<(FileEntry, PathBuf)>,
-)> {
+    stage: &str,
+    export: impl FnOnce(
+        tokio::sync::mpsc::Sender<ExportBatch>,
+    )
+        -> futures_util::future::BoxFuture<'a, steadyflow_store::Result<SnapshotInfo>>,
+) -> Result<(SnapshotInfo, Vec<Spooled>)> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportBatch>(8);
     let spool_dir = spool.to_path_buf();
     let progress_w = progress.clone();
-    // The writer runs on its own thread: file writes and content hashing overlap the
-    // database read.
-    let writer = tokio::task::spawn_blocking(move || -> Result<Vec<(FileEntry, PathBuf)>> {
-        let mut done: Vec<(FileEntry, PathBuf)> = Vec::new();
+    let writer = tokio::task::spawn_blocking(move || -> Result<Vec<Spooled>> {
+        let mut done = Vec::new();
         let mut current: Option<TableSpool> = None;
         while let Some(batch) = rx.blocking_recv() {
-            if current.as_ref().map(|c| c.table) != Some(batch.table.name) {
-                if let Some(c) = current.take() {
-                    done.push(c.finish()?);
+            let table = match current.take() {
+                Some(c) if c.table == batch.table.name => c,
+                previous => {
+                    if let Some(c) = previous {
+                        done.push(c.finish()?);
+                    }
+                    TableSpool::create(&spool_dir, batch.table)?
                 }
-                current = Some(TableSpool::create(&spool_dir, batch.table)?);
-            }
-            #[allow(
-                clippy::expect_used,
-                reason = "`current` is set just above for this batch's table"
-            )]
-            let c = current
-                .as_mut()
-                .expect("set just above for this batch's table");
+            };
+            let c = current.insert(table);
             for line in &batch.lines {
                 c.add(line)?;
             }
@@ -388,12 +346,43 @@ async fn export_tables(
         }
         Ok(done)
     });
-    progress.stage("exporting tables");
-    let info = exporter.export(tx).await;
+    progress.stage(stage);
+    let info = export(tx).await;
     let files = writer
         .await
         .map_err(|e| BackupError::BadInput(format!("spool writer failed: {e}")))??;
-    let info = info?;
+    Ok((info?, files))
+}
+
+/// Spools the journal rows after `after` to `<spool>/journal.jsonl`.
+async fn export_journal(
+    exporter: &dyn Exporter,
+    after: i64,
+    spool: &Path,
+    progress: &Progress,
+) -> Result<(SnapshotInfo, Spooled)> {
+    let (info, files) = spool_export(spool, progress, "exporting the journal", |tx| {
+        exporter.export_journal(after, tx)
+    })
+    .await?;
+    let file = files.into_iter().next().ok_or_else(|| {
+        BackupError::Store(steadyflow_store::StoreError::Backend(
+            "the journal export sent nothing".into(),
+        ))
+    })?;
+    Ok((info, file))
+}
+
+/// Spools every table; an export that skipped a table is refused.
+async fn export_tables(
+    exporter: &dyn Exporter,
+    spool: &Path,
+    progress: &Progress,
+) -> Result<(SnapshotInfo, Vec<Spooled>)> {
+    let (info, files) = spool_export(spool, progress, "exporting tables", |tx| {
+        exporter.export(tx)
+    })
+    .await?;
     let missing: Vec<&str> = TABLES
         .iter()
         .filter(|t| {

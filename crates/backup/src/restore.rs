@@ -34,10 +34,6 @@ pub struct Staged {
     pub seconds: f64,
 }
 
-enum Item {
-    Rows(&'static TableSpec, Vec<String>),
-}
-
 fn table_of(file: &FileEntry) -> Result<Option<&'static TableSpec>> {
     let Some(name) = &file.table else {
         return Ok(None);
@@ -49,30 +45,70 @@ fn table_of(file: &FileEntry) -> Result<Option<&'static TableSpec>> {
         })
 }
 
-/// Reads lines of a table file into batches for `send`.
+/// Reads a file of lines into batches for `send`.
 fn stream_lines(
     reader: &mut dyn Read,
-    table: &'static TableSpec,
-    mut send: impl FnMut(Item) -> Result<()>,
+    what: &str,
+    mut send: impl FnMut(Vec<String>) -> Result<()>,
 ) -> Result<()> {
-    let mut lines = BufReader::with_capacity(1 << 20, reader).lines();
     let mut batch = Vec::with_capacity(EXPORT_BATCH);
-    for line in lines.by_ref() {
-        let line = line.map_err(|e| {
-            BackupError::Verify(format!("table {} cannot be read: {e}", table.name))
-        })?;
+    for line in BufReader::with_capacity(1 << 20, reader).lines() {
+        let line = line.map_err(|e| BackupError::Verify(format!("{what} cannot be read: {e}")))?;
         if line.is_empty() {
             continue;
         }
         batch.push(line);
         if batch.len() == EXPORT_BATCH {
-            send(Item::Rows(table, std::mem::take(&mut batch)))?;
+            send(std::mem::take(&mut batch))?;
         }
     }
     if !batch.is_empty() {
-        send(Item::Rows(table, batch))?;
+        send(batch)?;
     }
     Ok(())
+}
+
+/// Reads the archive at `path` on a blocking thread, where `produce` turns its files into
+/// items; `consume` takes them on this task (a bounded channel: the reader waits for it).
+/// The archive's checks end the read, so what `consume` saw is trusted only once this
+/// returns `Ok`. A consumer's error comes first: the reader then only saw the channel
+/// close.
+async fn pipe<T, P>(
+    path: &Path,
+    keys: &DecryptWith,
+    mut produce: P,
+    mut consume: impl AsyncFnMut(T) -> Result<()>,
+) -> Result<Manifest>
+where
+    T: Send + 'static,
+    P: FnMut(&Manifest, &FileEntry, &mut dyn Read, &mut dyn FnMut(T) -> Result<()>) -> Result<()>
+        + Send
+        + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<T>(4);
+    let (p, k) = (path.to_path_buf(), keys.clone());
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut send = |item: T| {
+            tx.blocking_send(item)
+                .map_err(|_| BackupError::BadInput("restore stopped".into()))
+        };
+        archive::read(&p, &k, |m, f, r| produce(m, f, r, &mut send))
+    });
+    let mut failed = None;
+    while let Some(item) = rx.recv().await {
+        if let Err(e) = consume(item).await {
+            failed = Some(e);
+            break;
+        }
+    }
+    drop(rx);
+    let read = reader
+        .await
+        .map_err(|e| BackupError::BadInput(format!("archive reader failed: {e}")));
+    match (failed, read) {
+        (Some(e), _) | (None, Err(e)) => Err(e),
+        (None, Ok(read)) => read,
+    }
 }
 
 /// Restores the database tables of the archive at `path` into `staging` and checks
@@ -86,54 +122,38 @@ pub async fn restore_tables(
     progress: &Progress,
 ) -> Result<Staged> {
     let started = Instant::now();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(4);
-    let (path_owned, keys_owned) = (path.to_path_buf(), keys.clone());
-    let reader = tokio::task::spawn_blocking(move || {
-        let mut checked = false;
-        archive::read(&path_owned, &keys_owned, |manifest, file, r| {
+    progress.stage("restoring tables");
+    let mut checked = false;
+    let read = pipe(
+        path,
+        keys,
+        move |manifest, file, r, send| {
             if !checked {
                 check_restorable(manifest, max_schema)?;
                 checked = true;
             }
             match table_of(file)? {
-                Some(table) if table.restored() => stream_lines(r, table, |item| {
-                    tx.blocking_send(item)
-                        .map_err(|_| BackupError::BadInput("restore stopped".into()))
-                }),
+                Some(table) if table.restored() => {
+                    stream_lines(r, &file.path, |lines| send((table, lines)))
+                }
                 _ => Ok(()),
             }
-        })
-    });
-    progress.stage("restoring tables");
-    let mut import_err = None;
-    while let Some(Item::Rows(table, lines)) = rx.recv().await {
-        let n = lines.len() as u64;
-        if let Err(e) = staging.import(table, lines).await {
-            import_err = Some(e);
-            break;
-        }
-        progress.rows(n, 0);
-    }
-    drop(rx);
-    let read = reader
-        .await
-        .map_err(|e| BackupError::BadInput(format!("archive reader failed: {e}")));
-    // An import failure comes first: the reader then only saw the channel close.
-    let manifest = match (read, import_err) {
-        (Ok(Ok(m)), None) => m,
-        (_, Some(e)) => {
-            let _ = staging.discard().await;
-            return Err(e.into());
-        }
-        (Ok(Err(e)), None) | (Err(e), None) => {
+        },
+        async |(table, lines): (&'static TableSpec, Vec<String>)| -> Result<()> {
+            let n = lines.len() as u64;
+            staging.import(table, lines).await?;
+            progress.rows(n, 0);
+            Ok(())
+        },
+    )
+    .await;
+    let manifest = match read.and_then(|m| check_restorable(&m, max_schema).map(|()| m)) {
+        Ok(m) => m,
+        Err(e) => {
             let _ = staging.discard().await;
             return Err(e);
         }
     };
-    if let Err(e) = check_restorable(&manifest, max_schema) {
-        let _ = staging.discard().await;
-        return Err(e);
-    }
     progress.stage("checking restored tables");
     let mut tables = Vec::new();
     for file in &manifest.files {
@@ -382,43 +402,25 @@ pub async fn restore_chain(
     let mut work: Replay = Replay::default();
     for (path, sidecar) in &archives[1..] {
         summary.incrementals += 1;
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(4);
-        let (p, k) = (path.clone(), keys.clone());
-        let reader = tokio::task::spawn_blocking(move || {
-            archive::read(&p, &k, |_, file, r| {
+        progress.stage(&format!("replaying {}", sidecar.manifest.id));
+        let read = pipe(
+            path,
+            keys,
+            |_, file, r, send| {
                 if file.table.as_deref() != Some("journal") {
                     return Ok(());
                 }
-                let table = steadyflow_store::recovery::table("journal")
-                    .ok_or_else(|| BackupError::BadInput("no journal table".into()))?;
-                stream_lines(r, table, |Item::Rows(_, lines)| {
-                    tx.blocking_send(lines)
-                        .map_err(|_| BackupError::BadInput("restore stopped".into()))
-                })
-            })
-        });
-        progress.stage(&format!("replaying {}", sidecar.manifest.id));
-        let mut failed = None;
-        while let Some(lines) = rx.recv().await {
-            if let Err(e) = work
-                .feed(&lines, &base, &backend, to_time, &mut staged, &mut summary)
-                .await
-            {
-                failed = Some(e);
-                break;
-            }
-            progress.rows(lines.len() as u64, 0);
-        }
-        drop(rx);
-        let read = reader
-            .await
-            .map_err(|e| BackupError::BadInput(format!("archive reader failed: {e}")));
-        let err = match (read, failed) {
-            (_, Some(e)) => Some(e),
-            (Ok(Err(e)), None) | (Err(e), None) => Some(e),
-            (Ok(Ok(_)), None) => None,
-        };
-        if let Some(e) = err {
+                stream_lines(r, &file.path, send)
+            },
+            async |lines: Vec<String>| -> Result<()> {
+                work.feed(&lines, &base, &backend, to_time, &mut staged, &mut summary)
+                    .await?;
+                progress.rows(lines.len() as u64, 0);
+                Ok(())
+            },
+        )
+        .await;
+        if let Err(e) = read {
             let _ = staged.staging.discard().await;
             return Err(e);
         }
@@ -628,15 +630,12 @@ pub async fn restore_redis(
         Cache(Option<crate::manifest::CacheInfo>),
         Lines(Vec<String>),
     }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Msg>(4);
-    let (p, k) = (path.to_path_buf(), keys.clone());
-    let reader = tokio::task::spawn_blocking(move || {
-        let send = |m: Msg| {
-            tx.blocking_send(m)
-                .map_err(|_| BackupError::BadInput("restore stopped".into()))
-        };
-        let mut told = false;
-        archive::read(&p, &k, |manifest, file, r| {
+    let mut told = false;
+    let mut staged: Option<crate::redis::KeyRestore> = None;
+    let read = pipe(
+        path,
+        keys,
+        move |manifest, file, r, send| {
             if !told {
                 send(Msg::Cache(manifest.cache.clone()))?;
                 told = true;
@@ -644,69 +643,41 @@ pub async fn restore_redis(
             if file.path != crate::manifest::REDIS_KEYS {
                 return Ok(());
             }
-            let mut batch = Vec::with_capacity(256);
-            for line in BufReader::new(r).lines() {
-                let line = line.map_err(|e| BackupError::Verify(format!("{}: {e}", file.path)))?;
-                if line.is_empty() {
-                    continue;
-                }
-                batch.push(line);
-                if batch.len() == 256 {
-                    send(Msg::Lines(std::mem::take(&mut batch)))?;
-                }
-            }
-            if !batch.is_empty() {
-                send(Msg::Lines(batch))?;
-            }
-            Ok(())
-        })
-    });
-    let mut staged: Option<crate::redis::KeyRestore> = None;
-    let mut failed = None;
-    'msgs: while let Some(msg) = rx.recv().await {
-        match msg {
-            Msg::Cache(None) => {
-                failed = Some(BackupError::BadInput(
+            stream_lines(r, &file.path, |lines| send(Msg::Lines(lines)))
+        },
+        async |msg: Msg| -> Result<()> {
+            match msg {
+                Msg::Cache(None) => Err(BackupError::BadInput(
                     "this backup holds no Redis keys".into(),
-                ));
-                break;
-            }
-            Msg::Cache(Some(cache)) => {
-                let opts = crate::redis::RestoreKeys {
-                    replace: force,
-                    clear_prefix: force,
-                    ttl: crate::redis::TtlFrom::Dump(cache.dumped_at),
-                };
-                match crate::redis::KeyRestore::begin(url, prefix, opts).await {
-                    Ok(s) => staged = Some(s),
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
+                )),
+                Msg::Cache(Some(cache)) => {
+                    let opts = crate::redis::RestoreKeys {
+                        replace: force,
+                        clear_prefix: force,
+                        ttl: crate::redis::TtlFrom::Dump(cache.dumped_at),
+                    };
+                    staged = Some(crate::redis::KeyRestore::begin(url, prefix, opts).await?);
+                    Ok(())
+                }
+                Msg::Lines(lines) => {
+                    if let Some(s) = staged.as_mut() {
+                        for line in lines {
+                            s.push(&line).await?;
+                        }
                     }
+                    Ok(())
                 }
             }
-            Msg::Lines(lines) => {
-                let Some(s) = staged.as_mut() else { continue };
-                for line in lines {
-                    if let Err(e) = s.push(&line).await {
-                        failed = Some(e);
-                        break 'msgs;
-                    }
-                }
-            }
-        }
-    }
-    drop(rx);
-    let read = reader
-        .await
-        .map_err(|e| BackupError::BadInput(format!("archive reader failed: {e}")));
-    match (read, failed, staged) {
-        (Ok(Ok(_)), None, Some(s)) => s.promote().await,
-        (Ok(Ok(m)), None, None) => Err(BackupError::BadInput(format!(
+        },
+    )
+    .await;
+    match (read, staged) {
+        (Ok(_), Some(s)) => s.promote().await,
+        (Ok(m), None) => Err(BackupError::BadInput(format!(
             "backup {} holds no Redis keys",
             m.id
         ))),
-        (_, Some(e), s) | (Ok(Err(e)), None, s) | (Err(e), None, s) => {
+        (Err(e), s) => {
             if let Some(s) = s {
                 let _ = s.discard().await;
             }
