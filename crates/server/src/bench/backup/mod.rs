@@ -314,27 +314,38 @@ async fn postgres_run(args: &BenchBackupArgs, work: &Path, dbs: &mut PgScratch) 
         None
     };
     incremental_and_prune(&src, &backups, &full, &built, &mut rows, args.keep).await?;
-    if let Some(lines) = profiled {
-        profile::print("PostgreSQL: stages on their own", &lines);
-    }
-    report::print(
-        &format!(
-            "PostgreSQL, {:.0} MiB database ({} instances, {} history rows, {} journal rows)",
-            report::mib(built.bytes),
-            built.instances,
-            built.history_rows,
-            built.journal_rows
-        ),
-        built.bytes,
-        &rows,
-        true,
-    );
+    print_results("PostgreSQL", &built, &rows, profiled.as_deref(), true);
     Ok(())
 }
 
 /// 1 % of the instances change through the engine, then an incremental backup and the
 /// journal pruning a default backup does (not with `keep`: the kept dataset keeps its
 /// journal, so that commands rerun on it see the data measured here).
+/// The stages measured on their own (with `--profile`), then the table of one backend.
+fn print_results(
+    backend: &str,
+    built: &dataset::Built,
+    rows: &[Row],
+    profiled: Option<&[profile::Line]>,
+    server_cpu: bool,
+) {
+    if let Some(lines) = profiled {
+        profile::print(&format!("{backend}: stages on their own"), lines);
+    }
+    report::print(
+        &format!(
+            "{backend}, {:.0} MiB database ({} instances, {} history rows, {} journal rows)",
+            report::mib(built.bytes),
+            built.instances,
+            built.history_rows,
+            built.journal_rows
+        ),
+        built.bytes,
+        rows,
+        server_cpu,
+    );
+}
+
 async fn incremental_and_prune(
     src: &Target,
     backups: &Path,
@@ -462,20 +473,6 @@ async fn sqlite(args: &BenchBackupArgs, work: &Path) -> Result<()> {
         None
     };
     incremental_and_prune(&src, &backups, &full, &built, &mut rows, args.keep).await?;
-    if let Some(lines) = profiled {
-        profile::print("SQLite: stages on their own", &lines);
-    }
-    report::print(
-        &format!(
-            "SQLite, {:.0} MiB database ({} instances, {} history rows, {} journal rows)",
-            report::mib(built.bytes),
-            built.instances,
-            built.history_rows,
-            built.journal_rows
-        ),
-        built.bytes,
-        &rows,
-        false,
-    );
+    print_results("SQLite", &built, &rows, profiled.as_deref(), false);
     Ok(())
 }
