@@ -22,6 +22,8 @@ mod e2e {
     pub mod server;
     pub mod services;
 
+    mod backup_chain_tests;
+    mod backup_fault_tests;
     mod backup_tests;
     mod cluster_tests;
     mod conformance_tests;

@@ -309,3 +309,91 @@ pub async fn journal_rows(url: &str) -> usize {
         .expect("journal export");
     count.await.unwrap()
 }
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+pub async fn open(url: &str) -> Arc<dyn Store> {
+    match url.strip_prefix("sqlite://") {
+        Some(p) => Arc::new(steadyflow_store_sqlite::SqliteStore::open(p).unwrap()),
+        None => Arc::new(steadyflow_store_pg::PgStore::connect(url).await.unwrap()),
+    }
+}
+
+pub fn sqlite_url(dir: &Path, name: &str) -> String {
+    format!("sqlite://{}", dir.join(name).display())
+}
+
+/// Drops what a PostgreSQL restore may leave besides the test database itself.
+pub async fn drop_side_databases(db: &steadyflow_store_pg::testing::TestDatabase) {
+    let admin = steadyflow_store_pg::testing::with_dbname(db.url(), "postgres");
+    let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for suffix in ["_restore", "_restore_old"] {
+        client
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {}{suffix} WITH (FORCE)",
+                db.name()
+            ))
+            .await
+            .unwrap();
+    }
+}
+
+/// Backs up a database that an engine keeps open, restores it into another, compares
+/// every table, and runs every restored instance to its end.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+pub async fn more_work(store: Arc<dyn Store>, worker: &str, starts: usize) -> Vec<String> {
+    use steadyflow_engine::{Engine, StartRequest, SystemClock};
+    use steadyflow_store::{TaskFilter, TopicLock, Vars};
+    let engine = Engine::new(store, Arc::new(SystemClock));
+    let tasks = engine
+        .tasks(&TaskFilter {
+            limit: Some(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for t in tasks {
+        engine.complete_task(&t.id, Vars::new()).await.unwrap();
+    }
+    // Locks taken at populate time (June 2026) have long expired on the wall clock.
+    let topics = [TopicLock {
+        topic: "charge".into(),
+        lock_duration_ms: 600_000,
+    }];
+    let mut done = Vec::new();
+    for t in engine.fetch_and_lock(worker, 3, &topics).await.unwrap() {
+        engine
+            .complete_external_task(&t.task.id, worker, Vars::new())
+            .await
+            .unwrap();
+        done.push(t.task.id);
+    }
+    for k in 0..starts {
+        engine
+            .start(
+                "order",
+                StartRequest {
+                    business_key: Some(format!("{worker}-{k}")),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    done
+}
