@@ -47,6 +47,7 @@ mod error;
 mod lookups;
 mod migrate;
 mod pipeline;
+mod plain;
 mod reads;
 pub mod recovery;
 mod rows;
@@ -362,5 +363,25 @@ impl Store for PgStore {
 
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         self.read_journal(after, limit).await
+    }
+
+    async fn plain_write(&self, time: Timestamp, writes: Vec<users::PlainWrite>) -> Result<()> {
+        let this = self.clone();
+        detached(async move { this.write_plain(time, &writes).await }).await
+    }
+
+    async fn plain_row(
+        &self,
+        table: &'static steadyflow_store::recovery::TableSpec,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        self.read_plain_row(table, key).await
+    }
+
+    async fn plain_rows(
+        &self,
+        table: &'static steadyflow_store::recovery::TableSpec,
+    ) -> Result<Vec<serde_json::Value>> {
+        self.read_plain_rows(table).await
     }
 }

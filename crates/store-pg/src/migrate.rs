@@ -9,11 +9,18 @@ use tokio_postgres::Client;
 
 use crate::error::db_err;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/postgres/0001_init.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "users",
+        sql: include_str!("../migrations/postgres/0002_users.sql"),
+    },
+];
 
 /// Advisory lock key of the migration lock ("steadyfl" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7374_6561_6479_666c;

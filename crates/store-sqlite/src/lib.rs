@@ -15,6 +15,7 @@
 //! than the previous transaction's (see `writer.rs`).
 
 mod migrate;
+mod plain;
 mod reads;
 pub mod recovery;
 mod rows;
@@ -421,5 +422,28 @@ impl Store for SqliteStore {
         // One writer: sequence order is commit order, and readers only see committed rows.
         self.read(move |c| reads::journal_since(c, after, limit))
             .await
+    }
+
+    async fn plain_write(&self, time: Timestamp, writes: Vec<users::PlainWrite>) -> Result<()> {
+        self.writer
+            .run(Some(time), move |c, tx| plain::write(c, tx, &writes))
+            .await
+    }
+
+    async fn plain_row(
+        &self,
+        table: &'static steadyflow_store::recovery::TableSpec,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        let key = key.to_string();
+        // Reads answer rusqlite errors; these carry store errors (corrupt lines) too.
+        self.read(move |c| Ok(plain::row(c, table, &key))).await?
+    }
+
+    async fn plain_rows(
+        &self,
+        table: &'static steadyflow_store::recovery::TableSpec,
+    ) -> Result<Vec<serde_json::Value>> {
+        self.read(move |c| Ok(plain::rows(c, table))).await?
     }
 }

@@ -8,11 +8,18 @@ use steadyflow_store::migrations::{self, Migration};
 
 use crate::backend_err;
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/sqlite/0001_init.sql"),
-}];
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "users",
+        sql: include_str!("../migrations/sqlite/0002_users.sql"),
+    },
+];
 
 pub(crate) fn run(conn: &mut Connection) -> Result<()> {
     let tx = conn

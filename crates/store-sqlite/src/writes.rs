@@ -15,7 +15,7 @@ use crate::rows;
 type R<T> = Result<T>;
 
 /// Appends journal rows at `tx_time` (multi-row inserts).
-fn append_journal(c: &Connection, tx_time: i64, entries: &[JournalEntry<'_>]) -> R<()> {
+pub(crate) fn append_journal(c: &Connection, tx_time: i64, entries: &[JournalEntry<'_>]) -> R<()> {
     use rusqlite::types::{ToSqlOutput, ValueRef};
     fn text(s: &str) -> ToSqlOutput<'_> {
         ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes()))

@@ -22,6 +22,7 @@ pub mod migrations;
 mod records;
 pub mod recovery;
 pub mod schema;
+pub mod users;
 
 pub use history::{decode_history, encode_history};
 pub use images::RowImages;
@@ -176,4 +177,22 @@ pub trait Store: Send + Sync + 'static {
     /// whose transaction is visible and can no longer be overtaken are returned, so a
     /// reader that resumes from the last seq it saw never skips one.
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>>;
+
+    /// Writes plain rows ([`users`]: users, API tokens) in one transaction together with
+    /// their journal rows, at `time` (the engine's clock). A row written whole is
+    /// journaled as `insert` or `update` (whichever it was); removing a row that is not
+    /// there writes nothing.
+    async fn plain_write(&self, time: Timestamp, writes: Vec<users::PlainWrite>) -> Result<()>;
+    /// The row of a plain table with this key, as a table line: an object keyed by column
+    /// name, times in milliseconds, JSON columns embedded.
+    async fn plain_row(
+        &self,
+        table: &'static recovery::TableSpec,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>>;
+    /// Every row of a plain table, in key order (small tables only).
+    async fn plain_rows(
+        &self,
+        table: &'static recovery::TableSpec,
+    ) -> Result<Vec<serde_json::Value>>;
 }

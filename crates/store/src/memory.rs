@@ -45,6 +45,8 @@ struct State {
     history: BTreeMap<String, Vec<HistoryRecord>>,
     /// `seq` is the position + 1.
     journal: Vec<JournalRecord>,
+    /// Plain rows (users, tokens) by table and key, as table lines.
+    plain: BTreeMap<(&'static str, String), Value>,
 }
 
 /// A journal row waiting for its `seq`: entity, entity id, op, image.
@@ -607,5 +609,57 @@ impl Store for MemoryStore {
         let state = self.state()?;
         let start = state.journal.partition_point(|r| r.seq <= after);
         Ok(state.journal[start..].iter().take(limit).cloned().collect())
+    }
+
+    async fn plain_write(&self, time: Timestamp, writes: Vec<users::PlainWrite>) -> Result<()> {
+        // Every line is made before anything changes: a bad write changes nothing.
+        let mut lines = Vec::with_capacity(writes.len());
+        for w in &writes {
+            lines.push(users::plain_line(w)?);
+        }
+        let mut state = self.state()?;
+        let mut pending: Vec<Pending> = Vec::new();
+        for (w, (table, line)) in writes.into_iter().zip(lines) {
+            let key = (table.name, w.id.clone());
+            match line {
+                Some(line) => {
+                    let line: serde_json::Map<String, Value> =
+                        line.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+                    let op = if state.plain.insert(key, Value::Object(line)).is_some() {
+                        "update"
+                    } else {
+                        "insert"
+                    };
+                    pending.push((w.entity.as_str(), w.id, op, w.image.unwrap_or_default()));
+                }
+                None => {
+                    if state.plain.remove(&key).is_some() {
+                        pending.push((w.entity.as_str(), w.id, "delete", Value::Null));
+                    }
+                }
+            }
+        }
+        let time = DateTime::from_timestamp_millis(time.timestamp_millis()).unwrap_or(time);
+        state.log(time, pending);
+        Ok(())
+    }
+
+    async fn plain_row(
+        &self,
+        table: &'static recovery::TableSpec,
+        key: &str,
+    ) -> Result<Option<Value>> {
+        let state = self.state()?;
+        Ok(state.plain.get(&(table.name, key.to_string())).cloned())
+    }
+
+    async fn plain_rows(&self, table: &'static recovery::TableSpec) -> Result<Vec<Value>> {
+        let state = self.state()?;
+        Ok(state
+            .plain
+            .iter()
+            .filter(|((t, _), _)| *t == table.name)
+            .map(|(_, v)| v.clone())
+            .collect())
     }
 }

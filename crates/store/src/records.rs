@@ -97,6 +97,8 @@ macro_rules! closed_set {
     };
 }
 
+pub(crate) use closed_set;
+
 closed_set! {
     pub enum InstanceState {
         Active = "active",
@@ -156,6 +158,10 @@ closed_set! {
         Incident = "incident",
         /// One change set's history document.
         History = "history",
+        /// A user of the API (a plain row: [`crate::users`]).
+        User = "user",
+        /// An API token (a plain row).
+        ApiToken = "apiToken",
     }
 }
 

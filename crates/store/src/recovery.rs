@@ -215,6 +215,36 @@ pub const TABLES: &[TableSpec] = &[
         columns: &[int("seq"), text("instance_id"), int("time"), json("events")],
     },
     TableSpec {
+        name: "users",
+        class: DataClass::Critical,
+        key: "id",
+        restored: true,
+        columns: &[
+            text("id"),
+            text("role"),
+            json("groups"),
+            text("password_hash"),
+            int("created_at"),
+            int("updated_at"),
+            int("disabled_at"),
+        ],
+    },
+    TableSpec {
+        name: "api_tokens",
+        class: DataClass::Critical,
+        key: "id",
+        restored: true,
+        columns: &[
+            text("id"),
+            text("user_id"),
+            text("label"),
+            text("hash"),
+            int("created_at"),
+            int("expires_at"),
+            int("revoked_at"),
+        ],
+    },
+    TableSpec {
         name: "journal",
         class: DataClass::Important,
         key: "seq",
@@ -474,6 +504,8 @@ fn entity_table(entity: &str) -> Result<&'static TableSpec> {
         "timer" => "timers",
         "incident" => "incidents",
         "history" => "history",
+        "user" => "users",
+        "apiToken" => "api_tokens",
         other => {
             return Err(StoreError::Corrupt(format!(
                 "journal names an unknown entity `{other}`"
@@ -481,6 +513,11 @@ fn entity_table(entity: &str) -> Result<&'static TableSpec> {
         }
     };
     table(name).ok_or_else(|| StoreError::Corrupt(format!("no table {name}")))
+}
+
+/// `snake_case` column name to the camelCase field of a row image.
+pub fn camel_case(column: &str) -> String {
+    camel(column)
 }
 
 fn camel(column: &str) -> String {

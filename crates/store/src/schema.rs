@@ -51,6 +51,8 @@ impl JournalEntity {
             JournalEntity::Timer => "timers",
             JournalEntity::Incident => "incidents",
             JournalEntity::History => "history",
+            JournalEntity::User => "users",
+            JournalEntity::ApiToken => "api_tokens",
         }
     }
 }

@@ -70,6 +70,7 @@ pub mod listing;
 pub mod poll;
 pub mod recovery;
 pub mod timers;
+pub mod users;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -189,6 +190,7 @@ macro_rules! conformance_tests {
             incidents_history::history_insertion_order,
             journal::journal_rows,
             journal::journal_limit_and_failed_apply,
+            users::plain_rows_round_trip,
         );
     };
 
