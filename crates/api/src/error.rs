@@ -61,6 +61,8 @@ error_codes! {
     BadRequest => "bad_request", BAD_REQUEST, "A parameter or field has a value the operation does not accept.";
     Unauthorized => "unauthorized", UNAUTHORIZED, "The caller did not prove who they are.";
     Forbidden => "forbidden", FORBIDDEN, "The caller is known but may not do this.";
+    TooManyRequests => "too_many_requests", TOO_MANY_REQUESTS, "Too many failed log-ins for this user or address; retry after `Retry-After` seconds.";
+    AlreadyExists => "already_exists", CONFLICT, "A user with that name exists already.";
     NotFound => "not_found", NOT_FOUND, "No such route, or the named definition, instance, task, external task or incident does not exist (any more).";
     MethodNotAllowed => "method_not_allowed", METHOD_NOT_ALLOWED, "The route exists, but not with this method.";
     InstanceEnded => "instance_ended", CONFLICT, "The process instance has completed or was cancelled; nothing changes it any more.";
@@ -103,6 +105,8 @@ pub struct ApiError {
     details: Option<Value>,
     /// Sent as `Retry-After` (seconds).
     retry_after: Option<u32>,
+    /// Sent as `WWW-Authenticate` (with 401).
+    challenge: Option<&'static str>,
 }
 
 /// The JSON body of every error response.
@@ -145,6 +149,7 @@ impl ApiError {
             message: message.into(),
             details: None,
             retry_after: None,
+            challenge: None,
         }
     }
 
@@ -165,9 +170,26 @@ impl ApiError {
         Self::new(Code::NotFound, message)
     }
 
-    /// 401: the caller did not prove who they are.
+    /// 401: the caller did not prove who they are (no credentials at all).
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(Code::Unauthorized, message)
+        let mut e = Self::new(Code::Unauthorized, message);
+        e.challenge = Some(r#"Bearer realm="steadyflow""#);
+        e
+    }
+
+    /// 401: the credentials presented are malformed, unknown, expired or revoked
+    /// (RFC 6750's `invalid_token`).
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        let mut e = Self::new(Code::Unauthorized, message);
+        e.challenge = Some(r#"Bearer realm="steadyflow", error="invalid_token""#);
+        e
+    }
+
+    /// 429 with `Retry-After`.
+    pub fn too_many_requests(message: impl Into<String>, retry_after_secs: u32) -> Self {
+        let mut e = Self::new(Code::TooManyRequests, message);
+        e.retry_after = Some(retry_after_secs.max(1));
+        e
     }
 
     /// 403: the caller is known but may not do this.
@@ -232,6 +254,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let retry_after = self.retry_after;
+        let challenge = self.challenge;
         let body = ErrorResponse {
             error: ErrorBody {
                 code: self.code.as_str().to_string(),
@@ -244,6 +267,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(c) = challenge {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(c));
         }
         response
     }

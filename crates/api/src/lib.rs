@@ -21,6 +21,8 @@ use steadyflow_engine::Engine;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
 
+pub mod access;
+pub mod accounts;
 mod auth;
 mod error;
 mod json;
@@ -28,7 +30,7 @@ pub mod model;
 mod params;
 mod routes;
 
-pub use auth::{AllowAll, Authenticator, Principal};
+pub use auth::{AllowAll, Authenticator, BOOTSTRAP_ADMIN, Principal, TokenAuth, bearer};
 pub use error::{ApiError, Code, ErrorBody, ErrorResponse};
 pub use json::{Json, JsonOrEmpty};
 
@@ -46,19 +48,47 @@ pub struct AppState {
         description = "BPMN workflow engine REST API. Errors are \
             `{\"error\":{\"code\":\"...\",\"message\":\"...\",\"details\":{...}}}` with one \
             stable code per condition; the `ErrorBody` schema lists every code with its HTTP status \
-            and meaning. A `busy` answer (503) carries `Retry-After`."
+            and meaning. A `busy` answer (503) carries `Retry-After`. Every `/api/v1` route \
+            except `POST /api/v1/auth/token` needs `Authorization: Bearer <token>`: a missing, \
+            malformed, unknown, expired or revoked token answers 401 with `WWW-Authenticate`, \
+            a role that may not answers 403."
     ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
     tags(
         (name = "process definitions", description = "Deploy BPMN and start instances"),
         (name = "process instances", description = "Inspect and steer running instances"),
         (name = "tasks", description = "User tasks"),
         (name = "external tasks", description = "The worker protocol"),
         (name = "incidents", description = "Where instances are stuck"),
+        (name = "auth", description = "Log-in, users and API tokens"),
         (name = "health", description = "Probes"),
         (name = "meta", description = "This document"),
     )
 )]
 struct ApiDoc;
+
+/// Declares the `bearer` security scheme every `/api/v1` operation requires.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token from `steadyflow user token`, `POST /api/v1/users/{id}/tokens` \
+                         or `POST /api/v1/auth/token`",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// The complete route table with its OpenAPI document; `v1` is the `/api/v1` part,
 /// with or without its authentication layer.

@@ -84,6 +84,26 @@ impl Probe {
 
 #[async_trait]
 impl Store for Probe {
+    async fn plain_write(
+        &self,
+        time: Timestamp,
+        writes: Vec<steadyflow_store::users::PlainWrite>,
+    ) -> Result<()> {
+        self.inner.plain_write(time, writes).await
+    }
+    async fn plain_row(
+        &self,
+        table: &'static steadyflow_store::recovery::TableSpec,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        self.inner.plain_row(table, key).await
+    }
+    async fn plain_rows(
+        &self,
+        table: &'static steadyflow_store::recovery::TableSpec,
+    ) -> Result<Vec<serde_json::Value>> {
+        self.inner.plain_rows(table).await
+    }
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }

@@ -25,10 +25,10 @@ const ENV_PREFIX: &str = "STEADYFLOW_";
 pub struct DbArgs {
     /// Database URL: sqlite://PATH or postgres://HOST/DB (without one: steadyflow.db in
     /// the data directory)
-    #[arg(long, env = "STEADYFLOW_DATABASE_URL")]
+    #[arg(long, global = true, env = "STEADYFLOW_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Directory for local data (default: `data_dir` of the configuration)
-    #[arg(long, env = "STEADYFLOW_DATA_DIR")]
+    #[arg(long, global = true, env = "STEADYFLOW_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 }
 
@@ -39,6 +39,12 @@ pub struct ServeArgs {
     pub listen: Option<String>,
     #[command(flatten)]
     pub db: DbArgs,
+    /// Bootstrap token: this exact token is accepted as an administrator's, beside the
+    /// users' tokens. For automation that must start a fresh deployment before any user
+    /// exists; whoever reads the environment of the process holds full control, so
+    /// prefer a user's token (`steadyflow user token`) and unset it once users exist
+    #[arg(long, env = "STEADYFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

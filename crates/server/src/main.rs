@@ -5,6 +5,7 @@ mod bench;
 mod config;
 mod serve;
 mod stores;
+mod user_cmd;
 
 use anyhow::Result;
 
@@ -47,6 +48,8 @@ enum Command {
     /// Restore a backup (by id, file or `latest`) into the configured database, after
     /// checking every row against the archive's manifest.
     Restore(backup_cmd::RestoreArgs),
+    /// Manage users, roles, groups and API tokens (`user add|token|list|set|disable|enable|remove|revoke`).
+    User(user_cmd::UserArgs),
     /// Print the OpenAPI document of the REST API (the same one served at /api/v1/openapi.json).
     Openapi,
 }
@@ -67,7 +70,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => {
                 let cfg = config::load(cli.config.as_deref(), &args.db, args.listen.as_deref())?;
-                serve::run(cfg).await
+                serve::run(cfg, args.admin_token).await
             }
             Command::Migrate(args) => {
                 let cfg = config::load(cli.config.as_deref(), &args, None)?;
@@ -85,6 +88,7 @@ fn main() -> Result<()> {
                 let code = backup_cmd::restore(args, cli.config.as_deref()).await;
                 std::process::exit(code)
             }
+            Command::User(args) => user_cmd::run(args, cli.config.as_deref()).await,
             Command::Openapi => {
                 println!("{}", steadyflow_api::openapi().to_pretty_json()?);
                 Ok(())

@@ -4,19 +4,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use steadyflow_api::{AllowAll, ApiError, AppState};
+use steadyflow_api::accounts::Accounts;
+use steadyflow_api::{ApiError, AppState, TokenAuth};
 use steadyflow_engine::{Backoff, ComponentHealth, Engine, EngineOptions, SystemClock, supervise};
 use tokio::sync::watch;
 
 use crate::config::{Config, TimerConfig, redact};
 
-pub async fn run(cfg: Config) -> Result<()> {
+pub async fn run(cfg: Config, admin_token: Option<String>) -> Result<()> {
     tracing::info!(database = %redact(&cfg.database_url()), "opening store");
     let store = crate::stores::open_configured(&cfg).await?;
     let options = EngineOptions {
         timer_lock: cfg.engine.timers.lock(),
     };
-    let engine = Arc::new(Engine::with_options(store, Arc::new(SystemClock), options));
+    let clock = Arc::new(SystemClock);
+    let accounts = Accounts::new(store.clone(), clock.clone());
+    let engine = Arc::new(Engine::with_options(store, clock, options));
     let (stop_tx, stop_rx) = watch::channel(false);
     // Registered before it starts, so `/health` lists it from the first request on.
     let timer_health = engine.components().register(TIMER_DRIVER);
@@ -29,12 +32,19 @@ pub async fn run(cfg: Config) -> Result<()> {
 
     let app = steadyflow_api::router(AppState {
         engine: engine.clone(),
-        auth: Arc::new(AllowAll),
+        auth: TokenAuth::shared(accounts, admin_token.as_deref()),
     });
+    if admin_token.is_some() {
+        tracing::warn!(
+            "STEADYFLOW_ADMIN_TOKEN is set: that token is an administrator's; unset it once users exist"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!(listen = %listener.local_addr()?, node = engine.node_id(), "steadyflow is serving");
+    // The peer address reaches handlers (log-in attempts are limited per address).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

@@ -22,6 +22,7 @@ mod e2e {
     pub mod server;
     pub mod services;
 
+    mod auth_tests;
     mod backup_chain_tests;
     mod backup_fault_tests;
     mod backup_tests;

@@ -139,11 +139,12 @@ impl PlainWrite {
     }
 }
 
+/// A table line: column name → value, in column order.
+pub type Line = Vec<(&'static str, Value)>;
+
 /// What a backend writes for `w`: its table and, unless it removes the row, the table
-/// line (column name → value, in column order) taken from the image.
-pub fn plain_line(
-    w: &PlainWrite,
-) -> Result<(&'static TableSpec, Option<Vec<(&'static str, Value)>>)> {
+/// line taken from the image.
+pub fn plain_line(w: &PlainWrite) -> Result<(&'static TableSpec, Option<Line>)> {
     let table = w.entity.plain_table()?;
     let Some(image) = &w.image else {
         return Ok((table, None));

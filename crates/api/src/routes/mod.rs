@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 
+mod accounts;
 mod definitions;
 mod external_tasks;
 mod health;
@@ -25,6 +26,7 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
         .merge(tasks::router())
         .merge(external_tasks::router())
         .merge(incidents::router())
+        .merge(accounts::router())
         .routes(routes!(openapi_json))
 }
 

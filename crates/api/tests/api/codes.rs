@@ -115,6 +115,26 @@ struct Contended(Arc<dyn Store>);
 
 #[async_trait::async_trait]
 impl Store for Contended {
+    async fn plain_write(
+        &self,
+        time: Timestamp,
+        writes: Vec<steadyflow_store::users::PlainWrite>,
+    ) -> Result<()> {
+        self.0.plain_write(time, writes).await
+    }
+    async fn plain_row(
+        &self,
+        table: &'static steadyflow_store::recovery::TableSpec,
+        key: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        self.0.plain_row(table, key).await
+    }
+    async fn plain_rows(
+        &self,
+        table: &'static steadyflow_store::recovery::TableSpec,
+    ) -> Result<Vec<serde_json::Value>> {
+        self.0.plain_rows(table).await
+    }
     fn backend(&self) -> &'static str {
         self.0.backend()
     }

@@ -167,8 +167,9 @@ async fn the_served_document_describes_every_route() {
 /// Lets in requests carrying `x-user`, as that user.
 struct HeaderAuth;
 
+#[async_trait::async_trait]
 impl Authenticator for HeaderAuth {
-    fn authenticate(&self, parts: &Parts) -> Result<Principal, ApiError> {
+    async fn authenticate(&self, parts: &Parts) -> Result<Principal, ApiError> {
         let user = parts
             .headers
             .get("x-user")
@@ -176,7 +177,9 @@ impl Authenticator for HeaderAuth {
             .ok_or_else(|| ApiError::unauthorized("who are you?"))?;
         Ok(Principal {
             name: user.to_string(),
-            roles: vec![],
+            role: steadyflow_store::users::Role::Operator,
+            groups: vec![],
+            token_id: None,
         })
     }
 }
@@ -243,6 +246,26 @@ struct FailingStore(fn() -> StoreError);
 
 #[async_trait::async_trait]
 impl Store for FailingStore {
+    async fn plain_write(
+        &self,
+        _: Timestamp,
+        _: Vec<steadyflow_store::users::PlainWrite>,
+    ) -> Result<()> {
+        Err((self.0)())
+    }
+    async fn plain_row(
+        &self,
+        _: &'static steadyflow_store::recovery::TableSpec,
+        _: &str,
+    ) -> Result<Option<serde_json::Value>> {
+        Err((self.0)())
+    }
+    async fn plain_rows(
+        &self,
+        _: &'static steadyflow_store::recovery::TableSpec,
+    ) -> Result<Vec<serde_json::Value>> {
+        Err((self.0)())
+    }
     fn backend(&self) -> &'static str {
         "failing"
     }

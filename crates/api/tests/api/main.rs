@@ -9,6 +9,7 @@
     reason = "a failed unwrap is a failed test"
 )]
 
+mod authz;
 mod codes;
 mod definitions;
 mod external;

@@ -20,7 +20,34 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The bootstrap administrator token every test server accepts
+/// (`STEADYFLOW_ADMIN_TOKEN`), unless a test starts it with another.
+pub const ADMIN_TOKEN: &str = "e2e-bootstrap-admin-token-7f3a9c";
+
+/// An HTTP client that sends `Authorization: Bearer` [`ADMIN_TOKEN`] with every request
+/// that carries no `Authorization` of its own.
 pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .middleware(
+            |mut req: ureq::http::Request<ureq::SendBody>,
+             next: ureq::middleware::MiddlewareNext| {
+                if !req.headers().contains_key("authorization") {
+                    let value = format!("Bearer {ADMIN_TOKEN}");
+                    if let Ok(v) = ureq::http::HeaderValue::from_str(&value) {
+                        req.headers_mut().insert("authorization", v);
+                    }
+                }
+                next.handle(req)
+            },
+        )
+        .build()
+        .into()
+}
+
+/// A client that sends no credentials of its own.
+pub fn bare_agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -45,6 +72,7 @@ impl ServerProcess {
             .arg(data_dir)
             .current_dir(data_dir)
             .env("STEADYFLOW_LOG", "warn")
+            .env("STEADYFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(url) = database_url {
