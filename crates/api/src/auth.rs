@@ -199,6 +199,13 @@ pub(crate) async fn authenticate(
         }
         tracing::trace!(principal = %p.name, "authenticated");
         parts.extensions.insert(p.clone());
+        // The audit trail: history events of this request's commands name the caller.
+        let name = p.name.clone();
+        return steadyflow_engine::actor::acting_as(
+            &name,
+            next.run(Request::from_parts(parts, body)),
+        )
+        .await;
     }
     next.run(Request::from_parts(parts, body)).await
 }

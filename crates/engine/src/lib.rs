@@ -10,7 +10,8 @@
 //! * [`health`] and [`supervise`]: background work (the timer driver, ...) runs in a
 //!   supervised loop and reports its state for `/health`.
 
-pub mod clock;
+pub mod actor;
+mod clock;
 pub mod core;
 mod error;
 pub mod health;

@@ -548,3 +548,60 @@ async fn users_are_administered_through_the_api() {
     let users = app.call("GET", "/api/v1/users", Some(&admin), None).await;
     assert_eq!(users.body, json!([]));
 }
+
+#[tokio::test]
+async fn history_names_who_did_what() {
+    let app = Secured::new();
+    let xml = crate::support::USER_TASK_XML;
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/process-definitions")
+        .header(header::AUTHORIZATION, bearer(BOOTSTRAP))
+        .header(header::CONTENT_TYPE, "application/xml")
+        .body(Body::from(xml))
+        .unwrap();
+    let resp = app.router.clone().oneshot(req).await.unwrap();
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let ann = app.token_for("ann", Role::User).await;
+    let started = app
+        .call(
+            "POST",
+            "/api/v1/process-definitions/key/approval/start",
+            Some(&bearer(&ann)),
+            Some(json!({})),
+        )
+        .await;
+    assert!(started.status.is_success(), "{}", started.body);
+    let id = started.body["id"].as_str().unwrap();
+    let cancelled = app
+        .call(
+            "DELETE",
+            &format!("/api/v1/process-instances/{id}"),
+            Some(&bearer(BOOTSTRAP)),
+            None,
+        )
+        .await;
+    assert!(cancelled.status.is_success(), "{}", cancelled.body);
+    let history = app
+        .call(
+            "GET",
+            &format!("/api/v1/process-instances/{id}/history"),
+            Some(&bearer(&ann)),
+            None,
+        )
+        .await;
+    let events = history.body.as_array().unwrap();
+    let by = |event: &str| -> Vec<&Value> {
+        events
+            .iter()
+            .filter(|e| e["event"] == event)
+            .map(|e| &e["detail"]["by"])
+            .collect()
+    };
+    assert_eq!(by("instanceStarted"), vec![&json!("ann")], "{events:?}");
+    assert_eq!(
+        by("instanceCancelled"),
+        vec![&json!("bootstrap-admin")],
+        "{events:?}"
+    );
+}

@@ -116,6 +116,7 @@ impl Engine {
         if let Some(timer) = scope.timer {
             cs.timers_removed.push(timer.to_string());
         }
+        crate::actor::stamp(&mut cs);
         match self.store.apply(cs).await {
             Ok(()) => Err(corrupt),
             Err(StoreError::Conflict(_)) => Ok(Attempt::Lost),

@@ -301,7 +301,8 @@ impl Engine {
             self.now(),
         );
         tr.start();
-        let cs = tr.finish();
+        let mut cs = tr.finish();
+        crate::actor::stamp(&mut cs);
         let out = cs.instance.clone();
         self.store.apply(cs).await?;
         self.hot.put(&out);
@@ -417,7 +418,7 @@ impl Engine {
                 .and_then(|mut tr| f(&mut tr).map(|()| tr.finish())),
             Err(e) => Err(e),
         };
-        let cs = match cs {
+        let mut cs = match cs {
             Ok(cs) => cs,
             Err(_) if cached => {
                 self.hot.forget(&id);
@@ -428,6 +429,7 @@ impl Engine {
             }
             Err(e) => return Err(e),
         };
+        crate::actor::stamp(&mut cs);
         let out = cs.instance.clone();
         match self.store.apply(cs).await {
             Ok(()) => {
