@@ -45,6 +45,25 @@ pub struct ServeArgs {
     /// prefer a user's token (`steadyflow user token`) and unset it once users exist
     #[arg(long, env = "STEADYFLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+/// The optional Redis cache (never needed: without it, or while it is down, everything
+/// is read from the database).
+#[derive(Debug, Clone, clap::Args, Default)]
+pub struct RedisArgs {
+    /// Redis URL of the cache, e.g. redis://127.0.0.1:6379/0 (default: no cache)
+    #[arg(long, global = true, env = "STEADYFLOW_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every key the engine writes in Redis
+    #[arg(
+        long,
+        global = true,
+        env = "STEADYFLOW_REDIS_PREFIX",
+        default_value = "steadyflow:"
+    )]
+    pub redis_prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,6 +3,7 @@
 mod backup_cmd;
 mod bench;
 mod config;
+mod redis_cache;
 mod serve;
 mod stores;
 mod user_cmd;
@@ -70,7 +71,7 @@ fn main() -> Result<()> {
         match cli.command {
             Command::Serve(args) => {
                 let cfg = config::load(cli.config.as_deref(), &args.db, args.listen.as_deref())?;
-                serve::run(cfg, args.admin_token).await
+                serve::run(cfg, args).await
             }
             Command::Migrate(args) => {
                 let cfg = config::load(cli.config.as_deref(), &args, None)?;

@@ -9,11 +9,13 @@ use steadyflow_api::{ApiError, AppState, TokenAuth};
 use steadyflow_engine::{Backoff, ComponentHealth, Engine, EngineOptions, SystemClock, supervise};
 use tokio::sync::watch;
 
-use crate::config::{Config, TimerConfig, redact};
+use crate::config::{Config, ServeArgs, TimerConfig, redact};
 
-pub async fn run(cfg: Config, admin_token: Option<String>) -> Result<()> {
+pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
+    let admin_token = args.admin_token;
     tracing::info!(database = %redact(&cfg.database_url()), "opening store");
     let store = crate::stores::open_configured(&cfg).await?;
+    let (store, cache) = crate::redis_cache::wrap(store, &args.redis)?;
     let options = EngineOptions {
         timer_lock: cfg.engine.timers.lock(),
     };
@@ -21,6 +23,10 @@ pub async fn run(cfg: Config, admin_token: Option<String>) -> Result<()> {
     let accounts = Accounts::new(store.clone(), clock.clone());
     let engine = Arc::new(Engine::with_options(store, clock, options));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let cache_monitor = cache.map(|c| {
+        c.report_to(engine.components().register(crate::redis_cache::COMPONENT));
+        tokio::spawn(c.monitor(stop_rx.clone()))
+    });
     // Registered before it starts, so `/health` lists it from the first request on.
     let timer_health = engine.components().register(TIMER_DRIVER);
     let timers = tokio::spawn(timer_driver(
@@ -51,6 +57,9 @@ pub async fn run(cfg: Config, admin_token: Option<String>) -> Result<()> {
         .context("HTTP server failed")?;
     let _ = stop_tx.send(true);
     let _ = timers.await;
+    if let Some(m) = cache_monitor {
+        let _ = m.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -20,6 +20,8 @@ pub struct UserArgs {
     pub command: UserCommand,
     #[command(flatten)]
     pub db: DbArgs,
+    #[command(flatten)]
+    pub redis: crate::config::RedisArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -99,6 +101,17 @@ pub async fn run(args: UserArgs, config_file: Option<&std::path::Path>) -> Resul
     let store = crate::stores::open_configured(&cfg).await.with_context(|| {
         "cannot open the database (on SQLite, stop the server first, or use /api/v1/users with an admin token)"
     })?;
+    // With a Redis cache, changes are announced there too (cached rows are dropped).
+    let (store, cache) = crate::redis_cache::wrap(store, &args.redis)?;
+    if let Some(c) = &cache {
+        c.probe().await;
+        if !c.is_up() {
+            eprintln!(
+                "warning: the Redis cache does not answer; nodes may use cached users and tokens for up to {} s",
+                crate::redis_cache::ROW_TTL
+            );
+        }
+    }
     let accounts = Accounts::new(store, Arc::new(SystemClock));
     match args.command {
         UserCommand::Add {

@@ -32,4 +32,5 @@ mod e2e {
     mod crash_tests;
     mod hot_cache_tests;
     mod openapi_tests;
+    mod redis_cache_tests;
 }
