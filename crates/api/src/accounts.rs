@@ -204,13 +204,19 @@ impl Accounts {
         Ok(all)
     }
 
-    /// Makes a token for `user`; `ttl` `None` never expires. The text is returned once.
+    /// Makes a token for `user`, valid for `ttl` (at most [`MAX_TOKEN_TTL`]). The text
+    /// is returned once.
     pub async fn issue_token(
         &self,
         user: &str,
-        ttl: Option<Duration>,
+        ttl: Duration,
         label: Option<String>,
     ) -> Result<IssuedToken, AccountError> {
+        if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
+            return Err(AccountError::Invalid(
+                "a token lives between 1 s and 3650 days".into(),
+            ));
+        }
         self.user(user).await?;
         if let Some(l) = &label
             && (l.is_empty() || l.chars().count() > 128)
@@ -220,15 +226,12 @@ impl Accounts {
             ));
         }
         let now = self.now();
-        let expires_at = match ttl {
-            Some(ttl) => Some(
-                chrono::Duration::from_std(ttl)
-                    .ok()
-                    .and_then(|d| now.checked_add_signed(d))
-                    .ok_or_else(|| AccountError::Invalid("token lifetime too long".into()))?,
-            ),
-            None => None,
-        };
+        let expires_at = Some(
+            chrono::Duration::from_std(ttl)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| AccountError::Invalid("token lifetime too long".into()))?,
+        );
         let (id, secret) = (random_hex(8)?, random_secret()?);
         let record = TokenRecord {
             id: id.clone(),
@@ -413,14 +416,15 @@ fn check_groups(mut groups: Vec<String>) -> Result<Vec<String>, AccountError> {
     Ok(groups)
 }
 
-/// Parses a token lifetime: `30d`, `12h`, `90m`, `3600s`; `never` for none.
-pub fn parse_ttl(text: &str) -> Result<Option<Duration>, AccountError> {
-    if text == "never" {
-        return Ok(None);
-    }
+/// Longest token lifetime: every token carries an expiry (only the bootstrap token,
+/// which is configuration, has none).
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3_650 * 86_400);
+
+/// Parses a token lifetime: `30d`, `12h`, `90m`, `3600s`, at most ten years.
+pub fn parse_ttl(text: &str) -> Result<Duration, AccountError> {
     let bad = || {
         AccountError::Invalid(format!(
-            "`{text}` is not a lifetime: write a positive number with s, m, h or d (e.g. 30d), or `never`"
+            "`{text}` is not a lifetime: write a positive number with s, m, h or d (e.g. 30d), at most 3650d"
         ))
     };
     let split = text.len().checked_sub(1).ok_or_else(bad)?;
@@ -433,9 +437,9 @@ pub fn parse_ttl(text: &str) -> Result<Option<Duration>, AccountError> {
         "d" => 86_400,
         _ => return Err(bad()),
     };
-    match n.checked_mul(secs) {
-        Some(0) | None => Err(bad()),
-        Some(s) => Ok(Some(Duration::from_secs(s))),
+    match n.checked_mul(secs).map(Duration::from_secs) {
+        Some(d) if !d.is_zero() && d <= MAX_TOKEN_TTL => Ok(d),
+        _ => Err(bad()),
     }
 }
 
@@ -459,13 +463,20 @@ mod tests {
 
     #[test]
     fn ttls() {
-        assert_eq!(
-            parse_ttl("30d").unwrap(),
-            Some(Duration::from_secs(2_592_000))
-        );
-        assert_eq!(parse_ttl("90m").unwrap(), Some(Duration::from_secs(5_400)));
-        assert_eq!(parse_ttl("never").unwrap(), None);
-        for bad in ["", "d", "0h", "12", "-1d", "1w", "99999999999999999999d"] {
+        assert_eq!(parse_ttl("30d").unwrap(), Duration::from_secs(2_592_000));
+        assert_eq!(parse_ttl("90m").unwrap(), Duration::from_secs(5_400));
+        assert_eq!(parse_ttl("3650d").unwrap(), MAX_TOKEN_TTL);
+        for bad in [
+            "",
+            "d",
+            "0h",
+            "12",
+            "-1d",
+            "1w",
+            "never",
+            "3651d",
+            "99999999999999999999d",
+        ] {
             assert!(parse_ttl(bad).is_err(), "{bad}");
         }
     }

@@ -43,7 +43,7 @@ pub enum UserCommand {
     /// Issue a token for a user and print it (it is shown only this once).
     Token {
         name: String,
-        /// Lifetime: 30d, 12h, 90m, 3600s or `never`.
+        /// Lifetime: 30d, 12h, 90m, 3600s (at most 3650d: every token expires).
         #[arg(long, default_value = "30d")]
         ttl: String,
         /// What the token is for (shown in listings).
@@ -138,7 +138,7 @@ pub async fn run(args: UserArgs, config_file: Option<&std::path::Path>) -> Resul
             let until = issued
                 .record
                 .expires_at
-                .map_or("never".to_string(), |t| t.to_rfc3339());
+                .map_or("-".to_string(), |t| t.to_rfc3339());
             eprintln!(
                 "token {} for {name}, expires {until}; it is shown only now:",
                 issued.record.id

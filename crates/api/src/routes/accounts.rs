@@ -160,7 +160,7 @@ pub struct UserPatch {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewToken {
-    /// Lifetime: `30d`, `12h`, `90m`, `3600s` or `never` (default 30d).
+    /// Lifetime: `30d`, `12h`, `90m`, `3600s`, at most `3650d` (default 30d).
     pub ttl: Option<String>,
     #[schema(min_length = 1, max_length = 128)]
     pub label: Option<String>,
@@ -255,7 +255,7 @@ async fn login(
         Checked::Ok(user, _) => {
             clear_failures(&keys[..1]);
             let issued = accounts
-                .issue_token(&user.id, Some(DEFAULT_TOKEN_TTL), Some("login".into()))
+                .issue_token(&user.id, DEFAULT_TOKEN_TTL, Some("login".into()))
                 .await?;
             tracing::info!(user = %user.id, addr = ?addr, token = %issued.record.id, "logged in");
             Ok(Json(IssuedToken {
@@ -421,7 +421,7 @@ async fn issue_token(
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
     let ttl = match body.ttl.as_deref() {
         Some(t) => parse_ttl(t)?,
-        None => Some(DEFAULT_TOKEN_TTL),
+        None => DEFAULT_TOKEN_TTL,
     };
     let issued = accounts(&state).issue_token(&id, ttl, body.label).await?;
     tracing::info!(by = %p.name, user = %id, token = %issued.record.id, "token issued through the API");

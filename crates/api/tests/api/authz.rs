@@ -109,7 +109,7 @@ impl Secured {
             .await
             .unwrap();
         self.accounts
-            .issue_token(name, Some(Duration::from_secs(3600)), None)
+            .issue_token(name, Duration::from_secs(3600), None)
             .await
             .unwrap()
             .text
@@ -188,7 +188,7 @@ async fn the_authorization_matrix() {
             .unwrap();
         let t = app
             .accounts
-            .issue_token("late", Some(Duration::from_secs(60)), None)
+            .issue_token("late", Duration::from_secs(60), None)
             .await
             .unwrap();
         t.text
@@ -198,7 +198,11 @@ async fn the_authorization_matrix() {
             .add_user("gone", Role::Admin, vec![], None)
             .await
             .unwrap();
-        let t = app.accounts.issue_token("gone", None, None).await.unwrap();
+        let t = app
+            .accounts
+            .issue_token("gone", Duration::from_secs(3600), None)
+            .await
+            .unwrap();
         app.accounts.revoke(&t.record.id).await.unwrap();
         t.text
     };

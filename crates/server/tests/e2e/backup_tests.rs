@@ -40,6 +40,8 @@ async fn round_trip(dir: &Path, src: &str, dst: &str) {
             "timers",
             "incidents",
             "history",
+            "users",
+            "api_tokens",
             "journal"
         ]
     );

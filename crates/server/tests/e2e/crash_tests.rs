@@ -57,6 +57,7 @@ fn killed_server_leaves_consistent_postgres_database() {
     };
     let dir = tempfile::tempdir().unwrap();
     let acked = load_then_kill(dir.path(), Some(db.url()));
+    rt.block_on(wait_for_sessions_to_end(db.url()));
     let store = rt
         .block_on(steadyflow_store_pg::PgStore::connect(db.url()))
         .unwrap();
@@ -67,6 +68,37 @@ fn killed_server_leaves_consistent_postgres_database() {
     assert_all_present(&acked, &present);
     drop(store);
     rt.block_on(db.cleanup());
+}
+
+/// Waits until the killed server's PostgreSQL sessions are gone. A pipelined `COMMIT`
+/// the client sent just before it died is still carried out by its backend; read
+/// before that, the check could see a start's task row without its instance row
+/// (two reads, two moments). Nothing changes the database once no session is left.
+async fn wait_for_sessions_to_end(url: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let others: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if others == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{others} sessions of the killed server stay open"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn assert_all_present(acked: &[String], present: &HashSet<String>) {
