@@ -100,7 +100,56 @@ fn table(v1: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every route [`router`] serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    table(routes::v1()).into_openapi()
+    let mut doc = table(routes::v1()).into_openapi();
+    document_auth_answers(&mut doc);
+    doc
+}
+
+/// Every `/api/v1` operation may answer 401 (no valid token) and 403 (a role that may
+/// not), as its access rule says; public ones only what they declare themselves.
+fn document_auth_answers(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let answer = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/api/v1/") {
+            continue;
+        }
+        let operations = [
+            ("GET", &mut item.get),
+            ("POST", &mut item.post),
+            ("PUT", &mut item.put),
+            ("PATCH", &mut item.patch),
+            ("DELETE", &mut item.delete),
+        ];
+        for (method, op) in operations {
+            let Some(op) = op.as_mut() else { continue };
+            let Ok(m) = axum::http::Method::from_bytes(method.as_bytes()) else {
+                continue;
+            };
+            if access::rule(&m, path) == Some(access::Rule::Public) {
+                continue;
+            }
+            let responses = &mut op.responses.responses;
+            responses.entry("401".into()).or_insert_with(|| {
+                answer("`unauthorized`: no token, or one that is malformed, unknown, expired or revoked (with `WWW-Authenticate`)")
+            });
+            responses
+                .entry("403".into())
+                .or_insert_with(|| answer("`forbidden`: the caller's role may not do this"));
+        }
+    }
 }
 
 /// The HTTP service: `/health`, and everything under `/api/v1` behind `state.auth`.

@@ -18,6 +18,7 @@ const DIALECT: Dialect = Dialect {
     param: |n| format!("${n}"),
     // JSONB containment: exact element match, never a substring.
     has_candidate_group: |p| format!("candidate_groups @> jsonb_build_array({p}::text)"),
+    has_candidate_user: |p| format!("candidate_users @> jsonb_build_array({p}::text)"),
 };
 
 impl PgStore {

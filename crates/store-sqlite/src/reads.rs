@@ -16,6 +16,11 @@ const DIALECT: Dialect = Dialect {
             "EXISTS (SELECT 1 FROM json_each(tasks.candidate_groups) WHERE json_each.value = {p})"
         )
     },
+    has_candidate_user: |p| {
+        format!(
+            "EXISTS (SELECT 1 FROM json_each(tasks.candidate_users) WHERE json_each.value = {p})"
+        )
+    },
 };
 
 fn all<T>(

@@ -13,6 +13,8 @@ pub struct Dialect {
     /// The condition "the JSON array column `candidate_groups` holds the text given as
     /// placeholder `p`" (an exact element match, never a substring).
     pub has_candidate_group: fn(p: &str) -> String,
+    /// The same for the JSON array column `candidate_users`.
+    pub has_candidate_user: fn(p: &str) -> String,
 }
 
 /// A query parameter, bound as the backend's text or 64-bit integer type.
@@ -102,6 +104,15 @@ pub fn tasks(d: &Dialect, f: &TaskFilter) -> Listing {
         let p = w.next_param(Arg::Text(g.clone()));
         w.clauses.push((d.has_candidate_group)(&p));
     }
+    if let Some(v) = &f.visible_to {
+        let user = w.next_param(Arg::Text(v.user.clone()));
+        let mut any = vec![format!("assignee = {user}"), (d.has_candidate_user)(&user)];
+        for g in &v.groups {
+            let p = w.next_param(Arg::Text(g.clone()));
+            any.push((d.has_candidate_group)(&p));
+        }
+        w.clauses.push(format!("({})", any.join(" OR ")));
+    }
     w.select(TASK_COLS, "tasks", "created_at, id", f.limit)
 }
 
@@ -128,6 +139,7 @@ mod tests {
     const QM: Dialect = Dialect {
         param: |n| format!("?{n}"),
         has_candidate_group: |p| format!("g({p})"),
+        has_candidate_user: |p| format!("u({p})"),
     };
 
     #[test]
@@ -139,6 +151,7 @@ mod tests {
                 candidate_group: Some("ops".into()),
                 instance_id: None,
                 limit: Some(5),
+                visible_to: None,
             },
         );
         assert_eq!(

@@ -524,6 +524,7 @@ impl Store for MemoryStore {
                     .as_ref()
                     .is_none_or(|g| t.candidate_groups.contains(g))
             })
+            .filter(|t| f.visible_to.as_ref().is_none_or(|v| v.sees(t)))
             .cloned();
         Ok(listed(rows, |t| (t.created_at, t.id.clone()), f.limit))
     }

@@ -425,6 +425,24 @@ pub struct TaskFilter {
     pub candidate_group: Option<String>,
     pub instance_id: Option<String>,
     pub limit: Option<usize>,
+    /// Only the tasks this viewer may see (see [`TaskViewer`]).
+    pub visible_to: Option<TaskViewer>,
+}
+
+/// Someone who sees a task when it is assigned to them, names them as a candidate user,
+/// or names one of their groups as a candidate group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskViewer {
+    pub user: String,
+    pub groups: Vec<String>,
+}
+
+impl TaskViewer {
+    pub fn sees(&self, t: &TaskRecord) -> bool {
+        t.assignee.as_deref() == Some(self.user.as_str())
+            || t.candidate_users.contains(&self.user)
+            || t.candidate_groups.iter().any(|g| self.groups.contains(g))
+    }
 }
 
 #[derive(Debug, Clone, Default)]

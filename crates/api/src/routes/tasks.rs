@@ -1,13 +1,16 @@
 //! User tasks: query, claim, complete.
 
+use axum::Extension;
 use axum::extract::State;
 use serde::Deserialize;
-use steadyflow_store::TaskFilter;
+use steadyflow_store::users::Role;
+use steadyflow_store::{TaskFilter, TaskRecord, TaskViewer};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorResponse};
 use crate::json::{Json, JsonOrEmpty};
 use crate::model::{ClaimTask, CompleteTask, ProcessInstance, Task};
@@ -42,6 +45,7 @@ struct TaskQuery {
 )]
 async fn list_tasks(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Query(q): Query<TaskQuery>,
 ) -> Result<Json<Vec<Task>>, ApiError> {
     let filter = TaskFilter {
@@ -49,6 +53,7 @@ async fn list_tasks(
         candidate_group: q.candidate_group,
         instance_id: q.process_instance_id,
         limit: q.limit,
+        visible_to: viewer(&p),
     };
     let tasks = state.engine.tasks(&filter).await?;
     Ok(Json(tasks.into_iter().map(Into::into).collect()))
@@ -64,9 +69,28 @@ async fn list_tasks(
 )]
 async fn get_task(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(state.engine.task(&id).await?.into()))
+    Ok(Json(visible_task(&state, &p, &id).await?.into()))
+}
+
+/// Whose tasks a caller sees: everyone's, except for the `user` role, who sees the tasks
+/// assigned to them or naming them or one of their groups as candidates.
+fn viewer(p: &Principal) -> Option<TaskViewer> {
+    (p.role == Role::User).then(|| TaskViewer {
+        user: p.name.clone(),
+        groups: p.groups.clone(),
+    })
+}
+
+/// The task, if the caller may see it (404 otherwise, as if it did not exist).
+async fn visible_task(state: &AppState, p: &Principal, id: &str) -> Result<TaskRecord, ApiError> {
+    let task = state.engine.task(id).await?;
+    match viewer(p) {
+        Some(v) if !v.sees(&task) => Err(ApiError::not_found(format!("task {id} not found"))),
+        _ => Ok(task),
+    }
 }
 
 /// Assign the task to a user. Claiming a task the same user already holds succeeds.
@@ -85,9 +109,18 @@ async fn get_task(
 )]
 async fn claim_task(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     Json(body): Json<ClaimTask>,
 ) -> Result<Json<Task>, ApiError> {
+    // Operators and administrators claim for anyone; everyone else only for themselves.
+    if !p.acts_for_others() && body.user_id != p.name {
+        return Err(ApiError::forbidden(format!(
+            "`{}` may claim tasks only for themselves",
+            p.name
+        )));
+    }
+    visible_task(&state, &p, &id).await?;
     Ok(Json(
         state.engine.claim_task(&id, &body.user_id).await?.into(),
     ))
@@ -113,9 +146,19 @@ async fn claim_task(
 )]
 async fn complete_task(
     State(state): State<AppState>,
+    Extension(p): Extension<Principal>,
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<CompleteTask>,
 ) -> Result<Json<ProcessInstance>, ApiError> {
+    let task = visible_task(&state, &p, &id).await?;
+    if let Some(holder) = &task.assignee
+        && !p.acts_for_others()
+        && holder != &p.name
+    {
+        return Err(ApiError::forbidden(format!(
+            "task {id} is assigned to {holder}"
+        )));
+    }
     Ok(Json(
         state
             .engine

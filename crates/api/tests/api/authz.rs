@@ -609,3 +609,133 @@ async fn history_names_who_did_what() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_user_sees_and_works_only_on_their_tasks() {
+    let owned = Secured::new();
+    let app = &owned;
+    let admin = bearer(BOOTSTRAP);
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/process-definitions")
+        .header(header::AUTHORIZATION, &admin)
+        .header(header::CONTENT_TYPE, "application/xml")
+        .body(Body::from(crate::support::USER_TASK_XML))
+        .unwrap();
+    assert!(
+        app.router
+            .clone()
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    // The model's task names candidate group `managers`.
+    app.accounts
+        .add_user("mia", Role::User, vec!["managers".into()], None)
+        .await
+        .unwrap();
+    let mia = bearer(
+        &app.accounts
+            .issue_token("mia", Duration::from_secs(3600), None)
+            .await
+            .unwrap()
+            .text,
+    );
+    let outsider = bearer(&app.token_for("otto", Role::User).await);
+    let start = |who: String| async move {
+        app.call(
+            "POST",
+            "/api/v1/process-definitions/key/approval/start",
+            Some(&who),
+            Some(json!({})),
+        )
+        .await
+    };
+    assert!(start(mia.clone()).await.status.is_success());
+    assert!(start(outsider.clone()).await.status.is_success());
+
+    let listed = |who: String| async move {
+        app.call("GET", "/api/v1/tasks", Some(&who), None)
+            .await
+            .body
+    };
+    let all = listed(admin.clone()).await;
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        2,
+        "the admin sees both tasks"
+    );
+    assert_eq!(
+        listed(mia.clone()).await.as_array().unwrap().len(),
+        2,
+        "mia is a manager"
+    );
+    assert_eq!(listed(outsider.clone()).await, json!([]), "otto sees none");
+    let (first, second) = (
+        all[0]["id"].as_str().unwrap().to_string(),
+        all[1]["id"].as_str().unwrap().to_string(),
+    );
+    let a = app
+        .call(
+            "GET",
+            &format!("/api/v1/tasks/{first}"),
+            Some(&outsider),
+            None,
+        )
+        .await;
+    assert_eq!(
+        a.status,
+        StatusCode::NOT_FOUND,
+        "a task otto may not see does not exist for him"
+    );
+
+    // Claiming is done as the caller; only operators name someone else.
+    let claim = |who: String, task: String, user: &'static str| async move {
+        app.call(
+            "POST",
+            &format!("/api/v1/tasks/{task}/claim"),
+            Some(&who),
+            Some(json!({"userId": user})),
+        )
+        .await
+    };
+    assert_eq!(
+        claim(mia.clone(), first.clone(), "otto").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        claim(outsider.clone(), first.clone(), "otto").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let a = claim(mia.clone(), first.clone(), "mia").await;
+    assert_eq!(
+        (a.status, a.body["assignee"].as_str()),
+        (StatusCode::OK, Some("mia"))
+    );
+    let a = claim(admin.clone(), second.clone(), "someone").await;
+    assert_eq!(
+        (a.status, a.body["assignee"].as_str()),
+        (StatusCode::OK, Some("someone"))
+    );
+
+    // Completing a task held by someone else is refused to a user.
+    let complete = |who: String, task: String| async move {
+        app.call(
+            "POST",
+            &format!("/api/v1/tasks/{task}/complete"),
+            Some(&who),
+            Some(json!({})),
+        )
+        .await
+    };
+    assert_eq!(
+        complete(mia.clone(), second.clone()).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        complete(mia.clone(), first.clone()).await.status,
+        StatusCode::OK
+    );
+}

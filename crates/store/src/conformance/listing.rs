@@ -204,6 +204,42 @@ pub async fn list_tasks_filters(store: Arc<dyn Store>) {
         ids(["t2"]),
         "filters combine with AND"
     );
+    let viewer = |user: &str, groups: &[&str]| TaskFilter {
+        visible_to: Some(TaskViewer {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        list(viewer("ann", &[])).await,
+        ids(["t1"]),
+        "a viewer sees what is assigned to them"
+    );
+    assert_eq!(
+        list(viewer("sales", &[])).await,
+        ids(["t4"]),
+        "... what names them as a candidate user (not a group of the same name)"
+    );
+    assert_eq!(
+        list(viewer("bob", &["ops", "sale"])).await,
+        ids(["t2", "t3"]),
+        "... and what names one of their groups (exact members only)"
+    );
+    assert_eq!(
+        list(TaskFilter {
+            instance_id: Some("A".into()),
+            ..viewer("bob", &["ops"])
+        })
+        .await,
+        ids(["t2"]),
+        "visibility combines with the other filters"
+    );
+    assert_eq!(
+        list(viewer("nobody", &["none"])).await,
+        ids([]),
+        "nothing else"
+    );
     let limited = store
         .list_tasks(&TaskFilter {
             limit: Some(3),
