@@ -4,13 +4,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use steadyflow_api::{AllowAll, ApiError, AppState};
+use steadyflow_api::{AllowAll, ApiError, AppState, Observability, ObservabilityOptions};
 use steadyflow_engine::{Backoff, ComponentHealth, Engine, EngineOptions, SystemClock, supervise};
 use tokio::sync::watch;
 
 use crate::config::{Config, TimerConfig, redact};
 
 pub async fn run(cfg: Config) -> Result<()> {
+    // Before the store opens, so its writers' first batches are counted.
+    steadyflow_api::metrics::install();
+    tokio::spawn(metrics_upkeep());
     tracing::info!(database = %redact(&cfg.database_url()), "opening store");
     let store = crate::stores::open_configured(&cfg).await?;
     let options = EngineOptions {
@@ -27,10 +30,18 @@ pub async fn run(cfg: Config) -> Result<()> {
         stop_rx,
     ));
 
-    let app = steadyflow_api::router(AppState {
-        engine: engine.clone(),
-        auth: Arc::new(AllowAll),
+    let observability = Observability::new(ObservabilityOptions {
+        metrics_token: cfg.metrics.token.clone(),
+        gauge_refresh: cfg.metrics.gauge_refresh(),
+        redis: None,
     });
+    let app = steadyflow_api::router_with(
+        AppState {
+            engine: engine.clone(),
+            auth: Arc::new(AllowAll),
+        },
+        observability,
+    );
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -78,6 +89,17 @@ async fn timer_driver(
         }
     })
     .await;
+}
+
+/// Folds the histograms' recent samples in even when nobody scrapes, so memory stays
+/// bounded (the exporter's own listener would do this; it is not compiled in).
+async fn metrics_upkeep() {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        steadyflow_api::metrics::upkeep();
+    }
 }
 
 async fn shutdown_signal() {

@@ -12,6 +12,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod deploy;
+pub mod gauges;
 mod history;
 mod images;
 pub mod journal;
@@ -23,6 +24,7 @@ mod records;
 pub mod recovery;
 pub mod schema;
 
+pub use gauges::LiveCounts;
 pub use history::{decode_history, encode_history};
 pub use images::RowImages;
 use locking::distinct_topics;
@@ -176,4 +178,10 @@ pub trait Store: Send + Sync + 'static {
     /// whose transaction is visible and can no longer be overtaken are returned, so a
     /// reader that resumes from the last seq it saw never skips one.
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>>;
+
+    /// How much work is in progress in the whole database (gauges for `/metrics`). Not
+    /// free: callers cache it. `None` when the store does not count (test doubles).
+    async fn live_counts(&self) -> Result<Option<LiveCounts>> {
+        Ok(None)
+    }
 }

@@ -116,7 +116,7 @@ impl Engine {
         if let Some(timer) = scope.timer {
             cs.timers_removed.push(timer.to_string());
         }
-        match self.store.apply(cs).await {
+        match self.commit(cs).await {
             Ok(()) => Err(corrupt),
             Err(StoreError::Conflict(_)) => Ok(Attempt::Lost),
             Err(e) => Err(e.into()),

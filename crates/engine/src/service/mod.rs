@@ -303,7 +303,7 @@ impl Engine {
         tr.start();
         let cs = tr.finish();
         let out = cs.instance.clone();
-        self.store.apply(cs).await?;
+        self.commit(cs).await?;
         self.hot.put(&out);
         Ok(out)
     }
@@ -345,6 +345,14 @@ impl Engine {
             Ok(())
         })
         .await
+    }
+
+    /// Commits a change set and, once committed, counts what it did ([`crate::metrics`]).
+    async fn commit(&self, cs: steadyflow_store::ChangeSet) -> Result<(), StoreError> {
+        let outcome = crate::metrics::Outcome::of(&cs);
+        self.store.apply(cs).await?;
+        outcome.record();
+        Ok(())
     }
 
     /// Loads the instance, applies `f` in a transition and commits; on a lost optimistic
@@ -429,7 +437,7 @@ impl Engine {
             Err(e) => return Err(e),
         };
         let out = cs.instance.clone();
-        match self.store.apply(cs).await {
+        match self.commit(cs).await {
             Ok(()) => {
                 self.hot.put(&out);
                 Ok(Attempt::Committed(out))
