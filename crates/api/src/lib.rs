@@ -1,7 +1,9 @@
 //! Steadyflow's HTTP edge: axum routes over the [`Engine`], their OpenAPI document, and
 //! the mapping of every failure to a JSON error with a stable code.
 //!
-//! * [`router`] builds the whole service: `/health` plus everything under `/api/v1`.
+//! * [`router`] builds the whole service: the probes (`/health`, `/ready`), `/metrics`,
+//!   and everything under `/api/v1`; every request gets a request id, a tracing span and
+//!   its HTTP series ([`observe`], [`metrics`]).
 //! * [`openapi`] is the document of exactly those routes (it is built from the same
 //!   route table, and served at `/api/v1/openapi.json`).
 //! * [`Authenticator`] is the seam for authentication; every `/api/v1` request passes it.
@@ -11,12 +13,10 @@
 //! JSON shapes in [`model`].
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use axum::extract::Request;
+use axum::Extension;
 use axum::http::{Method, Uri};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use steadyflow_engine::Engine;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -26,13 +26,16 @@ pub mod accounts;
 mod auth;
 mod error;
 mod json;
+pub mod metrics;
 pub mod model;
+pub mod observe;
 mod params;
 mod routes;
 
 pub use auth::{AllowAll, Authenticator, BOOTSTRAP_ADMIN, Principal, TokenAuth, bearer};
 pub use error::{ApiError, Code, ErrorBody, ErrorResponse};
 pub use json::{Json, JsonOrEmpty};
+pub use observe::{Observability, ObservabilityOptions, Probe, RequestId};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -62,7 +65,7 @@ pub struct AppState {
         (name = "external tasks", description = "The worker protocol"),
         (name = "incidents", description = "Where instances are stuck"),
         (name = "auth", description = "Log-in, users and API tokens"),
-        (name = "health", description = "Probes"),
+        (name = "health", description = "Probes and metrics (open; `/metrics` may require a token)"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -152,19 +155,28 @@ fn document_auth_answers(doc: &mut utoipa::openapi::OpenApi) {
     }
 }
 
-/// The HTTP service: `/health`, and everything under `/api/v1` behind `state.auth`.
-/// Unknown routes answer `404 not_found`, known routes with another method
-/// `405 method_not_allowed`, both as JSON errors.
+/// The HTTP service: `/health`, `/ready`, `/metrics` (open), and everything under
+/// `/api/v1` behind `state.auth`. Unknown routes answer `404 not_found`, known routes
+/// with another method `405 method_not_allowed`, both as JSON errors. The probes and
+/// `/metrics` run with [`Observability::default`] (see [`router_with`]).
 pub fn router(state: AppState) -> axum::Router {
+    router_with(state, Observability::default())
+}
+
+/// [`router`] with the given [`Observability`] (the `/metrics` token, the gauges'
+/// refresh interval, the Redis probe).
+pub fn router_with(state: AppState, observability: Observability) -> axum::Router {
     let v1 = routes::v1().route_layer(middleware::from_fn_with_state(
         state.clone(),
         auth::authenticate,
     ));
     let router: axum::Router<AppState> = table(v1).into();
     router
+        .route_layer(middleware::from_fn(observe::mark_route))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn(observe::observe))
+        .layer(Extension(observability))
         .with_state(state)
 }
 
@@ -177,20 +189,4 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         Code::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
-}
-
-/// One debug line per request: method, path, status, duration.
-async fn log_request(req: Request, next: Next) -> Response {
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let started = Instant::now();
-    let response = next.run(req).await;
-    tracing::debug!(
-        %method,
-        path,
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    response
 }

@@ -8,6 +8,7 @@
 //! belong in the log).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::sync::lock;
 
@@ -37,6 +38,7 @@ impl Components {
                 reason: Some("not started".into()),
                 last_error: None,
                 restarts: 0,
+                latency: None,
             }),
         });
         all.push(c.clone());
@@ -68,6 +70,8 @@ pub struct ComponentReport {
     pub last_error: Option<String>,
     /// How often it was restarted after a panic.
     pub restarts: u64,
+    /// How long its last completed iteration took (`None` before the first).
+    pub latency: Option<Duration>,
 }
 
 impl ComponentHealth {
@@ -95,6 +99,11 @@ impl ComponentHealth {
         s.reason = Some(reason.into());
     }
 
+    /// Records that an iteration completed after `took`.
+    pub fn ran(&self, took: Duration) {
+        lock(&self.state).latency = Some(took);
+    }
+
     /// Counts a restart after a panic.
     pub fn restarted(&self) {
         lock(&self.state).restarts += 1;
@@ -117,6 +126,9 @@ mod tests {
         let b = all.register("backup");
         assert_eq!(t.report().reason.as_deref(), Some("not started"));
         t.set_up();
+        assert_eq!(t.report().latency, None);
+        t.ran(Duration::from_millis(3));
+        assert_eq!(t.report().latency, Some(Duration::from_millis(3)));
         b.failed("disk full", "retrying in 1s");
         b.restarted();
         let snap = all.snapshot();

@@ -16,6 +16,7 @@ pub mod core;
 mod error;
 pub mod health;
 mod hot;
+pub mod metrics;
 mod options;
 mod service;
 pub mod supervise;

@@ -54,8 +54,10 @@ pub async fn supervise<F, Fut>(
             break;
         }
         health.set_up();
+        let began = std::time::Instant::now();
         let wait = match tokio::spawn(iteration()).await {
             Ok(Ok(wait)) => {
+                health.ran(began.elapsed());
                 delay = backoff.initial;
                 wait
             }

@@ -76,6 +76,10 @@ pub struct Config {
     /// Tuning of the SQLite store (used when `database_url` is `sqlite://…`).
     pub sqlite: SqliteOptions,
     pub engine: EngineConfig,
+    /// Log output.
+    pub log: LogConfig,
+    /// The `/metrics` endpoint.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for Config {
@@ -87,7 +91,61 @@ impl Default for Config {
             postgres: PgOptions::default(),
             sqlite: SqliteOptions::default(),
             engine: EngineConfig::default(),
+            log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
+    }
+}
+
+/// Log output: `text` (human-readable lines) or `json` (one JSON object per line, with
+/// the request's span fields: `request_id`, `method`, `route`). The level filter is
+/// `STEADYFLOW_LOG` (e.g. `info`, `steadyflow_api=debug`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `/metrics`: open unless `token` is set (then `Authorization: Bearer <token>`), and
+/// how often the database-wide gauges (running instances, open tasks and external
+/// tasks) are counted: at most once per `gauge_refresh_ms`, never per scrape.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub token: Option<String>,
+    pub gauge_refresh_ms: u64,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            token: None,
+            gauge_refresh_ms: 15_000,
+        }
+    }
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for MetricsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsConfig")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("gauge_refresh_ms", &self.gauge_refresh_ms)
+            .finish()
+    }
+}
+
+impl MetricsConfig {
+    pub fn gauge_refresh(&self) -> Duration {
+        Duration::from_millis(self.gauge_refresh_ms)
     }
 }
 
@@ -170,6 +228,20 @@ fn section_env() -> Env {
     Env::prefixed(ENV_PREFIX)
         .filter(|key| key.as_str().contains("__"))
         .split("__")
+}
+
+/// The log format the configuration asks for (file or environment), read before
+/// logging starts; anything unreadable means `text` (the full [`load`] reports it).
+pub fn log_format(file: Option<&Path>) -> LogFormat {
+    let default = Path::new("configs/config.yaml");
+    let file = file.or(default.is_file().then_some(default));
+    let mut fig = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(f) = file {
+        fig = fig.merge(Yaml::file(f));
+    }
+    fig.merge(section_env())
+        .extract_inner::<LogFormat>("log.format")
+        .unwrap_or_default()
 }
 
 pub fn load(file: Option<&Path>, db: &DbArgs, listen: Option<&str>) -> Result<Config> {
@@ -297,6 +369,22 @@ mod tests {
             "{err:#}"
         );
 
+        std::fs::write(
+            &file,
+            "log:\n  format: json\nmetrics:\n  token: t0k\n  gauge_refresh_ms: 500\n",
+        )
+        .unwrap();
+        let cfg = load(Some(&file), &DbArgs::default(), None).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(log_format(Some(&file)), LogFormat::Json);
+        assert_eq!(cfg.metrics.token.as_deref(), Some("t0k"));
+        assert_eq!(cfg.metrics.gauge_refresh(), Duration::from_millis(500));
+        assert!(!format!("{cfg:?}").contains("t0k"), "Debug hides the token");
+        std::fs::write(&file, "log:\n  format: xml\n").unwrap();
+        let err = load(Some(&file), &DbArgs::default(), None).unwrap_err();
+        assert!(format!("{err:#}").contains("xml"), "{err:#}");
+        assert_eq!(log_format(Some(&file)), LogFormat::Text);
+
         std::fs::write(&file, "postgres:\n  pool_sise: 32\n").unwrap();
         let err = load(Some(&file), &DbArgs::default(), None).unwrap_err();
         assert!(
@@ -311,6 +399,8 @@ mod tests {
             jail.set_env("STEADYFLOW_POSTGRES__WRITERS", 9);
             jail.set_env("STEADYFLOW_ENGINE__TIMERS__LOCK_MS", 60000);
             jail.set_env("STEADYFLOW_SQLITE__READERS", 2);
+            jail.set_env("STEADYFLOW_LOG__FORMAT", "json");
+            jail.set_env("STEADYFLOW_METRICS__TOKEN", "from-env");
             // Read by clap, or by others: never taken as settings here.
             jail.set_env("STEADYFLOW_LISTEN", "127.0.0.1:1");
             jail.set_env("STEADYFLOW_LOG", "debug");
@@ -319,6 +409,9 @@ mod tests {
             assert_eq!(cfg.postgres.writers, 9);
             assert_eq!(cfg.engine.timers.lock(), Duration::from_secs(60));
             assert_eq!(cfg.sqlite.readers, 2);
+            assert_eq!(cfg.log.format, LogFormat::Json);
+            assert_eq!(log_format(Some(Path::new("none.yaml"))), LogFormat::Json);
+            assert_eq!(cfg.metrics.token.as_deref(), Some("from-env"));
             assert_eq!(cfg.listen, Config::default().listen);
             Ok(())
         });
@@ -347,6 +440,19 @@ mod tests {
             }
         });
         assert!(missing.is_empty(), "configs/config.yaml lacks {missing:?}");
+    }
+
+    /// configs/production.yaml is a valid configuration and logs JSON.
+    #[test]
+    fn the_production_config_logs_json() {
+        jailed(production_config);
+    }
+
+    fn production_config() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/production.yaml");
+        let cfg = load(Some(&path), &DbArgs::default(), None).unwrap();
+        assert_eq!(cfg.log.format, LogFormat::Json);
+        assert_eq!(log_format(Some(&path)), LogFormat::Json);
     }
 
     /// The dotted keys of every non-null leaf of `v`.

@@ -26,7 +26,6 @@ use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::{Value, json};
-use steadyflow_engine::ComponentHealth;
 use steadyflow_store::recovery::TableSpec;
 use steadyflow_store::users::PlainWrite;
 use steadyflow_store::*;
@@ -41,9 +40,6 @@ const DEF_TTL: u64 = 86_400;
 /// The monitor's period.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// The component name `/health` lists.
-pub const COMPONENT: &str = "redis";
-
 pub struct RedisCache {
     client: redis::Client,
     conn: RwLock<Option<ConnectionManager>>,
@@ -51,7 +47,8 @@ pub struct RedisCache {
     up: AtomicBool,
     /// A user/token write whose epoch bump has not reached Redis yet.
     epoch_pending: AtomicBool,
-    health: std::sync::OnceLock<Arc<ComponentHealth>>,
+    /// Why Redis counts as down (for `/health`).
+    reason: std::sync::Mutex<String>,
 }
 
 impl RedisCache {
@@ -66,22 +63,17 @@ impl RedisCache {
             prefix: prefix.to_string(),
             up: AtomicBool::new(false),
             epoch_pending: AtomicBool::new(false),
-            health: std::sync::OnceLock::new(),
+            reason: std::sync::Mutex::new("not connected yet".into()),
         }))
     }
 
-    /// Reports the cache's state as this `/health` component from now on.
-    pub fn report_to(&self, health: Arc<ComponentHealth>) {
-        health.set_down("not connected yet");
-        let _ = self.health.set(health);
-    }
-
     fn set_health(&self, up: Result<(), String>) {
-        if let Some(h) = self.health.get() {
-            match up {
-                Ok(()) => h.set_up(),
-                Err(why) => h.set_down(why),
-            }
+        steadyflow_api::metrics::set_redis_up(up.is_ok());
+        if let Err(why) = up {
+            *self
+                .reason
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
         }
     }
 
@@ -262,6 +254,31 @@ impl RedisCache {
     }
 }
 
+/// `/health`'s view of the cache: down (with the reason) while calls skip Redis, else
+/// one `PING` within the deadline.
+#[async_trait]
+impl steadyflow_api::Probe for RedisCache {
+    async fn ping(&self) -> std::result::Result<(), String> {
+        let Some(mut conn) = self.conn().await else {
+            return Err(self
+                .reason
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone());
+        };
+        match tokio::time::timeout(
+            OP_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("ping failed: {e}")),
+            Err(_) => Err("ping timed out".into()),
+        }
+    }
+}
+
 /// A [`Store`] whose cacheable reads go through a [`RedisCache`] first.
 pub struct CachedStore {
     inner: Arc<dyn Store>,
@@ -406,6 +423,9 @@ impl Store for CachedStore {
     }
     async fn plain_rows(&self, table: &'static TableSpec) -> Result<Vec<Value>> {
         self.inner.plain_rows(table).await
+    }
+    async fn live_counts(&self) -> Result<Option<LiveCounts>> {
+        self.inner.live_counts().await
     }
 }
 

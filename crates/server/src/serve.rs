@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use steadyflow_api::accounts::Accounts;
-use steadyflow_api::{ApiError, AppState, TokenAuth};
+use steadyflow_api::{ApiError, AppState, Observability, ObservabilityOptions, TokenAuth};
 use steadyflow_engine::{Backoff, ComponentHealth, Engine, EngineOptions, SystemClock, supervise};
 use tokio::sync::watch;
 
@@ -13,6 +13,9 @@ use crate::config::{Config, ServeArgs, TimerConfig, redact};
 
 pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
     let admin_token = args.admin_token;
+    // Before the store opens, so its writers' first batches are counted.
+    steadyflow_api::metrics::install();
+    tokio::spawn(metrics_upkeep());
     tracing::info!(database = %redact(&cfg.database_url()), "opening store");
     let store = crate::stores::open_configured(&cfg).await?;
     let (store, cache) = crate::redis_cache::wrap(store, &args.redis)?;
@@ -23,10 +26,9 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
     let accounts = Accounts::new(store.clone(), clock.clone());
     let engine = Arc::new(Engine::with_options(store, clock, options));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cache_monitor = cache.map(|c| {
-        c.report_to(engine.components().register(crate::redis_cache::COMPONENT));
-        tokio::spawn(c.monitor(stop_rx.clone()))
-    });
+    let cache_monitor = cache
+        .clone()
+        .map(|c| tokio::spawn(c.monitor(stop_rx.clone())));
     // Registered before it starts, so `/health` lists it from the first request on.
     let timer_health = engine.components().register(TIMER_DRIVER);
     let timers = tokio::spawn(timer_driver(
@@ -36,10 +38,18 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
         stop_rx,
     ));
 
-    let app = steadyflow_api::router(AppState {
-        engine: engine.clone(),
-        auth: TokenAuth::shared(accounts, admin_token.as_deref()),
+    let observability = Observability::new(ObservabilityOptions {
+        metrics_token: cfg.metrics.token.clone(),
+        gauge_refresh: cfg.metrics.gauge_refresh(),
+        redis: cache.map(|c| c as Arc<dyn steadyflow_api::Probe>),
     });
+    let app = steadyflow_api::router_with(
+        AppState {
+            engine: engine.clone(),
+            auth: TokenAuth::shared(accounts, admin_token.as_deref()),
+        },
+        observability,
+    );
     if admin_token.is_some() {
         tracing::warn!(
             "STEADYFLOW_ADMIN_TOKEN is set: that token is an administrator's; unset it once users exist"
@@ -97,6 +107,17 @@ async fn timer_driver(
         }
     })
     .await;
+}
+
+/// Folds the histograms' recent samples in even when nobody scrapes, so memory stays
+/// bounded (the exporter's own listener would do this; it is not compiled in).
+async fn metrics_upkeep() {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        steadyflow_api::metrics::upkeep();
+    }
 }
 
 async fn shutdown_signal() {

@@ -31,6 +31,7 @@ mod e2e {
     mod corrupt_state_tests;
     mod crash_tests;
     mod hot_cache_tests;
+    mod metrics_tests;
     mod openapi_tests;
     mod redis_cache_tests;
 }

@@ -240,6 +240,10 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn live_counts(&self) -> Result<Option<steadyflow_store::LiveCounts>> {
+        self.read_live_counts().await.map(Some)
+    }
+
     async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
         let this = self.clone();
         detached(async move { this.write_deploy(defs, now).await }).await

@@ -171,6 +171,21 @@ impl PgStore {
         }
     }
 
+    pub(crate) async fn read_live_counts(&self) -> Result<steadyflow_store::LiveCounts> {
+        let rows = self
+            .query_rows(steadyflow_store::gauges::LIVE_COUNTS_SQL, &[])
+            .await?;
+        let count = |i| -> Result<u64> {
+            let n = rows.first().map(|r| rows::get::<i64>(r, i)).transpose()?;
+            Ok(n.unwrap_or(0).max(0) as u64)
+        };
+        Ok(steadyflow_store::LiveCounts {
+            running_instances: count(0)?,
+            open_tasks: count(1)?,
+            open_external_tasks: count(2)?,
+        })
+    }
+
     pub(crate) async fn read_incidents(&self, f: &IncidentFilter) -> Result<Vec<IncidentRecord>> {
         self.query_listing(listing::incidents(&DIALECT, f))
             .await?

@@ -257,6 +257,21 @@ impl Store for SqliteStore {
         self.writer.run(None, |_, _| Ok(())).await
     }
 
+    async fn live_counts(&self) -> Result<Option<steadyflow_store::LiveCounts>> {
+        let counts = self
+            .read(|c| {
+                c.query_row(steadyflow_store::gauges::LIVE_COUNTS_SQL, [], |r| {
+                    Ok(steadyflow_store::LiveCounts {
+                        running_instances: r.get::<_, i64>(0)?.max(0) as u64,
+                        open_tasks: r.get::<_, i64>(1)?.max(0) as u64,
+                        open_external_tasks: r.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                })
+            })
+            .await?;
+        Ok(Some(counts))
+    }
+
     async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
         self.writer
             .run(Some(now), move |c, tx| writes::deploy(c, tx, &defs, now))

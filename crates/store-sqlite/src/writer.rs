@@ -172,6 +172,7 @@ fn run(
         }
         let (n, began) = (batch.len(), std::time::Instant::now());
         let pending = commit_batch(&conn, batch, &mut clock);
+        steadyflow_store::gauges::record_batch("sqlite", n, began.elapsed());
         tracing::trace!(
             commands = n,
             elapsed_us = began.elapsed().as_micros() as u64,
@@ -208,7 +209,11 @@ fn sync_loop(
         while let Ok(more) = rx.try_recv() {
             answers.extend(more);
         }
-        if let Err(e) = file.sync_data() {
+        let began = std::time::Instant::now();
+        let synced = file.sync_data();
+        metrics::histogram!(steadyflow_store::gauges::WAL_SYNC_SECONDS)
+            .record(began.elapsed().as_secs_f64());
+        if let Err(e) = synced {
             tracing::error!(wal = %wal.display(), error = %e, "cannot flush the SQLite WAL; refusing further writes");
             failed.store(true, Ordering::Release);
         }

@@ -12,6 +12,7 @@
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod deploy;
+pub mod gauges;
 mod history;
 mod images;
 pub mod journal;
@@ -24,6 +25,7 @@ pub mod recovery;
 pub mod schema;
 pub mod users;
 
+pub use gauges::LiveCounts;
 pub use history::{decode_history, encode_history};
 pub use images::RowImages;
 use locking::distinct_topics;
@@ -195,4 +197,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         table: &'static recovery::TableSpec,
     ) -> Result<Vec<serde_json::Value>>;
+    /// How much work is in progress in the whole database (gauges for `/metrics`). Not
+    /// free: callers cache it. `None` when the store does not count (test doubles).
+    async fn live_counts(&self) -> Result<Option<LiveCounts>> {
+        Ok(None)
+    }
 }

@@ -447,6 +447,16 @@ impl Store for MemoryStore {
         self.state().map(drop)
     }
 
+    async fn live_counts(&self) -> Result<Option<crate::LiveCounts>> {
+        let state = self.state()?;
+        let running = state.instances.values().filter(|i| !i.state.is_ended());
+        Ok(Some(crate::LiveCounts {
+            running_instances: running.count() as u64,
+            open_tasks: state.tasks.len() as u64,
+            open_external_tasks: state.externals.len() as u64,
+        }))
+    }
+
     async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>> {
         self.state()?.deploy(defs, now)
     }

@@ -16,6 +16,7 @@ mod external_tasks;
 mod health;
 mod incidents;
 mod instances;
+mod metrics;
 mod tasks;
 
 /// Every `/api/v1` route (all behind the authentication middleware).
@@ -32,7 +33,7 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
 
 /// Routes outside `/api/v1`, open to everyone.
 pub(crate) fn public() -> OpenApiRouter<AppState> {
-    health::router()
+    health::router().merge(metrics::router())
 }
 
 /// This API's OpenAPI 3.1 document.

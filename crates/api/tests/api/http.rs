@@ -103,10 +103,20 @@ async fn health_is_up_with_a_live_database() {
     let app = App::new();
     let r = app.get("/health").await;
     assert_eq!(r.status, StatusCode::OK);
+    let mut body = r.json();
+    let latency = body["components"]["database"]
+        .as_object_mut()
+        .unwrap()
+        .remove("latencyMs");
+    assert!(latency.unwrap().as_f64().unwrap() >= 0.0, "a timed ping");
     assert_eq!(
-        r.json(),
+        body,
         json!({"status": "up", "components": {"database": {"status": "up"}}})
     );
+    let r = app.get("/ready").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["status"], "up");
+    assert!(r.headers.contains_key("x-request-id"));
 }
 
 #[tokio::test]
@@ -130,6 +140,8 @@ async fn the_served_document_describes_every_route() {
         ("/api/v1/external-tasks/{id}/retries", "put"),
         ("/api/v1/incidents/{id}/retry", "post"),
         ("/health", "get"),
+        ("/ready", "get"),
+        ("/metrics", "get"),
         ("/api/v1/openapi.json", "get"),
     ] {
         assert!(
@@ -354,6 +366,14 @@ async fn a_dead_database_is_503_and_its_cause_stays_in_the_log() {
     let down =
         || FailingStore(|| StoreError::Unavailable("connect to 10.1.2.3:5432 refused".into()));
     let (status, body) = get_with(down(), "/health").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body,
+        json!({"status": "down", "components": {"database": {
+            "status": "down", "reason": "the database does not answer"
+        }}})
+    );
+    let (status, body) = get_with(down(), "/ready").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         body,

@@ -117,7 +117,7 @@ impl Engine {
             cs.timers_removed.push(timer.to_string());
         }
         crate::actor::stamp(&mut cs);
-        match self.store.apply(cs).await {
+        match self.commit(cs).await {
             Ok(()) => Err(corrupt),
             Err(StoreError::Conflict(_)) => Ok(Attempt::Lost),
             Err(e) => Err(e.into()),

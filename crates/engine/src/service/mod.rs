@@ -304,7 +304,7 @@ impl Engine {
         let mut cs = tr.finish();
         crate::actor::stamp(&mut cs);
         let out = cs.instance.clone();
-        self.store.apply(cs).await?;
+        self.commit(cs).await?;
         self.hot.put(&out);
         Ok(out)
     }
@@ -346,6 +346,14 @@ impl Engine {
             Ok(())
         })
         .await
+    }
+
+    /// Commits a change set and, once committed, counts what it did ([`crate::metrics`]).
+    async fn commit(&self, cs: steadyflow_store::ChangeSet) -> Result<(), StoreError> {
+        let outcome = crate::metrics::Outcome::of(&cs);
+        self.store.apply(cs).await?;
+        outcome.record();
+        Ok(())
     }
 
     /// Loads the instance, applies `f` in a transition and commits; on a lost optimistic
@@ -431,7 +439,7 @@ impl Engine {
         };
         crate::actor::stamp(&mut cs);
         let out = cs.instance.clone();
-        match self.store.apply(cs).await {
+        match self.commit(cs).await {
             Ok(()) => {
                 self.hot.put(&out);
                 Ok(Attempt::Committed(out))

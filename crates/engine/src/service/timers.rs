@@ -19,6 +19,9 @@ impl Engine {
             .acquire_due_timers(&self.node_id, now, lock_until, limit)
             .await?;
         let taken = due.len();
+        for t in &due {
+            crate::metrics::timer_lag(t.due_at, now);
+        }
         for t in due {
             let scope = Scope {
                 timer: Some(&t.id),

@@ -63,6 +63,16 @@ impl ServerProcess {
         database_url: Option<&str>,
         extra_env: &[(&str, &str)],
     ) -> ServerProcess {
+        Self::start_logging(data_dir, database_url, extra_env, Stdio::inherit())
+    }
+
+    /// [`Self::start`], with the server's log (stderr) going to `log`.
+    pub fn start_logging(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        extra_env: &[(&str, &str)],
+        log: Stdio,
+    ) -> ServerProcess {
         let port = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_steadyflow"));
         cmd.arg("serve")
@@ -74,7 +84,7 @@ impl ServerProcess {
             .env("STEADYFLOW_LOG", "warn")
             .env("STEADYFLOW_ADMIN_TOKEN", ADMIN_TOKEN)
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
+            .stderr(log);
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);
         }

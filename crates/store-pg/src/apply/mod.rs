@@ -139,7 +139,9 @@ async fn writer_loop(
         let (batch, held) = (next.batch, next.held);
         carry = held;
         if !batch.is_empty() {
+            let (size, began) = (batch.len(), std::time::Instant::now());
             recent.record(commit_batch(&pool, batch, &counters).await);
+            steadyflow_store::gauges::record_batch("postgres", size, began.elapsed());
         }
     }
 }

@@ -64,6 +64,7 @@ pub mod apply;
 pub mod definitions;
 pub mod external_tasks;
 pub mod fixtures;
+pub mod gauges;
 pub mod incidents_history;
 pub mod journal;
 pub mod listing;
@@ -191,6 +192,7 @@ macro_rules! conformance_tests {
             journal::journal_rows,
             journal::journal_limit_and_failed_apply,
             users::plain_rows_round_trip,
+            gauges::live_counts_count_work_in_progress,
         );
     };
 
