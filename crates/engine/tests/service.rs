@@ -99,8 +99,11 @@ impl Store for Probe {
     async fn latest_definition(&self, key: &str) -> Result<Option<DefinitionRecord>> {
         self.inner.latest_definition(key).await
     }
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        self.inner.list_definitions(key).await
+    async fn list_definitions(
+        &self,
+        filter: &steadyflow_store::DefinitionFilter,
+    ) -> Result<Vec<DefinitionRecord>> {
+        self.inner.list_definitions(filter).await
     }
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         self.inner.instance(id).await

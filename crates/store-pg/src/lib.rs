@@ -252,8 +252,8 @@ impl Store for PgStore {
         self.read_definition("key", key).await
     }
 
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        self.read_definitions(key).await
+    async fn list_definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
+        self.read_definitions(filter).await
     }
 
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {

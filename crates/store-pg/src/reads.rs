@@ -96,9 +96,9 @@ impl PgStore {
 
     pub(crate) async fn read_definitions(
         &self,
-        key: Option<&str>,
+        f: &DefinitionFilter,
     ) -> Result<Vec<DefinitionRecord>> {
-        self.query_listing(listing::definitions(&DIALECT, key))
+        self.query_listing(listing::definitions(&DIALECT, f))
             .await?
             .iter()
             .map(|r| rows::definition(r, false))

@@ -272,9 +272,9 @@ impl Store for SqliteStore {
         self.read(move |c| reads::definition(c, "key", &key)).await
     }
 
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        let key = key.map(str::to_string);
-        self.read(move |c| reads::list_definitions(c, key.as_deref()))
+    async fn list_definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
+        let filter = filter.clone();
+        self.read(move |c| reads::list_definitions(c, &filter))
             .await
     }
 

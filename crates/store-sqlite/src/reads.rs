@@ -55,9 +55,9 @@ pub(crate) fn definition(
 
 pub(crate) fn list_definitions(
     c: &Connection,
-    key: Option<&str>,
+    f: &DefinitionFilter,
 ) -> rusqlite::Result<Vec<DefinitionRecord>> {
-    all(c, listing::definitions(&DIALECT, key), |r| {
+    all(c, listing::definitions(&DIALECT, f), |r| {
         rows::definition(r, false)
     })
 }

@@ -88,10 +88,12 @@ pub trait Store: Send + Sync + 'static {
     async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>>;
     async fn definition(&self, id: &str) -> Result<Option<DefinitionRecord>>;
     async fn latest_definition(&self, key: &str) -> Result<Option<DefinitionRecord>>;
-    /// Without XML bodies, newest first per key.
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>>;
+    /// Without XML bodies; by key, newest version first per key (one keyset page, see
+    /// [`DefinitionFilter`]).
+    async fn list_definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>>;
 
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>>;
+    /// One keyset page in id order (see [`InstanceFilter`]); the same for every listing.
     async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>>;
     /// Commits one engine command. `Err(Conflict)` when the instance version moved, or
     /// when the change set's lock guard no longer holds; then nothing is written.

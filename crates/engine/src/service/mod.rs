@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use steadyflow_model::{ProcessDefinition, parse_definitions};
 use steadyflow_store::Store;
 use steadyflow_store::{
-    DefinitionRecord, HistoryRecord, InstanceFilter, InstanceRecord, NewDefinition, StoreError,
-    Timestamp, Vars,
+    DefinitionFilter, DefinitionRecord, HistoryRecord, InstanceFilter, InstanceRecord,
+    NewDefinition, StoreError, Timestamp, Vars,
 };
 
 use crate::clock::Clock;
@@ -223,8 +223,9 @@ impl Engine {
             .ok_or_else(|| EngineError::not_found("process definition", id))
     }
 
-    pub async fn definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        Ok(self.store.list_definitions(key).await?)
+    /// One page of deployed definitions (see [`DefinitionFilter`]).
+    pub async fn definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
+        Ok(self.store.list_definitions(filter).await?)
     }
 
     /// The definition a stored instance runs on; one that is gone or does not parse is
