@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 
 mod definitions;
+mod docs;
 mod external_tasks;
 mod health;
 mod incidents;
@@ -30,7 +31,7 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
 
 /// Routes outside `/api/v1`, open to everyone.
 pub(crate) fn public() -> OpenApiRouter<AppState> {
-    health::router()
+    health::router().merge(docs::router())
 }
 
 /// This API's OpenAPI 3.1 document.

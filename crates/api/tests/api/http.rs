@@ -258,7 +258,7 @@ impl Store for FailingStore {
     async fn latest_definition(&self, _: &str) -> Result<Option<DefinitionRecord>> {
         Err((self.0)())
     }
-    async fn list_definitions(&self, _: Option<&str>) -> Result<Vec<DefinitionRecord>> {
+    async fn list_definitions(&self, _: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
         Err((self.0)())
     }
     async fn instance(&self, _: &str) -> Result<Option<InstanceRecord>> {

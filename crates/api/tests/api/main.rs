@@ -11,7 +11,9 @@
 
 mod codes;
 mod definitions;
+mod docs;
 mod external;
 mod http;
+mod paging;
 mod support;
 mod tasks;
