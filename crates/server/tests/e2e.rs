@@ -31,4 +31,6 @@ mod e2e {
     mod crash_tests;
     mod hot_cache_tests;
     mod openapi_tests;
+    mod schemathesis_tests;
+    mod tour_tests;
 }
