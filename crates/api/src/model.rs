@@ -116,6 +116,10 @@ page!(
     ProcessInstancePage of ProcessInstance
 );
 page!(
+    /// A page of an instance's history, oldest first.
+    HistoryPage of HistoryEvent
+);
+page!(
     /// A page of open user tasks, in id order (creation order).
     TaskPage of Task
 );

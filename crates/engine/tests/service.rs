@@ -172,6 +172,14 @@ impl Store for Probe {
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
         self.inner.history(instance_id).await
     }
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<steadyflow_store::HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(steadyflow_store::HistoryPosition, HistoryRecord)>> {
+        self.inner.history_page(instance_id, after, limit).await
+    }
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         self.inner.journal_since(after, limit).await
     }

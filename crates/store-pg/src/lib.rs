@@ -360,6 +360,15 @@ impl Store for PgStore {
         self.read_history(instance_id).await
     }
 
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        self.read_history_page(instance_id, after, limit).await
+    }
+
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         self.read_journal(after, limit).await
     }

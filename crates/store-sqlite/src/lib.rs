@@ -417,6 +417,17 @@ impl Store for SqliteStore {
         self.read(move |c| reads::history(c, &id)).await
     }
 
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        let id = instance_id.to_string();
+        self.read(move |c| reads::history_page(c, &id, after, limit))
+            .await
+    }
+
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         // One writer: sequence order is commit order, and readers only see committed rows.
         self.read(move |c| reads::journal_since(c, after, limit))

@@ -152,6 +152,19 @@ pub(crate) fn history(c: &Connection, instance_id: &str) -> rusqlite::Result<Vec
     Ok(batches.into_iter().flatten().collect())
 }
 
+pub(crate) fn history_page(
+    c: &Connection,
+    instance_id: &str,
+    after: Option<HistoryPosition>,
+    limit: usize,
+) -> rusqlite::Result<Vec<(HistoryPosition, HistoryRecord)>> {
+    let q = listing::history(&DIALECT, instance_id, after, limit);
+    let rows = all(c, q, |r| {
+        Ok((r.get::<_, i64>(2)?, rows::history_events(r)?))
+    })?;
+    Ok(listing::history_events_behind(rows, after, limit))
+}
+
 pub(crate) fn journal_since(
     c: &Connection,
     after: i64,

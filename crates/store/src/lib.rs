@@ -173,6 +173,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRecord>>;
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>>;
+    /// One keyset page of an instance's history, oldest first: at most `limit` events
+    /// behind `after`, each with its position.
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>>;
 
     /// Journal rows with `seq > after`, in sequence order, at most `limit`. Only rows
     /// whose transaction is visible and can no longer be overtaken are returned, so a

@@ -8,7 +8,10 @@
 //! of counting past every row before it.
 
 use crate::schema::{DEFINITION_COLS, EXTERNAL_COLS, INCIDENT_COLS, INSTANCE_COLS, TASK_COLS};
-use crate::{DefinitionFilter, ExternalTaskFilter, IncidentFilter, InstanceFilter, TaskFilter};
+use crate::{
+    DefinitionFilter, ExternalTaskFilter, HistoryPosition, HistoryRecord, IncidentFilter,
+    InstanceFilter, TaskFilter,
+};
 
 /// What differs between backends in these queries.
 #[derive(Debug, Clone, Copy)]
@@ -148,6 +151,42 @@ pub fn incidents(d: &Dialect, f: &IncidentFilter) -> Listing {
     }
     w.after(f.after.as_deref());
     w.select(INCIDENT_COLS, "incidents", "id", f.limit)
+}
+
+/// One page of an instance's history rows (`instance_id, events, seq`), from the row
+/// of `after` on: at most `limit` rows, enough for `limit` events (a row holds one or
+/// more). [`history_events_behind`] cuts the events out.
+pub fn history(
+    d: &Dialect,
+    instance_id: &str,
+    after: Option<HistoryPosition>,
+    limit: usize,
+) -> Listing {
+    let mut w = Where::new(d);
+    w.eq("instance_id", Some(instance_id));
+    if let Some(a) = after {
+        let p = w.next_param(Arg::Int(a.seq));
+        w.clauses.push(format!("seq >= {p}"));
+    }
+    w.select("instance_id, events, seq", "history", "seq", Some(limit))
+}
+
+/// The events of history rows `(seq, events)` (in seq order) behind `after`, at most
+/// `limit`, with their positions.
+pub fn history_events_behind(
+    rows: impl IntoIterator<Item = (i64, Vec<HistoryRecord>)>,
+    after: Option<HistoryPosition>,
+    limit: usize,
+) -> Vec<(HistoryPosition, HistoryRecord)> {
+    rows.into_iter()
+        .flat_map(|(seq, events)| {
+            (0_u32..)
+                .zip(events)
+                .map(move |(index, e)| (HistoryPosition { seq, index }, e))
+        })
+        .filter(|(p, _)| after.is_none_or(|a| *p > a))
+        .take(limit)
+        .collect()
 }
 
 #[cfg(test)]

@@ -614,6 +614,25 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    /// Positions here are `(event number, 0)`: the reference store keeps no rows.
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        let state = self.state()?;
+        let Some(events) = state.history.get(instance_id) else {
+            return Ok(Vec::new());
+        };
+        let positions = (0_i64..).map(|seq| HistoryPosition { seq, index: 0 });
+        Ok(positions
+            .zip(events.iter().cloned())
+            .filter(|(p, _)| after.is_none_or(|a| *p > a))
+            .take(limit)
+            .collect())
+    }
+
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         let state = self.state()?;
         let start = state.journal.partition_point(|r| r.seq <= after);

@@ -473,6 +473,15 @@ pub struct IncidentFilter {
     pub limit: Option<usize>,
 }
 
+/// Where an event stands in its instance's history: event `index` (from 0) of the
+/// history row `seq` (one row per command). Histories only grow, so a position never
+/// moves: a history page continues behind one (see [`Store::history_page`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HistoryPosition {
+    pub seq: i64,
+    pub index: u32,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopicLock {
     pub topic: String,

@@ -3,7 +3,7 @@
 use axum::Extension;
 use axum::extract::State;
 use serde::Deserialize;
-use steadyflow_store::{InstanceFilter, InstanceState};
+use steadyflow_store::{HistoryPosition, InstanceFilter, InstanceState};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -13,7 +13,7 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ErrorResponse};
 use crate::json::Json;
 use crate::model::{
-    HistoryEvent, ProcessInstance, ProcessInstancePage, ProcessInstanceState, SetVariables,
+    HistoryPage, ProcessInstance, ProcessInstancePage, ProcessInstanceState, SetVariables,
 };
 use crate::params::{Path, Query, cursor, page_limit};
 
@@ -128,23 +128,61 @@ async fn cancel_instance(
     Ok(Json(state.engine.cancel(&id, &reason).await?.into()))
 }
 
-/// What happened to the instance, oldest first.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PageQuery {
+    /// Items per page, 1 to 1000; 100 when left out.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `nextCursor` of the previous page; left out for the first page.
+    #[param(min_length = 1)]
+    after: Option<String>,
+}
+
+/// The list name in history cursors.
+const HISTORY: &str = "history";
+
+/// What happened to the instance, oldest first, one page at a time.
 #[utoipa::path(
     get,
     path = "/api/v1/process-instances/{id}/history",
     tag = "process instances",
-    params(("id" = String, Path, description = "Process instance id")),
+    params(("id" = String, Path, description = "Process instance id"), PageQuery),
     responses(
-        (status = 200, body = Vec<HistoryEvent>),
+        (status = 200, body = HistoryPage),
+        (status = 400, description = "`limit` out of range, a cursor of another list or malformed query", body = ErrorResponse),
         (status = 404, body = ErrorResponse),
     )
 )]
 async fn instance_history(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Vec<HistoryEvent>>, ApiError> {
-    let history = state.engine.history(&id).await?;
-    Ok(Json(history.into_iter().map(Into::into).collect()))
+    Query(q): Query<PageQuery>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let after = cursor::decode(HISTORY, q.after.as_deref())?
+        .map(|p| history_position(&p))
+        .transpose()?;
+    let mut rows = state.engine.history_page(&id, after, limit + 1).await?;
+    let next_cursor = cursor::next(HISTORY, &mut rows, limit, |(p, _)| {
+        format!("{}.{}", p.seq, p.index)
+    });
+    Ok(Json(HistoryPage {
+        items: rows.into_iter().map(|(_, e)| e.into()).collect(),
+        next_cursor,
+    }))
+}
+
+/// A history cursor's position: `<seq>.<index>`.
+fn history_position(p: &str) -> Result<HistoryPosition, ApiError> {
+    p.split_once('.')
+        .and_then(|(seq, index)| {
+            Some(HistoryPosition {
+                seq: seq.parse().ok()?,
+                index: index.parse().ok()?,
+            })
+        })
+        .ok_or_else(|| ApiError::bad_request("`after` is not a cursor of this history"))
 }
 
 /// Merge variables into the instance.

@@ -187,6 +187,14 @@ impl Store for Contended {
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
         self.0.history(instance_id).await
     }
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        self.0.history_page(instance_id, after, limit).await
+    }
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         self.0.journal_since(after, limit).await
     }

@@ -183,3 +183,57 @@ async fn the_default_page_holds_100() {
         .items();
     assert_eq!(rest.as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn history_pages_follow_the_instance_as_it_moves_on() {
+    let app = App::new();
+    app.deploy(USER_TASK_XML).await;
+    let inst = id(&app.start("approval", json!({})).await);
+    let uri = format!("/api/v1/process-instances/{inst}/history");
+    let whole = app.get(&uri).await.items();
+    let first_events = whole.as_array().unwrap().len();
+    assert!(first_events >= 3, "started and waiting: {whole}");
+
+    // One event per page; the instance completes while the reader is on page 2.
+    let mut seen: Vec<Value> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let url = match &after {
+            Some(c) => format!("{uri}?limit=1&after={c}"),
+            None => format!("{uri}?limit=1"),
+        };
+        let page = app.get(&url).await.json();
+        seen.extend(page["items"].as_array().unwrap().iter().cloned());
+        if seen.len() == 2 {
+            let task = app
+                .get(&format!("/api/v1/tasks?processInstanceId={inst}"))
+                .await
+                .items();
+            let r = app
+                .post(
+                    &format!("/api/v1/tasks/{}/complete", id(&task[0])),
+                    json!({}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        }
+        match page["nextCursor"].as_str() {
+            Some(c) => after = Some(c.to_string()),
+            None => break,
+        }
+        assert!(seen.len() < 100);
+    }
+    let all = app.get(&uri).await.items();
+    assert_eq!(
+        Value::Array(seen.clone()),
+        all,
+        "every event once, in order"
+    );
+    assert!(all.as_array().unwrap().len() > first_events);
+    assert_eq!(seen.last().unwrap()["event"], "instanceCompleted");
+
+    let r = app.get(&format!("{uri}?limit=0")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = app.get("/api/v1/process-instances/nope/history").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

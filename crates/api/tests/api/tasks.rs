@@ -138,7 +138,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     let history = app
         .get(&format!("/api/v1/process-instances/{iid}/history"))
         .await
-        .json();
+        .items();
     let events: Vec<&str> = history
         .as_array()
         .unwrap()

@@ -41,7 +41,7 @@ fn schemathesis() -> Option<&'static str> {
 /// What schemathesis is told beyond the document (`schemathesis.toml`): values it cannot
 /// make up, and the few answers that depend on data rather than on the request's shape.
 /// `cursors` are real `nextCursor`s of each list (`after` is opaque: a made-up one is
-/// rightly a 400).
+/// rightly a 400); a history cursor is a position in any instance's history.
 fn config(cursors: &[(&str, String)]) -> String {
     let mut toml = String::from(
         r#"# Every check (as `--checks all`; given here, not on the command line, where it would
@@ -104,16 +104,20 @@ fn seed(server: &ServerProcess) -> Vec<(&'static str, String)> {
         );
         assert_eq!(status, 200, "{body}");
     }
+    let (_, instances) = server.call("GET", "/api/v1/process-instances?limit=1", None);
+    let instance = instances["items"][0]["id"].as_str().unwrap().to_string();
     [
         "process-definitions",
         "process-instances",
         "tasks",
         "external-tasks",
         "incidents",
+        "process-instances/{id}/history",
     ]
     .into_iter()
     .map(|list| {
-        let (_, page) = server.call("GET", &format!("/api/v1/{list}?limit=1"), None);
+        let path = list.replace("{id}", &instance);
+        let (_, page) = server.call("GET", &format!("/api/v1/{path}?limit=1"), None);
         let cursor = page["nextCursor"].as_str();
         (
             list,

@@ -31,8 +31,7 @@ fn events(server: &ServerProcess, instance: &str) -> Vec<(String, Option<String>
         &format!("/api/v1/process-instances/{instance}/history"),
         None,
     );
-    h.as_array()
-        .unwrap()
+    items(&h)
         .iter()
         .map(|e| {
             (

@@ -184,6 +184,7 @@ macro_rules! conformance_tests {
             paging::paging_instances_while_rows_are_inserted,
             paging::paging_tasks_externals_and_incidents,
             paging::paging_definitions_by_key_and_version,
+            paging::paging_history_while_it_grows,
             external_tasks::fetch_and_lock_selection,
             external_tasks::fetch_and_lock_lock_expiry,
             external_tasks::fetch_and_lock_retries_and_backoff,

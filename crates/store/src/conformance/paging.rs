@@ -361,3 +361,82 @@ pub async fn paging_definitions_by_key_and_version(store: Arc<dyn Store>) {
         "`after` within one key"
     );
 }
+
+pub async fn paging_history_while_it_grows(store: Arc<dyn Store>) {
+    // Commands of 1, 3 and 2 events: pages cut through a command's events.
+    let a = instance("A", "order");
+    let mut first = ChangeSet::new(a.clone(), None, at(0));
+    first.history = vec![hist("A", 0, "instanceStarted", 0)];
+    insert(store.as_ref(), first).await;
+    let mut current = a;
+    let mut n = 1;
+    let mut append = async |count: i64| {
+        let mut c = update_of(&current);
+        c.history = (0..count)
+            .map(|k| hist("A", n + k, "activityStarted", n + k))
+            .collect();
+        n += count;
+        current = c.instance.clone();
+        store.apply(c).await.expect("appending history");
+    };
+    append(3).await;
+    append(2).await;
+    let mut other = ChangeSet::new(instance("B", "order"), None, at(0));
+    other.history = vec![hist("B", 0, "instanceStarted", 99)];
+    insert(store.as_ref(), other).await;
+
+    let mut seen: Vec<i64> = Vec::new();
+    let mut after: Option<HistoryPosition> = None;
+    let mut pages = 0;
+    loop {
+        let page = store
+            .history_page("A", after, 2)
+            .await
+            .expect("history_page");
+        pages += 1;
+        assert!(page.len() <= 2, "at most `limit` events");
+        assert!(
+            page.windows(2).all(|w| w[0].0 < w[1].0),
+            "positions ascend within a page"
+        );
+        if let (Some(a), Some(first)) = (after, page.first()) {
+            assert!(first.0 > a, "a page starts behind its position");
+        }
+        assert!(
+            page.iter().all(|(_, e)| e.instance_id == "A"),
+            "only A's events"
+        );
+        seen.extend(page.iter().map(|(_, e)| e.detail["n"].as_i64().unwrap()));
+        if page.len() < 2 {
+            break;
+        }
+        after = page.last().map(|(p, _)| *p);
+        if pages == 2 {
+            // The history grows behind the reader: those events follow.
+            append(3).await;
+        }
+        assert!(pages < 50, "paging does not end");
+    }
+    assert_eq!(
+        seen,
+        (0..9).collect::<Vec<_>>(),
+        "every event once, in order"
+    );
+    let whole = store.history("A").await.unwrap();
+    let paged: Vec<HistoryRecord> = store
+        .history_page("A", None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| e)
+        .collect();
+    assert_eq!(paged, whole, "one big page is the whole history");
+    assert!(
+        store
+            .history_page("nope", None, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "an unknown instance has no history"
+    );
+}
