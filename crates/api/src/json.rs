@@ -16,7 +16,8 @@ use crate::error::{ApiError, Code};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
-/// A JSON request body that may be left out entirely: an empty body yields `T::default()`.
+/// A JSON request body that may be left out entirely: an empty body, or `null`, yields
+/// `T::default()`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonOrEmpty<T>(pub T);
 
@@ -29,7 +30,7 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (headers, bytes) = read(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        if bytes.iter().all(is_json_whitespace) {
             return Err(ApiError::invalid_json(
                 "the request body is empty; expected a JSON object",
             ));
@@ -47,10 +48,11 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let (headers, bytes) = read(req, state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        if bytes.iter().all(is_json_whitespace) {
             return Ok(JsonOrEmpty(T::default()));
         }
-        parse(&headers, &bytes).map(JsonOrEmpty)
+        // `null` says "no body" too (the schema of such a body is nullable).
+        parse::<Option<T>>(&headers, &bytes).map(|v| JsonOrEmpty(v.unwrap_or_default()))
     }
 }
 
@@ -87,10 +89,24 @@ fn parse<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, Ap
             "expected a request with the header `Content-Type: application/json`",
         ));
     }
+    // Every request body of this API is an object (or, where it may be left out,
+    // `null`); serde would also read a struct from an array of its fields.
+    let first = bytes.iter().find(|b| !is_json_whitespace(b));
+    if !matches!(first, Some(b'{' | b'n')) {
+        return Err(ApiError::invalid_json(
+            "invalid JSON body: expected a JSON object",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| {
         ApiError::invalid_json(format!("invalid JSON body: {e}"))
             .with_details(json!({ "line": e.line(), "column": e.column() }))
     })
+}
+
+/// JSON's white space (RFC 8259): space, tab, line feed, carriage return; not form feed,
+/// which `u8::is_ascii_whitespace` counts too.
+fn is_json_whitespace(b: &u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
 /// `application/json` or any `application/*+json`, parameters ignored.
@@ -129,6 +145,31 @@ mod tests {
         assert!(is_json(&headers("application/problem+json")));
         assert!(!is_json(&headers("text/plain")));
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn only_objects_are_bodies() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code, reason = "only parsed")]
+        struct Body {
+            a: Option<i32>,
+            b: Option<i32>,
+        }
+        let h = headers("application/json");
+        assert!(parse::<Body>(&h, br#" {"a": 1}"#).is_ok());
+        let e = parse::<Body>(&h, b"[1, 2]").unwrap_err();
+        assert_eq!(e.code(), "invalid_json");
+        assert!(
+            e.message().contains("expected a JSON object"),
+            "{}",
+            e.message()
+        );
+        assert!(parse::<Option<Body>>(&h, b"null").unwrap().is_none());
+        assert_eq!(parse::<Body>(&h, b"7").unwrap_err().code(), "invalid_json");
+        assert_eq!(
+            parse::<Body>(&h, b"\x0c{}").unwrap_err().code(),
+            "invalid_json"
+        );
     }
 
     #[test]

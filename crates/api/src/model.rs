@@ -22,6 +22,116 @@ fn ms(t: DateTime<Utc>) -> DateTime<Utc> {
     t.trunc_subsecs(3)
 }
 
+// ---- constrained values -----------------------------------------------------------
+
+/// Upper bound of lock durations and retry timeouts in milliseconds (30 days), as the
+/// engine enforces it; stated as a literal in the schema attributes below.
+pub const MAX_DURATION_MS: i64 = 30 * 24 * 3_600_000;
+
+/// One character that is not white space (Unicode `White_Space`, as Rust's
+/// `char::is_whitespace` and the engine's checks see it): the `pattern` of user and
+/// worker ids.
+pub const NOT_BLANK_PATTERN: &str =
+    r"[^\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]";
+
+/// The schema of a user or worker id: not empty, not only white space.
+fn not_blank() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .pattern(Some(NOT_BLANK_PATTERN))
+        .description(Some("Not empty, and not only white space."))
+        .build()
+}
+
+/// `400 bad_request` when `value` (the field `field`) is empty or only white space, as
+/// [`not_blank`] states in the schema.
+pub(crate) fn check_not_blank(field: &str, value: &str) -> Result<(), crate::ApiError> {
+    if value.trim().is_empty() {
+        return Err(crate::ApiError::bad_request(format!(
+            "{field} must not be empty or blank"
+        )));
+    }
+    Ok(())
+}
+
+/// An integer field: JSON Schema's `integer` is any number without a fractional part,
+/// so `5.0` and `5e3` are integers too (serde alone takes only `5`). Out of the target
+/// type's range is an error (`400 invalid_json`).
+fn integral<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_i64()
+        .or_else(|| {
+            // Exactly representable integers only (|v| < 2^53 is exact, and that is
+            // far beyond every range these fields allow).
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0)
+                .map(|f| f as i64)
+        })
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not an integer in range")))
+}
+
+/// `null` as the type's default (an absent field's value).
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(d).map(Option::unwrap_or_default)
+}
+
+// ---- pages -------------------------------------------------------------------------
+
+/// Declares the page type of a list endpoint: `{"items": [...], "nextCursor": ...}`.
+macro_rules! page {
+    ($(#[$doc:meta])* $page:ident of $item:ty) => {
+        $(#[$doc])*
+        ///
+        /// Pass `nextCursor` as `after` to get the next page; it is `null` on the last
+        /// page. Pages follow a fixed order by a unique key, so a client walking every
+        /// page sees each item that exists throughout exactly once, even while items are
+        /// added or removed between pages.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $page {
+            pub items: Vec<$item>,
+            /// Opaque; `null` when this is the last page.
+            #[schema(required = true, min_length = 1)]
+            pub next_cursor: Option<String>,
+        }
+    };
+}
+
+page!(
+    /// A page of process definitions: by key, newest version first per key.
+    ProcessDefinitionPage of ProcessDefinition
+);
+page!(
+    /// A page of process instances, in id order (creation order).
+    ProcessInstancePage of ProcessInstance
+);
+page!(
+    /// A page of an instance's history, oldest first.
+    HistoryPage of HistoryEvent
+);
+page!(
+    /// A page of open user tasks, in id order (creation order).
+    TaskPage of Task
+);
+page!(
+    /// A page of external tasks, in id order (creation order).
+    ExternalTaskPage of ExternalTask
+);
+page!(
+    /// A page of incidents, in id order (creation order).
+    IncidentPage of Incident
+);
+
 // ---- definitions -------------------------------------------------------------------
 
 /// A deployed version of a process.
@@ -182,7 +292,9 @@ pub struct HistoryEvent {
     /// `incidentCreated`, `instanceCompleted`, `instanceCancelled` ...
     pub event: String,
     pub activity_id: Option<String>,
-    #[schema(value_type = Object)]
+    /// What the event carries (variables changed, incident message ...); `null` when
+    /// nothing.
+    #[schema(value_type = Option<Object>, required = true)]
     pub detail: serde_json::Value,
 }
 
@@ -201,7 +313,8 @@ impl From<HistoryRecord> for HistoryEvent {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StartInstance {
-    #[serde(default)]
+    /// Absent or `null`: none.
+    #[serde(default, deserialize_with = "null_as_default")]
     #[schema(value_type = Option<Object>)]
     pub variables: Vars,
     #[serde(default)]
@@ -252,6 +365,7 @@ impl From<TaskRecord> for Task {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ClaimTask {
+    #[schema(schema_with = not_blank)]
     pub user_id: String,
 }
 
@@ -259,7 +373,8 @@ pub struct ClaimTask {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteTask {
-    #[serde(default)]
+    /// Absent or `null`: none.
+    #[serde(default, deserialize_with = "null_as_default")]
     #[schema(value_type = Option<Object>)]
     pub variables: Vars,
 }
@@ -314,23 +429,34 @@ impl From<LockedTask> for ExternalTask {
 #[serde(rename_all = "camelCase")]
 pub struct FetchTopic {
     pub topic_name: String,
-    /// How long the lock holds, in milliseconds.
+    /// How long the lock holds, in milliseconds: 1 to 30 days.
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 1, maximum = 2592000000i64)]
     pub lock_duration: i64,
 }
+
+/// The largest `maxTasks` of one fetch-and-lock.
+pub const MAX_FETCH: u32 = 1000;
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FetchAndLock {
+    #[schema(schema_with = not_blank)]
     pub worker_id: String,
-    pub max_tasks: usize,
+    /// At most this many tasks, 0 to 1000.
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 1000)]
+    pub max_tasks: u32,
     pub topics: Vec<FetchTopic>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CompleteExternalTask {
+    #[schema(schema_with = not_blank)]
     pub worker_id: String,
-    #[serde(default)]
+    /// Absent or `null`: none.
+    #[serde(default, deserialize_with = "null_as_default")]
     #[schema(value_type = Option<Object>)]
     pub variables: Vars,
 }
@@ -338,13 +464,17 @@ pub struct CompleteExternalTask {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalTaskFailure {
+    #[schema(schema_with = not_blank)]
     pub worker_id: String,
     #[serde(default)]
     pub error_message: String,
     /// Retries left; 0 raises an incident on the instance.
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 0)]
     pub retries: i32,
-    /// Milliseconds before the task can be fetched again.
-    #[serde(default)]
+    /// Milliseconds before the task can be fetched again: 0 to 30 days.
+    #[serde(default, deserialize_with = "integral")]
+    #[schema(minimum = 0, maximum = 2592000000i64)]
     pub retry_timeout: i64,
 }
 
@@ -352,6 +482,8 @@ pub struct ExternalTaskFailure {
 #[serde(rename_all = "camelCase")]
 pub struct SetRetries {
     /// Above 0 resolves the task's incident.
+    #[serde(deserialize_with = "integral")]
+    #[schema(minimum = 0)]
     pub retries: i32,
 }
 

@@ -319,8 +319,8 @@ impl Store for CachedStore {
     async fn latest_definition(&self, key: &str) -> Result<Option<DefinitionRecord>> {
         self.inner.latest_definition(key).await
     }
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        self.inner.list_definitions(key).await
+    async fn list_definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
+        self.inner.list_definitions(filter).await
     }
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         self.inner.instance(id).await
@@ -392,6 +392,14 @@ impl Store for CachedStore {
     }
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
         self.inner.history(instance_id).await
+    }
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        self.inner.history_page(instance_id, after, limit).await
     }
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         self.inner.journal_since(after, limit).await

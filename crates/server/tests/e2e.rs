@@ -34,4 +34,6 @@ mod e2e {
     mod metrics_tests;
     mod openapi_tests;
     mod redis_cache_tests;
+    mod schemathesis_tests;
+    mod tour_tests;
 }

@@ -257,8 +257,8 @@ impl Store for PgStore {
         self.read_definition("key", key).await
     }
 
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        self.read_definitions(key).await
+    async fn list_definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
+        self.read_definitions(filter).await
     }
 
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
@@ -363,6 +363,15 @@ impl Store for PgStore {
 
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
         self.read_history(instance_id).await
+    }
+
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        self.read_history_page(instance_id, after, limit).await
     }
 
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {

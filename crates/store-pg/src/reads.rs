@@ -97,9 +97,9 @@ impl PgStore {
 
     pub(crate) async fn read_definitions(
         &self,
-        key: Option<&str>,
+        f: &DefinitionFilter,
     ) -> Result<Vec<DefinitionRecord>> {
-        self.query_listing(listing::definitions(&DIALECT, key))
+        self.query_listing(listing::definitions(&DIALECT, f))
             .await?
             .iter()
             .map(|r| rows::definition(r, false))
@@ -207,6 +207,21 @@ impl PgStore {
             out.extend(rows::history_events(row)?);
         }
         Ok(out)
+    }
+
+    /// See [`Store::history_page`]: the rows from `after`'s on, then the events behind it.
+    pub(crate) async fn read_history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        let q = listing::history(&DIALECT, instance_id, after, limit);
+        let mut batches = Vec::new();
+        for row in &self.query_listing(q).await? {
+            batches.push((rows::get::<i64>(row, 2)?, rows::history_events(row)?));
+        }
+        Ok(listing::history_events_behind(batches, after, limit))
     }
 
     /// Rows of transactions older than every transaction still in flight (seqs start

@@ -288,9 +288,9 @@ impl Store for SqliteStore {
         self.read(move |c| reads::definition(c, "key", &key)).await
     }
 
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        let key = key.map(str::to_string);
-        self.read(move |c| reads::list_definitions(c, key.as_deref()))
+    async fn list_definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
+        let filter = filter.clone();
+        self.read(move |c| reads::list_definitions(c, &filter))
             .await
     }
 
@@ -431,6 +431,17 @@ impl Store for SqliteStore {
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
         let id = instance_id.to_string();
         self.read(move |c| reads::history(c, &id)).await
+    }
+
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        let id = instance_id.to_string();
+        self.read(move |c| reads::history_page(c, &id, after, limit))
+            .await
     }
 
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {

@@ -60,9 +60,9 @@ pub(crate) fn definition(
 
 pub(crate) fn list_definitions(
     c: &Connection,
-    key: Option<&str>,
+    f: &DefinitionFilter,
 ) -> rusqlite::Result<Vec<DefinitionRecord>> {
-    all(c, listing::definitions(&DIALECT, key), |r| {
+    all(c, listing::definitions(&DIALECT, f), |r| {
         rows::definition(r, false)
     })
 }
@@ -155,6 +155,19 @@ pub(crate) fn history(c: &Connection, instance_id: &str) -> rusqlite::Result<Vec
     );
     let batches = all(c, q, rows::history_events)?;
     Ok(batches.into_iter().flatten().collect())
+}
+
+pub(crate) fn history_page(
+    c: &Connection,
+    instance_id: &str,
+    after: Option<HistoryPosition>,
+    limit: usize,
+) -> rusqlite::Result<Vec<(HistoryPosition, HistoryRecord)>> {
+    let q = listing::history(&DIALECT, instance_id, after, limit);
+    let rows = all(c, q, |r| {
+        Ok((r.get::<_, i64>(2)?, rows::history_events(r)?))
+    })?;
+    Ok(listing::history_events_behind(rows, after, limit))
 }
 
 pub(crate) fn journal_since(

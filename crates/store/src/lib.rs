@@ -91,10 +91,12 @@ pub trait Store: Send + Sync + 'static {
     async fn deploy(&self, defs: Vec<NewDefinition>, now: Timestamp) -> Result<Vec<Deployed>>;
     async fn definition(&self, id: &str) -> Result<Option<DefinitionRecord>>;
     async fn latest_definition(&self, key: &str) -> Result<Option<DefinitionRecord>>;
-    /// Without XML bodies, newest first per key.
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>>;
+    /// Without XML bodies; by key, newest version first per key (one keyset page, see
+    /// [`DefinitionFilter`]).
+    async fn list_definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>>;
 
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>>;
+    /// One keyset page in id order (see [`InstanceFilter`]); the same for every listing.
     async fn list_instances(&self, filter: &InstanceFilter) -> Result<Vec<InstanceRecord>>;
     /// Commits one engine command. `Err(Conflict)` when the instance version moved, or
     /// when the change set's lock guard no longer holds; then nothing is written.
@@ -174,6 +176,14 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_incidents(&self, filter: &IncidentFilter) -> Result<Vec<IncidentRecord>>;
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>>;
+    /// One keyset page of an instance's history, oldest first: at most `limit` events
+    /// behind `after`, each with its position.
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>>;
 
     /// Journal rows with `seq > after`, in sequence order, at most `limit`. Only rows
     /// whose transaction is visible and can no longer be overtaken are returned, so a

@@ -437,6 +437,11 @@ fn listed<T: Clone, K: Ord>(
     out
 }
 
+/// Keyset paging on ids: `id` comes after `after` (bytewise, as the databases compare).
+fn behind(after: &Option<String>, id: &str) -> bool {
+    after.as_deref().is_none_or(|a| id > a)
+}
+
 #[async_trait]
 impl Store for MemoryStore {
     fn backend(&self) -> &'static str {
@@ -469,21 +474,23 @@ impl Store for MemoryStore {
         Ok(self.state()?.latest(key).cloned())
     }
 
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
+    async fn list_definitions(&self, f: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
         let state = self.state()?;
+        let position = |d: &DefinitionRecord| (d.key.clone(), std::cmp::Reverse(d.version));
+        let after = f
+            .after
+            .as_ref()
+            .map(|a| (a.key.clone(), std::cmp::Reverse(a.version)));
         let rows = state
             .definitions
             .values()
-            .filter(|d| key.is_none_or(|k| d.key == k))
+            .filter(|d| f.key.as_ref().is_none_or(|k| &d.key == k))
+            .filter(|d| after.as_ref().is_none_or(|a| &position(d) > a))
             .map(|d| DefinitionRecord {
                 xml: None,
                 ..d.clone()
             });
-        Ok(listed(
-            rows,
-            |d| (d.key.clone(), std::cmp::Reverse(d.version)),
-            None,
-        ))
+        Ok(listed(rows, position, f.limit))
     }
 
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
@@ -506,8 +513,9 @@ impl Store for MemoryStore {
                     .as_ref()
                     .is_none_or(|k| i.business_key.as_ref() == Some(k))
             })
+            .filter(|i| behind(&f.after, &i.id))
             .cloned();
-        Ok(listed(rows, |i| (i.started_at, i.id.clone()), f.limit))
+        Ok(listed(rows, |i| i.id.clone(), f.limit))
     }
 
     async fn apply(&self, change: ChangeSet) -> Result<()> {
@@ -535,8 +543,9 @@ impl Store for MemoryStore {
                     .is_none_or(|g| t.candidate_groups.contains(g))
             })
             .filter(|t| f.visible_to.as_ref().is_none_or(|v| v.sees(t)))
+            .filter(|t| behind(&f.after, &t.id))
             .cloned();
-        Ok(listed(rows, |t| (t.created_at, t.id.clone()), f.limit))
+        Ok(listed(rows, |t| t.id.clone(), f.limit))
     }
 
     async fn claim_task(&self, id: &str, user: &str, now: Timestamp) -> Result<TaskRecord> {
@@ -568,8 +577,9 @@ impl Store for MemoryStore {
             .values()
             .filter(|t| f.instance_id.as_ref().is_none_or(|i| &t.instance_id == i))
             .filter(|t| f.topic.as_ref().is_none_or(|topic| &t.topic == topic))
+            .filter(|t| behind(&f.after, &t.id))
             .cloned();
-        Ok(listed(rows, |t| (t.created_at, t.id.clone()), f.limit))
+        Ok(listed(rows, |t| t.id.clone(), f.limit))
     }
 
     async fn lock_tasks(&self, r: &TaskLocking<'_>) -> Result<Vec<LockedTask>> {
@@ -602,9 +612,10 @@ impl Store for MemoryStore {
             .incidents
             .values()
             .filter(|i| f.instance_id.as_ref().is_none_or(|id| &i.instance_id == id))
-            .filter(|i| !f.open_only || i.resolved_at.is_none())
+            .filter(|i| f.open.is_none_or(|open| open == i.resolved_at.is_none()))
+            .filter(|i| behind(&f.after, &i.id))
             .cloned();
-        Ok(listed(rows, |i| (i.created_at, i.id.clone()), None))
+        Ok(listed(rows, |i| i.id.clone(), f.limit))
     }
 
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
@@ -614,6 +625,25 @@ impl Store for MemoryStore {
             .get(instance_id)
             .cloned()
             .unwrap_or_default())
+    }
+
+    /// Positions here are `(event number, 0)`: the reference store keeps no rows.
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        let state = self.state()?;
+        let Some(events) = state.history.get(instance_id) else {
+            return Ok(Vec::new());
+        };
+        let positions = (0_i64..).map(|seq| HistoryPosition { seq, index: 0 });
+        Ok(positions
+            .zip(events.iter().cloned())
+            .filter(|(p, _)| after.is_none_or(|a| *p > a))
+            .take(limit)
+            .collect())
     }
 
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {

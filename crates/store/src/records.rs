@@ -411,11 +411,42 @@ pub struct LockGuard {
     pub now: Timestamp,
 }
 
+// ---- listing filters ------------------------------------------------------------------
+//
+// Every listing is keyset-paged: rows come in the order of a unique key, `after` names
+// the key of the last row of the previous page and the listing continues behind it
+// (never an OFFSET: a page costs the same on row 1,000,000 as on row 1, and rows
+// inserted or removed between pages never make a client skip or repeat a row that was
+// there throughout). `limit: None` lists everything.
+//
+// Instances, tasks, external tasks and incidents are ordered by `id` (their primary
+// key; the engine's ids are UUIDv7, so that is creation order), compared bytewise on
+// every backend.
+
+/// Definitions, ordered by key, then newest version first.
+#[derive(Debug, Clone, Default)]
+pub struct DefinitionFilter {
+    /// Only versions of this process key.
+    pub key: Option<String>,
+    /// Continue behind this `(key, version)`.
+    pub after: Option<DefinitionPosition>,
+    pub limit: Option<usize>,
+}
+
+/// Where a definition listing stands: the last `(key, version)` handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionPosition {
+    pub key: String,
+    pub version: i32,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {
     pub state: Option<InstanceState>,
     pub definition_key: Option<String>,
     pub business_key: Option<String>,
+    /// Only ids greater than this one.
+    pub after: Option<String>,
     pub limit: Option<usize>,
 }
 
@@ -424,6 +455,8 @@ pub struct TaskFilter {
     pub assignee: Option<String>,
     pub candidate_group: Option<String>,
     pub instance_id: Option<String>,
+    /// Only ids greater than this one.
+    pub after: Option<String>,
     pub limit: Option<usize>,
     /// Only the tasks this viewer may see (see [`TaskViewer`]).
     pub visible_to: Option<TaskViewer>,
@@ -449,14 +482,28 @@ impl TaskViewer {
 pub struct ExternalTaskFilter {
     pub instance_id: Option<String>,
     pub topic: Option<String>,
+    /// Only ids greater than this one.
+    pub after: Option<String>,
     pub limit: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct IncidentFilter {
     pub instance_id: Option<String>,
-    /// Only incidents not yet resolved.
-    pub open_only: bool,
+    /// `Some(true)`: only incidents not yet resolved; `Some(false)`: only resolved ones.
+    pub open: Option<bool>,
+    /// Only ids greater than this one.
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// Where an event stands in its instance's history: event `index` (from 0) of the
+/// history row `seq` (one row per command). Histories only grow, so a position never
+/// moves: a history page continues behind one (see [`Store::history_page`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HistoryPosition {
+    pub seq: i64,
+    pub index: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]

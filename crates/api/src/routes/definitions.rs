@@ -5,6 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use steadyflow_engine::StartRequest;
+use steadyflow_store::{DefinitionFilter, DefinitionPosition};
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -12,8 +13,10 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::json::{Json, JsonOrEmpty, body_bytes};
-use crate::model::{Deployment, ProcessDefinition, ProcessInstance, StartInstance};
-use crate::params::{Path, Query};
+use crate::model::{
+    Deployment, ProcessDefinition, ProcessDefinitionPage, ProcessInstance, StartInstance,
+};
+use crate::params::{Path, Query, cursor, page_limit};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -83,22 +86,58 @@ async fn deploy(
 struct DefinitionQuery {
     /// Only versions of this process key.
     key: Option<String>,
+    /// Items per page, 1 to 1000; 100 when left out.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `nextCursor` of the previous page; left out for the first page.
+    #[param(min_length = 1)]
+    after: Option<String>,
 }
 
-/// List deployed definitions, newest version first per key.
+/// The list name in this list's cursors.
+const LIST: &str = "process-definitions";
+
+/// List deployed definitions, by key and newest version first per key, one page at a time.
 #[utoipa::path(
     get,
     path = "/api/v1/process-definitions",
     tag = "process definitions",
     params(DefinitionQuery),
-    responses((status = 200, body = Vec<ProcessDefinition>))
+    responses((status = 200, body = ProcessDefinitionPage), (status = 400, body = ErrorResponse))
 )]
 async fn list_definitions(
     State(state): State<AppState>,
     Query(q): Query<DefinitionQuery>,
-) -> Result<Json<Vec<ProcessDefinition>>, ApiError> {
-    let defs = state.engine.definitions(q.key.as_deref()).await?;
-    Ok(Json(defs.into_iter().map(Into::into).collect()))
+) -> Result<Json<ProcessDefinitionPage>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let after = cursor::decode(LIST, q.after.as_deref())?
+        .map(|p| definition_position(&p))
+        .transpose()?;
+    let filter = DefinitionFilter {
+        key: q.key,
+        after,
+        limit: Some(limit + 1),
+    };
+    let mut rows = state.engine.definitions(&filter).await?;
+    let next_cursor = cursor::next(LIST, &mut rows, limit, |d| {
+        format!("{}|{}", d.version, d.key)
+    });
+    Ok(Json(ProcessDefinitionPage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
+}
+
+/// A definition cursor's position: `<version>|<key>`.
+fn definition_position(p: &str) -> Result<DefinitionPosition, ApiError> {
+    p.split_once('|')
+        .and_then(|(v, k)| {
+            Some(DefinitionPosition {
+                version: v.parse().ok()?,
+                key: k.to_string(),
+            })
+        })
+        .ok_or_else(|| ApiError::bad_request("`after` is not a cursor of process-definitions"))
 }
 
 /// One definition version (without its XML).

@@ -12,10 +12,13 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::json::Json;
 use crate::model::{
-    CompleteExternalTask, ExternalTask, ExternalTaskFailure, FetchAndLock, ProcessInstance,
-    SetRetries,
+    CompleteExternalTask, ExternalTask, ExternalTaskFailure, ExternalTaskPage, FetchAndLock,
+    MAX_FETCH, ProcessInstance, SetRetries, check_not_blank,
 };
-use crate::params::{Path, Query};
+use crate::params::{Path, Query, cursor, page_limit};
+
+/// The list name in this list's cursors.
+const LIST: &str = "external-tasks";
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -34,29 +37,39 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 struct ExternalTaskQuery {
     process_instance_id: Option<String>,
     topic_name: Option<String>,
-    /// At most this many tasks.
-    limit: Option<usize>,
+    /// Items per page, 1 to 1000; 100 when left out.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `nextCursor` of the previous page; left out for the first page.
+    #[param(min_length = 1)]
+    after: Option<String>,
 }
 
-/// List external tasks, optionally filtered.
+/// List external tasks, optionally filtered, one page at a time (in id order).
 #[utoipa::path(
     get,
     path = "/api/v1/external-tasks",
     tag = "external tasks",
     params(ExternalTaskQuery),
-    responses((status = 200, body = Vec<ExternalTask>), (status = 400, body = ErrorResponse))
+    responses((status = 200, body = ExternalTaskPage), (status = 400, body = ErrorResponse))
 )]
 async fn list_external_tasks(
     State(state): State<AppState>,
     Query(q): Query<ExternalTaskQuery>,
-) -> Result<Json<Vec<ExternalTask>>, ApiError> {
+) -> Result<Json<ExternalTaskPage>, ApiError> {
+    let limit = page_limit(q.limit)?;
     let filter = ExternalTaskFilter {
         instance_id: q.process_instance_id,
         topic: q.topic_name,
-        limit: q.limit,
+        after: cursor::decode(LIST, q.after.as_deref())?,
+        limit: Some(limit + 1),
     };
-    let tasks = state.engine.external_tasks(&filter).await?;
-    Ok(Json(tasks.into_iter().map(Into::into).collect()))
+    let mut rows = state.engine.external_tasks(&filter).await?;
+    let next_cursor = cursor::next(LIST, &mut rows, limit, |t| t.id.clone());
+    Ok(Json(ExternalTaskPage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 /// One external task.
@@ -83,12 +96,18 @@ async fn get_external_task(
     path = "/api/v1/external-tasks/fetch-and-lock",
     tag = "external tasks",
     request_body = FetchAndLock,
-    responses((status = 200, body = Vec<ExternalTask>), (status = 400, body = ErrorResponse))
+    responses((status = 200, body = Vec<ExternalTask>), (status = 400, description = "A blank `workerId`, `maxTasks` or `lockDuration` out of range, or a malformed body", body = ErrorResponse))
 )]
 async fn fetch_and_lock(
     State(state): State<AppState>,
     Json(body): Json<FetchAndLock>,
 ) -> Result<Json<Vec<ExternalTask>>, ApiError> {
+    if body.max_tasks > MAX_FETCH {
+        return Err(ApiError::bad_request(format!(
+            "maxTasks {} is out of range: 0 to {MAX_FETCH}",
+            body.max_tasks
+        )));
+    }
     let topics: Vec<TopicLock> = body
         .topics
         .into_iter()
@@ -99,7 +118,7 @@ async fn fetch_and_lock(
         .collect();
     let locked = state
         .engine
-        .fetch_and_lock(&body.worker_id, body.max_tasks, &topics)
+        .fetch_and_lock(&body.worker_id, body.max_tasks as usize, &topics)
         .await?;
     Ok(Json(locked.into_iter().map(Into::into).collect()))
 }
@@ -127,6 +146,7 @@ async fn complete_external_task(
     Path(id): Path<String>,
     Json(body): Json<CompleteExternalTask>,
 ) -> Result<Json<ProcessInstance>, ApiError> {
+    check_not_blank("workerId", &body.worker_id)?;
     let inst = state
         .engine
         .complete_external_task(&id, &body.worker_id, body.variables)
@@ -158,6 +178,7 @@ async fn fail_external_task(
     Path(id): Path<String>,
     Json(body): Json<ExternalTaskFailure>,
 ) -> Result<Json<ExternalTask>, ApiError> {
+    check_not_blank("workerId", &body.worker_id)?;
     let failure = ExternalFailure {
         worker_id: body.worker_id,
         error_message: body.error_message,

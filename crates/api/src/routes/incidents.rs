@@ -10,8 +10,11 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::json::Json;
-use crate::model::{Incident, ProcessInstance};
-use crate::params::{Path, Query};
+use crate::model::{IncidentPage, ProcessInstance};
+use crate::params::{Path, Query, cursor, page_limit};
+
+/// The list name in this list's cursors.
+const LIST: &str = "incidents";
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -26,29 +29,39 @@ struct IncidentQuery {
     process_instance_id: Option<String>,
     /// `true`: only open incidents; `false`: only resolved ones; absent: all.
     open: Option<bool>,
+    /// Items per page, 1 to 1000; 100 when left out.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `nextCursor` of the previous page; left out for the first page.
+    #[param(min_length = 1)]
+    after: Option<String>,
 }
 
-/// List incidents, optionally filtered.
+/// List incidents, optionally filtered, one page at a time (in id order).
 #[utoipa::path(
     get,
     path = "/api/v1/incidents",
     tag = "incidents",
     params(IncidentQuery),
-    responses((status = 200, body = Vec<Incident>), (status = 400, body = ErrorResponse))
+    responses((status = 200, body = IncidentPage), (status = 400, body = ErrorResponse))
 )]
 async fn list_incidents(
     State(state): State<AppState>,
     Query(q): Query<IncidentQuery>,
-) -> Result<Json<Vec<Incident>>, ApiError> {
+) -> Result<Json<IncidentPage>, ApiError> {
+    let limit = page_limit(q.limit)?;
     let filter = IncidentFilter {
         instance_id: q.process_instance_id,
-        open_only: q.open == Some(true),
+        open: q.open,
+        after: cursor::decode(LIST, q.after.as_deref())?,
+        limit: Some(limit + 1),
     };
-    let mut incidents = state.engine.incidents(&filter).await?;
-    if q.open == Some(false) {
-        incidents.retain(|i| i.resolved_at.is_some());
-    }
-    Ok(Json(incidents.into_iter().map(Into::into).collect()))
+    let mut rows = state.engine.incidents(&filter).await?;
+    let next_cursor = cursor::next(LIST, &mut rows, limit, |i| i.id.clone());
+    Ok(Json(IncidentPage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 /// Retry the element an incident stopped at (after fixing its cause).

@@ -12,6 +12,7 @@ use crate::AppState;
 
 mod accounts;
 mod definitions;
+mod docs;
 mod external_tasks;
 mod health;
 mod incidents;
@@ -33,7 +34,9 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
 
 /// Routes outside `/api/v1`, open to everyone.
 pub(crate) fn public() -> OpenApiRouter<AppState> {
-    health::router().merge(metrics::router())
+    health::router()
+        .merge(metrics::router())
+        .merge(docs::router())
 }
 
 /// This API's OpenAPI 3.1 document.

@@ -13,8 +13,11 @@ use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorResponse};
 use crate::json::{Json, JsonOrEmpty};
-use crate::model::{ClaimTask, CompleteTask, ProcessInstance, Task};
-use crate::params::{Path, Query};
+use crate::model::{ClaimTask, CompleteTask, ProcessInstance, Task, TaskPage};
+use crate::params::{Path, Query, cursor, page_limit};
+
+/// The list name in this list's cursors.
+const LIST: &str = "tasks";
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -31,32 +34,42 @@ struct TaskQuery {
     assignee: Option<String>,
     candidate_group: Option<String>,
     process_instance_id: Option<String>,
-    /// At most this many tasks.
-    limit: Option<usize>,
+    /// Items per page, 1 to 1000; 100 when left out.
+    #[param(minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<u32>,
+    /// The `nextCursor` of the previous page; left out for the first page.
+    #[param(min_length = 1)]
+    after: Option<String>,
 }
 
-/// Open user tasks.
+/// Open user tasks, optionally filtered, one page at a time (in id order).
 #[utoipa::path(
     get,
     path = "/api/v1/tasks",
     tag = "tasks",
     params(TaskQuery),
-    responses((status = 200, body = Vec<Task>), (status = 400, body = ErrorResponse))
+    responses((status = 200, body = TaskPage), (status = 400, body = ErrorResponse))
 )]
 async fn list_tasks(
     State(state): State<AppState>,
     Extension(p): Extension<Principal>,
     Query(q): Query<TaskQuery>,
-) -> Result<Json<Vec<Task>>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
+    let limit = page_limit(q.limit)?;
     let filter = TaskFilter {
         assignee: q.assignee,
         candidate_group: q.candidate_group,
         instance_id: q.process_instance_id,
-        limit: q.limit,
+        after: cursor::decode(LIST, q.after.as_deref())?,
+        limit: Some(limit + 1),
         visible_to: viewer(&p),
     };
-    let tasks = state.engine.tasks(&filter).await?;
-    Ok(Json(tasks.into_iter().map(Into::into).collect()))
+    let mut rows = state.engine.tasks(&filter).await?;
+    let next_cursor = cursor::next(LIST, &mut rows, limit, |t| t.id.clone());
+    Ok(Json(TaskPage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 /// One open user task.

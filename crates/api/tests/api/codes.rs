@@ -93,7 +93,7 @@ async fn a_task_held_by_someone_else_is_task_already_claimed() {
     let tasks = app
         .get(&format!("/api/v1/tasks?processInstanceId={iid}"))
         .await
-        .json();
+        .items();
     let claim = format!("/api/v1/tasks/{}/claim", id(&tasks[0]));
     assert_eq!(
         app.post(&claim, json!({"userId": "alice"})).await.status,
@@ -150,8 +150,8 @@ impl Store for Contended {
     async fn latest_definition(&self, key: &str) -> Result<Option<DefinitionRecord>> {
         self.0.latest_definition(key).await
     }
-    async fn list_definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        self.0.list_definitions(key).await
+    async fn list_definitions(&self, f: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
+        self.0.list_definitions(f).await
     }
     async fn instance(&self, id: &str) -> Result<Option<InstanceRecord>> {
         self.0.instance(id).await
@@ -207,6 +207,14 @@ impl Store for Contended {
     async fn history(&self, instance_id: &str) -> Result<Vec<HistoryRecord>> {
         self.0.history(instance_id).await
     }
+    async fn history_page(
+        &self,
+        instance_id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        self.0.history_page(instance_id, after, limit).await
+    }
     async fn journal_since(&self, after: i64, limit: usize) -> Result<Vec<JournalRecord>> {
         self.0.journal_since(after, limit).await
     }
@@ -232,7 +240,7 @@ async fn a_command_that_keeps_losing_is_busy_with_retry_after() {
     );
     assert_eq!(r.headers[header::RETRY_AFTER], "1");
 
-    let iid = app.get("/api/v1/process-instances").await.json()[0]["id"]
+    let iid = app.get("/api/v1/process-instances").await.items()[0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -270,7 +278,7 @@ async fn task_of(app: &App, instance: &str) -> String {
     let tasks = app
         .get(&format!("/api/v1/tasks?processInstanceId={instance}"))
         .await
-        .json();
+        .items();
     id(&tasks[0])
 }
 
@@ -302,7 +310,7 @@ async fn a_command_on_corrupt_state_is_corrupt_state_and_stops_the_instance() {
     let incidents = app
         .get(&format!("/api/v1/incidents?processInstanceId={bad}"))
         .await
-        .json();
+        .items();
     let incidents = incidents.as_array().unwrap();
     assert_eq!(incidents.len(), 1, "{incidents:?}");
     assert_eq!(incidents[0]["incidentType"], "corruptState");
@@ -322,7 +330,7 @@ async fn a_command_on_corrupt_state_is_corrupt_state_and_stops_the_instance() {
     let all = app
         .get(&format!("/api/v1/incidents?processInstanceId={bad}"))
         .await
-        .json();
+        .items();
     assert_eq!(all.as_array().unwrap().len(), 1);
     let good_task = task_of(&app, &good).await;
     let r = app
@@ -333,7 +341,7 @@ async fn a_command_on_corrupt_state_is_corrupt_state_and_stops_the_instance() {
     assert_eq!(
         app.get("/api/v1/process-instances")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .len(),

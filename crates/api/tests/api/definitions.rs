@@ -45,7 +45,7 @@ async fn redeploying_the_same_xml_keeps_the_version_and_a_change_adds_one() {
     let list = app
         .get("/api/v1/process-definitions?key=approval")
         .await
-        .json();
+        .items();
     let versions: Vec<i64> = list
         .as_array()
         .unwrap()
@@ -57,7 +57,7 @@ async fn redeploying_the_same_xml_keeps_the_version_and_a_change_adds_one() {
     assert_eq!(
         app.get("/api/v1/process-definitions")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .len(),
@@ -66,7 +66,7 @@ async fn redeploying_the_same_xml_keeps_the_version_and_a_change_adds_one() {
     assert_eq!(
         app.get("/api/v1/process-definitions?key=work")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .len(),
@@ -138,7 +138,7 @@ async fn malformed_xml_is_400_with_its_position() {
     assert!(
         app.get("/api/v1/process-definitions")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .is_empty()

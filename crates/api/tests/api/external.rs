@@ -22,7 +22,7 @@ async fn only_the_worker_holding_the_lock_may_complete() {
     let listed = app
         .get(&format!("/api/v1/external-tasks?processInstanceId={iid}"))
         .await
-        .json();
+        .items();
     assert_eq!(listed.as_array().unwrap().len(), 1);
     assert!(listed[0]["workerId"].is_null());
     assert!(listed[0]["variables"].is_null());
@@ -132,7 +132,7 @@ async fn failing_without_retries_raises_an_incident_that_new_retries_resolve() {
     assert_eq!(
         app.get("/api/v1/process-instances?state=incident")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .len(),
@@ -142,7 +142,7 @@ async fn failing_without_retries_raises_an_incident_that_new_retries_resolve() {
     let incidents = app
         .get(&format!("/api/v1/incidents?processInstanceId={iid}"))
         .await
-        .json();
+        .items();
     let incidents = incidents.as_array().unwrap();
     assert_eq!(incidents.len(), 1);
     let inc = &incidents[0];
@@ -184,12 +184,12 @@ async fn failing_without_retries_raises_an_incident_that_new_retries_resolve() {
     assert!(
         app.get("/api/v1/incidents?open=true")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .is_empty()
     );
-    let resolved = app.get("/api/v1/incidents?open=false").await.json();
+    let resolved = app.get("/api/v1/incidents?open=false").await.items();
     assert_eq!(resolved.as_array().unwrap().len(), 1);
     assert!(resolved[0]["resolved"].is_string());
 

@@ -237,7 +237,7 @@ async fn the_authenticator_guards_the_api_but_not_health() {
     let history = app
         .send(as_alice(Method::GET, &format!("{uri}/history"), ""))
         .await
-        .json();
+        .items();
     let cancelled = history
         .as_array()
         .unwrap()
@@ -293,7 +293,7 @@ impl Store for FailingStore {
     async fn latest_definition(&self, _: &str) -> Result<Option<DefinitionRecord>> {
         Err((self.0)())
     }
-    async fn list_definitions(&self, _: Option<&str>) -> Result<Vec<DefinitionRecord>> {
+    async fn list_definitions(&self, _: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
         Err((self.0)())
     }
     async fn instance(&self, _: &str) -> Result<Option<InstanceRecord>> {
@@ -336,6 +336,14 @@ impl Store for FailingStore {
         Err((self.0)())
     }
     async fn history(&self, _: &str) -> Result<Vec<HistoryRecord>> {
+        Err((self.0)())
+    }
+    async fn history_page(
+        &self,
+        _: &str,
+        _: Option<HistoryPosition>,
+        _: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
         Err((self.0)())
     }
     async fn journal_since(&self, _: i64, _: usize) -> Result<Vec<JournalRecord>> {

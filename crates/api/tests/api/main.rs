@@ -12,7 +12,9 @@
 mod authz;
 mod codes;
 mod definitions;
+mod docs;
 mod external;
 mod http;
+mod paging;
 mod support;
 mod tasks;

@@ -60,6 +60,19 @@ impl Reply {
             .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.status, self.text))
     }
 
+    /// The `items` of a list endpoint's page (a 200 `{items, nextCursor}`), as an array.
+    pub fn items(&self) -> Value {
+        assert_eq!(self.status, StatusCode::OK, "{}", self.text);
+        let page = self.json();
+        assert!(
+            page.get("nextCursor")
+                .is_some_and(|c| c.is_null() || c.is_string()),
+            "a page carries nextCursor: {page}"
+        );
+        assert!(page["items"].is_array(), "a page carries items: {page}");
+        page["items"].clone()
+    }
+
     /// The `error.code` of an error body.
     pub fn code(&self) -> String {
         self.json()["error"]["code"]

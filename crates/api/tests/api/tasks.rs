@@ -40,7 +40,7 @@ async fn start_by_key_waits_at_the_user_task() {
     let by_bk = app
         .get("/api/v1/process-instances?businessKey=order-7")
         .await
-        .json();
+        .items();
     assert_eq!(by_bk.as_array().unwrap().len(), 1);
 }
 
@@ -57,7 +57,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     let tasks = app
         .get(&format!("/api/v1/tasks?processInstanceId={iid}"))
         .await
-        .json();
+        .items();
     let tasks = tasks.as_array().unwrap();
     assert_eq!(tasks.len(), 1);
     let task = &tasks[0];
@@ -71,7 +71,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     assert_eq!(
         app.get("/api/v1/tasks")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .len(),
@@ -80,7 +80,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     assert_eq!(
         app.get("/api/v1/tasks?candidateGroup=managers")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .len(),
@@ -108,7 +108,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
         StatusCode::OK,
         "re-claiming by the holder is fine"
     );
-    let mine = app.get("/api/v1/tasks?assignee=alice").await.json();
+    let mine = app.get("/api/v1/tasks?assignee=alice").await.items();
     assert_eq!(mine.as_array().unwrap().len(), 1);
 
     let r = app
@@ -138,7 +138,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     let history = app
         .get(&format!("/api/v1/process-instances/{iid}/history"))
         .await
-        .json();
+        .items();
     let events: Vec<&str> = history
         .as_array()
         .unwrap()
@@ -158,7 +158,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     let completed = app
         .get("/api/v1/process-instances?state=completed")
         .await
-        .json();
+        .items();
     assert_eq!(
         completed
             .as_array()
@@ -171,7 +171,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     let active = app
         .get("/api/v1/process-instances?state=active&definitionKey=approval")
         .await
-        .json();
+        .items();
     assert_eq!(
         active
             .as_array()
@@ -184,7 +184,7 @@ async fn a_task_is_claimed_once_and_completing_it_ends_the_instance() {
     assert_eq!(
         app.get("/api/v1/process-instances?limit=1")
             .await
-            .json()
+            .items()
             .as_array()
             .unwrap()
             .len(),
@@ -214,7 +214,7 @@ async fn cancelling_twice_is_instance_ended() {
     let tasks = app
         .get(&format!("/api/v1/tasks?processInstanceId={}", id(&inst)))
         .await
-        .json();
+        .items();
     assert!(
         tasks.as_array().unwrap().is_empty(),
         "cancelling removes the open task"

@@ -67,7 +67,8 @@ impl Engine {
         }
         let filter = IncidentFilter {
             instance_id: Some(instance_id.to_string()),
-            open_only: true,
+            open: Some(true),
+            ..Default::default()
         };
         let stopped = self
             .store

@@ -19,7 +19,8 @@ impl Engine {
     pub async fn retry_incident(&self, id: &str) -> Result<InstanceRecord> {
         let filter = IncidentFilter {
             instance_id: None,
-            open_only: true,
+            open: Some(true),
+            ..Default::default()
         };
         let inc = self
             .store

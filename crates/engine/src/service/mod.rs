@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 use steadyflow_model::{ProcessDefinition, parse_definitions};
 use steadyflow_store::Store;
 use steadyflow_store::{
-    DefinitionRecord, HistoryRecord, InstanceFilter, InstanceRecord, NewDefinition, StoreError,
-    Timestamp, Vars,
+    DefinitionFilter, DefinitionRecord, HistoryPosition, HistoryRecord, InstanceFilter,
+    InstanceRecord, NewDefinition, StoreError, Timestamp, Vars,
 };
 
 use crate::clock::Clock;
@@ -223,8 +223,9 @@ impl Engine {
             .ok_or_else(|| EngineError::not_found("process definition", id))
     }
 
-    pub async fn definitions(&self, key: Option<&str>) -> Result<Vec<DefinitionRecord>> {
-        Ok(self.store.list_definitions(key).await?)
+    /// One page of deployed definitions (see [`DefinitionFilter`]).
+    pub async fn definitions(&self, filter: &DefinitionFilter) -> Result<Vec<DefinitionRecord>> {
+        Ok(self.store.list_definitions(filter).await?)
     }
 
     /// The definition a stored instance runs on; one that is gone or does not parse is
@@ -323,6 +324,18 @@ impl Engine {
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryRecord>> {
         self.instance(id).await?;
         Ok(self.store.history(id).await?)
+    }
+
+    /// One page of an instance's history (see [`Store::history_page`]); `NotFound`
+    /// for an unknown instance.
+    pub async fn history_page(
+        &self,
+        id: &str,
+        after: Option<HistoryPosition>,
+        limit: usize,
+    ) -> Result<Vec<(HistoryPosition, HistoryRecord)>> {
+        self.instance(id).await?;
+        Ok(self.store.history_page(id, after, limit).await?)
     }
 
     /// Cancels an instance (also one the engine stopped for corrupt state, as long as

@@ -63,7 +63,8 @@ async fn poison(store: &dyn Store, id: &str) -> RawJson {
 async fn open_incidents(store: &dyn Store, id: &str) -> Vec<steadyflow_store::IncidentRecord> {
     let filter = IncidentFilter {
         instance_id: Some(id.to_string()),
-        open_only: true,
+        open: Some(true),
+        ..Default::default()
     };
     store.list_incidents(&filter).await.unwrap()
 }
@@ -224,7 +225,7 @@ fn served(
     });
     let (status, incidents) = get(format!("/api/v1/incidents?processInstanceId={}", ids[1]));
     assert_eq!(status, 200);
-    let incidents = incidents.as_array().unwrap().clone();
+    let incidents = incidents["items"].as_array().unwrap().clone();
     assert_eq!(incidents.len(), 1, "{incidents:?}");
     assert_eq!(incidents[0]["incidentType"], "corruptState");
     assert_eq!(incidents[0]["activityId"], "pause");

@@ -93,7 +93,8 @@ impl Driver for EngineDriver {
     }
 
     fn definition_count(&mut self) -> R<usize> {
-        self.block(self.engine.definitions(None)).map(|d| d.len())
+        self.block(self.engine.definitions(&Default::default()))
+            .map(|d| d.len())
     }
 
     fn start(&mut self, key: &str, variables: Vars) -> R<String> {
@@ -112,7 +113,8 @@ impl Driver for EngineDriver {
     fn incident_messages(&mut self, instance: &str) -> R<Vec<String>> {
         let f = IncidentFilter {
             instance_id: Some(instance.into()),
-            open_only: true,
+            open: Some(true),
+            ..Default::default()
         };
         self.block(self.engine.incidents(&f))
             .map(|v| v.into_iter().map(|i| i.message).collect())

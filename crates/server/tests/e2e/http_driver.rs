@@ -18,6 +18,28 @@ impl HttpDriver {
         HttpDriver { server, _dir: dir }
     }
 
+    /// Every item of a list endpoint: walks its pages (`items`, `nextCursor` → `after`).
+    fn all(&self, path: &str) -> R<Vec<Value>> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut items = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let url = match &after {
+                Some(c) => format!("{path}{sep}after={c}"),
+                None => path.to_string(),
+            };
+            let page = self.ok("GET", &url, None)?;
+            let Some(list) = page["items"].as_array() else {
+                return Err(format!("GET {url}: not a page: {page}"));
+            };
+            items.extend(list.iter().cloned());
+            match page["nextCursor"].as_str() {
+                Some(c) => after = Some(c.to_string()),
+                None => return Ok(items),
+            }
+        }
+    }
+
     fn ok(&self, method: &str, path: &str, body: Option<&Value>) -> R<Value> {
         let (status, v) = self.server.call(method, path, body);
         if (200..300).contains(&status) {
@@ -62,10 +84,7 @@ impl Driver for HttpDriver {
     }
 
     fn definition_count(&mut self) -> R<usize> {
-        Ok(self
-            .ok("GET", "/api/v1/process-definitions", None)?
-            .as_array()
-            .map_or(0, Vec::len))
+        Ok(self.all("/api/v1/process-definitions")?.len())
     }
 
     fn start(&mut self, key: &str, vars: Vars) -> R<String> {
@@ -87,27 +106,17 @@ impl Driver for HttpDriver {
     }
 
     fn incident_messages(&mut self, instance: &str) -> R<Vec<String>> {
-        let v = self.ok(
-            "GET",
-            &format!("/api/v1/incidents?processInstanceId={instance}&open=true"),
-            None,
-        )?;
-        Ok(v.as_array()
-            .into_iter()
-            .flatten()
+        let v = self.all(&format!(
+            "/api/v1/incidents?processInstanceId={instance}&open=true"
+        ))?;
+        Ok(v.iter()
             .filter_map(|i| i["message"].as_str().map(str::to_string))
             .collect())
     }
 
     fn tasks(&mut self, instance: &str) -> R<Vec<TaskView>> {
-        let v = self.ok(
-            "GET",
-            &format!("/api/v1/tasks?processInstanceId={instance}"),
-            None,
-        )?;
-        Ok(v.as_array()
-            .into_iter()
-            .flatten()
+        let v = self.all(&format!("/api/v1/tasks?processInstanceId={instance}"))?;
+        Ok(v.iter()
             .map(|t| TaskView {
                 id: t["id"].as_str().unwrap_or_default().into(),
                 name: t["name"].as_str().map(str::to_string),
@@ -129,12 +138,10 @@ impl Driver for HttpDriver {
     }
 
     fn external_tasks(&mut self, instance: &str) -> R<Vec<ExtView>> {
-        let v = self.ok(
-            "GET",
-            &format!("/api/v1/external-tasks?processInstanceId={instance}"),
-            None,
-        )?;
-        Ok(v.as_array().into_iter().flatten().map(ext).collect())
+        let v = self.all(&format!(
+            "/api/v1/external-tasks?processInstanceId={instance}"
+        ))?;
+        Ok(v.iter().map(ext).collect())
     }
 
     fn fetch_and_lock(&mut self, topic: &str, max: usize) -> R<Vec<ExtView>> {

@@ -114,7 +114,8 @@ pub async fn apply_insert_reads_back(store: Arc<dyn Store>) {
     let incidents = store
         .list_incidents(&IncidentFilter {
             instance_id: Some("i-1".into()),
-            open_only: false,
+            open: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -303,7 +304,8 @@ pub async fn apply_stale_version_changes_nothing(store: Arc<dyn Store>) {
     let incidents = store
         .list_incidents(&IncidentFilter {
             instance_id: Some("i-1".into()),
-            open_only: false,
+            open: None,
+            ..Default::default()
         })
         .await;
     assert_eq!(
@@ -463,7 +465,8 @@ pub async fn apply_duplicate_id_changes_nothing(store: Arc<dyn Store>) {
     let incidents = store
         .list_incidents(&IncidentFilter {
             instance_id: Some("i-1".into()),
-            open_only: false,
+            open: None,
+            ..Default::default()
         })
         .await;
     assert_eq!(incidents.unwrap(), vec![incident("inc-1", "i-1", 1)]);

@@ -100,7 +100,13 @@ pub async fn deploy_versions(store: Arc<dyn Store>) {
         "unknown key has no latest"
     );
 
-    let listed = store.list_definitions(Some("order")).await.unwrap();
+    let listed = store
+        .list_definitions(&DefinitionFilter {
+            key: Some("order".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let versions: Vec<i32> = listed.iter().map(|d| d.version).collect();
     assert_eq!(versions, vec![2, 1], "list_definitions(key): newest first");
     assert!(
@@ -112,7 +118,10 @@ pub async fn deploy_versions(store: Arc<dyn Store>) {
         "key filter respected"
     );
 
-    let all = store.list_definitions(None).await.unwrap();
+    let all = store
+        .list_definitions(&DefinitionFilter::default())
+        .await
+        .unwrap();
     assert_eq!(all.len(), 4, "all definitions listed: {all:#?}");
     assert!(all.iter().all(|d| d.xml.is_none()), "listings carry no XML");
     let order_versions: Vec<i32> = all

@@ -18,7 +18,8 @@ pub async fn incidents_created_and_resolved(store: Arc<dyn Store>) {
     let open = store
         .list_incidents(&IncidentFilter {
             instance_id: None,
-            open_only: true,
+            open: Some(true),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -35,7 +36,8 @@ pub async fn incidents_created_and_resolved(store: Arc<dyn Store>) {
     let open_a = store
         .list_incidents(&IncidentFilter {
             instance_id: Some("i-a".into()),
-            open_only: true,
+            open: Some(true),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -47,14 +49,15 @@ pub async fn incidents_created_and_resolved(store: Arc<dyn Store>) {
     let all_a = store
         .list_incidents(&IncidentFilter {
             instance_id: Some("i-a".into()),
-            open_only: false,
+            open: None,
+            ..Default::default()
         })
         .await
         .unwrap();
     assert_eq!(
         all_a.len(),
         2,
-        "resolved incidents are still listed without open_only"
+        "resolved incidents are still listed without an `open` filter"
     );
     let resolved = all_a
         .iter()
@@ -75,7 +78,8 @@ pub async fn incidents_created_and_resolved(store: Arc<dyn Store>) {
     let open = store
         .list_incidents(&IncidentFilter {
             instance_id: None,
-            open_only: true,
+            open: Some(true),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -29,7 +29,7 @@
 //! while some older transaction is still in flight (PostgreSQL), but must show them
 //! once nothing older is pending.
 //!
-//! The cases live by area: [`definitions`], [`apply`], [`listing`], [`external_tasks`],
+//! The cases live by area: [`definitions`], [`apply`], [`listing`], [`paging`], [`external_tasks`],
 //! [`timers`], [`incidents_history`], [`journal`]; their builders in [`fixtures`].
 //!
 //! A second list, [`recovery`], checks what backup and restore need of a backend
@@ -68,6 +68,7 @@ pub mod gauges;
 pub mod incidents_history;
 pub mod journal;
 pub mod listing;
+pub mod paging;
 pub mod poll;
 pub mod recovery;
 pub mod timers;
@@ -182,6 +183,10 @@ macro_rules! conformance_tests {
             listing::list_instances_filters,
             listing::list_tasks_filters,
             listing::claim_task_rules,
+            paging::paging_instances_while_rows_are_inserted,
+            paging::paging_tasks_externals_and_incidents,
+            paging::paging_definitions_by_key_and_version,
+            paging::paging_history_while_it_grows,
             external_tasks::fetch_and_lock_selection,
             external_tasks::fetch_and_lock_lock_expiry,
             external_tasks::fetch_and_lock_retries_and_backoff,

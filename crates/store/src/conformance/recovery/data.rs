@@ -210,7 +210,11 @@ pub async fn store_counts(store: &dyn Store) -> BTreeMap<&'static str, usize> {
     BTreeMap::from([
         (
             "definitions",
-            store.list_definitions(None).await.unwrap().len(),
+            store
+                .list_definitions(&DefinitionFilter::default())
+                .await
+                .unwrap()
+                .len(),
         ),
         ("instances", instances.len()),
         (
@@ -245,8 +249,17 @@ pub async fn store_counts(store: &dyn Store) -> BTreeMap<&'static str, usize> {
 
 /// Every record `a` reads, `b` reads alike.
 pub async fn assert_same_records(a: &dyn Store, b: &dyn Store) {
-    let defs = a.list_definitions(None).await.unwrap();
-    assert_eq!(b.list_definitions(None).await.unwrap(), defs, "definitions");
+    let defs = a
+        .list_definitions(&DefinitionFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        b.list_definitions(&DefinitionFilter::default())
+            .await
+            .unwrap(),
+        defs,
+        "definitions"
+    );
     for d in &defs {
         assert_eq!(
             b.definition(&d.id).await.unwrap(),

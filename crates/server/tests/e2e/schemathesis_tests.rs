@@ -1,0 +1,193 @@
+//! The API contract, checked from outside: `schemathesis run --checks all` (PyPI) against
+//! a started `steadyflow serve`, driven by the document the server itself serves. Every
+//! schema-valid request must be accepted, every invalid one refused with a 4xx, and every
+//! response must match its schema (status, content type, headers, body).
+//!
+//! Skips with a notice when schemathesis is not installed (`.ci/run` installs it), and
+//! fails under `STEADYFLOW_REQUIRE_SERVICES=1`.
+
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use super::server::ServerProcess;
+use super::services::missing;
+
+/// Test cases per operation and phase: bounds the run to about two minutes here.
+/// `STEADYFLOW_SCHEMATHESIS_EXAMPLES` overrides it (a longer hunt).
+const MAX_EXAMPLES: u32 = 40;
+
+/// The bearer token every request carries, and the server's admin token. Until the API
+/// checks tokens the server lets every request in; then this one token, set as the
+/// server's `STEADYFLOW_ADMIN_TOKEN` below, is what authenticates the run.
+/// `STEADYFLOW_TEST_TOKEN` overrides it.
+pub fn api_token() -> String {
+    std::env::var("STEADYFLOW_TEST_TOKEN")
+        .unwrap_or_else(|_| "steadyflow-contract-test-token-0123456789abcdef".into())
+}
+
+/// The schemathesis command, if one is installed: `schemathesis`, or its short name `st`.
+fn schemathesis() -> Option<&'static str> {
+    ["schemathesis", "st"].into_iter().find(|cmd| {
+        Command::new(cmd)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// What schemathesis is told beyond the document (`schemathesis.toml`): values it cannot
+/// make up, and the few answers that depend on data rather than on the request's shape.
+/// `cursors` are real `nextCursor`s of each list (`after` is opaque: a made-up one is
+/// rightly a 400); a history cursor is a position in any instance's history.
+fn config(cursors: &[(&str, String)]) -> String {
+    let mut toml = String::from(
+        r#"# Every check (as `--checks all`; given here, not on the command line, where it would
+# override the exception below).
+[checks]
+enabled = true
+
+# A deployment's XML is a string in the schema; whether it is executable BPMN is not
+# expressible there (a 400 names the problem). Retrying an external task's incident is a
+# 400 too (its retries resolve it), which depends on the incident, not on the request.
+[[operations]]
+include-name = ["POST /api/v1/process-definitions", "POST /api/v1/incidents/{id}/retry"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409"]
+
+# DELETE cancels an instance; it stays readable (state `cancelled`, its history), as
+# documented: reading it afterwards is not a use after free.
+[[operations]]
+include-name = ["GET /api/v1/process-instances/{id}", "GET /api/v1/process-instances/{id}/history"]
+checks.use_after_free.enabled = false
+"#,
+    );
+    for (list, cursor) in cursors {
+        toml.push_str(&format!(
+            "\n[[operations]]\ninclude-name = \"GET /api/v1/{list}\"\nparameters = {{ after = \"{cursor}\" }}\n"
+        ));
+    }
+    toml
+}
+
+/// Some of everything, so that operations meet real rows: two definition versions,
+/// instances waiting at user and external tasks, and incidents.
+fn seed(server: &ServerProcess) -> Vec<(&'static str, String)> {
+    let root = super::services::workspace_root();
+    for file in ["examples/order.bpmn", "examples/camunda8/order.bpmn"] {
+        let (status, body) = server.deploy(&std::fs::read_to_string(root.join(file)).unwrap());
+        assert!(status == 201, "deploy {file}: {status} {body}");
+    }
+    for amount in [1500, 1500, 1500, 10, 10, 10, 10] {
+        let (status, body) = server.call(
+            "POST",
+            "/api/v1/process-definitions/key/order/start",
+            Some(&json!({"variables": {"amount": amount}})),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, locked) = server.call(
+        "POST",
+        "/api/v1/external-tasks/fetch-and-lock",
+        Some(&json!({"workerId": "seed", "maxTasks": 2,
+                     "topics": [{"topicName": "charge", "lockDuration": 60000}]})),
+    );
+    for task in locked.as_array().unwrap() {
+        let (status, body) = server.call(
+            "POST",
+            &format!(
+                "/api/v1/external-tasks/{}/failure",
+                task["id"].as_str().unwrap()
+            ),
+            Some(&json!({"workerId": "seed", "errorMessage": "card declined", "retries": 0})),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let (_, instances) = server.call("GET", "/api/v1/process-instances?limit=1", None);
+    let instance = instances["items"][0]["id"].as_str().unwrap().to_string();
+    [
+        "process-definitions",
+        "process-instances",
+        "tasks",
+        "external-tasks",
+        "incidents",
+        "process-instances/{id}/history",
+    ]
+    .into_iter()
+    .map(|list| {
+        let path = list.replace("{id}", &instance);
+        let (_, page) = server.call("GET", &format!("/api/v1/{path}?limit=1"), None);
+        let cursor = page["nextCursor"].as_str();
+        (
+            list,
+            cursor
+                .unwrap_or_else(|| panic!("{list}: two rows seeded: {page}"))
+                .to_string(),
+        )
+    })
+    .collect()
+}
+
+#[test]
+fn schemathesis_finds_no_contract_violation() {
+    let Some(cmd) = schemathesis() else {
+        return missing("schemathesis (pip install schemathesis)");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let token = api_token();
+    let server = ServerProcess::start(dir.path(), None, &[("STEADYFLOW_ADMIN_TOKEN", &token)]);
+    let cursors = seed(&server);
+    let config_file = dir.path().join("schemathesis.toml");
+    std::fs::write(&config_file, config(&cursors)).unwrap();
+    let examples = std::env::var("STEADYFLOW_SCHEMATHESIS_EXAMPLES")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(MAX_EXAMPLES);
+    let out = Command::new(cmd)
+        .arg("--config-file")
+        .arg(&config_file)
+        .arg("run")
+        .arg(format!("{}/api/v1/openapi.json", server.base))
+        .args(["--max-examples", &examples.to_string()])
+        .args(["--workers", "2"])
+        .args(["--request-timeout", "10"])
+        .args(["--header", &format!("Authorization: Bearer {token}")])
+        // Hypothesis keeps its example database in the working directory.
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run schemathesis");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let tail: Vec<&str> = stdout.lines().rev().take(30).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    eprintln!(
+        "schemathesis ({examples} examples per operation):\n{}",
+        tail.join("\n")
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis found contract violations (exit {:?}):\n{stdout}\n{stderr}",
+        out.status.code()
+    );
+    // Every operation it loaded was selected and tested (the count is in its summary:
+    // `Selected: N/N`, `Tested: N`).
+    let selected = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Selected: "))
+        .and_then(|v| v.split_once('/'))
+        .map(|(a, b)| (a.trim().to_string(), b.trim().to_string()));
+    let Some((selected, loaded)) = selected else {
+        panic!("no `Selected:` line in the summary:\n{stdout}");
+    };
+    assert_eq!(selected, loaded, "every operation selected:\n{stdout}");
+    assert!(
+        loaded.parse::<usize>().is_ok_and(|n| n >= 20),
+        "schemathesis loaded the whole API:\n{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("Tested: {loaded}")),
+        "every operation tested:\n{stdout}"
+    );
+}
