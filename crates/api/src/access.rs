@@ -9,7 +9,8 @@
 //! | `user` | read everything; start instances; see, claim and complete the user tasks they may (assigned to them, or to one of their groups or to them as a candidate) |
 //! | `viewer` | read everything |
 //!
-//! Every role reads `GET /api/v1/auth/me`; `POST /api/v1/auth/token` is public.
+//! Every role reads `GET /api/v1/auth/me`; `POST /api/v1/auth/token` (logging in) and
+//! `GET /api/v1/openapi.json` (what `/api/docs` shows) are public.
 
 use axum::http::Method;
 use steadyflow_store::users::Role;
@@ -39,7 +40,8 @@ const ADMIN: Rule = Rule::Roles(&[Role::Admin]);
 
 /// `(method, route template, rule)`.
 pub const RULES: &[(&str, &str, Rule)] = &[
-    ("GET", "/api/v1/openapi.json", ALL),
+    // The API's description is public: `/api/docs` (open, like `/health`) loads it.
+    ("GET", "/api/v1/openapi.json", Rule::Public),
     // Accounts.
     ("POST", "/api/v1/auth/token", Rule::Public),
     ("GET", "/api/v1/auth/me", ALL),

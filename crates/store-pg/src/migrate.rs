@@ -20,6 +20,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "users",
         sql: include_str!("../migrations/postgres/0002_users.sql"),
     },
+    Migration {
+        version: 3,
+        name: "page_indexes",
+        sql: include_str!("../migrations/postgres/0003_page_indexes.sql"),
+    },
 ];
 
 /// Advisory lock key of the migration lock ("steadyfl" in ASCII).

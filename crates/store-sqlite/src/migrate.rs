@@ -19,6 +19,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "users",
         sql: include_str!("../migrations/sqlite/0002_users.sql"),
     },
+    Migration {
+        version: 3,
+        name: "page_indexes",
+        sql: include_str!("../migrations/sqlite/0003_page_indexes.sql"),
+    },
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> Result<()> {

@@ -550,7 +550,7 @@ async fn users_are_administered_through_the_api() {
         "a removed user's tokens are gone too"
     );
     let users = app.call("GET", "/api/v1/users", Some(&admin), None).await;
-    assert_eq!(users.body, json!([]));
+    assert_eq!(users.body, json!([]), "the only user is gone");
 }
 
 #[tokio::test]
