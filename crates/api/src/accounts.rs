@@ -427,14 +427,16 @@ pub fn parse_ttl(text: &str) -> Result<Duration, AccountError> {
             "`{text}` is not a lifetime: write a positive number with s, m, h or d (e.g. 30d), at most 3650d"
         ))
     };
-    let split = text.len().checked_sub(1).ok_or_else(bad)?;
-    let (n, unit) = text.split_at(split);
+    // The unit is the last character (any text may arrive here: split on a char
+    // boundary, never a byte position).
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let n = &text[..text.len() - unit.len_utf8()];
     let n: u64 = n.parse().map_err(|_| bad())?;
     let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3_600,
-        "d" => 86_400,
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
         _ => return Err(bad()),
     };
     match n.checked_mul(secs).map(Duration::from_secs) {
@@ -468,6 +470,9 @@ mod tests {
         assert_eq!(parse_ttl("3650d").unwrap(), MAX_TOKEN_TTL);
         for bad in [
             "",
+            "vù",
+            "1ù",
+            "ù",
             "d",
             "0h",
             "12",

@@ -125,8 +125,17 @@ fn document_auth_answers(doc: &mut utoipa::openapi::OpenApi) {
                 .build(),
         )
     };
+    let open = || {
+        Some(vec![
+            utoipa::openapi::security::SecurityRequirement::default(),
+        ])
+    };
     for (path, item) in doc.paths.paths.iter_mut() {
         if !path.starts_with("/api/v1/") {
+            // Probes, metrics and the docs page need no token.
+            for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+                op.security = open();
+            }
             continue;
         }
         let operations = [
@@ -142,6 +151,7 @@ fn document_auth_answers(doc: &mut utoipa::openapi::OpenApi) {
                 continue;
             };
             if access::rule(&m, path) == Some(access::Rule::Public) {
+                op.security = open();
                 continue;
             }
             let responses = &mut op.responses.responses;

@@ -58,7 +58,7 @@ pub(crate) fn check_not_blank(field: &str, value: &str) -> Result<(), crate::Api
 /// An integer field: JSON Schema's `integer` is any number without a fractional part,
 /// so `5.0` and `5e3` are integers too (serde alone takes only `5`). Out of the target
 /// type's range is an error (`400 invalid_json`).
-fn integral<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn integral<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: TryFrom<i64>,

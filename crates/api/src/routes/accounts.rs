@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::AppState;
-use crate::accounts::{AccountError, Accounts, Checked, DEFAULT_TOKEN_TTL, UserChange, parse_ttl};
+use crate::accounts::{AccountError, Accounts, Checked, DEFAULT_TOKEN_TTL, UserChange};
 use crate::auth::Principal;
 use crate::error::{ApiError, Code, ErrorResponse};
 use crate::json::{Json, JsonOrEmpty};
@@ -48,13 +48,49 @@ impl From<AccountError> for ApiError {
     }
 }
 
+/// A role, as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleName {
+    Admin,
+    Operator,
+    User,
+    Viewer,
+}
+
+impl From<RoleName> for Role {
+    fn from(r: RoleName) -> Role {
+        match r {
+            RoleName::Admin => Role::Admin,
+            RoleName::Operator => Role::Operator,
+            RoleName::User => Role::User,
+            RoleName::Viewer => Role::Viewer,
+        }
+    }
+}
+
+impl From<Role> for RoleName {
+    fn from(r: Role) -> RoleName {
+        match r {
+            Role::Admin => RoleName::Admin,
+            Role::Operator => RoleName::Operator,
+            Role::User => RoleName::User,
+            Role::Viewer => RoleName::Viewer,
+        }
+    }
+}
+
+/// A user or group name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(value_type = String, pattern = "^[A-Za-z0-9._@-]{1,64}$")]
+pub struct Name(pub String);
+
 /// A user as the API shows it (never the password hash).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
     pub id: String,
-    #[schema(value_type = String, example = "operator")]
-    pub role: Role,
+    pub role: RoleName,
     pub groups: Vec<String>,
     /// Whether the user can log in with a password.
     pub has_password: bool,
@@ -69,7 +105,7 @@ impl From<UserRecord> for User {
             has_password: u.password_hash.is_some(),
             disabled: u.disabled_at.is_some(),
             id: u.id,
-            role: u.role,
+            role: u.role.into(),
             groups: u.groups,
             created_at: u.created_at,
             updated_at: u.updated_at,
@@ -124,8 +160,7 @@ pub struct IssuedToken {
 #[serde(rename_all = "camelCase")]
 pub struct Me {
     pub name: String,
-    #[schema(value_type = String, example = "operator")]
-    pub role: Role,
+    pub role: RoleName,
     pub groups: Vec<String>,
     /// The token this request carried (absent for the bootstrap token).
     pub token_id: Option<String>,
@@ -134,12 +169,11 @@ pub struct Me {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewUser {
-    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._@-]+$")]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._@-]{1,64}$")]
     pub id: String,
-    #[schema(value_type = String, example = "user")]
-    pub role: Role,
+    pub role: RoleName,
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub groups: Vec<Name>,
     /// Omit for a user who only uses tokens.
     #[schema(min_length = 8)]
     pub password: Option<String>,
@@ -148,9 +182,8 @@ pub struct NewUser {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UserPatch {
-    #[schema(value_type = Option<String>, example = "viewer")]
-    pub role: Option<Role>,
-    pub groups: Option<Vec<String>>,
+    pub role: Option<RoleName>,
+    pub groups: Option<Vec<Name>>,
     #[schema(min_length = 8)]
     pub password: Option<String>,
     /// Disabling refuses every token and password of the user at once.
@@ -160,10 +193,20 @@ pub struct UserPatch {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NewToken {
-    /// Lifetime: `30d`, `12h`, `90m`, `3600s`, at most `3650d` (default 30d).
-    pub ttl: Option<String>,
+    /// Lifetime in seconds, at most ten years (default 30 days).
+    #[schema(minimum = 1, maximum = 315_360_000)]
+    #[serde(default, deserialize_with = "optional_integral")]
+    pub ttl_seconds: Option<u64>,
     #[schema(min_length = 1, max_length = 128)]
     pub label: Option<String>,
+}
+
+/// An optional integer field (`null` or absent: none; `5.0` is an integer, as JSON
+/// Schema has it).
+fn optional_integral<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Wrapped(#[serde(deserialize_with = "crate::model::integral")] u64);
+    Ok(Option::<Wrapped>::deserialize(d)?.map(|w| w.0))
 }
 
 /// Failed log-ins allowed per user and per address in [`WINDOW`].
@@ -235,6 +278,12 @@ async fn login(
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     Json(body): Json<Login>,
 ) -> Result<Json<IssuedToken>, ApiError> {
+    let (user_len, password_len) = (body.username.chars().count(), body.password.chars().count());
+    if !(1..=64).contains(&user_len) || !(1..=1024).contains(&password_len) {
+        return Err(ApiError::bad_request(
+            "username has 1 to 64 characters, password 1 to 1024",
+        ));
+    }
     let addr: Option<IpAddr> = peer.map(|Extension(ConnectInfo(a))| a.ip());
     let mut keys = vec![format!("user:{}", body.username)];
     if let Some(a) = addr {
@@ -283,7 +332,7 @@ async fn login(
 async fn me(Extension(p): Extension<Principal>) -> Json<Me> {
     Json(Me {
         name: p.name,
-        role: p.role,
+        role: p.role.into(),
         groups: p.groups,
         token_id: p.token_id,
     })
@@ -321,7 +370,12 @@ async fn add_user(
     Json(body): Json<NewUser>,
 ) -> Result<(StatusCode, Json<User>), ApiError> {
     let user = accounts(&state)
-        .add_user(&body.id, body.role, body.groups, body.password)
+        .add_user(
+            &body.id,
+            body.role.into(),
+            body.groups.into_iter().map(|g| g.0).collect(),
+            body.password,
+        )
         .await?;
     tracing::info!(by = %p.name, user = %user.id, "user added through the API");
     Ok((StatusCode::CREATED, Json(user.into())))
@@ -348,7 +402,7 @@ async fn get_user(
     path = "/api/v1/users/{id}",
     tag = "auth",
     params(("id" = String, Path, description = "User name")),
-    request_body = UserPatch,
+    request_body(content = Option<UserPatch>, description = "May be left out: nothing changes"),
     responses((status = 200, body = User), (status = 400, body = ErrorResponse), (status = 401, body = ErrorResponse), (status = 403, body = ErrorResponse), (status = 404, body = ErrorResponse))
 )]
 async fn change_user(
@@ -358,8 +412,8 @@ async fn change_user(
     JsonOrEmpty(body): JsonOrEmpty<UserPatch>,
 ) -> Result<Json<User>, ApiError> {
     let change = UserChange {
-        role: body.role,
-        groups: body.groups,
+        role: body.role.map(Into::into),
+        groups: body.groups.map(|g| g.into_iter().map(|n| n.0).collect()),
         password: body.password.map(Some),
         disabled: body.disabled,
     };
@@ -419,10 +473,9 @@ async fn issue_token(
     Path(id): Path<String>,
     JsonOrEmpty(body): JsonOrEmpty<NewToken>,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
-    let ttl = match body.ttl.as_deref() {
-        Some(t) => parse_ttl(t)?,
-        None => DEFAULT_TOKEN_TTL,
-    };
+    let ttl = body
+        .ttl_seconds
+        .map_or(DEFAULT_TOKEN_TTL, Duration::from_secs);
     let issued = accounts(&state).issue_token(&id, ttl, body.label).await?;
     tracing::info!(by = %p.name, user = %id, token = %issued.record.id, "token issued through the API");
     Ok((

@@ -517,7 +517,7 @@ async fn users_are_administered_through_the_api() {
             "POST",
             "/api/v1/users/eve/tokens",
             Some(&admin),
-            Some(json!({"ttl": "1h", "label": "ci"})),
+            Some(json!({"ttlSeconds": 3600, "label": "ci"})),
         )
         .await;
     assert_eq!(issued.status, StatusCode::CREATED, "{}", issued.body);

@@ -204,7 +204,7 @@ fn metrics_follow_the_work(server: &ServerProcess, backend: &str) {
         &format!("/api/v1/tasks?processInstanceId={}", ids[0]),
         None,
     );
-    let task = tasks[0]["id"].as_str().unwrap().to_string();
+    let task = tasks["items"][0]["id"].as_str().unwrap().to_string();
     let (s, done) = server.call(
         "POST",
         &format!("/api/v1/tasks/{task}/complete"),
@@ -265,7 +265,7 @@ fn metrics_follow_the_work(server: &ServerProcess, backend: &str) {
     let (_, tasks) = server.call("GET", "/api/v1/tasks", None);
     let (_, externals) = server.call("GET", "/api/v1/external-tasks", None);
     let (_, instances) = server.call("GET", "/api/v1/process-instances", None);
-    let running = instances
+    let running = instances["items"]
         .as_array()
         .unwrap()
         .iter()
@@ -278,11 +278,11 @@ fn metrics_follow_the_work(server: &ServerProcess, backend: &str) {
     );
     assert_eq!(
         value(&after, "steadyflow_tasks_open", &[]),
-        tasks.as_array().unwrap().len() as f64
+        tasks["items"].as_array().unwrap().len() as f64
     );
     assert_eq!(
         value(&after, "steadyflow_external_tasks_open", &[]),
-        externals.as_array().unwrap().len() as f64
+        externals["items"].as_array().unwrap().len() as f64
     );
 
     // HTTP series: route templates, never raw paths; unknown routes under one label.

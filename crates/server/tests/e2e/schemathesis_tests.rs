@@ -17,13 +17,12 @@ use super::services::missing;
 /// `STEADYFLOW_SCHEMATHESIS_EXAMPLES` overrides it (a longer hunt).
 const MAX_EXAMPLES: u32 = 40;
 
-/// The bearer token every request carries, and the server's admin token. Until the API
-/// checks tokens the server lets every request in; then this one token, set as the
-/// server's `STEADYFLOW_ADMIN_TOKEN` below, is what authenticates the run.
+/// The bearer token every request carries: the test server's bootstrap administrator
+/// token (`STEADYFLOW_ADMIN_TOKEN`, which the seeding client sends too).
 /// `STEADYFLOW_TEST_TOKEN` overrides it.
 pub fn api_token() -> String {
     std::env::var("STEADYFLOW_TEST_TOKEN")
-        .unwrap_or_else(|_| "steadyflow-contract-test-token-0123456789abcdef".into())
+        .unwrap_or_else(|_| crate::e2e::server::ADMIN_TOKEN.into())
 }
 
 /// The schemathesis command, if one is installed: `schemathesis`, or its short name `st`.
