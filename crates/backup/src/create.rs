@@ -391,9 +391,9 @@ fn write_spool(
             c.add(line)?;
         }
         progress.rows(batch.lines.len() as u64, c.bytes());
-        to_hasher.send(batch).map_err(|_| {
-            BackupError::BadInput("the content checksum thread stopped".into())
-        })?;
+        to_hasher
+            .send(batch)
+            .map_err(|_| BackupError::BadInput("the content checksum thread stopped".into()))?;
     }
     if let Some(c) = current.take() {
         done.push(c.finish()?);
@@ -409,13 +409,14 @@ fn content_digests(
     let mut done = Vec::new();
     let mut current: Option<(&'static str, ContentHasher)> = None;
     for batch in batches {
-        if current.as_ref().is_some_and(|(t, _)| *t != batch.table.name)
+        if current
+            .as_ref()
+            .is_some_and(|(t, _)| *t != batch.table.name)
             && let Some((t, h)) = current.take()
         {
             done.push((t, h.finish()));
         }
-        let (_, hasher) =
-            current.get_or_insert_with(|| (batch.table.name, ContentHasher::new()));
+        let (_, hasher) = current.get_or_insert_with(|| (batch.table.name, ContentHasher::new()));
         for line in &batch.lines {
             hasher.add(line)?;
         }

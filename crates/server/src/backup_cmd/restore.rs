@@ -50,11 +50,10 @@ async fn run_restore(
                 decrypt_keys(args.identity.as_ref()),
                 sum.clone(),
             );
-            let m = tokio::task::spawn_blocking(move || {
-                steadyflow_backup::verify(&p, &k, f.as_ref())
-            })
-            .await
-            .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
+            let m =
+                tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k, f.as_ref()))
+                    .await
+                    .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
             return Ok(json!({"ok": true, "test": true, "backup": m.id,
                 "summary": format!("backup {} verified; Redis not written (--test)", m.id)}));
         }
@@ -78,11 +77,10 @@ async fn run_restore(
     if args.part.config_only {
         if args.test {
             let (p, k, f) = (path.clone(), keys.clone(), sum.clone());
-            let m = tokio::task::spawn_blocking(move || {
-                steadyflow_backup::verify(&p, &k, f.as_ref())
-            })
-            .await
-            .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
+            let m =
+                tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k, f.as_ref()))
+                    .await
+                    .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
             return Ok(json!({"ok": true, "test": true, "backup": m.id,
                 "summary": format!("backup {} verified; configuration files not written (--test)", m.id)}));
         }

@@ -425,10 +425,14 @@ mod tests {
                     3 => out.push(['é', '€', 'Z', '😀', '\u{7f}'][self.below(5) as usize]),
                     4 => out.push(['_', '/', ' ', '0'][self.below(4) as usize]),
                     5 => out.push_str(["\\u0061", "\\u0062", "\\/"][self.below(3) as usize]),
-                    6 => out.push_str(["\\\"", "\\\\", "\\n", "\\t", "\\r", "\\b", "\\f"][self.below(7) as usize]),
+                    6 => out.push_str(
+                        ["\\\"", "\\\\", "\\n", "\\t", "\\r", "\\b", "\\f"][self.below(7) as usize],
+                    ),
                     7 => out.push_str(&format!("\\u{:04x}", self.below(0x30))),
                     8 => out.push_str(&format!("\\u{:04X}", self.below(0x30))),
-                    9 => out.push_str(["\\u00e9", "\\u20AC", "\\ud83d\\ude00", "\\u007f"][self.below(4) as usize]),
+                    9 => out.push_str(
+                        ["\\u00e9", "\\u20AC", "\\ud83d\\ude00", "\\u007f"][self.below(4) as usize],
+                    ),
                     _ => out.push((b'a' + self.below(26) as u8) as char),
                 }
             }
@@ -448,7 +452,11 @@ mod tests {
             out.push_str(&n);
         }
         fn value(&mut self, out: &mut String, depth: u32) {
-            let pick = if depth > 3 { 3 + self.below(4) } else { self.below(8) };
+            let pick = if depth > 3 {
+                3 + self.below(4)
+            } else {
+                self.below(8)
+            };
             match pick {
                 0 | 1 => self.object(out, depth + 1),
                 2 => {
