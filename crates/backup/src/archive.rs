@@ -321,17 +321,93 @@ impl<R: Read> Read for TailReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.total += n as u64;
-        for &b in &buf[..n] {
-            self.zero_run = if b == 0 { self.zero_run + 1 } else { 0 };
+        // Only the zeros at the end of what was read count (looked at from the end: one
+        // byte for most reads, instead of every byte of the stream).
+        match buf[..n].iter().rposition(|&b| b != 0) {
+            Some(last) => self.zero_run = (n - last - 1) as u64,
+            None => self.zero_run += n as u64,
         }
         Ok(n)
     }
 }
 
+/// The size and SHA-256 an archive file had when it was written (its sidecar's record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSum {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl From<&crate::manifest::Sidecar> for FileSum {
+    fn from(s: &crate::manifest::Sidecar) -> Self {
+        FileSum {
+            size: s.archive_size,
+            sha256: s.archive_sha256.clone(),
+        }
+    }
+}
+
+/// The archive file's bytes as read so far: counted and hashed on the way in, so that
+/// one pass both opens the archive and checks the file against its [`FileSum`].
+#[derive(Clone, Default)]
+struct FileTally(std::sync::Arc<std::sync::Mutex<(Sha256, u64)>>);
+
+impl FileTally {
+    fn add(&self, bytes: &[u8]) {
+        if let Ok(mut t) = self.0.lock() {
+            t.0.update(bytes);
+            t.1 += bytes.len() as u64;
+        }
+    }
+
+    /// Hashes what the pass left unread (nothing after a whole read; the rest of the
+    /// file after an early error) and returns the whole file's size and SHA-256.
+    fn finish(&self, path: &Path) -> Result<FileSum> {
+        let (mut sha, mut size) = self
+            .0
+            .lock()
+            .map(|t| t.clone())
+            .map_err(|_| BackupError::Verify(format!("reading {} failed", path.display())))?;
+        let mut f = File::open(path).map_err(|e| open_err(path, e))?;
+        let rerr = |e| BackupError::Io {
+            what: format!("cannot read {}", path.display()),
+            source: e,
+        };
+        io::Seek::seek(&mut f, io::SeekFrom::Start(size)).map_err(rerr)?;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let n = f.read(&mut buf).map_err(rerr)?;
+            if n == 0 {
+                break;
+            }
+            sha.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok(FileSum {
+            size,
+            sha256: hex(&sha.finalize()),
+        })
+    }
+}
+
+/// Counts the file's bytes into a [`FileTally`] as they are read.
+struct Tallied<R> {
+    inner: R,
+    tally: FileTally,
+}
+
+impl<R: Read> Read for Tallied<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.tally.add(&buf[..n]);
+        Ok(n)
+    }
+}
+
 /// Opens the decrypted, decompressed tar stream of the archive at `path`.
-fn open_stream(path: &Path, keys: &DecryptWith) -> Result<Box<dyn Read + Send>> {
+fn open_stream(path: &Path, keys: &DecryptWith, tally: FileTally) -> Result<Box<dyn Read + Send>> {
     let file = File::open(path).map_err(|e| open_err(path, e))?;
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut reader = BufReader::with_capacity(1 << 20, Tallied { inner: file, tally });
     let head = reader
         .fill_buf()
         .map_err(BackupError::io(format!("cannot read {}", path.display())))?;
@@ -402,12 +478,43 @@ fn safe_path(p: &Path) -> Result<String> {
 /// file's bytes (already counted and hashed; what `each` leaves unread is drained). A
 /// size or checksum mismatch is reported after `each` returns: callers must treat what
 /// they read as untrusted until this function returns `Ok`.
+///
+/// With `file` (the sidecar's record), the archive file's own size and SHA-256 are
+/// checked in the same pass (they catch damage the content checks cannot see, such as
+/// tar padding); a file that differs is reported as such, before any other error the
+/// damage caused.
 pub fn read(
     path: &Path,
     keys: &DecryptWith,
+    file: Option<&FileSum>,
+    each: impl FnMut(&Manifest, &FileEntry, &mut dyn Read) -> Result<()>,
+) -> Result<Manifest> {
+    let tally = FileTally::default();
+    let result = read_stream(path, keys, tally.clone(), each);
+    let Some(expected) = file else {
+        return result;
+    };
+    match tally.finish(path) {
+        Ok(got) if got != *expected => Err(BackupError::Verify(format!(
+            "{} is {} bytes with SHA-256 {}; when written it was {} bytes with {}",
+            path.display(),
+            got.size,
+            got.sha256,
+            expected.size,
+            expected.sha256
+        ))),
+        Ok(_) => result,
+        Err(e) => result.and(Err(e)),
+    }
+}
+
+fn read_stream(
+    path: &Path,
+    keys: &DecryptWith,
+    tally: FileTally,
     mut each: impl FnMut(&Manifest, &FileEntry, &mut dyn Read) -> Result<()>,
 ) -> Result<Manifest> {
-    let stream = TailReader::new(open_stream(path, keys)?);
+    let stream = TailReader::new(open_stream(path, keys, tally)?);
     let mut archive = tar::Archive::new(stream);
     let mut entries = archive.entries().map_err(damaged)?;
     let manifest: Manifest = {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use steadyflow_store::recovery::{
-    ContentHasher, DataClass, ExportBatch, Exporter, SnapshotInfo, TABLES,
+    ContentHasher, DataClass, ExportBatch, Exporter, SnapshotInfo, TABLES, TableDigest,
 };
 
 use crate::archive::{self, HashWriter, Member};
@@ -288,7 +288,11 @@ fn verify_after_write(
 ) -> Result<Option<Manifest>> {
     if plain || keys.is_some() {
         let keys = keys.unwrap_or_default();
-        return archive::read(path, &keys, |_, _, _| Ok(())).map(Some);
+        let sum = archive::FileSum {
+            size: expected.0,
+            sha256: expected.1,
+        };
+        return archive::read(path, &keys, Some(&sum), |_, _, _| Ok(())).map(Some);
     }
     let f = File::open(path).map_err(BackupError::io(format!("cannot read {}", path.display())))?;
     let mut r = archive::HashReader::new(std::io::BufReader::new(f));
@@ -307,9 +311,11 @@ fn verify_after_write(
 type Spooled = (FileEntry, PathBuf);
 
 /// Runs `export` with a channel whose batches a writer thread spools to
-/// `<spool>/<table>.jsonl`, hashing bytes and canonical content: file writes and content
-/// hashing overlap the database read. Returns the export's facts and the files, in the
-/// order the tables came.
+/// `<spool>/<table>.jsonl`, hashing the bytes, and hands on to a second thread that
+/// computes each table's content checksum: file writes and both checksums overlap the
+/// database read and each other (the content checksum cost the writer as much as the
+/// rest of its work). Returns the export's facts and the files, in the order the tables
+/// came.
 async fn spool_export<'a>(
     spool: &Path,
     progress: &Progress,
@@ -319,32 +325,39 @@ async fn spool_export<'a>(
     )
         -> futures_util::future::BoxFuture<'a, steadyflow_store::Result<SnapshotInfo>>,
 ) -> Result<(SnapshotInfo, Vec<Spooled>)> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<ExportBatch>(8);
+    let (tx, rx) = tokio::sync::mpsc::channel::<ExportBatch>(8);
     let spool_dir = spool.to_path_buf();
     let progress_w = progress.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<Vec<Spooled>> {
-        let mut done = Vec::new();
-        let mut current: Option<TableSpool> = None;
-        while let Some(batch) = rx.blocking_recv() {
-            let table = match current.take() {
-                Some(c) if c.table == batch.table.name => c,
-                previous => {
-                    if let Some(c) = previous {
-                        done.push(c.finish()?);
-                    }
-                    TableSpool::create(&spool_dir, batch.table)?
-                }
-            };
-            let c = current.insert(table);
-            for line in &batch.lines {
-                c.add(line)?;
+        let (to_hasher, batches) = std::sync::mpsc::sync_channel::<ExportBatch>(8);
+        std::thread::scope(|scope| {
+            let hasher = scope.spawn(move || content_digests(batches));
+            let written = write_spool(rx, &spool_dir, &progress_w, to_hasher);
+            let digests = hasher
+                .join()
+                .map_err(|_| BackupError::BadInput("the content checksum thread failed".into()))?;
+            // The hasher's error (a row that is not a JSON object) explains the writer's
+            // (it could not hand on the rows).
+            let digests = digests?;
+            let mut files = written?;
+            if digests.len() != files.len() {
+                return Err(BackupError::BadInput(format!(
+                    "{} tables spooled, {} checksummed",
+                    files.len(),
+                    digests.len()
+                )));
             }
-            progress_w.rows(batch.lines.len() as u64, c.bytes());
-        }
-        if let Some(c) = current.take() {
-            done.push(c.finish()?);
-        }
-        Ok(done)
+            for ((entry, _), (table, digest)) in files.iter_mut().zip(digests) {
+                if entry.table.as_deref() != Some(table) || entry.rows != Some(digest.rows) {
+                    return Err(BackupError::BadInput(format!(
+                        "table {table}: {} rows checksummed, {:?} spooled",
+                        digest.rows, entry.rows
+                    )));
+                }
+                entry.content_sha256 = Some(digest.content_sha256);
+            }
+            Ok(files)
+        })
     });
     progress.stage(stage);
     let info = export(tx).await;
@@ -352,6 +365,66 @@ async fn spool_export<'a>(
         .await
         .map_err(|e| BackupError::BadInput(format!("spool writer failed: {e}")))??;
     Ok((info?, files))
+}
+
+/// The writer thread: each batch into its table's spool file, then on to the hasher.
+fn write_spool(
+    mut rx: tokio::sync::mpsc::Receiver<ExportBatch>,
+    dir: &Path,
+    progress: &Progress,
+    to_hasher: std::sync::mpsc::SyncSender<ExportBatch>,
+) -> Result<Vec<Spooled>> {
+    let mut done = Vec::new();
+    let mut current: Option<TableSpool> = None;
+    while let Some(batch) = rx.blocking_recv() {
+        let table = match current.take() {
+            Some(c) if c.table == batch.table.name => c,
+            previous => {
+                if let Some(c) = previous {
+                    done.push(c.finish()?);
+                }
+                TableSpool::create(dir, batch.table)?
+            }
+        };
+        let c = current.insert(table);
+        for line in &batch.lines {
+            c.add(line)?;
+        }
+        progress.rows(batch.lines.len() as u64, c.bytes());
+        to_hasher
+            .send(batch)
+            .map_err(|_| BackupError::BadInput("the content checksum thread stopped".into()))?;
+    }
+    if let Some(c) = current.take() {
+        done.push(c.finish()?);
+    }
+    Ok(done)
+}
+
+/// The hasher thread: every table's row count and content checksum, in the order the
+/// tables came (a table is announced by at least one batch, possibly empty).
+fn content_digests(
+    batches: std::sync::mpsc::Receiver<ExportBatch>,
+) -> Result<Vec<(&'static str, TableDigest)>> {
+    let mut done = Vec::new();
+    let mut current: Option<(&'static str, ContentHasher)> = None;
+    for batch in batches {
+        if current
+            .as_ref()
+            .is_some_and(|(t, _)| *t != batch.table.name)
+            && let Some((t, h)) = current.take()
+        {
+            done.push((t, h.finish()));
+        }
+        let (_, hasher) = current.get_or_insert_with(|| (batch.table.name, ContentHasher::new()));
+        for line in &batch.lines {
+            hasher.add(line)?;
+        }
+    }
+    if let Some((t, h)) = current {
+        done.push((t, h.finish()));
+    }
+    Ok(done)
 }
 
 /// Spools the journal rows after `after` to `<spool>/journal.jsonl`.
@@ -405,7 +478,7 @@ struct TableSpool {
     class: DataClass,
     path: PathBuf,
     out: HashWriter<BufWriter<File>>,
-    content: ContentHasher,
+    rows: u64,
     bytes: u64,
 }
 
@@ -419,7 +492,7 @@ impl TableSpool {
             class: table.class,
             path,
             out: HashWriter::new(BufWriter::with_capacity(1 << 20, file)),
-            content: ContentHasher::new(),
+            rows: 0,
             bytes: 0,
         })
     }
@@ -433,7 +506,7 @@ impl TableSpool {
         self.out.write_all(line.as_bytes()).map_err(werr())?;
         self.out.write_all(b"\n").map_err(werr())?;
         self.bytes += line.len() as u64 + 1;
-        self.content.add(line)?;
+        self.rows += 1;
         Ok(())
     }
 
@@ -446,7 +519,6 @@ impl TableSpool {
                 "cannot write {}",
                 self.path.display()
             )))?;
-        let digest = self.content.finish();
         Ok((
             FileEntry {
                 path: format!("tables/{}.jsonl", self.table),
@@ -454,8 +526,9 @@ impl TableSpool {
                 sha256: sha,
                 class: self.class,
                 table: Some(self.table.to_string()),
-                rows: Some(digest.rows),
-                content_sha256: Some(digest.content_sha256),
+                rows: Some(self.rows),
+                // Filled in from the hasher thread (see `spool_export`).
+                content_sha256: None,
             },
             self.path,
         ))

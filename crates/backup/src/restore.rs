@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 use steadyflow_store::recovery::{EXPORT_BATCH, Staging, TableSpec};
 
-use crate::archive;
+use crate::archive::{self, FileSum};
 use crate::error::{BackupError, Result};
 use crate::keys::DecryptWith;
 use crate::manifest::{FileEntry, Manifest};
@@ -76,6 +76,7 @@ fn stream_lines(
 async fn pipe<T, P>(
     path: &Path,
     keys: &DecryptWith,
+    file: Option<&FileSum>,
     mut produce: P,
     mut consume: impl AsyncFnMut(T) -> Result<()>,
 ) -> Result<Manifest>
@@ -86,13 +87,13 @@ where
         + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<T>(4);
-    let (p, k) = (path.to_path_buf(), keys.clone());
+    let (p, k, sum) = (path.to_path_buf(), keys.clone(), file.cloned());
     let reader = tokio::task::spawn_blocking(move || {
         let mut send = |item: T| {
             tx.blocking_send(item)
                 .map_err(|_| BackupError::BadInput("restore stopped".into()))
         };
-        archive::read(&p, &k, |m, f, r| produce(m, f, r, &mut send))
+        archive::read(&p, &k, sum.as_ref(), |m, f, r| produce(m, f, r, &mut send))
     });
     let mut failed = None;
     while let Some(item) = rx.recv().await {
@@ -113,10 +114,12 @@ where
 
 /// Restores the database tables of the archive at `path` into `staging` and checks
 /// them. `max_schema` is the newest schema the target backend knows: an archive from a
-/// newer schema is refused before anything is read.
+/// newer schema is refused before anything is read. With `file` (from the sidecar), the
+/// archive file's size and SHA-256 are checked in the same read.
 pub async fn restore_tables(
     path: &Path,
     keys: &DecryptWith,
+    file: Option<&FileSum>,
     mut staging: Box<dyn Staging>,
     max_schema: i64,
     progress: &Progress,
@@ -127,6 +130,7 @@ pub async fn restore_tables(
     let read = pipe(
         path,
         keys,
+        file,
         move |manifest, file, r, send| {
             if !checked {
                 check_restorable(manifest, max_schema)?;
@@ -134,15 +138,22 @@ pub async fn restore_tables(
             }
             match table_of(file)? {
                 Some(table) if table.restored() => {
-                    stream_lines(r, &file.path, |lines| send((table, lines)))
+                    stream_lines(r, &file.path, |lines| send((table, Some(lines))))?;
+                    // The end of the table's file (its bytes are checked right after).
+                    send((table, None))
                 }
                 _ => Ok(()),
             }
         },
-        async |(table, lines): (&'static TableSpec, Vec<String>)| -> Result<()> {
-            let n = lines.len() as u64;
-            staging.import(table, lines).await?;
-            progress.rows(n, 0);
+        async |(table, lines): (&'static TableSpec, Option<Vec<String>>)| -> Result<()> {
+            match lines {
+                Some(lines) => {
+                    let n = lines.len() as u64;
+                    staging.import(table, lines).await?;
+                    progress.rows(n, 0);
+                }
+                None => staging.end_table(table).await?,
+            }
             Ok(())
         },
     )
@@ -224,9 +235,9 @@ fn check_restorable(manifest: &Manifest, max_schema: i64) -> Result<()> {
 /// and each table file's row count. The content checksums are not recomputed here: they
 /// are a function of bytes whose SHA-256 was just checked against the same manifest (a
 /// restore recomputes them from the restored database, where they can differ).
-pub fn verify(path: &Path, keys: &DecryptWith) -> Result<Manifest> {
+pub fn verify(path: &Path, keys: &DecryptWith, sum: Option<&FileSum>) -> Result<Manifest> {
     let mut problems = Vec::new();
-    let manifest = archive::read(path, keys, |_, file, r| {
+    let manifest = archive::read(path, keys, sum, |_, file, r| {
         if file.table.is_none() {
             return Ok(());
         }
@@ -266,13 +277,14 @@ pub fn verify(path: &Path, keys: &DecryptWith) -> Result<Manifest> {
 pub fn restore_config(
     path: &Path,
     keys: &DecryptWith,
+    sum: Option<&FileSum>,
     dest: &Path,
     force: bool,
 ) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dest)
         .map_err(BackupError::io(format!("cannot create {}", dest.display())))?;
     let mut staged: Vec<(PathBuf, PathBuf)> = Vec::new();
-    let result = archive::read(path, keys, |_, file, r| {
+    let result = archive::read(path, keys, sum, |_, file, r| {
         let Some(name) = file.path.strip_prefix("config/") else {
             return Ok(());
         };
@@ -391,7 +403,15 @@ pub async fn restore_chain(
             "{t} is outside the range this chain covers: {covered_from} .. {covered_to}"
         )));
     }
-    let mut staged = restore_tables(full_path, keys, staging, max_schema, progress).await?;
+    let mut staged = restore_tables(
+        full_path,
+        keys,
+        Some(&full.into()),
+        staging,
+        max_schema,
+        progress,
+    )
+    .await?;
     let mut summary = ReplaySummary {
         covered_from: Some(covered_from),
         covered_to: Some(covered_to),
@@ -406,6 +426,7 @@ pub async fn restore_chain(
         let read = pipe(
             path,
             keys,
+            Some(&sidecar.into()),
             |_, file, r, send| {
                 if file.table.as_deref() != Some("journal") {
                     return Ok(());
@@ -622,6 +643,7 @@ impl Replay {
 pub async fn restore_redis(
     path: &Path,
     keys: &DecryptWith,
+    sum: Option<&FileSum>,
     url: &str,
     prefix: &str,
     force: bool,
@@ -635,6 +657,7 @@ pub async fn restore_redis(
     let read = pipe(
         path,
         keys,
+        sum,
         move |manifest, file, r, send| {
             if !told {
                 send(Msg::Cache(manifest.cache.clone()))?;

@@ -523,12 +523,13 @@ async fn verify(v: &VerifyArgs) -> i32 {
         let (p2, k2) = (path.clone(), keys.clone());
         let s2 = sidecar.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            catalog::check_file(&p2, s2.as_ref())?;
             // An incremental is only as good as its chain: every parent there, no gap.
             if let Some(s) = &s2 {
                 catalog::chain(p2.parent().unwrap_or(Path::new(".")), s)?;
             }
-            steadyflow_backup::verify(&p2, &k2)
+            // The file against its sidecar, in the same read as its content.
+            let sum = s2.as_ref().map(steadyflow_backup::archive::FileSum::from);
+            steadyflow_backup::verify(&p2, &k2, sum.as_ref())
         })
         .await
         .unwrap_or_else(|e| Err(BackupError::BadInput(format!("verify failed: {e}"))))

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
+use steadyflow_backup::archive::FileSum;
 use steadyflow_backup::{BackupError, Sidecar, catalog, exit};
 
 use super::{Db, RestoreArgs, database, decrypt_keys, fail, print_json, progress};
@@ -37,27 +38,29 @@ async fn run_restore(
         })
         .transpose()?;
     let (path, sidecar) = catalog::resolve(&args.common.dir, &args.backup)?;
-    {
-        let (p, s) = (path.clone(), sidecar.clone());
-        tokio::task::spawn_blocking(move || catalog::check_file(&p, s.as_ref()))
-            .await
-            .map_err(|e| BackupError::BadInput(format!("check failed: {e}")))??;
-    }
+    // Every read below checks the archive file against its sidecar in the same pass.
+    let sum: Option<FileSum> = sidecar.as_ref().map(FileSum::from);
     if args.part.redis_only {
         let redis = super::redis_source().ok_or_else(|| {
             BackupError::BadInput("no Redis is configured (STEADYFLOW_REDIS_URL)".into())
         })?;
         if args.test {
-            let (p, k) = (path.clone(), decrypt_keys(args.identity.as_ref()));
-            let m = tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k))
-                .await
-                .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
+            let (p, k, f) = (
+                path.clone(),
+                decrypt_keys(args.identity.as_ref()),
+                sum.clone(),
+            );
+            let m =
+                tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k, f.as_ref()))
+                    .await
+                    .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
             return Ok(json!({"ok": true, "test": true, "backup": m.id,
                 "summary": format!("backup {} verified; Redis not written (--test)", m.id)}));
         }
         let stats = steadyflow_backup::restore_redis(
             &path,
             &decrypt_keys(args.identity.as_ref()),
+            sum.as_ref(),
             &redis.url,
             &redis.prefix,
             args.force,
@@ -73,21 +76,23 @@ async fn run_restore(
     let keys = decrypt_keys(args.identity.as_ref());
     if args.part.config_only {
         if args.test {
-            let (p, k) = (path.clone(), keys.clone());
-            let m = tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k))
-                .await
-                .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
+            let (p, k, f) = (path.clone(), keys.clone(), sum.clone());
+            let m =
+                tokio::task::spawn_blocking(move || steadyflow_backup::verify(&p, &k, f.as_ref()))
+                    .await
+                    .map_err(|e| BackupError::BadInput(format!("verify failed: {e}")))??;
             return Ok(json!({"ok": true, "test": true, "backup": m.id,
                 "summary": format!("backup {} verified; configuration files not written (--test)", m.id)}));
         }
-        let (p, k, dest, force) = (
+        let (p, k, f, dest, force) = (
             path.clone(),
             keys.clone(),
+            sum.clone(),
             args.config_dir.clone(),
             args.force,
         );
         let written = tokio::task::spawn_blocking(move || {
-            steadyflow_backup::restore_config(&p, &k, &dest, force)
+            steadyflow_backup::restore_config(&p, &k, f.as_ref(), &dest, force)
         })
         .await
         .map_err(|e| BackupError::BadInput(format!("restore failed: {e}")))??;
@@ -124,14 +129,8 @@ async fn run_restore(
     let chain: Vec<(PathBuf, Sidecar)> = match &sidecar {
         Some(s) => {
             let dir = path.parent().unwrap_or(Path::new("."));
+            // Each link's file is checked against its sidecar while it is read.
             let chain = catalog::chain(dir, s)?;
-            for link in &chain[..chain.len() - 1] {
-                let p = dir.join(&link.archive);
-                let l = link.clone();
-                tokio::task::spawn_blocking(move || catalog::check_file(&p, Some(&l)))
-                    .await
-                    .map_err(|e| BackupError::BadInput(format!("check failed: {e}")))??;
-            }
             chain
                 .into_iter()
                 .map(|s| (dir.join(&s.archive), s))
@@ -160,6 +159,7 @@ async fn run_restore(
         let staged = steadyflow_backup::restore_tables(
             &path,
             &keys,
+            sum.as_ref(),
             staging,
             db.schema_version(),
             &progress(),
@@ -188,14 +188,15 @@ async fn run_restore(
     };
     let mut written_config = Vec::new();
     if !args.test && !args.part.db_only && m.files.iter().any(|f| f.path.starts_with("config/")) {
-        let (p, k, dest, force) = (
+        let (p, k, f, dest, force) = (
             path.clone(),
             keys.clone(),
+            sum.clone(),
             args.config_dir.clone(),
             args.force,
         );
         written_config = tokio::task::spawn_blocking(move || {
-            steadyflow_backup::restore_config(&p, &k, &dest, force)
+            steadyflow_backup::restore_config(&p, &k, f.as_ref(), &dest, force)
         })
         .await
         .map_err(|e| BackupError::BadInput(format!("restore failed: {e}")))??;
@@ -208,9 +209,15 @@ async fn run_restore(
         && let Some(redis) = super::redis_source()
     {
         cache_note = Some(if m.cache.is_some() {
-            let stats =
-                steadyflow_backup::restore_redis(&path, &keys, &redis.url, &redis.prefix, true)
-                    .await?;
+            let stats = steadyflow_backup::restore_redis(
+                &path,
+                &keys,
+                sum.as_ref(),
+                &redis.url,
+                &redis.prefix,
+                true,
+            )
+            .await?;
             format!("{} Redis key(s) restored", stats.restored)
         } else {
             let n = steadyflow_backup::invalidate_redis(&redis.url, &redis.prefix).await?;

@@ -159,19 +159,18 @@ pub async fn backup(target: &Target, dir: &Path, kind: Kind) -> Result<(Sidecar,
     Ok((sidecar, row))
 }
 
-/// `steadyflow backup verify ID`: the file against its sidecar, the chain, then the
-/// whole archive read back and every table's content recomputed.
+/// `steadyflow backup verify ID`: the chain, then the whole archive read back, checked
+/// against its sidecar and its manifest in one pass.
 pub async fn verify(dir: &Path, sidecar: &Sidecar) -> Result<Row> {
     let path = dir.join(&sidecar.archive);
     let (dir, s) = (dir.to_path_buf(), sidecar.clone());
     let meter = Meter::start();
     let (file_s, content_s) = tokio::task::spawn_blocking(move || -> Result<(f64, f64)> {
         let t = Instant::now();
-        steadyflow_backup::catalog::check_file(&path, Some(&s))?;
         steadyflow_backup::catalog::chain(&dir, &s)?;
         let file_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let m = steadyflow_backup::verify(&path, &DecryptWith::default())?;
+        let m = steadyflow_backup::verify(&path, &DecryptWith::default(), Some(&(&s).into()))?;
         ensure!(
             m == s.manifest,
             "the archive's manifest differs from its sidecar"
@@ -186,8 +185,8 @@ pub async fn verify(dir: &Path, sidecar: &Sidecar) -> Result<Row> {
         true,
     )
     .stages(vec![
-        ("file SHA-256 + chain".into(), file_s),
-        ("read back + content checksums".into(), content_s),
+        ("chain".into(), file_s),
+        ("read back: file + member SHA-256, rows".into(), content_s),
     ]))
 }
 
@@ -204,11 +203,6 @@ pub async fn restore(
     let (clock, progress) = progress();
     let meter = Meter::start();
     let began = Instant::now();
-    {
-        let (p, s) = (path.clone(), sidecar.clone());
-        tokio::task::spawn_blocking(move || steadyflow_backup::catalog::check_file(&p, Some(&s)))
-            .await??;
-    }
     if !test {
         target.check_empty().await?;
     }
@@ -217,6 +211,7 @@ pub async fn restore(
     let staged = steadyflow_backup::restore_tables(
         &path,
         &DecryptWith::default(),
+        Some(&sidecar.into()),
         staging,
         target.schema_version(),
         &progress,
