@@ -594,7 +594,7 @@ async fn history_names_who_did_what() {
             None,
         )
         .await;
-    let events = history.body.as_array().unwrap();
+    let events = history.body["items"].as_array().unwrap();
     let by = |event: &str| -> Vec<&Value> {
         events
             .iter()
@@ -659,7 +659,8 @@ async fn a_user_sees_and_works_only_on_their_tasks() {
     let listed = |who: String| async move {
         app.call("GET", "/api/v1/tasks", Some(&who), None)
             .await
-            .body
+            .body["items"]
+            .clone()
     };
     let all = listed(admin.clone()).await;
     assert_eq!(
