@@ -137,6 +137,38 @@ pub async fn populate(store: &dyn Store, tag: &str) {
     c.incidents_created = vec![incident(&key("inc-2"), &i3.id, 85)];
     insert(store, c).await;
 
+    // Users and tokens (plain rows).
+    let user = |id: &str, role| users::UserRecord {
+        id: key(id),
+        role,
+        groups: vec!["clerks".into()],
+        password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+        created_at: at(86),
+        updated_at: at(86),
+        disabled_at: None,
+    };
+    let token = |id: &str, user: &str| users::TokenRecord {
+        id: key(id),
+        user_id: key(user),
+        label: Some("ci \"quoted\"".into()),
+        hash: "ab".repeat(32),
+        created_at: at(87),
+        expires_at: Some(at(10_000)),
+        revoked_at: None,
+    };
+    store
+        .plain_write(
+            at(88),
+            vec![
+                users::PlainWrite::put(&user("ann", users::Role::Operator)).unwrap(),
+                users::PlainWrite::put(&user("bob", users::Role::Viewer)).unwrap(),
+                users::PlainWrite::put(&token("tok-1", "ann")).unwrap(),
+                users::PlainWrite::put(&token("tok-2", "bob")).unwrap(),
+            ],
+        )
+        .await
+        .expect("users and tokens");
+
     let last = format!("{}:1", key("last"));
     store
         .deploy(vec![new_def(&key("last"), "c1")], at(90))
@@ -173,6 +205,26 @@ pub async fn change_populated(store: &dyn Store, tag: &str) {
     c.incidents_resolved = vec![key("inc-2")];
     c.history = vec![hist(&i3.id, 110, "incidentResolved", 1)];
     store.apply(c).await.expect("change i-3");
+    // A user disabled, another removed with their token, a token revoked.
+    let mut ann: users::UserRecord = users::one(store, &key("ann")).await.unwrap().expect("ann");
+    ann.disabled_at = Some(at(115));
+    let mut tok: users::TokenRecord = users::one(store, &key("tok-1"))
+        .await
+        .unwrap()
+        .expect("tok-1");
+    tok.revoked_at = Some(at(115));
+    store
+        .plain_write(
+            at(115),
+            vec![
+                users::PlainWrite::put(&ann).unwrap(),
+                users::PlainWrite::put(&tok).unwrap(),
+                users::PlainWrite::delete::<users::UserRecord>(&key("bob")),
+                users::PlainWrite::delete::<users::TokenRecord>(&key("tok-2")),
+            ],
+        )
+        .await
+        .expect("change users");
     store
         .deploy(vec![new_def(&key("order"), "c3")], at(120))
         .await
@@ -243,12 +295,27 @@ pub async fn store_counts(store: &dyn Store) -> BTreeMap<&'static str, usize> {
                 .len(),
         ),
         ("history", count(&journal, "history", "append")),
+        ("users", plain_count(store, "users").await),
+        ("api_tokens", plain_count(store, "api_tokens").await),
         ("journal", journal.len()),
     ])
 }
 
+async fn plain_count(store: &dyn Store, table: &str) -> usize {
+    let spec = crate::recovery::table(table).expect("a plain table");
+    store.plain_rows(spec).await.unwrap().len()
+}
+
 /// Every record `a` reads, `b` reads alike.
 pub async fn assert_same_records(a: &dyn Store, b: &dyn Store) {
+    for table in ["users", "api_tokens"] {
+        let spec = crate::recovery::table(table).expect("a plain table");
+        assert_eq!(
+            a.plain_rows(spec).await.unwrap(),
+            b.plain_rows(spec).await.unwrap(),
+            "{table} rows"
+        );
+    }
     let defs = a
         .list_definitions(&DefinitionFilter::default())
         .await
