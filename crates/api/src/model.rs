@@ -2,11 +2,8 @@
 //! conversions from the store's records. Kept apart from the records so the wire format
 //! does not change when storage does.
 
-use std::collections::BTreeMap;
-
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
-use steadyflow_engine::ComponentReport;
 use steadyflow_engine::DeployedDefinition as EngineDeployed;
 use steadyflow_engine::core::Runtime;
 use steadyflow_store::{
@@ -515,73 +512,6 @@ impl From<IncidentRecord> for Incident {
             external_task_id: r.external_task_id,
             created: ms(r.created_at),
             resolved: r.resolved_at.map(ms),
-        }
-    }
-}
-
-// ---- health ------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Up,
-    /// Overall only: the database answers, but a background component is down.
-    Degraded,
-    Down,
-}
-
-/// `status`: `down` when the database does not answer (503), else `degraded` when a
-/// background component is down (200: requests are still served), else `up`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Health {
-    pub status: Status,
-    /// By name: `database`, and every background component of this node (`timerDriver`,
-    /// and those registered later, e.g. backup scheduler, journal shipper).
-    pub components: BTreeMap<String, ComponentStatus>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ComponentStatus {
-    /// `up` or `down`.
-    pub status: Status,
-    /// Why it is down.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The last failure of a background component, kept after it recovered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// How often a background component was restarted after a panic.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub restarts: Option<u64>,
-}
-
-impl ComponentStatus {
-    pub fn up() -> Self {
-        ComponentStatus {
-            status: Status::Up,
-            reason: None,
-            last_error: None,
-            restarts: None,
-        }
-    }
-
-    pub fn down(reason: impl Into<String>) -> Self {
-        ComponentStatus {
-            status: Status::Down,
-            reason: Some(reason.into()),
-            ..Self::up()
-        }
-    }
-}
-
-impl From<ComponentReport> for ComponentStatus {
-    fn from(r: ComponentReport) -> Self {
-        ComponentStatus {
-            status: if r.up { Status::Up } else { Status::Down },
-            reason: r.reason,
-            last_error: r.last_error,
-            restarts: Some(r.restarts),
         }
     }
 }

@@ -129,13 +129,8 @@ impl RedisCache {
             return;
         };
         let started = Instant::now();
-        let pong = tokio::time::timeout(
-            OP_TIMEOUT,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await;
-        match pong {
-            Ok(Ok(_)) => {
+        match ping_once(&mut conn).await {
+            Ok(()) => {
                 if self.epoch_pending.load(Ordering::Relaxed) && self.bump_epoch(&mut conn).await {
                     self.epoch_pending.store(false, Ordering::Relaxed);
                 }
@@ -147,8 +142,7 @@ impl RedisCache {
                 }
                 self.set_health(Ok(()));
             }
-            Ok(Err(e)) => self.mark_down(&format!("ping failed: {e}")),
-            Err(_) => self.mark_down("ping timed out"),
+            Err(why) => self.mark_down(&why),
         }
     }
 
@@ -266,16 +260,16 @@ impl steadyflow_api::Probe for RedisCache {
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone());
         };
-        match tokio::time::timeout(
-            OP_TIMEOUT,
-            redis::cmd("PING").query_async::<String>(&mut conn),
-        )
-        .await
-        {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(format!("ping failed: {e}")),
-            Err(_) => Err("ping timed out".into()),
-        }
+        ping_once(&mut conn).await
+    }
+}
+
+/// One `PING` within [`OP_TIMEOUT`]; `Err` with a short reason.
+async fn ping_once(conn: &mut ConnectionManager) -> std::result::Result<(), String> {
+    match tokio::time::timeout(OP_TIMEOUT, redis::cmd("PING").query_async::<String>(conn)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("ping failed: {e}")),
+        Err(_) => Err("ping timed out".into()),
     }
 }
 

@@ -156,6 +156,16 @@ pub struct IssuedToken {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+impl From<crate::accounts::IssuedToken> for IssuedToken {
+    fn from(t: crate::accounts::IssuedToken) -> Self {
+        IssuedToken {
+            token: t.text,
+            id: t.record.id,
+            expires_at: t.record.expires_at,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Me {
@@ -307,11 +317,7 @@ async fn login(
                 .issue_token(&user.id, DEFAULT_TOKEN_TTL, Some("login".into()))
                 .await?;
             tracing::info!(user = %user.id, addr = ?addr, token = %issued.record.id, "logged in");
-            Ok(Json(IssuedToken {
-                token: issued.text,
-                id: issued.record.id,
-                expires_at: issued.record.expires_at,
-            }))
+            Ok(Json(issued.into()))
         }
         Checked::Refused(why) => {
             record_failure(&keys);
@@ -478,14 +484,7 @@ async fn issue_token(
         .map_or(DEFAULT_TOKEN_TTL, Duration::from_secs);
     let issued = accounts(&state).issue_token(&id, ttl, body.label).await?;
     tracing::info!(by = %p.name, user = %id, token = %issued.record.id, "token issued through the API");
-    Ok((
-        StatusCode::CREATED,
-        Json(IssuedToken {
-            token: issued.text,
-            id: issued.record.id,
-            expires_at: issued.record.expires_at,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(issued.into())))
 }
 
 /// Revoke a token (admin); takes effect on the next request, on every node.
