@@ -7,10 +7,18 @@
 //!   it), `secret` 32 random bytes in base64url (256 bits). Only the SHA-256 of the
 //!   secret is stored; a fast hash suffices for a secret that cannot be guessed, and a
 //!   look-up is one primary-key read (`id`) plus a constant-time compare.
-//! * Every check reads the database: disabling a user or revoking a token takes effect
-//!   on the next request, on every node sharing the database.
+//! * A token that checked out is kept in memory with its user while the store's
+//!   plain-row epoch ([`steadyflow_store::users::PlainWatch`]) stays the same, so a busy
+//!   client costs no database read per request. Every user or token write bumps that
+//!   epoch: on this node at commit, on other nodes when PostgreSQL delivers the write's
+//!   `NOTIFY` (milliseconds), on SQLite when another process's write is polled (50 ms).
+//!   Disabling a user or revoking a token therefore takes effect on the next request on
+//!   this node and within that delay everywhere else. A store that cannot tell (its
+//!   listener is down) serves no cached token.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -90,11 +98,112 @@ pub struct UserChange {
 pub struct Accounts {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    tokens: Arc<TokenCache>,
+}
+
+/// Tokens that checked out, by id, with their user, as read at `epoch`.
+#[derive(Default)]
+struct TokenCache {
+    entries: Mutex<HashMap<String, CachedToken>>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+struct CachedToken {
+    epoch: u64,
+    token: TokenRecord,
+    user: Option<UserRecord>,
+}
+
+/// Most tokens kept; past it the cache starts over (only tokens with a right secret get
+/// in, so this is the number of live clients, not of guesses).
+const MAX_CACHED_TOKENS: usize = 10_000;
+
+impl TokenCache {
+    fn get(&self, id: &str, epoch: u64) -> Option<(TokenRecord, Option<UserRecord>)> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries
+            .get(id)
+            .filter(|c| c.epoch == epoch)
+            .map(|c| (c.token.clone(), c.user.clone()))
+    }
+
+    fn count(&self, hit: bool) {
+        let (counter, source) = if hit {
+            (&self.hits, "cache")
+        } else {
+            (&self.misses, "database")
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("steadyflow_token_checks_total", "source" => source).increment(1);
+    }
+
+    fn put(&self, epoch: u64, token: &TokenRecord, user: &Option<UserRecord>) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= MAX_CACHED_TOKENS {
+            entries.retain(|_, c| c.epoch == epoch);
+            if entries.len() >= MAX_CACHED_TOKENS {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            token.id.clone(),
+            CachedToken {
+                epoch,
+                token: token.clone(),
+                user: user.clone(),
+            },
+        );
+    }
 }
 
 impl Accounts {
     pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
-        Accounts { store, clock }
+        Accounts {
+            store,
+            clock,
+            tokens: Arc::default(),
+        }
+    }
+
+    /// Token checks answered from memory and from the database, since this `Accounts`
+    /// was made (clones share them).
+    pub fn token_checks(&self) -> (u64, u64) {
+        (
+            self.tokens.hits.load(Ordering::Relaxed),
+            self.tokens.misses.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A token and its user as the database holds them now, from the cache when the
+    /// store vouches that nothing changed since they were read.
+    async fn token_and_user(
+        &self,
+        id: &str,
+        hash: &str,
+    ) -> Result<Option<(TokenRecord, Option<UserRecord>)>, StoreError> {
+        let watch = self.store.plain_watch();
+        let epoch = watch.as_ref().and_then(|w| w.epoch());
+        let hit = epoch.and_then(|e| self.tokens.get(id, e));
+        self.tokens.count(hit.is_some());
+        if hit.is_some() {
+            return Ok(hit);
+        }
+        let Some(token) = users::one::<TokenRecord>(self.store.as_ref(), id).await? else {
+            return Ok(None);
+        };
+        // A wrong secret is answered without reading the user or filling the cache.
+        if !bool::from(hash.as_bytes().ct_eq(token.hash.as_bytes())) {
+            return Ok(Some((token, None)));
+        }
+        let user = users::one::<UserRecord>(self.store.as_ref(), &token.user_id).await?;
+        // Kept only if nothing changed while reading: a write in between bumped the epoch.
+        if let (Some(e), Some(w)) = (epoch, &watch)
+            && w.epoch() == Some(e)
+        {
+            self.tokens.put(e, &token, &user);
+        }
+        Ok(Some((token, user)))
     }
 
     fn now(&self) -> Timestamp {
@@ -273,10 +382,10 @@ impl Accounts {
         let Some((id, secret)) = parse_token(text) else {
             return Ok(Checked::Refused(Refused::Malformed));
         };
-        let Some(token) = users::one::<TokenRecord>(self.store.as_ref(), id).await? else {
+        let hash = secret_hash(secret);
+        let Some((token, user)) = self.token_and_user(id, &hash).await? else {
             return Ok(Checked::Refused(Refused::Unknown));
         };
-        let hash = secret_hash(secret);
         if !bool::from(hash.as_bytes().ct_eq(token.hash.as_bytes())) {
             return Ok(Checked::Refused(Refused::Unknown));
         }
@@ -286,8 +395,7 @@ impl Accounts {
         if !token.usable(self.clock.now()) {
             return Ok(Checked::Refused(Refused::Expired));
         }
-        let Some(user) = users::one::<UserRecord>(self.store.as_ref(), &token.user_id).await?
-        else {
+        let Some(user) = user else {
             return Ok(Checked::Refused(Refused::Unknown));
         };
         if user.disabled_at.is_some() {
@@ -448,6 +556,100 @@ pub fn parse_ttl(text: &str) -> Result<Duration, AccountError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use steadyflow_engine::ManualClock;
+    use steadyflow_store::memory::MemoryStore;
+
+    fn accounts() -> (Accounts, Accounts, Arc<ManualClock>) {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        let clock = Arc::new(ManualClock::new(
+            chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+        ));
+        // Two handles on one store, as two parts of a node (or the routes and the
+        // authenticator): each has its own cache.
+        (
+            Accounts::new(store.clone(), clock.clone()),
+            Accounts::new(store, clock.clone()),
+            clock,
+        )
+    }
+
+    fn ok(c: Checked) -> (String, Option<String>) {
+        match c {
+            Checked::Ok(u, t) => (u.id, t.map(|t| t.id)),
+            Checked::Refused(r) => panic!("refused: {r}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_checked_token_is_served_from_memory_until_anything_changes() {
+        let (a, b, clock) = accounts();
+        a.add_user("ann", Role::User, vec![], None).await.unwrap();
+        let t = a
+            .issue_token("ann", Duration::from_secs(3600), None)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            assert_eq!(ok(a.check_token(&t.text).await.unwrap()).0, "ann");
+        }
+        assert_eq!(a.token_checks(), (2, 1), "one database read, then memory");
+
+        // A wrong secret for a cached id is refused and fills nothing.
+        let wrong = format!("{}{}", &t.text[..20], "B".repeat(43));
+        assert_eq!(
+            a.check_token(&wrong).await.unwrap(),
+            Checked::Refused(Refused::Unknown)
+        );
+
+        // Any write through any handle moves the store's epoch: the next check reads.
+        b.change_user(
+            "ann",
+            UserChange {
+                disabled: Some(true),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.check_token(&t.text).await.unwrap(),
+            Checked::Refused(Refused::Disabled)
+        );
+        b.change_user(
+            "ann",
+            UserChange {
+                disabled: Some(false),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok(a.check_token(&t.text).await.unwrap()).0, "ann");
+        b.revoke(&t.record.id).await.unwrap();
+        assert_eq!(
+            a.check_token(&t.text).await.unwrap(),
+            Checked::Refused(Refused::Revoked)
+        );
+
+        // Expiry is judged at every check, cached or not.
+        let t2 = a
+            .issue_token("ann", Duration::from_secs(60), None)
+            .await
+            .unwrap();
+        ok(a.check_token(&t2.text).await.unwrap());
+        ok(a.check_token(&t2.text).await.unwrap());
+        let (hits, _) = a.token_checks();
+        clock.advance(chrono::Duration::seconds(61));
+        assert_eq!(
+            a.check_token(&t2.text).await.unwrap(),
+            Checked::Refused(Refused::Expired)
+        );
+        assert_eq!(
+            a.token_checks().0,
+            hits + 1,
+            "the expired token came from memory"
+        );
+    }
 
     #[test]
     fn tokens_parse_only_in_their_form() {

@@ -47,6 +47,13 @@ pub struct ServeArgs {
     pub admin_token: Option<String>,
     #[command(flatten)]
     pub redis: RedisArgs,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first; default: `tls.cert_file`
+    /// of the configuration, else plain HTTP)
+    #[arg(long, env = "STEADYFLOW_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, env = "STEADYFLOW_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The optional Redis cache (never needed: without it, or while it is down, everything
@@ -80,6 +87,29 @@ pub struct Config {
     pub log: LogConfig,
     /// The `/metrics` endpoint.
     pub metrics: MetricsConfig,
+    /// HTTPS for the listener.
+    pub tls: TlsConfig,
+}
+
+/// HTTPS: both files set, or neither (plain HTTP, e.g. behind a proxy that ends TLS).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM, leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// The two files, when HTTPS is on.
+    pub fn files(&self) -> Result<Option<(&Path, &Path)>> {
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), Some(k)) => Ok(Some((c.as_path(), k.as_path()))),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("tls: set both cert_file and key_file, or neither"),
+        }
+    }
 }
 
 impl Default for Config {
@@ -93,6 +123,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -274,6 +305,7 @@ pub fn load(file: Option<&Path>, db: &DbArgs, listen: Option<&str>) -> Result<Co
     }
     let cfg: Config = fig.extract().context("invalid configuration")?;
     cfg.engine.timers.check()?;
+    cfg.tls.files()?;
     Ok(cfg)
 }
 

@@ -6,6 +6,7 @@ mod config;
 mod redis_cache;
 mod serve;
 mod stores;
+mod tls;
 mod user_cmd;
 
 use anyhow::Result;

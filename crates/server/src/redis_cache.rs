@@ -426,6 +426,9 @@ impl Store for CachedStore {
     async fn plain_rows(&self, table: &'static TableSpec) -> Result<Vec<Value>> {
         self.inner.plain_rows(table).await
     }
+    fn plain_watch(&self) -> Option<Arc<steadyflow_store::users::PlainWatch>> {
+        self.inner.plain_watch()
+    }
     async fn live_counts(&self) -> Result<Option<LiveCounts>> {
         self.inner.live_counts().await
     }

@@ -11,8 +11,16 @@ use tokio::sync::watch;
 
 use crate::config::{Config, ServeArgs, TimerConfig, redact};
 
-pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
+pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     let admin_token = args.admin_token;
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        (cfg.tls.cert_file, cfg.tls.key_file) = (Some(cert), Some(key));
+    }
+    // Read before anything starts: a bad certificate stops `serve` with the reason.
+    let tls = match cfg.tls.files()? {
+        Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
+        None => None,
+    };
     // Before the store opens, so its writers' first batches are counted.
     steadyflow_api::metrics::install();
     tokio::spawn(metrics_upkeep());
@@ -58,13 +66,26 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
-    tracing::info!(listen = %listener.local_addr()?, node = engine.node_id(), "steadyflow is serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(listen = %listener.local_addr()?, scheme, node = engine.node_id(), "steadyflow is serving");
     // The peer address reaches handlers (log-in attempts are limited per address).
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    match tls {
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            // `tap_io`: axum hands the peer address of any tapped listener to handlers.
+            let listener = crate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    }
+    .context("HTTP server failed")?;
     let _ = stop_tx.send(true);
     let _ = timers.await;
     if let Some(m) = cache_monitor {

@@ -35,5 +35,6 @@ mod e2e {
     mod openapi_tests;
     mod redis_cache_tests;
     mod schemathesis_tests;
+    mod tls_tests;
     mod tour_tests;
 }

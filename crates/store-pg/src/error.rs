@@ -22,7 +22,8 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
         };
     }
     if e.is_closed() || is_io(&e) {
-        return StoreError::Unavailable(e.to_string());
+        // With the cause: a refused TLS handshake says which certificate check failed.
+        return StoreError::Unavailable(with_source(&e));
     }
     let text = e.to_string();
     if text.starts_with("error connecting")

@@ -54,6 +54,8 @@ mod rows;
 mod shared;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
+mod watch;
 mod writes;
 
 use std::time::Duration;
@@ -62,7 +64,6 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use steadyflow_store::*;
 use tokio::sync::oneshot;
-use tokio_postgres::NoTls;
 
 pub use apply::WriterStats;
 pub use migrate::latest_version as schema_version;
@@ -129,6 +130,10 @@ pub struct PgStore {
     lookups: lookups::Lookups,
     writer: std::sync::Arc<apply::Writers>,
     counters: std::sync::Arc<apply::Counters>,
+    /// Plain-row changes, kept up to date by a listener (see `watch.rs`).
+    watch: std::sync::Arc<steadyflow_store::users::PlainWatch>,
+    /// Dropped with the last clone: stops the listener.
+    _listener: watch::Alive,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -143,15 +148,14 @@ impl PgStore {
     /// Connects with default [`PgOptions`] and migrates the schema.
     ///
     /// `url` is a libpq-style URL (`postgres://user:pass@host:5432/db`) or key/value
-    /// string (`host=… user=… dbname=…`). TLS is not supported yet (`NoTls`).
+    /// string (`host=… user=… dbname=…`); `sslmode` and `sslrootcert` choose TLS (see
+    /// [`tls`]).
     pub async fn connect(url: &str) -> Result<PgStore> {
         Self::connect_with(url, PgOptions::default()).await
     }
 
     pub async fn connect_with(url: &str, options: PgOptions) -> Result<PgStore> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Unavailable(format!("invalid PostgreSQL connection string: {e}"))
-        })?;
+        let mut config = tls::PgTarget::parse(url)?;
         let plan = pipeline::SESSION_OPTIONS;
         let opts = match config.get_options() {
             Some(existing) if !existing.is_empty() => format!("{existing} {plan}"),
@@ -166,8 +170,8 @@ impl PgStore {
         }
         let pool_of = |size: usize| {
             let manager = Manager::from_config(
-                config.clone(),
-                NoTls,
+                config.config().clone(),
+                config.tls.clone(),
                 ManagerConfig {
                     recycling_method: RecyclingMethod::Fast,
                 },
@@ -197,7 +201,13 @@ impl PgStore {
             reader_pool,
             options.shared_readers,
         ));
+        let watch = std::sync::Arc::new(steadyflow_store::users::PlainWatch::default());
+        let mut listener = config.clone();
+        listener.application_name("steadyflow-listener");
+        let alive = watch::spawn(listener, watch.clone());
         Ok(PgStore {
+            watch,
+            _listener: alive,
             lookups: lookups::Lookups::spawn(readers.clone(), pool.clone()),
             pool,
             readers,
@@ -380,7 +390,14 @@ impl Store for PgStore {
 
     async fn plain_write(&self, time: Timestamp, writes: Vec<users::PlainWrite>) -> Result<()> {
         let this = self.clone();
-        detached(async move { this.write_plain(time, &writes).await }).await
+        detached(async move {
+            this.write_plain(time, &writes).await?;
+            // This node's cache drops what it holds at once; the others when the write's
+            // NOTIFY reaches their listeners.
+            this.watch.bump();
+            Ok(())
+        })
+        .await
     }
 
     async fn plain_row(
@@ -396,5 +413,9 @@ impl Store for PgStore {
         table: &'static steadyflow_store::recovery::TableSpec,
     ) -> Result<Vec<serde_json::Value>> {
         self.read_plain_rows(table).await
+    }
+
+    fn plain_watch(&self) -> Option<std::sync::Arc<users::PlainWatch>> {
+        Some(self.watch.clone())
     }
 }

@@ -32,6 +32,13 @@ fn upsert_sql(table: &TableSpec) -> String {
     )
 }
 
+/// The channel every plain write notifies, at commit (PostgreSQL delivers a
+/// transaction's notifications when it commits, and never for a rolled-back one).
+pub(crate) const CHANNEL: &str = "steadyflow_plain";
+
+/// Tells every listening node (see `watch.rs`) that plain rows changed.
+const NOTIFY: &str = "SELECT pg_notify('steadyflow_plain', '')";
+
 fn select_sql(table: &TableSpec, filter: &str) -> String {
     let cols: Vec<&str> = table.column_names().collect();
     format!(
@@ -76,7 +83,8 @@ impl PgStore {
             docs.push((doc, w.id.as_str()));
             images.push(plain_image(w)?);
         }
-        let steps: Vec<Step<'_>> = stmts
+        let notify = client.prepare_cached(NOTIFY).await.map_err(db_err)?;
+        let mut steps: Vec<Step<'_>> = stmts
             .into_iter()
             .zip(&docs)
             .map(|(stmt, (doc, id))| {
@@ -87,6 +95,8 @@ impl PgStore {
                 Step::Query(stmt, vec![p])
             })
             .collect();
+        // Last, so the step results above stay in the order of `writes`.
+        steps.push(Step::Query(notify, Vec::new()));
         pipeline::transact(
             &client,
             BEGIN_CUSTOM_PLANS,

@@ -28,7 +28,9 @@ use steadyflow_store::recovery::{
 };
 use steadyflow_store::{Result, StoreError};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::Client;
+
+use crate::tls::PgTarget;
 
 use crate::error::db_err;
 use crate::migrate;
@@ -36,10 +38,8 @@ use crate::migrate;
 mod copy;
 use copy::{copy_in_sql, copy_row};
 
-fn parse(url: &str) -> Result<Config> {
-    let mut config: Config = url.parse().map_err(|e| {
-        StoreError::Unavailable(format!("invalid PostgreSQL connection string: {e}"))
-    })?;
+fn parse(url: &str) -> Result<PgTarget> {
+    let mut config = PgTarget::parse(url)?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
     }
@@ -47,8 +47,8 @@ fn parse(url: &str) -> Result<Config> {
     Ok(config)
 }
 
-async fn connect(config: &Config) -> Result<Client> {
-    let (client, conn) = config.connect(NoTls).await.map_err(db_err)?;
+async fn connect(config: &PgTarget) -> Result<Client> {
+    let (client, conn) = config.connect().await.map_err(db_err)?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "recovery connection closed");
@@ -57,7 +57,7 @@ async fn connect(config: &Config) -> Result<Client> {
     Ok(client)
 }
 
-fn dbname(config: &Config) -> Result<String> {
+fn dbname(config: &PgTarget) -> Result<String> {
     config
         .get_dbname()
         .map(str::to_string)
@@ -156,7 +156,7 @@ fn insert_json(table: &TableSpec) -> String {
 
 /// Exports a PostgreSQL database over its own connection.
 pub struct PgExporter {
-    config: Config,
+    config: PgTarget,
 }
 
 impl PgExporter {
@@ -283,7 +283,7 @@ impl Exporter for PgExporter {
 }
 
 async fn export_journal_pg(
-    config: &Config,
+    config: &PgTarget,
     after: i64,
     out: tokio::sync::mpsc::Sender<ExportBatch>,
 ) -> Result<SnapshotInfo> {
@@ -319,7 +319,7 @@ async fn export_journal_pg(
 }
 
 /// Connection to the maintenance database `postgres` of the target's server.
-async fn maintenance(config: &Config) -> Result<Client> {
+async fn maintenance(config: &PgTarget) -> Result<Client> {
     let mut admin = config.clone();
     admin.dbname("postgres");
     connect(&admin).await
@@ -417,7 +417,7 @@ pub async fn target_state(url: &str) -> Result<TargetState> {
 
 /// A staging database `<db>_restore` on the target's server.
 pub struct PgStaging {
-    config: Config,
+    config: PgTarget,
     target: String,
     staging: String,
     client: Option<Client>,
@@ -481,7 +481,7 @@ impl PgStaging {
         self.client.as_ref().ok_or_else(staging_closed)
     }
 
-    fn staging_config(&self) -> Config {
+    fn staging_config(&self) -> PgTarget {
         let mut config = self.config.clone();
         config.dbname(&self.staging);
         config

@@ -14,6 +14,12 @@
 //! cannot be reached, tests are skipped with a notice on stderr, unless
 //! `STEADYFLOW_REQUIRE_SERVICES=1`, which turns that into a panic (CI).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test support: a failed set-up is a failed test"
+)]
+
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -264,4 +270,250 @@ mod tests {
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("host=h password=secret"), "host=h password=***");
     }
+}
+
+/// A PostgreSQL server of a test's own (for faults and settings the shared server must
+/// not get: TLS, restarts): `initdb` into a temporary directory, started on a free port
+/// of 127.0.0.1 with `trust` authentication, stopped and deleted on drop. Run as the
+/// `postgres` OS user when the test runs as root (PostgreSQL refuses root).
+#[derive(Debug)]
+pub struct OwnServer {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl OwnServer {
+    /// Starts one with `settings` (`name = value` lines for `postgresql.conf`) and
+    /// `hba` (the whole `pg_hba.conf`); files the settings name can be put in
+    /// [`OwnServer::dir`] by `prepare` before the server starts. `None` (with a notice)
+    /// when no PostgreSQL server binaries are installed and services are not required.
+    pub fn start(
+        settings: &str,
+        hba: &str,
+        prepare: impl FnOnce(&std::path::Path),
+    ) -> Option<OwnServer> {
+        let Some(bin) = server_binaries() else {
+            if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
+                panic!("{REQUIRE_ENV}=1 but no PostgreSQL server binaries (initdb) are installed");
+            }
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOTICE: no PostgreSQL server binaries (initdb); skipping own-server tests"
+            );
+            return None;
+        };
+        let as_postgres = is_root();
+        let dir = std::env::temp_dir().join(format!("sf-own-pg-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let port = free_port();
+        let server = OwnServer {
+            dir,
+            bin,
+            port,
+            as_postgres,
+        };
+        server.chown();
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                &server.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        let conf = format!(
+            "listen_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{}'\nfsync = off\n{settings}\n",
+            server.dir.display()
+        );
+        let data = std::path::Path::new(&server.data()).to_path_buf();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .expect("open postgresql.conf");
+        f.write_all(conf.as_bytes()).expect("write postgresql.conf");
+        std::fs::write(data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        prepare(&server.dir);
+        server.chown();
+        let log = server.dir.join("server.log").display().to_string();
+        server.run(
+            "pg_ctl",
+            &["-D", &server.data(), "-l", &log, "-w", "-t", "60", "start"],
+        );
+        Some(server)
+    }
+
+    /// The directory the server and `prepare`'s files live in.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/postgres` with `query` appended.
+    pub fn url(&self, query: &str) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres{query}",
+            self.port
+        )
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    fn chown(&self) {
+        if self.as_postgres {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&self.dir)
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown of {} failed", self.dir.display());
+        }
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(
+            out.status.success(),
+            "{tool} {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let exe = self.bin.join("pg_ctl");
+        let data = self.data();
+        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
+        let _ = if self.as_postgres {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&exe).args(args).output()
+        };
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The newest `/usr/lib/postgresql/<version>/bin` holding `initdb`.
+fn server_binaries() -> Option<std::path::PathBuf> {
+    let mut found: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl (Debian package openssl) runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes into `dir`, with the `openssl` command: a CA (`ca.pem`, `ca.key`), a server
+/// certificate it signed for the name `localhost` only (`server.pem`, `server.key`),
+/// and an unrelated CA (`other-ca.pem`).
+pub fn test_certificates(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, pem, subj) = (
+            format!("{ca}.key"),
+            format!("{ca}.pem"),
+            format!("/CN={ca}"),
+        );
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subj]);
+        openssl(dir, &args);
+    }
+    let mut args = vec!["req"];
+    args.extend(ec);
+    args.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(dir, &args);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
 }

@@ -387,6 +387,79 @@ async fn migrations_are_idempotent_and_safe_to_race() {
     db.cleanup().await;
 }
 
+/// Two nodes on one database: a plain write through one moves the other's watch (its
+/// listener hears the write's NOTIFY); when the listener's connection is killed the
+/// watch stops vouching (not live) until it has reconnected, and then follows again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_watch_follows_other_nodes_and_listener_loss() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let a = PgStore::connect(db.url()).await.expect("node a");
+    let b = PgStore::connect(db.url()).await.expect("node b");
+    let watch = b.plain_watch().expect("a watch");
+    let live = || async { watch.epoch().ok_or("not live") };
+    let e0 = until("node b's watch to be live", live).await;
+    let write = |id: &'static str| {
+        let user = steadyflow_store::users::UserRecord {
+            id: id.into(),
+            role: steadyflow_store::users::Role::Viewer,
+            groups: Vec::new(),
+            password_hash: None,
+            created_at: chrono::DateTime::from_timestamp_millis(1).unwrap(),
+            updated_at: chrono::DateTime::from_timestamp_millis(1).unwrap(),
+            disabled_at: None,
+        };
+        let a = &a;
+        async move {
+            a.plain_write(
+                chrono::DateTime::from_timestamp_millis(2).unwrap(),
+                vec![steadyflow_store::users::PlainWrite::put(&user).unwrap()],
+            )
+            .await
+            .expect("plain write on node a")
+        }
+    };
+    write("una").await;
+    until("node b to hear node a's write", || async {
+        match watch.epoch() {
+            Some(e) if e != e0 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+
+    let admin = raw_client(&db).await;
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'steadyflow-listener'",
+            &[&db.name()],
+        )
+        .await
+        .expect("terminate the listeners")
+        .get(0);
+    assert_eq!(killed, 2, "one listener per node");
+    until("node b's watch to stop vouching", || async {
+        match watch.epoch() {
+            None => Ok(()),
+            some => Err(some),
+        }
+    })
+    .await;
+    let e1 = until("node b's listener to be back", live).await;
+    write("uno").await;
+    until("node b to hear a write after the reconnect", || async {
+        match watch.epoch() {
+            Some(e) if e != e1 => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+    drop((a, b, admin));
+    db.cleanup().await;
+}
+
 #[tokio::test]
 async fn unreachable_server_is_unavailable() {
     // Port 1 on loopback: nothing listens there.
@@ -398,6 +471,9 @@ async fn unreachable_server_is_unavailable() {
         ),
     }
 }
+
+#[path = "conformance/tls.rs"]
+mod tls;
 
 #[path = "conformance/writer.rs"]
 mod writer;

@@ -66,6 +66,9 @@ pub struct SqliteStore {
     _serve_lock: recovery::ServeLock,
     writer: Writer,
     readers: Readers,
+    /// Plain-row changes. Always live: the serve lock keeps every other process from
+    /// opening the file, so every plain write goes through this store.
+    watch: Arc<steadyflow_store::users::PlainWatch>,
 }
 
 /// A fixed set of reader threads, each owning one read-only connection (warm statement
@@ -200,6 +203,7 @@ impl SqliteStore {
         migrate::run(&mut conn)?;
         let wal = PathBuf::from(format!("{}-wal", path.display()));
         Ok(SqliteStore {
+            watch: Arc::new(steadyflow_store::users::PlainWatch::live()),
             writer: Writer::start(conn, wal, options.write_queue, options.max_batch)?,
             readers: Readers::start(&path, &options)?,
             path,
@@ -453,7 +457,9 @@ impl Store for SqliteStore {
     async fn plain_write(&self, time: Timestamp, writes: Vec<users::PlainWrite>) -> Result<()> {
         self.writer
             .run(Some(time), move |c, tx| plain::write(c, tx, &writes))
-            .await
+            .await?;
+        self.watch.bump();
+        Ok(())
     }
 
     async fn plain_row(
@@ -471,5 +477,9 @@ impl Store for SqliteStore {
         table: &'static steadyflow_store::recovery::TableSpec,
     ) -> Result<Vec<serde_json::Value>> {
         self.read(move |c| Ok(plain::rows(c, table))).await?
+    }
+
+    fn plain_watch(&self) -> Option<Arc<users::PlainWatch>> {
+        Some(self.watch.clone())
     }
 }

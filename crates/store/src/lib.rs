@@ -207,6 +207,11 @@ pub trait Store: Send + Sync + 'static {
         &self,
         table: &'static recovery::TableSpec,
     ) -> Result<Vec<serde_json::Value>>;
+    /// The watch that tells when plain rows may have changed (see [`users::PlainWatch`]).
+    /// `None`: the store cannot tell, and plain rows must not be cached.
+    fn plain_watch(&self) -> Option<std::sync::Arc<users::PlainWatch>> {
+        None
+    }
     /// How much work is in progress in the whole database (gauges for `/metrics`). Not
     /// free: callers cache it. `None` when the store does not count (test doubles).
     async fn live_counts(&self) -> Result<Option<LiveCounts>> {

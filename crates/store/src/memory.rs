@@ -25,9 +25,19 @@ use serde_json::Value;
 use crate::*;
 
 /// See the [module documentation](self).
-#[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Every writer lives in this process: always live.
+    watch: std::sync::Arc<users::PlainWatch>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            state: Mutex::default(),
+            watch: std::sync::Arc::new(users::PlainWatch::live()),
+        }
+    }
 }
 
 /// Rows by id. Ordered maps: listings sort explicitly anyway, but iteration (and with
@@ -682,7 +692,13 @@ impl Store for MemoryStore {
         }
         let time = DateTime::from_timestamp_millis(time.timestamp_millis()).unwrap_or(time);
         state.log(time, pending);
+        drop(state);
+        self.watch.bump();
         Ok(())
+    }
+
+    fn plain_watch(&self) -> Option<std::sync::Arc<users::PlainWatch>> {
+        Some(self.watch.clone())
     }
 
     async fn plain_row(

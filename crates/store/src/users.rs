@@ -251,3 +251,51 @@ mod tests {
         ));
     }
 }
+
+/// Tells readers that cache plain rows (the API's token check) whether what they hold may
+/// be out of date. A store bumps `epoch` after every plain write it commits, and when it
+/// learns that another process or node committed one (SQLite: a counter polled by a
+/// thread; PostgreSQL: `LISTEN`/`NOTIFY`). While the store cannot tell (its listener is
+/// down), [`PlainWatch::epoch`] is `None` and nothing may be served from a cache.
+#[derive(Debug, Default)]
+pub struct PlainWatch {
+    epoch: std::sync::atomic::AtomicU64,
+    live: std::sync::atomic::AtomicBool,
+}
+
+impl PlainWatch {
+    /// A watch that is live from the start (for stores whose writers all live in this
+    /// process).
+    pub fn live() -> Self {
+        let w = PlainWatch::default();
+        w.set_live(true);
+        w
+    }
+
+    /// The current epoch, or `None` when changes by others could go unnoticed.
+    pub fn epoch(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        // Read `live` after the epoch: a change that turns the watch off and bumps it is
+        // seen as either a new epoch or not live.
+        let e = self.epoch.load(Ordering::Acquire);
+        self.live.load(Ordering::Acquire).then_some(e)
+    }
+
+    /// Something may have changed: cached rows are stale.
+    pub fn bump(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether changes by others are being noticed. Turning it on bumps the epoch, so
+    /// that nothing cached before the gap is served after it.
+    pub fn set_live(&self, live: bool) {
+        use std::sync::atomic::Ordering;
+        if live {
+            self.bump();
+        }
+        self.live.store(live, Ordering::Release);
+        if !live {
+            self.bump();
+        }
+    }
+}

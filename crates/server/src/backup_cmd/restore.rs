@@ -300,8 +300,7 @@ fn write_replay_report(
     let path = match db {
         Db::Sqlite(p) => PathBuf::from(format!("{}.replay-report.json", p.display())),
         Db::Postgres(u) => {
-            let name = u
-                .parse::<tokio_postgres::Config>()
+            let name = steadyflow_store_pg::tls::PgTarget::parse(u)
                 .ok()
                 .and_then(|c| c.get_dbname().map(str::to_string))
                 .unwrap_or_else(|| "postgres".into());

@@ -183,10 +183,11 @@ fn login_token(base: &str, user: &str, password: &str) -> String {
 }
 
 /// Two nodes on one PostgreSQL database: a user added by the command line while both
-/// run is known to both; a token revoked through one node is refused by the other on
-/// its very next request.
+/// run is known to both; a token revoked through one node is refused by that node at
+/// once and by the other as soon as the revocation's notification arrives (bounded
+/// here at 2 s; the delay is printed).
 #[test]
-fn a_revocation_on_one_node_holds_on_the_other_at_once() {
+fn a_revocation_on_one_node_reaches_the_other() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -224,8 +225,30 @@ fn a_revocation_on_one_node_holds_on_the_other_at_once() {
         status, 200,
         "revoked through node A with the admin token: {body}"
     );
-    let (status, _) = call(&b.base, "GET", "/api/v1/auth/me", Some(&token), None);
-    assert_eq!(status, 401, "node B refuses the revoked token at once");
+    // Node B served the token from memory; it drops it when PostgreSQL delivers the
+    // revocation's NOTIFY to B's listener: within milliseconds.
+    let revoked = std::time::Instant::now();
+    let mut accepted_after = 0;
+    loop {
+        let (status, _) = call(&b.base, "GET", "/api/v1/auth/me", Some(&token), None);
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        accepted_after += 1;
+        assert!(
+            revoked.elapsed() < std::time::Duration::from_secs(2),
+            "node B still accepts the revoked token after {:?} ({accepted_after} requests)",
+            revoked.elapsed()
+        );
+    }
+    eprintln!(
+        "revocation reached node B after {:?} ({accepted_after} request(s) accepted in between)",
+        revoked.elapsed()
+    );
+    // And through node A itself, at once (its own write moved its epoch).
+    let (status, _) = call(&a.base, "GET", "/api/v1/auth/me", Some(&token), None);
+    assert_eq!(status, 401, "node A refuses the token it revoked");
 
     drop((a, b));
     rt.block_on(db.cleanup());

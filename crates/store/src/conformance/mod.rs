@@ -197,6 +197,7 @@ macro_rules! conformance_tests {
             journal::journal_rows,
             journal::journal_limit_and_failed_apply,
             users::plain_rows_round_trip,
+            users::plain_watch_moves_with_every_write,
             gauges::live_counts_count_work_in_progress,
         );
     };

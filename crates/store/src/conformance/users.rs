@@ -130,3 +130,33 @@ pub async fn plain_rows_round_trip(store: Arc<dyn Store>) {
     );
     assert!(rows[5].row.is_null(), "a removal has no image");
 }
+
+/// Every store here can say when plain rows change: its watch turns live (PostgreSQL:
+/// once its listener is connected), and each plain write this store commits moves the
+/// epoch before the write returns, so a cache never outlives a write made through it.
+pub async fn plain_watch_moves_with_every_write(store: Arc<dyn Store>) {
+    let s = store.as_ref();
+    let watch = s.plain_watch().expect("the store has a plain-row watch");
+    let mut before = until("the plain-row watch to be live", || async {
+        watch.epoch().ok_or("not live")
+    })
+    .await;
+    for (n, w) in [
+        PlainWrite::put(&user("carl", Role::User, 1)).unwrap(),
+        PlainWrite::put(&token("00000000000000c1", "carl", 2)).unwrap(),
+        PlainWrite::delete::<UserRecord>("carl"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.plain_write(at(10 + n as i64), vec![w])
+            .await
+            .expect("write");
+        let after = watch.epoch();
+        assert!(
+            after.is_some_and(|e| e != before),
+            "write {n}: epoch {before} did not move (now {after:?})"
+        );
+        before = after.unwrap_or(before);
+    }
+}
