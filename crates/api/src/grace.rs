@@ -30,6 +30,11 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// larger ones run once.
 const MAX_BODY: usize = 2 * 1024 * 1024;
 
+/// How long past the grace a request keeps retrying: the node takes its automatic mode
+/// once the outage has lasted the grace (noticed by a probe every 0.5 s), and a request
+/// that met the outage's first moment should meet that mode (be spooled), not fail.
+const MODE_MARGIN: Duration = Duration::from_millis(1500);
+
 /// One id for every attempt of a request (the idempotency layer's claim owner).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt(pub String);
@@ -47,7 +52,7 @@ pub(crate) async fn grace(State(state): State<AppState>, mut req: Request, next:
     if grace.is_zero() {
         return next.run(req).await;
     }
-    let deadline = tokio::time::Instant::now() + grace;
+    let deadline = tokio::time::Instant::now() + grace + MODE_MARGIN;
     let (parts, body) = req.into_parts();
     let Ok(body) = to_bytes(body, MAX_BODY).await else {
         return crate::error::ApiError::new(Code::PayloadTooLarge, "the request body is too large")

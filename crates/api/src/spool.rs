@@ -12,7 +12,8 @@
 //! checked then; a revoked token gets its 401), with `Idempotency-Key: spool-<id>`
 //! unless the client sent one: a replay cut short by a crash and run again after the
 //! restart gets the stored answer instead of doing the work twice. The answer is kept in
-//! `<id>.out` (fsynced) before `<id>.req` is removed. A replay answered 5xx (the
+//! `<id>.out` before `<id>.req` is removed (neither fsynced: a `.req` a power loss
+//! brings back is replayed into the answer the database keeps for its key). A replay answered 5xx (the
 //! database went away again) stops the round; the rest wait for the next one, in order.
 //!
 //! The files hold the requests' bearer tokens: the directory is created `0700`, the
@@ -100,6 +101,8 @@ pub struct Spool {
 struct Inner {
     dir: PathBuf,
     next: AtomicU64,
+    /// Requests waiting (`.req` files), counted at open and kept up to date.
+    waiting: std::sync::atomic::AtomicUsize,
     max_entries: usize,
     /// One replay round at a time.
     replaying: tokio::sync::Mutex<()>,
@@ -161,6 +164,7 @@ impl Spool {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
         }
         let mut highest = 0;
+        let mut waiting = 0;
         for entry in fs::read_dir(&dir)? {
             let name = entry?.file_name();
             let name = name.to_string_lossy();
@@ -172,11 +176,15 @@ impl Spool {
             if let Some(seq) = name.get(..12).and_then(|s| s.parse::<u64>().ok()) {
                 highest = highest.max(seq);
             }
+            if name.ends_with(".req") {
+                waiting += 1;
+            }
         }
         Ok(Spool {
             inner: Arc::new(Inner {
                 dir,
                 next: AtomicU64::new(highest + 1),
+                waiting: std::sync::atomic::AtomicUsize::new(waiting),
                 max_entries,
                 replaying: tokio::sync::Mutex::new(()),
             }),
@@ -185,6 +193,11 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// How many requests wait.
+    pub fn waiting(&self) -> usize {
+        self.inner.waiting.load(Ordering::SeqCst)
     }
 
     /// Ids of the requests waiting, in arrival order.
@@ -209,7 +222,7 @@ impl Spool {
         body: &[u8],
         now: Timestamp,
     ) -> Result<String, SpoolError> {
-        let waiting = self.queued()?.len();
+        let waiting = self.inner.waiting.load(Ordering::SeqCst);
         if waiting >= self.inner.max_entries {
             return Err(SpoolError::Full(waiting));
         }
@@ -238,6 +251,7 @@ impl Spool {
         tokio::task::spawn_blocking(move || write_durably(&dir, &path, &bytes))
             .await
             .map_err(io::Error::other)??;
+        self.inner.waiting.fetch_add(1, Ordering::SeqCst);
         Ok(id)
     }
 
@@ -279,16 +293,27 @@ impl Spool {
     /// first answered 5xx (it stays queued, with those after it). Returns how many were
     /// replayed.
     pub async fn replay(&self, router: &Router, now: impl Fn() -> Timestamp) -> io::Result<usize> {
+        self.replay_up_to(router, usize::MAX, now).await
+    }
+
+    /// [`replay`](Self::replay) of the first `limit` queued requests at most.
+    pub async fn replay_up_to(
+        &self,
+        router: &Router,
+        limit: usize,
+        now: impl Fn() -> Timestamp,
+    ) -> io::Result<usize> {
         let _round = self.inner.replaying.lock().await;
         let mut done = 0;
-        for id in self.queued()? {
+        for id in self.queued()?.into_iter().take(limit) {
             let dir = self.inner.dir.clone();
             let req_path = dir.join(format!("{id}.req"));
             let out_path = dir.join(format!("{id}.out"));
             if out_path.exists() {
                 // Replayed before a crash cut the clean-up short.
                 fs::remove_file(&req_path)?;
-                File::open(&dir)?.sync_all()?;
+                self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
+                done += 1;
                 continue;
             }
             let spooled: SpooledRequest =
@@ -336,13 +361,18 @@ impl Spool {
                 answer,
             };
             let bytes = serde_json::to_vec(&outcome).map_err(io::Error::other)?;
+            // Not fsynced: the database holds the answer under the request's idempotency
+            // key (24 h), so a `.req` that comes back after a power loss is replayed
+            // into that stored answer, not run again.
             tokio::task::spawn_blocking(move || {
-                write_durably(&dir, &out_path, &bytes)?;
-                fs::remove_file(&req_path)?;
-                File::open(&dir)?.sync_all()
+                let tmp = out_path.with_extension("tmp");
+                fs::write(&tmp, &bytes)?;
+                fs::rename(&tmp, &out_path)?;
+                fs::remove_file(&req_path)
             })
             .await
             .map_err(io::Error::other)??;
+            self.inner.waiting.fetch_sub(1, Ordering::SeqCst);
             tracing::info!(id, status = status.as_u16(), "spooled request replayed");
             done += 1;
         }

@@ -8,9 +8,10 @@
 //! it `read-only` (a read-only replica, `default_transaction_read_only`, a full disk).
 //! Short failures are what the grace absorbs: requests wait and retry meanwhile.
 //!
-//! Back: once ping and write work again, a node that went offline by itself replays its
-//! spool first (still offline for new requests, which join the spool behind the old
-//! ones), and only then returns to the stored mode.
+//! Back: once ping and write work again, a node that went offline by itself replays
+//! what its spool held first (still offline for new requests, which join the spool
+//! behind the old ones), and only then returns to the stored mode; what was spooled
+//! during that replay follows at once, through the replayer of `normal` mode.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,29 +134,28 @@ fn note(found: Found, failing: &mut Option<(Found, Instant)>) {
     }
 }
 
-/// Replays the spool until it is empty; `false` when a replay stopped early (the
-/// database went away again).
+/// Replays what the spool held when the database came back (a round ends at the
+/// first 5xx); `false` when it stopped early (the database went away again). Requests
+/// spooled meanwhile are left to the replayer of `normal` mode: under steady load the
+/// spool never runs empty, and waiting for that would keep the node offline for good.
 async fn drain(spool: &Spool, app: &axum::Router, engine: &Engine) -> bool {
-    loop {
-        match spool.queued() {
-            Ok(q) if q.is_empty() => return true,
-            Ok(q) => tracing::info!(
-                waiting = q.len(),
-                "the database is back: replaying the spool first"
-            ),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the spool");
-                return false;
-            }
+    let waiting = match spool.queued() {
+        Ok(q) => q.len(),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the spool");
+            return false;
         }
-        let clock = engine.clock().clone();
-        match spool.replay(app, || clock.now()).await {
-            Ok(0) => return false,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!(error = %e, "spool replay failed");
-                return false;
-            }
+    };
+    if waiting == 0 {
+        return true;
+    }
+    tracing::info!(waiting, "the database is back: replaying the spool first");
+    let clock = engine.clock().clone();
+    match spool.replay_up_to(app, waiting, || clock.now()).await {
+        Ok(n) => n == waiting,
+        Err(e) => {
+            tracing::error!(error = %e, "spool replay failed");
+            false
         }
     }
 }

@@ -197,13 +197,9 @@ async fn replay_spool(
         if modes.current().mode != Mode::Normal {
             continue;
         }
-        match spool.queued() {
-            Ok(q) if q.is_empty() => continue,
-            Ok(q) => tracing::info!(waiting = q.len(), "replaying the offline spool"),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the spool");
-                continue;
-            }
+        match spool.waiting() {
+            0 => continue,
+            waiting => tracing::info!(waiting, "replaying the offline spool"),
         }
         let clock = engine.clock().clone();
         match spool.replay(&app, || clock.now()).await {
