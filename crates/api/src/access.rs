@@ -4,7 +4,7 @@
 //!
 //! | role | may |
 //! |---|---|
-//! | `admin` | everything: users and tokens too (and backups, restores, the service mode once they have routes) |
+//! | `admin` | everything: users and tokens too (and the service mode; backups and restores once they have routes) |
 //! | `operator` | read everything; deploy; start, cancel and change instances; retry incidents; work external tasks; work any user task |
 //! | `user` | read everything; start instances; see, claim and complete the user tasks they may (assigned to them, or to one of their groups or to them as a candidate) |
 //! | `viewer` | read everything |
@@ -53,6 +53,11 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     ("GET", "/api/v1/users/{id}/tokens", ADMIN),
     ("POST", "/api/v1/users/{id}/tokens", ADMIN),
     ("DELETE", "/api/v1/tokens/{id}", ADMIN),
+    // The service mode.
+    ("GET", "/api/v1/system/mode", ADMIN),
+    ("PUT", "/api/v1/system/mode", ADMIN),
+    // A spooled request's outcome: its id (128 random bits) is the capability.
+    ("GET", "/api/v1/spool/{id}", Rule::Public),
     // Definitions.
     ("GET", "/api/v1/process-definitions", ALL),
     ("POST", "/api/v1/process-definitions", OPERATE),

@@ -69,12 +69,17 @@ error_codes! {
     LockExpired => "lock_expired", CONFLICT, "The worker holds no valid lock on the external task: it expired or was released. Fetch and lock it again.";
     LockedByOtherWorker => "locked_by_other_worker", CONFLICT, "Another worker holds the lock on the external task.";
     TaskAlreadyClaimed => "task_already_claimed", CONFLICT, "The user task is assigned to another user.";
+    IdempotencyKeyInUse => "idempotency_key_in_use", CONFLICT, "Another request with this `Idempotency-Key` is still running; retry after `Retry-After` seconds to get its answer.";
+    IdempotencyKeyReused => "idempotency_key_reused", UNPROCESSABLE_ENTITY, "This `Idempotency-Key` was used for a different request (method, path or body).";
     Conflict => "conflict", CONFLICT, "Another precondition failed (fallback; no operation answers it today).";
     PayloadTooLarge => "payload_too_large", PAYLOAD_TOO_LARGE, "The request body exceeds the size limit.";
     Internal => "internal", INTERNAL_SERVER_ERROR, "An unexpected server-side failure; the cause is in the server log.";
     CorruptState => "corrupt_state", INTERNAL_SERVER_ERROR, "The process instance's stored state is corrupt; it was stopped at a `corruptState` incident until repaired.";
     Unavailable => "unavailable", SERVICE_UNAVAILABLE, "The database is unavailable; retry later.";
     Busy => "busy", SERVICE_UNAVAILABLE, "Concurrent changes to the same instance kept winning; retry after `Retry-After` seconds.";
+    ReadOnly => "read_only", SERVICE_UNAVAILABLE, "The service is in `read-only` mode: reads work, writes do not; `message` says why, `Retry-After` when to try again, `details` has `mode` and `until`.";
+    CoreOnly => "core_only", SERVICE_UNAVAILABLE, "The service is in `core-only` mode: instances, tasks and external tasks work, deployments and listings past their first page do not; `details` has `mode` and `until`.";
+    Offline => "offline", SERVICE_UNAVAILABLE, "The service is `offline`: `message` says why, `Retry-After` when to try again, `details` has `mode` and `until`.";
 }
 
 impl Code {
@@ -155,6 +160,12 @@ impl ApiError {
 
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
+        self
+    }
+
+    /// Sends `Retry-After` (seconds, at least 1) with the error.
+    pub fn with_retry_after(mut self, secs: u32) -> Self {
+        self.retry_after = Some(secs.max(1));
         self
     }
 
@@ -263,6 +274,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        // Which condition it was, for the layers outside the handler (the outage
+        // grace retries `unavailable`).
+        response.extensions_mut().insert(self.code);
         if let Some(secs) = retry_after {
             response
                 .headers_mut()

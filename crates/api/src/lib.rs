@@ -25,12 +25,17 @@ pub mod access;
 pub mod accounts;
 mod auth;
 mod error;
+pub mod grace;
+pub mod idempotency;
 mod json;
 pub mod metrics;
 pub mod model;
+pub mod modes;
 pub mod observe;
 mod params;
 mod routes;
+pub mod spool;
+pub mod status_page;
 
 pub use auth::{AllowAll, Authenticator, BOOTSTRAP_ADMIN, Principal, TokenAuth, bearer};
 pub use error::{ApiError, Code, ErrorBody, ErrorResponse};
@@ -42,6 +47,32 @@ pub use observe::{Observability, ObservabilityOptions, Probe, RequestId};
 pub struct AppState {
     pub engine: Arc<Engine>,
     pub auth: Arc<dyn Authenticator>,
+    /// Service modes, idempotency keys, the offline spool ([`Degraded::default`]:
+    /// `normal` for good, keys in memory).
+    pub degraded: Degraded,
+}
+
+/// What keeps the API answering through outages and maintenance: this node's service
+/// mode ([`modes`]) and where `Idempotency-Key`s are kept ([`idempotency`]).
+#[derive(Clone)]
+pub struct Degraded {
+    pub modes: modes::Modes,
+    pub keys: Arc<dyn steadyflow_store::idempotency::IdempotencyStore>,
+    /// Where writes go while `offline` ([`spool`]); `None`: they answer 503 `offline`.
+    pub spool: Option<spool::Spool>,
+    /// How long a request retries through a database outage ([`grace`]); zero: never.
+    pub grace: std::time::Duration,
+}
+
+impl Default for Degraded {
+    fn default() -> Self {
+        Degraded {
+            modes: modes::Modes::default(),
+            keys: Arc::new(steadyflow_store::idempotency::MemoryKeys::default()),
+            spool: None,
+            grace: grace::DEFAULT_GRACE,
+        }
+    }
 }
 
 #[derive(utoipa::OpenApi)]
@@ -65,6 +96,7 @@ pub struct AppState {
         (name = "external tasks", description = "The worker protocol"),
         (name = "incidents", description = "Where instances are stuck"),
         (name = "auth", description = "Log-in, users and API tokens"),
+        (name = "system", description = "The service mode (read-only, core-only, offline)"),
         (name = "health", description = "Probes and metrics (open; `/metrics` may require a token)"),
         (name = "meta", description = "This document"),
     )
@@ -176,10 +208,20 @@ pub fn router(state: AppState) -> axum::Router {
 /// [`router`] with the given [`Observability`] (the `/metrics` token, the gauges'
 /// refresh interval, the Redis probe).
 pub fn router_with(state: AppState, observability: Observability) -> axum::Router {
-    let v1 = routes::v1().route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        auth::authenticate,
-    ));
+    let v1 = routes::v1()
+        // Inside authentication: keys are scoped to the caller.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::keyed,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
+        // Outside authentication: token look-ups wait out an outage too.
+        .route_layer(middleware::from_fn_with_state(state.clone(), grace::grace))
+        // Outside authentication: a mode refuses before anything asks the database.
+        .route_layer(middleware::from_fn_with_state(state.clone(), modes::gate));
     let router: axum::Router<AppState> = table(v1).into();
     router
         .route_layer(middleware::from_fn(observe::mark_route))

@@ -35,6 +35,8 @@ pub const INSTANCES_ACTIVE: &str = "steadyflow_instances_active";
 pub const TASKS_OPEN: &str = "steadyflow_tasks_open";
 /// Gauge: open external tasks (waiting or locked by a worker), whole database.
 pub const EXTERNAL_TASKS_OPEN: &str = "steadyflow_external_tasks_open";
+/// Gauge: 1 for the service mode in force on this node, 0 for the others; label `mode`.
+pub const MODE: &str = "steadyflow_mode";
 /// Gauge: Unix time of the last successful refresh of the three gauges above.
 pub const GAUGES_REFRESHED: &str = "steadyflow_gauges_refreshed_timestamp_seconds";
 
@@ -112,6 +114,10 @@ fn describe() {
     describe_gauge!(
         INSTANCES_ACTIVE,
         "Process instances not ended (active or stopped at an incident), whole database"
+    );
+    describe_gauge!(
+        MODE,
+        "1 for the service mode in force on this node (normal, read-only, core-only, offline), 0 for the others"
     );
     describe_gauge!(TASKS_OPEN, "Open user tasks, whole database");
     describe_gauge!(

@@ -89,6 +89,8 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// HTTPS for the listener.
     pub tls: TlsConfig,
+    /// Service modes, the offline spool, database outages.
+    pub modes: ModesConfig,
 }
 
 /// HTTPS: both files set, or neither (plain HTTP, e.g. behind a proxy that ends TLS).
@@ -124,7 +126,43 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
+            modes: ModesConfig::default(),
         }
+    }
+}
+
+/// Service modes (`steadyflow mode`) and database outages: how long requests wait and
+/// retry while the database is unreachable before they fail, and after which this node
+/// goes `offline` (database gone) or `read-only` (database refusing writes) by itself
+/// (`outage_grace_ms`; 0: neither); where writes wait while the service is offline
+/// (`spool_dir`, relative paths under `data_dir`); how many may wait
+/// (`spool_max_entries`; beyond, they answer 503 `offline`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModesConfig {
+    pub outage_grace_ms: u64,
+    pub spool_dir: PathBuf,
+    pub spool_max_entries: usize,
+}
+
+impl Default for ModesConfig {
+    fn default() -> Self {
+        ModesConfig {
+            outage_grace_ms: 10_000,
+            spool_dir: PathBuf::from("spool"),
+            spool_max_entries: 100_000,
+        }
+    }
+}
+
+impl ModesConfig {
+    pub fn outage_grace(&self) -> Duration {
+        Duration::from_millis(self.outage_grace_ms)
+    }
+
+    /// The spool directory: `spool_dir`, under `data_dir` unless absolute.
+    pub fn spool_dir(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join(&self.spool_dir)
     }
 }
 

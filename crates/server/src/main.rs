@@ -3,6 +3,8 @@
 mod backup_cmd;
 mod bench;
 mod config;
+mod mode_cmd;
+mod outage;
 mod redis_cache;
 mod serve;
 mod stores;
@@ -56,6 +58,9 @@ enum Command {
     Restore(backup_cmd::RestoreArgs),
     /// Manage users, roles, groups and API tokens (`user add|token|list|set|disable|enable|remove|revoke`).
     User(user_cmd::UserArgs),
+    /// Read or set the service mode of every node sharing the database
+    /// (`mode get`, `mode set normal|read-only|core-only|offline --reason TEXT [--until RFC3339]`).
+    Mode(mode_cmd::ModeArgs),
     /// Print the OpenAPI document of the REST API (the same one served at /api/v1/openapi.json).
     Openapi,
 }
@@ -89,6 +94,7 @@ fn main() -> Result<()> {
                 std::process::exit(code)
             }
             Command::User(args) => user_cmd::run(args, cli.config.as_deref()).await,
+            Command::Mode(args) => mode_cmd::run(args, cli.config.as_deref()).await,
             Command::Openapi => {
                 println!("{}", steadyflow_api::openapi().to_pretty_json()?);
                 Ok(())

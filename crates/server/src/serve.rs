@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use steadyflow_api::accounts::Accounts;
-use steadyflow_api::{ApiError, AppState, Observability, ObservabilityOptions, TokenAuth};
+use steadyflow_api::modes::Modes;
+use steadyflow_api::{
+    ApiError, AppState, Degraded, Observability, ObservabilityOptions, TokenAuth,
+};
 use steadyflow_engine::{Backoff, ComponentHealth, Engine, EngineOptions, SystemClock, supervise};
 use tokio::sync::watch;
 
@@ -25,7 +28,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     steadyflow_api::metrics::install();
     tokio::spawn(metrics_upkeep());
     tracing::info!(database = %redact(&cfg.database_url()), "opening store");
-    let store = crate::stores::open_configured(&cfg).await?;
+    let (store, keys) = crate::stores::open_configured_with_keys(&cfg).await?;
     let (store, cache) = crate::redis_cache::wrap(store, &args.redis)?;
     let options = EngineOptions {
         timer_lock: cfg.engine.timers.lock(),
@@ -39,11 +42,40 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         .map(|c| tokio::spawn(c.monitor(stop_rx.clone())));
     // Registered before it starts, so `/health` lists it from the first request on.
     let timer_health = engine.components().register(TIMER_DRIVER);
+    // The service mode: read once before serving, then followed (every node agrees).
+    let modes = Modes::new();
+    if let Err(e) = modes
+        .refresh(engine.store().as_ref(), engine.clock().now())
+        .await
+    {
+        tracing::warn!(error = %e, "cannot read the service mode; starting as normal");
+    }
+    let spool_dir = cfg.modes.spool_dir(&cfg.data_dir);
+    let spool = steadyflow_api::spool::Spool::open(&spool_dir, cfg.modes.spool_max_entries)
+        .with_context(|| format!("cannot open the spool in {}", spool_dir.display()))?;
+    let degraded = Degraded {
+        modes: modes.clone(),
+        keys: keys.clone(),
+        spool: Some(spool.clone()),
+        grace: cfg.modes.outage_grace(),
+    };
+    let keys_for_watch = keys.clone();
+    tokio::spawn(steadyflow_api::idempotency::prune(
+        keys,
+        engine.clock().clone(),
+    ));
+    let mode_follower = tokio::spawn(steadyflow_api::modes::follow(
+        modes.clone(),
+        engine.store().clone(),
+        engine.clock().clone(),
+        stop_rx.clone(),
+    ));
     let timers = tokio::spawn(timer_driver(
         engine.clone(),
         timer_health,
         cfg.engine.timers.clone(),
-        stop_rx,
+        modes.clone(),
+        stop_rx.clone(),
     ));
 
     let observability = Observability::new(ObservabilityOptions {
@@ -55,6 +87,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         AppState {
             engine: engine.clone(),
             auth: TokenAuth::shared(accounts, admin_token.as_deref()),
+            degraded,
         },
         observability,
     );
@@ -68,6 +101,24 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %listener.local_addr()?, scheme, node = engine.node_id(), "steadyflow is serving");
+    let outage_watch = (!cfg.modes.outage_grace().is_zero()).then(|| {
+        tokio::spawn(crate::outage::watch_database(
+            engine.clone(),
+            keys_for_watch,
+            modes.clone(),
+            spool.clone(),
+            app.clone(),
+            cfg.modes.outage_grace(),
+            stop_rx.clone(),
+        ))
+    });
+    let replayer = tokio::spawn(replay_spool(
+        spool,
+        modes,
+        app.clone(),
+        engine.clone(),
+        stop_rx.clone(),
+    ));
     // The peer address reaches handlers (log-in attempts are limited per address).
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     match tls {
@@ -88,6 +139,11 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     .context("HTTP server failed")?;
     let _ = stop_tx.send(true);
     let _ = timers.await;
+    let _ = mode_follower.await;
+    let _ = replayer.await;
+    if let Some(w) = outage_watch {
+        let _ = w.await;
+    }
     if let Some(m) = cache_monitor {
         let _ = m.await;
     }
@@ -104,17 +160,24 @@ const TIMER_DRIVER: &str = "timerDriver";
 /// (say, the database is away) is retried with back-off, a panic is caught and the loop
 /// started again, and `/health` shows the component `timerDriver` down, with the reason, while it is not running. One corrupt
 /// instance does not fail an iteration: the engine stops that instance at an incident
-/// and fires the other timers of the batch.
+/// and fires the other timers of the batch. In `read-only` and `offline` mode it fires
+/// nothing (due timers wait for the mode to allow them).
 async fn timer_driver(
     engine: Arc<Engine>,
     health: Arc<ComponentHealth>,
     timers: TimerConfig,
+    modes: Modes,
     stop: watch::Receiver<bool>,
 ) {
     let (batch, idle) = (timers.batch, timers.idle_poll());
     supervise(health, Backoff::default(), stop, move || {
         let engine = engine.clone();
+        let modes = modes.clone();
         async move {
+            // Read-only and offline: due timers wait (they fire once the mode allows).
+            if !modes.current().runs_timers() {
+                return Ok(idle);
+            }
             match engine.fire_due_timers(batch).await {
                 Ok(0) => Ok(idle),
                 Ok(_) => Ok(Duration::ZERO),
@@ -128,6 +191,43 @@ async fn timer_driver(
         }
     })
     .await;
+}
+
+/// Replays the offline spool (in arrival order) whenever the mode is `normal` and
+/// requests wait: at start (what a crash left), and after every return from `offline`.
+async fn replay_spool(
+    spool: steadyflow_api::spool::Spool,
+    modes: Modes,
+    app: axum::Router,
+    engine: Arc<Engine>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use steadyflow_store::mode::Mode;
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut mode = modes.subscribe();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = mode.changed() => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if modes.current().mode != Mode::Normal {
+            continue;
+        }
+        match spool.waiting() {
+            0 => continue,
+            waiting => tracing::info!(waiting, "replaying the offline spool"),
+        }
+        let clock = engine.clock().clone();
+        match spool.replay(&app, || clock.now()).await {
+            Ok(n) => tracing::info!(replayed = n, "offline spool replayed"),
+            Err(e) => tracing::error!(error = %e, "spool replay failed; retrying"),
+        }
+    }
 }
 
 /// Folds the histograms' recent samples in even when nobody scrapes, so memory stays

@@ -32,7 +32,9 @@ mod e2e {
     mod crash_tests;
     mod hot_cache_tests;
     mod metrics_tests;
+    mod modes_tests;
     mod openapi_tests;
+    mod outage_tests;
     mod redis_cache_tests;
     mod schemathesis_tests;
     mod tls_tests;

@@ -44,6 +44,7 @@
 
 mod apply;
 mod error;
+mod idempotency;
 mod lookups;
 mod migrate;
 mod pipeline;

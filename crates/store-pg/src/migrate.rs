@@ -25,6 +25,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "page_indexes",
         sql: include_str!("../migrations/postgres/0003_page_indexes.sql"),
     },
+    Migration {
+        version: 4,
+        name: "system_mode",
+        sql: include_str!("../migrations/postgres/0004_system_mode.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "idempotency",
+        sql: include_str!("../migrations/postgres/0005_idempotency.sql"),
+    },
 ];
 
 /// Advisory lock key of the migration lock ("steadyfl" in ASCII).

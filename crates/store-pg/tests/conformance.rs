@@ -477,3 +477,31 @@ mod tls;
 
 #[path = "conformance/writer.rs"]
 mod writer;
+
+mod idempotency {
+    use std::sync::Arc;
+
+    use steadyflow_store::conformance::idempotency as case;
+    use steadyflow_store_pg::PgStore;
+    use steadyflow_store_pg::testing::fresh_database;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn keys_claim_answer_and_takeover() {
+        let Some(db) = fresh_database().await else {
+            return;
+        };
+        let store = Arc::new(PgStore::connect(db.url()).await.expect("connect"));
+        case::keys_claim_answer_and_takeover(store).await;
+        db.cleanup().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_claims_have_one_winner() {
+        let Some(db) = fresh_database().await else {
+            return;
+        };
+        let store = Arc::new(PgStore::connect(db.url()).await.expect("connect"));
+        case::concurrent_claims_have_one_winner(store).await;
+        db.cleanup().await;
+    }
+}

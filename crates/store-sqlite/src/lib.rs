@@ -14,6 +14,7 @@
 //! for the journal's `tx_time`, the latest command time of the transaction, never less
 //! than the previous transaction's (see `writer.rs`).
 
+mod idempotency;
 mod migrate;
 mod plain;
 mod reads;

@@ -24,6 +24,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "page_indexes",
         sql: include_str!("../migrations/sqlite/0003_page_indexes.sql"),
     },
+    Migration {
+        version: 4,
+        name: "system_mode",
+        sql: include_str!("../migrations/sqlite/0004_system_mode.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "idempotency",
+        sql: include_str!("../migrations/sqlite/0005_idempotency.sql"),
+    },
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> Result<()> {

@@ -244,3 +244,26 @@ async fn written_times_come_from_the_engine_clock() {
     let last = store.journal_since(0, 100).await.unwrap().pop().unwrap();
     assert_eq!(last.tx_time, at(9_000));
 }
+
+mod idempotency {
+    use std::sync::Arc;
+
+    use steadyflow_store::conformance::idempotency as case;
+    use steadyflow_store_sqlite::SqliteStore;
+
+    fn store(dir: &tempfile::TempDir) -> Arc<SqliteStore> {
+        Arc::new(SqliteStore::open(dir.path().join("keys.db")).expect("open"))
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn keys_claim_answer_and_takeover() {
+        let dir = tempfile::tempdir().unwrap();
+        case::keys_claim_answer_and_takeover(store(&dir)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_claims_have_one_winner() {
+        let dir = tempfile::tempdir().unwrap();
+        case::concurrent_claims_have_one_winner(store(&dir)).await;
+    }
+}

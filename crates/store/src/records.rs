@@ -162,6 +162,8 @@ closed_set! {
         User = "user",
         /// An API token (a plain row).
         ApiToken = "apiToken",
+        /// The service mode (a plain row: [`crate::mode`]).
+        SystemMode = "systemMode",
     }
 }
 

@@ -247,6 +247,20 @@ pub const TABLES: &[TableSpec] = &[
         ],
     },
     TableSpec {
+        name: "system_mode",
+        class: DataClass::Critical,
+        key: "id",
+        restored: true,
+        columns: &[
+            text("id"),
+            text("mode"),
+            text("reason"),
+            int("until"),
+            text("set_by"),
+            int("set_at"),
+        ],
+    },
+    TableSpec {
         name: "journal",
         class: DataClass::Important,
         key: "seq",
@@ -515,6 +529,7 @@ fn entity_table(entity: &str) -> Result<&'static TableSpec> {
         "history" => "history",
         "user" => "users",
         "apiToken" => "api_tokens",
+        "systemMode" => "system_mode",
         other => {
             return Err(StoreError::Corrupt(format!(
                 "journal names an unknown entity `{other}`"

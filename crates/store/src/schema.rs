@@ -53,6 +53,7 @@ impl JournalEntity {
             JournalEntity::History => "history",
             JournalEntity::User => "users",
             JournalEntity::ApiToken => "api_tokens",
+            JournalEntity::SystemMode => "system_mode",
         }
     }
 }

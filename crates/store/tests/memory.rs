@@ -16,3 +16,20 @@ async fn fresh() -> Option<Fresh> {
 }
 
 steadyflow_store::conformance_tests!(fresh);
+
+mod idempotency {
+    use std::sync::Arc;
+
+    use steadyflow_store::conformance::idempotency as case;
+    use steadyflow_store::idempotency::MemoryKeys;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn keys_claim_answer_and_takeover() {
+        case::keys_claim_answer_and_takeover(Arc::new(MemoryKeys::default())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn concurrent_claims_have_one_winner() {
+        case::concurrent_claims_have_one_winner(Arc::new(MemoryKeys::default())).await;
+    }
+}

@@ -44,6 +44,10 @@ pub struct Health {
     /// component of this node (`timerDriver`, and those registered later, e.g. backup
     /// scheduler, journal shipper).
     pub components: BTreeMap<String, ComponentStatus>,
+    /// The service mode in force on this node: `mode`, and the `reason`, `setBy`,
+    /// `setAt` and `until` it was set with.
+    #[serde(default)]
+    pub mode: crate::modes::ModeView,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -173,7 +177,15 @@ async fn health(
         (true, false) => (StatusCode::OK, Status::Degraded),
         (true, true) => (StatusCode::OK, Status::Up),
     };
-    (code, Json(Health { status, components }))
+    let mode = state.degraded.modes.current();
+    (
+        code,
+        Json(Health {
+            status,
+            components,
+            mode,
+        }),
+    )
 }
 
 /// Whether this node can serve writes now: 200 when the database answers a ping
@@ -196,5 +208,13 @@ async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         (StatusCode::SERVICE_UNAVAILABLE, Status::Down)
     };
     let components = BTreeMap::from([("database".to_string(), database)]);
-    (code, Json(Health { status, components }))
+    let mode = state.degraded.modes.current();
+    (
+        code,
+        Json(Health {
+            status,
+            components,
+            mode,
+        }),
+    )
 }

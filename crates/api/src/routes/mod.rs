@@ -18,6 +18,8 @@ mod health;
 mod incidents;
 mod instances;
 mod metrics;
+mod status;
+mod system;
 mod tasks;
 
 /// Every `/api/v1` route (all behind the authentication middleware).
@@ -29,6 +31,7 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
         .merge(external_tasks::router())
         .merge(incidents::router())
         .merge(accounts::router())
+        .merge(system::router())
         .routes(routes!(openapi_json))
 }
 
@@ -37,6 +40,7 @@ pub(crate) fn public() -> OpenApiRouter<AppState> {
     health::router()
         .merge(metrics::router())
         .merge(docs::router())
+        .merge(status::router())
 }
 
 /// This API's OpenAPI 3.1 document.

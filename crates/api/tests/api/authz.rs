@@ -45,6 +45,7 @@ impl Secured {
         let router = steadyflow_api::router(AppState {
             engine,
             auth: TokenAuth::shared(accounts.clone(), Some(BOOTSTRAP)),
+            degraded: Default::default(),
         });
         Secured {
             router,

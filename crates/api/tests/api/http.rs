@@ -111,7 +111,7 @@ async fn health_is_up_with_a_live_database() {
     assert!(latency.unwrap().as_f64().unwrap() >= 0.0, "a timed ping");
     assert_eq!(
         body,
-        json!({"status": "up", "components": {"database": {"status": "up"}}})
+        json!({"status": "up", "components": {"database": {"status": "up"}}, "mode": {"mode": "normal"}})
     );
     let r = app.get("/ready").await;
     assert_eq!(r.status, StatusCode::OK);
@@ -357,6 +357,11 @@ async fn get_with(store: FailingStore, uri: &str) -> (StatusCode, Value) {
     let router = steadyflow_api::router(AppState {
         engine,
         auth: Arc::new(steadyflow_api::AllowAll),
+        // No outage grace: a dead database answers at once (the grace has its own tests).
+        degraded: steadyflow_api::Degraded {
+            grace: std::time::Duration::ZERO,
+            ..Default::default()
+        },
     });
     let req = axum::http::Request::get(uri)
         .body(axum::body::Body::empty())
@@ -379,7 +384,7 @@ async fn a_dead_database_is_503_and_its_cause_stays_in_the_log() {
         body,
         json!({"status": "down", "components": {"database": {
             "status": "down", "reason": "the database does not answer"
-        }}})
+        }}, "mode": {"mode": "normal"}})
     );
     let (status, body) = get_with(down(), "/ready").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -387,7 +392,7 @@ async fn a_dead_database_is_503_and_its_cause_stays_in_the_log() {
         body,
         json!({"status": "down", "components": {"database": {
             "status": "down", "reason": "the database does not answer"
-        }}})
+        }}, "mode": {"mode": "normal"}})
     );
 
     let (status, body) = get_with(down(), "/api/v1/process-instances").await;

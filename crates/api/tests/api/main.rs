@@ -15,6 +15,8 @@ mod definitions;
 mod docs;
 mod external;
 mod http;
+mod idempotency;
+mod modes;
 mod paging;
 mod support;
 mod tasks;

@@ -45,6 +45,8 @@ pub const EXTERNAL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 pub struct App {
     pub router: Router,
     pub engine: Arc<Engine>,
+    /// The node's service mode (what a poll of the database would refresh).
+    pub modes: steadyflow_api::modes::Modes,
     _dir: TempDir,
 }
 
@@ -98,15 +100,23 @@ impl App {
         wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> App {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path().join("t.db")).expect("open sqlite");
-        let engine = Arc::new(Engine::new(wrap(Arc::new(store)), clock));
+        let store = Arc::new(SqliteStore::open(dir.path().join("t.db")).expect("open sqlite"));
+        let keys = store.clone();
+        let engine = Arc::new(Engine::new(wrap(store), clock));
+        let modes = steadyflow_api::modes::Modes::default();
         let router = steadyflow_api::router(AppState {
             engine: engine.clone(),
             auth,
+            degraded: steadyflow_api::Degraded {
+                modes: modes.clone(),
+                keys,
+                ..Default::default()
+            },
         });
         App {
             router,
             engine,
+            modes,
             _dir: dir,
         }
     }

@@ -42,6 +42,7 @@ async fn round_trip(dir: &Path, src: &str, dst: &str) {
             "history",
             "users",
             "api_tokens",
+            "system_mode",
             "journal"
         ]
     );

@@ -141,6 +141,11 @@ impl ServerProcess {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The process id (to signal it from another thread).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process at once (SIGKILL), as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

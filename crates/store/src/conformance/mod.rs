@@ -65,6 +65,7 @@ pub mod definitions;
 pub mod external_tasks;
 pub mod fixtures;
 pub mod gauges;
+pub mod idempotency;
 pub mod incidents_history;
 pub mod journal;
 pub mod listing;
@@ -198,6 +199,7 @@ macro_rules! conformance_tests {
             journal::journal_limit_and_failed_apply,
             users::plain_rows_round_trip,
             users::plain_watch_moves_with_every_write,
+            users::system_mode_round_trip,
             gauges::live_counts_count_work_in_progress,
         );
     };

@@ -160,3 +160,63 @@ pub async fn plain_watch_moves_with_every_write(store: Arc<dyn Store>) {
         before = after.unwrap_or(before);
     }
 }
+
+/// The service mode is one plain row: set, replaced and read back whole (its optional
+/// fields too), and journaled as `systemMode`.
+pub async fn system_mode_round_trip(store: Arc<dyn Store>) {
+    use crate::mode::{Mode, SYSTEM_MODE_KEY, SystemModeRecord};
+    let s = store.as_ref();
+    assert_eq!(
+        users::one::<SystemModeRecord>(s, SYSTEM_MODE_KEY)
+            .await
+            .unwrap(),
+        None,
+        "a fresh database has no mode row (normal)"
+    );
+    let ro = SystemModeRecord::new(
+        Mode::ReadOnly,
+        Some("storage migration, back at 18:00".into()),
+        Some(at(5_000)),
+        "ann",
+        at(10),
+    );
+    s.plain_write(at(10), vec![PlainWrite::put(&ro).unwrap()])
+        .await
+        .expect("set read-only");
+    assert_eq!(
+        users::one(s, SYSTEM_MODE_KEY).await.unwrap(),
+        Some(ro.clone())
+    );
+    let normal = SystemModeRecord::new(Mode::Normal, None, None, "cli:root", at(20));
+    s.plain_write(at(20), vec![PlainWrite::put(&normal).unwrap()])
+        .await
+        .expect("back to normal");
+    assert_eq!(
+        users::one(s, SYSTEM_MODE_KEY).await.unwrap(),
+        Some(normal.clone()),
+        "reason and until are cleared, not kept"
+    );
+    let rows = journal_until(s, 0, "the mode's second write", |rows| {
+        has(rows, "systemMode", SYSTEM_MODE_KEY, "update")
+    })
+    .await;
+    let modes: Vec<_> = rows
+        .iter()
+        .filter(|r| r.entity.as_str() == "systemMode")
+        .map(|r| {
+            (
+                r.op.to_string(),
+                r.row["mode"].clone(),
+                r.row["setBy"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        vec![
+            ("insert".to_string(), "read-only".into(), "ann".into()),
+            ("update".to_string(), "normal".into(), "cli:root".into()),
+        ],
+        "who set which mode is in the journal"
+    );
+}

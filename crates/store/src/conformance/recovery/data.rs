@@ -164,10 +164,19 @@ pub async fn populate(store: &dyn Store, tag: &str) {
                 users::PlainWrite::put(&user("bob", users::Role::Viewer)).unwrap(),
                 users::PlainWrite::put(&token("tok-1", "ann")).unwrap(),
                 users::PlainWrite::put(&token("tok-2", "bob")).unwrap(),
+                // The service mode (one row, whatever the prefix).
+                users::PlainWrite::put(&crate::mode::SystemModeRecord::new(
+                    crate::mode::Mode::ReadOnly,
+                    Some("maintenance \"window\"".into()),
+                    Some(at(20_000)),
+                    key("ann"),
+                    at(88),
+                ))
+                .unwrap(),
             ],
         )
         .await
-        .expect("users and tokens");
+        .expect("users, tokens and the mode");
 
     let last = format!("{}:1", key("last"));
     store
@@ -297,6 +306,7 @@ pub async fn store_counts(store: &dyn Store) -> BTreeMap<&'static str, usize> {
         ("history", count(&journal, "history", "append")),
         ("users", plain_count(store, "users").await),
         ("api_tokens", plain_count(store, "api_tokens").await),
+        ("system_mode", plain_count(store, "system_mode").await),
         ("journal", journal.len()),
     ])
 }
@@ -308,7 +318,7 @@ async fn plain_count(store: &dyn Store, table: &str) -> usize {
 
 /// Every record `a` reads, `b` reads alike.
 pub async fn assert_same_records(a: &dyn Store, b: &dyn Store) {
-    for table in ["users", "api_tokens"] {
+    for table in ["users", "api_tokens", "system_mode"] {
         let spec = crate::recovery::table(table).expect("a plain table");
         assert_eq!(
             a.plain_rows(spec).await.unwrap(),
