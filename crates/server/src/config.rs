@@ -80,6 +80,9 @@ pub struct Config {
     pub log: LogConfig,
     /// The `/metrics` endpoint.
     pub metrics: MetricsConfig,
+    /// Backup targets (the `backup` commands and `serve`).
+    #[serde(default)]
+    pub backup: steadyflow_backup::BackupConfig,
 }
 
 impl Default for Config {
@@ -93,6 +96,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            backup: steadyflow_backup::BackupConfig::default(),
         }
     }
 }

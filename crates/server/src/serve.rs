@@ -31,6 +31,8 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
         .map(|c| tokio::spawn(c.monitor(stop_rx.clone())));
     // Registered before it starts, so `/health` lists it from the first request on.
     let timer_health = engine.components().register(TIMER_DRIVER);
+    // Continuous journal shipping to the backup targets (`backup.continuous`).
+    let shipper = crate::backup_cmd::ship::spawn(&cfg, stop_rx.clone())?;
     let timers = tokio::spawn(timer_driver(
         engine.clone(),
         timer_health,
@@ -67,6 +69,9 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
         .context("HTTP server failed")?;
     let _ = stop_tx.send(true);
     let _ = timers.await;
+    if let Some(s) = shipper {
+        let _ = s.await;
+    }
     if let Some(m) = cache_monitor {
         let _ = m.await;
     }
