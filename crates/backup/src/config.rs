@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::Schedules;
 use crate::targets::TargetSpec;
 
 /// `backup:` in the configuration file.
@@ -19,6 +20,8 @@ pub struct BackupConfig {
     pub dir: PathBuf,
     /// Continuous journal shipping by `serve` (needs at least one target).
     pub continuous: ContinuousConfig,
+    /// Scheduled backups by `serve` (needs at least one target).
+    pub schedules: Schedules,
 }
 
 impl Default for BackupConfig {
@@ -27,6 +30,7 @@ impl Default for BackupConfig {
             targets: Vec::new(),
             dir: PathBuf::from("./backups"),
             continuous: ContinuousConfig::default(),
+            schedules: Schedules::default(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod progress;
 pub mod redis;
 pub mod restore;
 pub mod s3lock;
+pub mod schedule;
 pub mod ship;
 pub mod targets;
 

@@ -231,18 +231,17 @@ impl S3Access {
 mod tests {
     use super::*;
 
-    /// The signing example of AWS's SigV4 documentation (GET /test.txt, "Examples of the
-    /// complete Version 4 signing process"): the derived key and HMAC chain match.
+    /// The signing-key derivation example of AWS's SigV4 documentation ("Deriving the
+    /// signing key": 20120215, us-east-1, iam).
     #[test]
     fn the_signing_key_chain_matches_the_aws_example() {
-        let k = hmac(b"AWS4wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20130524");
+        let k = hmac(b"AWS4wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "20120215");
         let k = hmac(&k, "us-east-1");
-        let k = hmac(&k, "s3");
+        let k = hmac(&k, "iam");
         let k = hmac(&k, "aws4_request");
-        let to_sign = "AWS4-HMAC-SHA256\n20130524T000000Z\n20130524/us-east-1/s3/aws4_request\n7344ae5b7ee6c3e7e6b0fe0640412a37625d1fbfff95c48bbb2dc43964946972";
         assert_eq!(
-            hex(&hmac(&k, to_sign)),
-            "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41"
+            hex(&k),
+            "f4780e2d9f65fa895f9c67b32ce1baf0b0d8a43505a000a1a9e090d414db404d"
         );
     }
 

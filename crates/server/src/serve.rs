@@ -33,6 +33,7 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
     let timer_health = engine.components().register(TIMER_DRIVER);
     // Continuous journal shipping to the backup targets (`backup.continuous`).
     let shipper = crate::backup_cmd::ship::spawn(&cfg, stop_rx.clone())?;
+    let scheduler = crate::backup_cmd::schedule::spawn(&cfg, stop_rx.clone())?;
     let timers = tokio::spawn(timer_driver(
         engine.clone(),
         timer_health,
@@ -69,8 +70,8 @@ pub async fn run(cfg: Config, args: ServeArgs) -> Result<()> {
         .context("HTTP server failed")?;
     let _ = stop_tx.send(true);
     let _ = timers.await;
-    if let Some(s) = shipper {
-        let _ = s.await;
+    for task in [shipper, scheduler].into_iter().flatten() {
+        let _ = task.await;
     }
     if let Some(m) = cache_monitor {
         let _ = m.await;

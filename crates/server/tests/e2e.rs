@@ -27,6 +27,7 @@ mod e2e {
     mod backup_chain_tests;
     mod backup_fault_tests;
     mod backup_remote_tests;
+    mod backup_schedule_tests;
     mod backup_ship_tests;
     mod backup_tests;
     mod cluster_tests;

@@ -16,6 +16,7 @@ use steadyflow_store::recovery::{Exporter, Staging, TargetState};
 use crate::config::{self, DbArgs};
 
 mod restore;
+pub mod schedule;
 pub mod ship;
 pub use restore::restore;
 

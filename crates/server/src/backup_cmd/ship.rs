@@ -31,10 +31,12 @@ pub const LAST_SUCCESS: &str = "steadyflow_backup_last_success_timestamp_seconds
 pub const DURATION: &str = "steadyflow_backup_duration_seconds";
 /// Gauge: bytes of the last archive written; label `kind`.
 pub const SIZE: &str = "steadyflow_backup_size_bytes";
+/// Counter: scheduled backups this node took; label `kind`.
+pub const TAKEN: &str = "steadyflow_backups_taken_total";
 /// Gauge: 1 while this node holds the shipping lease.
 pub const LEADER: &str = "steadyflow_journal_shipper_leader";
 
-fn describe() {
+pub(super) fn describe() {
     use metrics::{Unit, describe_gauge, describe_histogram};
     describe_gauge!(
         RPO,
@@ -57,6 +59,7 @@ fn describe() {
     );
     describe_gauge!(SIZE, Unit::Bytes, "Size of the last archive written");
     describe_gauge!(LEADER, "1 while this node ships the journal");
+    metrics::describe_counter!(TAKEN, "Scheduled backups this node took (label kind)");
 }
 
 /// The lease that lets one node ship.
@@ -102,6 +105,35 @@ impl Lease {
             _ => false,
         }
     }
+}
+
+/// A lease held by this node until dropped (for one scheduled run).
+pub(super) enum LeaseGuard {
+    Sole,
+    /// Its connection holds the advisory lock; dropping it ends the session.
+    Postgres {
+        _conn: tokio_postgres::Client,
+    },
+}
+
+/// Takes the lease `key` when it is free: always on SQLite (one `serve` per file), a
+/// session-level advisory lock on a connection of its own on PostgreSQL.
+pub(super) async fn lease_for(db: &Db, key: i64) -> Option<LeaseGuard> {
+    let Db::Postgres(url) = db else {
+        return Some(LeaseGuard::Sole);
+    };
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .ok()?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let row = client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+        .await
+        .ok()?;
+    row.get::<_, bool>(0)
+        .then_some(LeaseGuard::Postgres { _conn: client })
 }
 
 /// Starts the shipper when `backup.continuous` is enabled and targets are configured;

@@ -21,7 +21,8 @@ fn write_config(data: &Path, moto: &Moto, bucket: &str) {
     std::fs::write(
         data.join("configs/config.yaml"),
         format!(
-            "backup:\n  dir: ./backups\n  continuous: {{interval: {INTERVAL_MS}ms}}\n  targets:\n    \
+            "backup:\n  dir: ./backups\n  continuous: {{interval: {INTERVAL_MS}ms}}\n  \
+             schedules: {{full: null, incremental: null}}\n  targets:\n    \
              - {{type: s3, endpoint: \"{}\", bucket: {bucket}, prefix: ship/, path_style: true, \
              access_key_id: test, secret_access_key: test}}\n",
             moto.endpoint()
@@ -43,13 +44,17 @@ fn restored_ids(db: &Path) -> std::collections::HashSet<String> {
 /// One run: write, kill -9, lose everything local, restore from the bucket. Returns the
 /// lost window: from the first acknowledged-but-lost start to the kill (zero when
 /// nothing acknowledged was lost).
-fn one_run(moto: &Moto, bucket: &str) -> Duration {
+fn one_run(
+    moto: &Moto,
+    bucket: &str,
+    pg: Option<steadyflow_store_pg::testing::TestDatabase>,
+) -> Duration {
     moto.create_bucket(bucket, false);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::create_dir_all(&data).unwrap();
     write_config(&data, moto, bucket);
-    let mut server = ServerProcess::start(&data, None, &[]);
+    let mut server = ServerProcess::start(&data, pg.as_ref().map(|d| d.url()), &[]);
     let (status, _) = server.deploy(ORDER);
     assert!(status == 201 || status == 200, "deploy: {status}");
     let acked: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
@@ -85,6 +90,9 @@ fn one_run(moto: &Moto, bucket: &str) -> Duration {
     writer.join().unwrap();
     // The machine is lost: database and local backups.
     std::fs::remove_dir_all(&data).unwrap();
+    if let Some(pg) = pg {
+        runtime().block_on(pg.cleanup());
+    }
     let restore_dir = dir.path().join("elsewhere");
     std::fs::create_dir_all(&restore_dir).unwrap();
     let cfg = restore_dir.join("config.yaml");
@@ -129,32 +137,65 @@ fn one_run(moto: &Moto, bucket: &str) -> Duration {
     lost
 }
 
+/// Sorted windows → (p50, p99, max).
+fn summary(mut windows: Vec<Duration>) -> (Duration, Duration, Duration) {
+    windows.sort();
+    let pick = |q: f64| windows[((windows.len() as f64 - 1.0) * q).round() as usize];
+    (pick(0.5), pick(0.99), windows[windows.len() - 1])
+}
+
+/// One interval, plus one round's own time (export, archive, upload) on a busy 2-core
+/// machine.
+fn bound() -> Duration {
+    Duration::from_millis(2 * INTERVAL_MS + 1000)
+}
+
+fn runs() -> usize {
+    std::env::var("STEADYFLOW_RPO_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+}
+
 /// `STEADYFLOW_RPO_RUNS=20` measures p50/p99 (the report's figures); one run by default.
 #[test]
 fn a_lost_machine_costs_at_most_about_one_shipping_interval() {
     let Some(moto) = Moto::start() else { return };
-    let runs: usize = std::env::var("STEADYFLOW_RPO_RUNS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(1);
-    let mut windows: Vec<Duration> = (0..runs)
-        .map(|i| one_run(&moto, &format!("rpo-{i}")))
+    let windows: Vec<Duration> = (0..runs())
+        .map(|i| one_run(&moto, &format!("rpo-{i}"), None))
         .collect();
-    windows.sort();
-    let pick = |q: f64| windows[((windows.len() as f64 - 1.0) * q).round() as usize];
+    let (p50, p99, max) = summary(windows);
     eprintln!(
-        "RPO over {runs} run(s): p50 {:?}, p99 {:?}, max {:?}",
-        pick(0.5),
-        pick(0.99),
-        windows.last().unwrap()
+        "RPO on SQLite over {} run(s): p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        runs()
     );
-    // One interval, plus one round's own time (export, archive, upload) on a busy
-    // 2-core machine.
-    let bound = Duration::from_millis(2 * INTERVAL_MS + 1000);
     assert!(
-        *windows.last().unwrap() <= bound,
-        "lost {:?} of acknowledged work (bound {bound:?})",
-        windows.last().unwrap()
+        max <= bound(),
+        "lost {max:?} of acknowledged work (bound {:?})",
+        bound()
+    );
+}
+
+#[test]
+fn a_lost_postgres_costs_at_most_about_one_shipping_interval() {
+    let Some(moto) = Moto::start() else { return };
+    let rt = runtime();
+    let mut windows = Vec::new();
+    for i in 0..runs() {
+        let Some(pg) = rt.block_on(steadyflow_store_pg::testing::fresh_database()) else {
+            return;
+        };
+        windows.push(one_run(&moto, &format!("rpo-pg-{i}"), Some(pg)));
+    }
+    let (p50, p99, max) = summary(windows);
+    eprintln!(
+        "RPO on PostgreSQL over {} run(s): p50 {p50:?}, p99 {p99:?}, max {max:?}",
+        runs()
+    );
+    assert!(
+        max <= bound(),
+        "lost {max:?} of acknowledged work (bound {:?})",
+        bound()
     );
 }
 
