@@ -196,6 +196,27 @@ pub fn check_file(path: &Path, sidecar: Option<&Sidecar>) -> Result<()> {
     Ok(())
 }
 
+/// Deletes a recovery point from `dir`: its sidecar first (it stops being listed), then
+/// its archive.
+pub fn delete(dir: &Path, sidecar: &Sidecar) -> Result<()> {
+    for path in [
+        sidecar_path(dir, &sidecar.manifest.id),
+        dir.join(&sidecar.archive),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BackupError::Io {
+                    what: format!("cannot delete {}", path.display()),
+                    source: e,
+                });
+            }
+        }
+    }
+    sync_dir(dir)
+}
+
 /// Records a successful verification in the sidecar.
 pub fn mark_verified(dir: &Path, sidecar: &mut Sidecar, at: DateTime<Utc>) -> Result<()> {
     sidecar.verified_at = Some(at);

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::prune::Retention;
 use crate::schedule::Schedules;
 use crate::targets::TargetSpec;
 
@@ -22,6 +23,8 @@ pub struct BackupConfig {
     pub continuous: ContinuousConfig,
     /// Scheduled backups by `serve` (needs at least one target).
     pub schedules: Schedules,
+    /// How long each data class is kept (`backup prune`, and after scheduled backups).
+    pub retention: Retention,
 }
 
 impl Default for BackupConfig {
@@ -31,6 +34,7 @@ impl Default for BackupConfig {
             dir: PathBuf::from("./backups"),
             continuous: ContinuousConfig::default(),
             schedules: Schedules::default(),
+            retention: Retention::default(),
         }
     }
 }

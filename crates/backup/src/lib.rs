@@ -21,6 +21,7 @@ pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod progress;
+pub mod prune;
 pub mod redis;
 pub mod restore;
 pub mod s3lock;

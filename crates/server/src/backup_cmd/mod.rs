@@ -96,6 +96,25 @@ pub enum BackupCommand {
     /// Read archives back whole: checksums, decryption, manifest, row counts and content.
     #[command(after_help = EXIT_CODES)]
     Verify(VerifyArgs),
+    /// Delete the recovery points past the retention of their data classes
+    /// (`backup.retention`), in the backup directory and on every target. Never deletes the
+    /// newest verified full backup, a point a kept incremental needs, or an object under
+    /// S3 Object Lock.
+    #[command(after_help = EXIT_CODES)]
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Print what would be deleted and why; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Measure ages at this time instead of now (RFC 3339), e.g. to see what a date would
+    /// prune.
+    #[arg(long, value_name = "RFC3339")]
+    pub now: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -386,6 +405,7 @@ pub async fn backup(args: BackupArgs, config_file: Option<&Path>) -> i32 {
     match args.command {
         Some(BackupCommand::List(c)) => list(&c, config_file).await,
         Some(BackupCommand::Verify(v)) => verify(&v).await,
+        Some(BackupCommand::Prune(p)) => prune(&p, config_file).await,
         None => {
             let json = args.take.common.json;
             match take(&args.take, config_file).await {
@@ -624,4 +644,54 @@ async fn verify(v: &VerifyArgs) -> i32 {
         print_json(&json!({"ok": worst == exit::OK, "results": results}));
     }
     worst
+}
+
+async fn prune(a: &PruneArgs, config_file: Option<&Path>) -> i32 {
+    let c = &a.common;
+    let run = async {
+        let now = match &a.now {
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| BackupError::BadInput(format!("--now `{t}` is not RFC 3339: {e}")))?,
+            None => chrono::Utc::now(),
+        };
+        let cfg = config::load(config_file, &c.db, None)
+            .map_err(|e| BackupError::BadInput(format!("{e:#}")))?;
+        let targets = steadyflow_backup::targets::open_all(&cfg.backup.targets)?;
+        steadyflow_backup::prune::prune_all(&c.dir, &targets, &cfg.backup.retention, now, a.dry_run)
+            .await
+    };
+    match run.await {
+        Ok(outcome) => {
+            if c.json {
+                print_json(&json!({"ok": true, "dryRun": a.dry_run, "points": outcome}));
+            } else {
+                for p in &outcome {
+                    let d = &p.decision;
+                    if !d.delete {
+                        println!("keep   {}: {}", d.id, d.reason);
+                    } else if a.dry_run {
+                        println!(
+                            "delete {} from {} ({}; dry run)",
+                            d.id,
+                            p.locations.join(", "),
+                            d.reason
+                        );
+                    } else {
+                        println!(
+                            "delete {} from {} ({})",
+                            d.id,
+                            p.deleted.join(", "),
+                            d.reason
+                        );
+                        for (loc, why) in &p.refused {
+                            println!("       {} kept on {loc}: {why}", d.id);
+                        }
+                    }
+                }
+            }
+            exit::OK
+        }
+        Err(e) => fail(c.json, &e),
+    }
 }

@@ -41,6 +41,7 @@ pub fn spawn(
         db,
         targets,
         dir: b.dir.clone(),
+        retention: b.retention.clone(),
     };
     super::ship::describe();
     for s in &schedules {
@@ -53,6 +54,7 @@ struct Job {
     db: Db,
     targets: Vec<Target>,
     dir: std::path::PathBuf,
+    retention: steadyflow_backup::prune::Retention,
 }
 
 async fn run(job: Job, schedules: Vec<Schedule>, mut stop: watch::Receiver<bool>) {
@@ -148,6 +150,24 @@ impl Job {
             }
         }
         tracing::info!(kind, backup = %point.manifest.id, bytes = point.archive_size, "scheduled backup taken");
+        // Retention after each scheduled backup, on every location.
+        match steadyflow_backup::prune::prune_all(
+            &self.dir,
+            &self.targets,
+            &self.retention,
+            Utc::now(),
+            false,
+        )
+        .await
+        {
+            Ok(p) => {
+                let n = p.iter().filter(|p| !p.deleted.is_empty()).count();
+                if n > 0 {
+                    tracing::info!(points = n, "pruned backups past their retention");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning after the scheduled backup failed"),
+        }
         Ok(())
     }
 }

@@ -395,3 +395,109 @@ fn locked_copies_cannot_be_deleted_and_still_restore() {
         assert_eq!(digests(&src).await, digests(&dst).await);
     });
 }
+
+/// `backup prune` with a clock three days on and a one-day retention: the dry run deletes
+/// nothing; the run deletes the old full backup and its incremental from the backup
+/// directory and the plain bucket, keeps them on the locked bucket (Object Lock refuses),
+/// and keeps the newest verified full everywhere.
+#[test]
+fn prune_applies_the_retention_everywhere_but_under_object_lock() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("plain", false);
+    moto.create_bucket("vault", true);
+    let dir = tempfile::tempdir().unwrap();
+    let vault = format!(
+        "{{type: s3, endpoint: \"{}\", bucket: vault, prefix: {PREFIX}/, path_style: true, \
+         access_key_id: test, secret_access_key: test, object_lock: {{mode: governance, days: 7}}}}",
+        moto.endpoint()
+    );
+    let cfg = config(dir.path(), &[s3_target(&moto, "plain"), vault]);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(
+        "  retention: {critical_days: 1, important_days: 1, config_days: 1, cache_days: 1}\n",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let src = sqlite_url(dir.path(), "src.db");
+    let ids: Vec<String> = runtime().block_on(async {
+        let store = open(&src).await;
+        populate(store.clone(), 5).await;
+        let f1 = backup_to(dir.path(), &cfg, &src, &["--db-only"]);
+        more_work(store.clone(), "w-2", 2).await;
+        let i1 = backup_to(dir.path(), &cfg, &src, &["--db-only", "--incremental"]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let f2 = backup_to(dir.path(), &cfg, &src, &["--db-only"]);
+        [f1, i1, f2]
+            .iter()
+            .map(|v| v["backup"]["manifest"]["id"].as_str().unwrap().to_string())
+            .collect()
+    });
+    let later = (chrono::Utc::now() + chrono::Duration::days(3)).to_rfc3339();
+    let backups = dir.path().join("backups");
+    let prune = |extra: &[&str]| {
+        let mut args = vec![
+            "--config",
+            cfg.to_str().unwrap(),
+            "backup",
+            "prune",
+            "--json",
+            "--now",
+            &later,
+            "--dir",
+            backups.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let out = steadyflow(dir.path(), &args, &[]);
+        assert_eq!(code(&out), 0, "prune failed: {}", show(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let everywhere = vec![
+        "local".to_string(),
+        format!("s3://plain/{PREFIX}"),
+        format!("s3://vault/{PREFIX}"),
+    ];
+    let all: Vec<(String, Vec<String>)> = ids
+        .iter()
+        .map(|id| (id.clone(), everywhere.clone()))
+        .collect();
+    assert_eq!(locations(dir.path(), &cfg), all);
+
+    let plan = prune(&["--dry-run"]);
+    let delete: Vec<&str> = plan["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["delete"] == true)
+        .map(|p| p["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(delete, [ids[0].as_str(), ids[1].as_str()], "{plan}");
+    assert_eq!(
+        locations(dir.path(), &cfg),
+        all,
+        "a dry run deletes nothing"
+    );
+
+    let done = prune(&[]);
+    for p in done["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["delete"] == true)
+    {
+        let refused = p["refused"].as_array().unwrap();
+        assert_eq!(refused.len(), 1, "{p}");
+        assert_eq!(refused[0][0], format!("s3://vault/{PREFIX}"));
+        assert!(
+            refused[0][1].as_str().unwrap().contains("Object Lock"),
+            "{p}"
+        );
+    }
+    let vault_only = vec![format!("s3://vault/{PREFIX}")];
+    assert_eq!(
+        locations(dir.path(), &cfg),
+        vec![
+            (ids[0].clone(), vault_only.clone()),
+            (ids[1].clone(), vault_only),
+            (ids[2].clone(), everywhere),
+        ]
+    );
+}
