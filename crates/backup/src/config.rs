@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::alert::AlertConfig;
 use crate::prune::Retention;
 use crate::schedule::Schedules;
 use crate::targets::TargetSpec;
@@ -25,6 +26,8 @@ pub struct BackupConfig {
     pub schedules: Schedules,
     /// How long each data class is kept (`backup prune`, and after scheduled backups).
     pub retention: Retention,
+    /// Where failures of `serve`'s backups are reported.
+    pub alerts: AlertConfig,
 }
 
 impl Default for BackupConfig {
@@ -35,6 +38,7 @@ impl Default for BackupConfig {
             continuous: ContinuousConfig::default(),
             schedules: Schedules::default(),
             retention: Retention::default(),
+            alerts: AlertConfig::default(),
         }
     }
 }

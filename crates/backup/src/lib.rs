@@ -13,6 +13,7 @@
 //! [`redis`] dumps and restores the Redis keys under the engine's prefix (data class
 //! `cache`) as JSON Lines, one key per line.
 
+pub mod alert;
 pub mod archive;
 pub mod catalog;
 pub mod config;

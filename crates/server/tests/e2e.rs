@@ -24,6 +24,7 @@ mod e2e {
     pub mod services;
 
     mod auth_tests;
+    mod backup_alert_tests;
     mod backup_chain_tests;
     mod backup_fault_tests;
     mod backup_remote_tests;

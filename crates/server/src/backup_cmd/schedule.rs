@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use steadyflow_backup::alert::{Alert, Alerter};
 use steadyflow_backup::schedule::Schedule;
 use steadyflow_backup::{BackupOptions, Kind, Parts, Progress, Target};
 use tokio::sync::watch;
@@ -42,6 +43,7 @@ pub fn spawn(
         targets,
         dir: b.dir.clone(),
         retention: b.retention.clone(),
+        alerter: Alerter::new(&b.alerts),
     };
     super::ship::describe();
     for s in &schedules {
@@ -55,6 +57,7 @@ struct Job {
     targets: Vec<Target>,
     dir: std::path::PathBuf,
     retention: steadyflow_backup::prune::Retention,
+    alerter: Alerter,
 }
 
 async fn run(job: Job, schedules: Vec<Schedule>, mut stop: watch::Receiver<bool>) {
@@ -64,8 +67,18 @@ async fn run(job: Job, schedules: Vec<Schedule>, mut stop: watch::Receiver<bool>
             if *stop.borrow() {
                 return;
             }
-            if let Err(e) = job.run_if_due(s).await {
-                tracing::warn!(kind = s.kind.as_str(), error = %e, "scheduled backup failed");
+            let key = format!("schedule:{}", s.kind.as_str());
+            match job.run_if_due(s).await {
+                Ok(()) => job.alerter.ok(&key),
+                Err(e) => {
+                    let alert = Alert {
+                        kind: "backup_failed".into(),
+                        message: format!("scheduled {} backup failed: {e}", s.kind.as_str()),
+                        target: None,
+                        at: Utc::now(),
+                    };
+                    job.alerter.fail(&key, alert).await;
+                }
             }
         }
         let now = Utc::now();
@@ -141,11 +154,21 @@ impl Job {
         let at = Utc::now().timestamp() as f64;
         metrics::gauge!(LAST_SUCCESS, "kind" => kind, "target" => "local").set(at);
         for c in &copies {
+            let key = format!("target:{}", c.target);
             match &c.error {
-                None => metrics::gauge!(LAST_SUCCESS, "kind" => kind, "target" => c.target.clone())
-                    .set(at),
+                None => {
+                    metrics::gauge!(LAST_SUCCESS, "kind" => kind, "target" => c.target.clone())
+                        .set(at);
+                    self.alerter.ok(&key);
+                }
                 Some(e) => {
-                    tracing::warn!(target = %c.target, error = %e, "scheduled backup not copied")
+                    let alert = Alert {
+                        kind: "target_failed".into(),
+                        message: format!("scheduled {kind} backup not copied to {}: {e}", c.target),
+                        target: Some(c.target.clone()),
+                        at: Utc::now(),
+                    };
+                    self.alerter.fail(&key, alert).await;
                 }
             }
         }

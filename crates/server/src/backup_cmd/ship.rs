@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use steadyflow_backup::alert::{Alert, Alerter};
 use steadyflow_backup::ship::Shipper;
 use tokio::sync::watch;
 
@@ -157,9 +158,12 @@ pub fn spawn(
         },
     };
     let shipper = Shipper::new(db.exporter()?, targets, b.dir.clone());
+    let alerter = Alerter::new(&b.alerts);
     describe();
     tracing::info!(interval = ?interval, dir = %b.dir.display(), "continuous journal shipping on");
-    Ok(Some(tokio::spawn(run(shipper, lease, interval, stop))))
+    Ok(Some(tokio::spawn(run(
+        shipper, lease, interval, stop, alerter,
+    ))))
 }
 
 async fn run(
@@ -167,6 +171,7 @@ async fn run(
     mut lease: Lease,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
+    alerter: Alerter,
 ) {
     // Start of the last round after which every target held every durable row.
     let mut safe_since: Option<Instant> = None;
@@ -193,14 +198,22 @@ async fn run(
                         metrics::gauge!(SIZE, "kind" => "segment").set(s.archive_size as f64);
                     }
                     let failed: Vec<&str> = round.failed.iter().map(|(t, _)| t.as_str()).collect();
+                    alerter.ok("shipping");
                     for (t, e) in &round.failed {
-                        tracing::warn!(target = %t, error = %e, "journal shipping: target failed");
+                        let alert = Alert {
+                            kind: "target_failed".into(),
+                            message: format!("journal shipping to {t} failed: {e}"),
+                            target: Some(t.clone()),
+                            at: Utc::now(),
+                        };
+                        alerter.fail(&format!("target:{t}"), alert).await;
                     }
                     let now = Utc::now().timestamp() as f64;
                     for t in shipper.targets() {
                         if failed.contains(&t.name.as_str()) {
                             continue;
                         }
+                        alerter.ok(&format!("target:{}", t.name));
                         metrics::gauge!(LAST_SUCCESS, "kind" => "segment", "target" => t.name.clone())
                             .set(now);
                         if let Some(seq) = round.shipped_seq {
@@ -212,7 +225,15 @@ async fn run(
                         safe_since = Some(started);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "journal shipping round failed"),
+                Err(e) => {
+                    let alert = Alert {
+                        kind: "shipping_failed".into(),
+                        message: format!("journal shipping round failed: {e}"),
+                        target: None,
+                        at: Utc::now(),
+                    };
+                    alerter.fail("shipping", alert).await;
+                }
             }
         } else {
             if leader {
