@@ -133,7 +133,11 @@ fn sidecar_beside(archive: &Path) -> Option<Sidecar> {
 /// and including `point`. A missing parent is bad input; a parent whose journal does not
 /// end where the child's begins is a gap (verification failed).
 pub fn chain(dir: &Path, point: &Sidecar) -> Result<Vec<Sidecar>> {
-    let points = list(dir)?;
+    chain_in(&list(dir)?, point, &dir.display().to_string())
+}
+
+/// [`chain`] over the recovery points `points` (found in `place`, for messages).
+pub fn chain_in(points: &[Sidecar], point: &Sidecar, place: &str) -> Result<Vec<Sidecar>> {
     let mut out = vec![point.clone()];
     while let Some(parent_id) = out.last().and_then(|p| p.manifest.parent.clone()) {
         let child = out
@@ -145,8 +149,7 @@ pub fn chain(dir: &Path, point: &Sidecar) -> Result<Vec<Sidecar>> {
             .find(|p| p.manifest.id == parent_id)
             .ok_or_else(|| {
                 BackupError::BadInput(format!(
-                    "backup {child} needs its parent {parent_id}, which is not in {}",
-                    dir.display()
+                    "backup {child} needs its parent {parent_id}, which is not in {place}"
                 ))
             })?;
         let after = out
@@ -191,6 +194,27 @@ pub fn check_file(path: &Path, sidecar: Option<&Sidecar>) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Deletes a recovery point from `dir`: its sidecar first (it stops being listed), then
+/// its archive.
+pub fn delete(dir: &Path, sidecar: &Sidecar) -> Result<()> {
+    for path in [
+        sidecar_path(dir, &sidecar.manifest.id),
+        dir.join(&sidecar.archive),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(BackupError::Io {
+                    what: format!("cannot delete {}", path.display()),
+                    source: e,
+                });
+            }
+        }
+    }
+    sync_dir(dir)
 }
 
 /// Records a successful verification in the sidecar.

@@ -84,6 +84,32 @@ pub async fn create(
     opts: &BackupOptions,
     progress: &Progress,
 ) -> Result<Sidecar> {
+    create_inner(exporter, opts, progress, false)
+        .await?
+        .ok_or_else(|| BackupError::BadInput("the backup holds nothing".into()))
+}
+
+/// An incremental backup of the journal since the newest backup in `opts.dir`, or
+/// nothing (`None`, no file written) when no durable journal row came after it: a
+/// segment of continuous shipping.
+pub async fn create_segment(
+    exporter: &dyn Exporter,
+    opts: &BackupOptions,
+) -> Result<Option<Sidecar>> {
+    let opts = BackupOptions {
+        kind: Kind::Incremental,
+        parts: Parts::DbOnly,
+        ..opts.clone()
+    };
+    create_inner(Some(exporter), &opts, &Progress::none(), true).await
+}
+
+async fn create_inner(
+    exporter: Option<&dyn Exporter>,
+    opts: &BackupOptions,
+    progress: &Progress,
+    skip_empty: bool,
+) -> Result<Option<Sidecar>> {
     std::fs::create_dir_all(&opts.dir).map_err(BackupError::io(format!(
         "cannot create {}",
         opts.dir.display()
@@ -96,9 +122,9 @@ pub async fn create(
         "cannot create {}",
         spool.display()
     )))?;
-    let result = build(exporter, opts, &id, &spool, progress).await;
+    let result = build(exporter, opts, &id, &spool, progress, skip_empty).await;
     let _ = std::fs::remove_dir_all(&spool);
-    if let (Ok(sidecar), Some(exporter), true) = (&result, exporter, opts.prune_journal)
+    if let (Ok(Some(sidecar)), Some(exporter), true) = (&result, exporter, opts.prune_journal)
         && let Some(j) = &sidecar.manifest.journal
     {
         progress.stage("pruning the journal");
@@ -126,7 +152,8 @@ async fn build(
     id: &str,
     spool: &Path,
     progress: &Progress,
-) -> Result<Sidecar> {
+    skip_empty: bool,
+) -> Result<Option<Sidecar>> {
     let mut files: Vec<(FileEntry, PathBuf)> = Vec::new();
     let mut classes = Vec::new();
     let mut snapshot = None;
@@ -147,6 +174,9 @@ async fn build(
             })?;
         let after = base.manifest.journal.as_ref().map_or(0, |j| j.resume_seq);
         let (info, journal) = export_journal(exporter, after, spool, progress).await?;
+        if skip_empty && info.journal_last_seq.is_none() {
+            return Ok(None);
+        }
         if base.manifest.source_backend.as_deref() != Some(info.backend.as_str()) {
             return Err(BackupError::BadInput(format!(
                 "the newest backup {} is of a {} database, this one is {}: take a full backup first",
@@ -272,7 +302,7 @@ async fn build(
         final_path.display()
     )))?;
     catalog::sync_dir(&opts.dir)?;
-    Ok(sidecar)
+    Ok(Some(sidecar))
 }
 
 /// Reads the new archive back from disk. A plain or passphrase archive is read whole

@@ -42,6 +42,12 @@ pub enum BackupError {
     /// Redis (the cache) is unreachable or failed a command (see [`exit::FAILED`]).
     #[error("{0}")]
     Cache(String),
+    /// A backup target (bucket, directory) refused or failed a request.
+    #[error("{0}")]
+    Remote(String),
+    /// The object is under S3 Object Lock retention and cannot be deleted.
+    #[error("{0}")]
+    Locked(String),
 }
 
 impl BackupError {
@@ -52,7 +58,11 @@ impl BackupError {
             BackupError::TargetNotEmpty(_) => exit::TARGET_NOT_EMPTY,
             BackupError::TargetInUse(_) => exit::TARGET_IN_USE,
             BackupError::Store(StoreError::Corrupt(_)) => exit::VERIFY_FAILED,
-            BackupError::Io { .. } | BackupError::Store(_) | BackupError::Cache(_) => exit::FAILED,
+            BackupError::Io { .. }
+            | BackupError::Store(_)
+            | BackupError::Cache(_)
+            | BackupError::Remote(_)
+            | BackupError::Locked(_) => exit::FAILED,
         }
     }
 

@@ -13,17 +13,25 @@
 //! [`redis`] dumps and restores the Redis keys under the engine's prefix (data class
 //! `cache`) as JSON Lines, one key per line.
 
+pub mod alert;
 pub mod archive;
 pub mod catalog;
+pub mod config;
 pub mod create;
 pub mod error;
 pub mod keys;
 pub mod manifest;
 pub mod progress;
+pub mod prune;
 pub mod redis;
 pub mod restore;
+pub mod s3lock;
+pub mod schedule;
+pub mod ship;
+pub mod targets;
 
-pub use create::{BackupOptions, ConfigFile, Parts, RedisSource, create};
+pub use config::BackupConfig;
+pub use create::{BackupOptions, ConfigFile, Parts, RedisSource, create, create_segment};
 pub use error::{BackupError, Result, exit};
 pub use keys::{DecryptWith, EncryptTo};
 pub use manifest::{FORMAT_VERSION, Kind, Manifest, Sidecar};
@@ -32,3 +40,4 @@ pub use restore::{
     ReplaySummary, ReplayedWork, Staged, TableCheck, invalidate_redis, restore_chain,
     restore_config, restore_redis, restore_tables, verify,
 };
+pub use targets::{Target, TargetSpec};

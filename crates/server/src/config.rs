@@ -91,6 +91,9 @@ pub struct Config {
     pub tls: TlsConfig,
     /// Service modes, the offline spool, database outages.
     pub modes: ModesConfig,
+    /// Backup targets (the `backup` commands and `serve`).
+    #[serde(default)]
+    pub backup: steadyflow_backup::BackupConfig,
 }
 
 /// HTTPS: both files set, or neither (plain HTTP, e.g. behind a proxy that ends TLS).
@@ -127,6 +130,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             tls: TlsConfig::default(),
             modes: ModesConfig::default(),
+            backup: steadyflow_backup::BackupConfig::default(),
         }
     }
 }

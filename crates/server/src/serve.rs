@@ -70,6 +70,9 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         engine.clock().clone(),
         stop_rx.clone(),
     ));
+    // Continuous journal shipping to the backup targets (`backup.continuous`).
+    let shipper = crate::backup_cmd::ship::spawn(&cfg, stop_rx.clone())?;
+    let scheduler = crate::backup_cmd::schedule::spawn(&cfg, stop_rx.clone())?;
     let timers = tokio::spawn(timer_driver(
         engine.clone(),
         timer_health,
@@ -143,6 +146,9 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     let _ = replayer.await;
     if let Some(w) = outage_watch {
         let _ = w.await;
+    }
+    for task in [shipper, scheduler].into_iter().flatten() {
+        let _ = task.await;
     }
     if let Some(m) = cache_monitor {
         let _ = m.await;

@@ -18,13 +18,18 @@ mod e2e {
     pub mod corpus;
     pub mod driver;
     pub mod http_driver;
+    pub mod moto;
     pub mod runner;
     pub mod server;
     pub mod services;
 
     mod auth_tests;
+    mod backup_alert_tests;
     mod backup_chain_tests;
     mod backup_fault_tests;
+    mod backup_remote_tests;
+    mod backup_schedule_tests;
+    mod backup_ship_tests;
     mod backup_tests;
     mod cluster_tests;
     mod conformance_tests;

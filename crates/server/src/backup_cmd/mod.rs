@@ -6,15 +6,18 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
+use steadyflow_backup::targets::{Located, SyncOutcome};
 use steadyflow_backup::{
     BackupError, BackupOptions, ConfigFile, DecryptWith, EncryptTo, Parts, Progress, ProgressSink,
-    Sidecar, catalog, exit,
+    Sidecar, Target, catalog, exit,
 };
 use steadyflow_store::recovery::{Exporter, Staging, TargetState};
 
 use crate::config::{self, DbArgs};
 
 mod restore;
+pub mod schedule;
+pub mod ship;
 pub use restore::restore;
 
 const EXIT_CODES: &str = "Exit codes: 0 ok, 1 failed (database or I/O), 2 bad input (unknown backup, \
@@ -93,6 +96,25 @@ pub enum BackupCommand {
     /// Read archives back whole: checksums, decryption, manifest, row counts and content.
     #[command(after_help = EXIT_CODES)]
     Verify(VerifyArgs),
+    /// Delete the recovery points past the retention of their data classes
+    /// (`backup.retention`), in the backup directory and on every target. Never deletes the
+    /// newest verified full backup, a point a kept incremental needs, or an object under
+    /// S3 Object Lock.
+    #[command(after_help = EXIT_CODES)]
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Print what would be deleted and why; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Measure ages at this time instead of now (RFC 3339), e.g. to see what a date would
+    /// prune.
+    #[arg(long, value_name = "RFC3339")]
+    pub now: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
 }
 
 #[derive(Debug, Args)]
@@ -247,6 +269,13 @@ fn database(common: &Common, config_file: Option<&Path>) -> Result<Db, BackupErr
     Db::from_url(&cfg.database_url())
 }
 
+/// The configured backup targets (`backup.targets`), opened.
+fn targets(common: &Common, config_file: Option<&Path>) -> Result<Vec<Target>, BackupError> {
+    let cfg = config::load(config_file, &common.db, None)
+        .map_err(|e| BackupError::BadInput(format!("{e:#}")))?;
+    steadyflow_backup::targets::open_all(&cfg.backup.targets)
+}
+
 /// The engine's Redis, when configured: `STEADYFLOW_REDIS_URL`, keys under
 /// `STEADYFLOW_REDIS_PREFIX` (default `steadyflow:`).
 pub(crate) fn redis_source() -> Option<steadyflow_backup::RedisSource> {
@@ -374,14 +403,19 @@ fn print_json(v: &serde_json::Value) {
 
 pub async fn backup(args: BackupArgs, config_file: Option<&Path>) -> i32 {
     match args.command {
-        Some(BackupCommand::List(c)) => list(&c),
+        Some(BackupCommand::List(c)) => list(&c, config_file).await,
         Some(BackupCommand::Verify(v)) => verify(&v).await,
+        Some(BackupCommand::Prune(p)) => prune(&p, config_file).await,
         None => {
             let json = args.take.common.json;
             match take(&args.take, config_file).await {
-                Ok(s) => {
+                Ok((s, copies)) => {
+                    let failed: Vec<&SyncOutcome> =
+                        copies.iter().filter(|c| c.error.is_some()).collect();
                     if json {
-                        print_json(&json!({"ok": true, "backup": s}));
+                        print_json(
+                            &json!({"ok": failed.is_empty(), "backup": s, "targets": copies}),
+                        );
                     } else {
                         println!(
                             "backup {} written: {} ({} bytes, {} rows, verified)",
@@ -390,8 +424,26 @@ pub async fn backup(args: BackupArgs, config_file: Option<&Path>) -> i32 {
                             s.archive_size,
                             s.manifest.table_rows()
                         );
+                        for c in &copies {
+                            match &c.error {
+                                None => println!(
+                                    "copied to {}: {} uploaded and verified",
+                                    c.target,
+                                    if c.uploaded.is_empty() {
+                                        "nothing new".to_string()
+                                    } else {
+                                        c.uploaded.join(", ")
+                                    }
+                                ),
+                                Some(e) => eprintln!("error: target {} failed: {e}", c.target),
+                            }
+                        }
                     }
-                    exit::OK
+                    if failed.is_empty() {
+                        exit::OK
+                    } else {
+                        exit::FAILED
+                    }
                 }
                 Err(e) => fail(json, &e),
             }
@@ -399,7 +451,13 @@ pub async fn backup(args: BackupArgs, config_file: Option<&Path>) -> i32 {
     }
 }
 
-async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, BackupError> {
+/// Takes the backup into the backup directory, then copies it (and anything a target is
+/// missing) to every configured target.
+async fn take(
+    args: &TakeArgs,
+    config_file: Option<&Path>,
+) -> Result<(Sidecar, Vec<SyncOutcome>), BackupError> {
+    let targets = targets(&args.common, config_file)?;
     let parts = if args.part.redis_only {
         Parts::RedisOnly
     } else if args.part.db_only {
@@ -430,14 +488,16 @@ async fn take(args: &TakeArgs, config_file: Option<&Path>) -> Result<Sidecar, Ba
         prune_journal: !args.keep_journal,
         redis: redis_source(),
     };
-    steadyflow_backup::create(exporter.as_deref(), &opts, &progress()).await
+    let sidecar = steadyflow_backup::create(exporter.as_deref(), &opts, &progress()).await?;
+    let copies = steadyflow_backup::targets::sync(&args.common.dir, &targets).await?;
+    Ok((sidecar, copies))
 }
 
 /// One line per recovery point; the journal's sequence and time range say what a
 /// point-in-time restore can reach with it.
-fn print_list(points: &[Sidecar]) {
+fn print_list(points: &[Located]) {
     println!(
-        "{:<28} {:<11} {:<28} {:<8} {:>12} {:>10} {:<5} {:<23} {:<39} {:<19} classes",
+        "{:<28} {:<11} {:<28} {:<8} {:>12} {:>10} {:<5} {:<23} {:<39} {:<19} {:<24} locations",
         "id",
         "kind",
         "parent",
@@ -447,14 +507,16 @@ fn print_list(points: &[Sidecar]) {
         "enc",
         "journal seq",
         "journal time range",
-        "verified"
+        "verified",
+        "classes"
     );
     let t = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map_or("-".to_string(), |t| {
             t.format("%Y-%m-%d %H:%M:%S").to_string()
         })
     };
-    for p in points {
+    for l in points {
+        let p = &l.sidecar;
         let m = &p.manifest;
         let (seq, times) = match &m.journal {
             Some(j) => (
@@ -468,7 +530,7 @@ fn print_list(points: &[Sidecar]) {
         };
         let classes: Vec<&str> = m.data_classes.iter().map(|c| c.as_str()).collect();
         println!(
-            "{:<28} {:<11} {:<28} {:<8} {:>12} {:>10} {:<5} {:<23} {:<39} {:<19} {}",
+            "{:<28} {:<11} {:<28} {:<8} {:>12} {:>10} {:<5} {:<23} {:<39} {:<19} {:<24} {}",
             m.id,
             m.kind.as_str(),
             m.parent.as_deref().unwrap_or("-"),
@@ -479,18 +541,28 @@ fn print_list(points: &[Sidecar]) {
             seq,
             times,
             t(p.verified_at),
-            classes.join(",")
+            classes.join(","),
+            l.locations.join(",")
         );
     }
 }
 
-fn list(c: &Common) -> i32 {
-    match catalog::list(&c.dir) {
-        Ok(points) => {
+/// The recovery points of the backup directory and of every target, with where each
+/// one exists.
+async fn list(c: &Common, config_file: Option<&Path>) -> i32 {
+    let all = match targets(c, config_file) {
+        Ok(t) => steadyflow_backup::targets::list_all(&c.dir, &t).await,
+        Err(e) => Err(e),
+    };
+    match all {
+        Ok((points, unreachable)) => {
+            for u in &unreachable {
+                eprintln!("warning: target not listed: {u}");
+            }
             if c.json {
                 print_json(&json!(points));
             } else if points.is_empty() {
-                println!("no backups in {}", c.dir.display());
+                println!("no backups in {} or any target", c.dir.display());
             } else {
                 print_list(&points);
             }
@@ -572,4 +644,54 @@ async fn verify(v: &VerifyArgs) -> i32 {
         print_json(&json!({"ok": worst == exit::OK, "results": results}));
     }
     worst
+}
+
+async fn prune(a: &PruneArgs, config_file: Option<&Path>) -> i32 {
+    let c = &a.common;
+    let run = async {
+        let now = match &a.now {
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|e| BackupError::BadInput(format!("--now `{t}` is not RFC 3339: {e}")))?,
+            None => chrono::Utc::now(),
+        };
+        let cfg = config::load(config_file, &c.db, None)
+            .map_err(|e| BackupError::BadInput(format!("{e:#}")))?;
+        let targets = steadyflow_backup::targets::open_all(&cfg.backup.targets)?;
+        steadyflow_backup::prune::prune_all(&c.dir, &targets, &cfg.backup.retention, now, a.dry_run)
+            .await
+    };
+    match run.await {
+        Ok(outcome) => {
+            if c.json {
+                print_json(&json!({"ok": true, "dryRun": a.dry_run, "points": outcome}));
+            } else {
+                for p in &outcome {
+                    let d = &p.decision;
+                    if !d.delete {
+                        println!("keep   {}: {}", d.id, d.reason);
+                    } else if a.dry_run {
+                        println!(
+                            "delete {} from {} ({}; dry run)",
+                            d.id,
+                            p.locations.join(", "),
+                            d.reason
+                        );
+                    } else {
+                        println!(
+                            "delete {} from {} ({})",
+                            d.id,
+                            p.deleted.join(", "),
+                            d.reason
+                        );
+                        for (loc, why) in &p.refused {
+                            println!("       {} kept on {loc}: {why}", d.id);
+                        }
+                    }
+                }
+            }
+            exit::OK
+        }
+        Err(e) => fail(c.json, &e),
+    }
 }

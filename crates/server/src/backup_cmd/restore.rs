@@ -37,6 +37,14 @@ async fn run_restore(
                 .map_err(|e| BackupError::BadInput(format!("--to-time `{t}` is not RFC 3339: {e}")))
         })
         .transpose()?;
+    // Each archive of the chain comes from the nearest intact copy: the backup directory,
+    // then the configured targets in order.
+    let targets = super::targets(&args.common, config_file)?;
+    let fetched =
+        steadyflow_backup::targets::fetch_chain(&args.common.dir, &targets, &args.backup).await?;
+    for f in &fetched {
+        eprintln!("fetched {f}");
+    }
     let (path, sidecar) = catalog::resolve(&args.common.dir, &args.backup)?;
     // Every read below checks the archive file against its sidecar in the same pass.
     let sum: Option<FileSum> = sidecar.as_ref().map(FileSum::from);
@@ -187,11 +195,23 @@ async fn run_restore(
         _ => None,
     };
     let mut written_config = Vec::new();
-    if !args.test && !args.part.db_only && m.files.iter().any(|f| f.path.starts_with("config/")) {
+    // The configuration files are in the chain's full backup (incrementals hold none).
+    let (config_path, config_sum) = chain
+        .first()
+        .map(|(p, s)| (p.clone(), Some(FileSum::from(s))))
+        .unwrap_or_else(|| (path.clone(), sum.clone()));
+    let config_manifest = chain.first().map_or(m, |(_, s)| &s.manifest);
+    if !args.test
+        && !args.part.db_only
+        && config_manifest
+            .files
+            .iter()
+            .any(|f| f.path.starts_with("config/"))
+    {
         let (p, k, f, dest, force) = (
-            path.clone(),
+            config_path,
             keys.clone(),
-            sum.clone(),
+            config_sum,
             args.config_dir.clone(),
             args.force,
         );
@@ -287,6 +307,7 @@ async fn run_restore(
         "cache": cache_note,
         "replay": replay,
         "replayReportFile": report_file,
+        "fetched": fetched,
         "summary": summary,
     }))
 }
