@@ -128,7 +128,8 @@ impl ModeView {
 pub const MAX_REASON_LEN: usize = 500;
 
 /// The record of a mode someone (`by`) sets at `now`, checked: a blank reason is none,
-/// a reason is at most [`MAX_REASON_LEN`] characters, `until` lies in the future.
+/// a reason is at most [`MAX_REASON_LEN`] characters. An `until` already past ends the
+/// mode at once (back to `normal`).
 pub fn checked_record(
     mode: Mode,
     reason: Option<String>,
@@ -144,9 +145,6 @@ pub fn checked_record(
         .is_some_and(|r| r.chars().count() > MAX_REASON_LEN)
     {
         return Err(format!("reason is longer than {MAX_REASON_LEN} characters"));
-    }
-    if until.is_some_and(|u| u <= now) {
-        return Err("until must be in the future".to_string());
     }
     Ok(SystemModeRecord::new(mode, reason, until, by, now))
 }

@@ -35,7 +35,8 @@ pub struct ModeChange {
     #[serde(default)]
     #[schema(max_length = 500, nullable)]
     pub reason: Option<String>,
-    /// When to return to `normal` by itself (RFC 3339, in the future).
+    /// When to return to `normal` by itself (RFC 3339; a time already past ends the
+    /// mode at once).
     #[serde(default)]
     #[schema(nullable)]
     pub until: Option<DateTime<Utc>>,
@@ -61,7 +62,7 @@ async fn get_mode(State(state): State<AppState>) -> Json<ModeView> {
     request_body = ModeChange,
     responses(
         (status = 200, description = "The mode now in force", body = ModeView),
-        (status = 400, description = "`bad_request`: `until` not in the future, `reason` too long; `invalid_json`", body = ErrorResponse),
+        (status = 400, description = "`bad_request`: `reason` too long; `invalid_json`", body = ErrorResponse),
         (status = 401, body = ErrorResponse),
         (status = 403, body = ErrorResponse),
         (status = 503, description = "`unavailable`: the database cannot store the mode", body = ErrorResponse),

@@ -245,7 +245,7 @@ fn served(
         json!({"status": "up", "components": {
             "database": {"status": "up"},
             "timerDriver": {"status": "up", "restarts": 0},
-        }})
+        }, "mode": {"mode": "normal"}})
     );
 }
 
