@@ -23,18 +23,12 @@ async fn encrypted_sessions(admin_url: &str) -> i64 {
         .get(0)
 }
 
-fn refused(r: Result<PgStore, StoreError>) -> String {
-    match r {
-        Ok(_) => panic!("the connection should have been refused"),
-        Err(e) => e.to_string(),
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_sslmode_connects_or_refuses_as_documented() {
-    let Some(server) = OwnServer::start(
+/// A server of the test's own offering TLS with the certificates of
+/// [`test_certificates`], authenticating by `hba`.
+fn tls_server(hba: &str) -> Option<OwnServer> {
+    OwnServer::start(
         "ssl = on\nssl_cert_file = '../server.pem'\nssl_key_file = '../server.key'",
-        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n",
+        hba,
         |dir| {
             test_certificates(dir);
             // PostgreSQL refuses a key others can read.
@@ -45,6 +39,20 @@ async fn each_sslmode_connects_or_refuses_as_documented() {
             )
             .unwrap();
         },
+    )
+}
+
+fn refused(r: Result<PgStore, StoreError>) -> String {
+    match r {
+        Ok(_) => panic!("the connection should have been refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sslmode_connects_or_refuses_as_documented() {
+    let Some(server) = tls_server(
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 trust\n",
     ) else {
         return;
     };
@@ -109,19 +117,8 @@ async fn each_sslmode_connects_or_refuses_as_documented() {
 /// that only takes TLS (`hostssl`) then refuses it, and `sslmode=require` gets in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_sslmode_the_connection_is_plain() {
-    let Some(server) = OwnServer::start(
-        "ssl = on\nssl_cert_file = '../server.pem'\nssl_key_file = '../server.key'",
-        "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
-        |dir| {
-            test_certificates(dir);
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(
-                dir.join("server.key"),
-                std::fs::Permissions::from_mode(0o600),
-            )
-            .unwrap();
-        },
-    ) else {
+    let Some(server) = tls_server("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+    else {
         return;
     };
     let e = refused(PgStore::connect(&server.url("")).await);
