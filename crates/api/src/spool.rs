@@ -262,14 +262,15 @@ impl Spool {
             return Ok(None);
         }
         let out = self.inner.dir.join(format!("{id}.out"));
-        match fs::read(&out) {
-            Ok(bytes) => {
-                return serde_json::from_slice(&bytes)
-                    .map(Some)
-                    .map_err(io::Error::other);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        let read_out = || match fs::read(&out) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(io::Error::other),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        };
+        if let Some(done) = read_out()? {
+            return Ok(Some(done));
         }
         let req = self.inner.dir.join(format!("{id}.req"));
         match fs::read(&req) {
@@ -284,7 +285,9 @@ impl Spool {
                     answer: None,
                 }))
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            // Replayed between the two reads: the outcome is written before the request
+            // is removed, so it is there now.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => read_out(),
             Err(e) => Err(e),
         }
     }
