@@ -4,6 +4,7 @@
 //! tests reach behind the engine's back with plain HTTP, as anyone holding the bucket's
 //! credentials could: create buckets, read, damage and delete objects.
 
+use super::server::free_port;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,14 +17,6 @@ SignedHeaders=host, Signature=0";
 pub struct Moto {
     child: Child,
     pub port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether `moto_server` can be run here.

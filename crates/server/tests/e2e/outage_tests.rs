@@ -4,6 +4,7 @@
 //! puts the node offline by itself, its writes are spooled, and once the database is
 //! back it replays them and returns to normal, nothing lost or doubled.
 
+use super::server::free_port;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -35,14 +36,6 @@ struct OwnPostgres {
     bin: PathBuf,
     dir: tempfile::TempDir,
     port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn as_postgres(program: &Path) -> Command {

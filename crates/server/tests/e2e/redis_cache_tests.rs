@@ -2,6 +2,7 @@
 //! is stopped, restarted, flushed and slowed down under load; `/health` says what Redis
 //! is doing; a revoked token is refused at once although its row was cached.
 
+use super::server::free_port;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -17,14 +18,6 @@ use crate::e2e::services::missing;
 struct RedisProcess {
     child: Option<Child>,
     port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl RedisProcess {

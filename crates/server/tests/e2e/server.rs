@@ -12,7 +12,8 @@ pub struct ServerProcess {
     agent: ureq::Agent,
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on now (for a server a test starts).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

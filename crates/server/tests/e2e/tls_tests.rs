@@ -14,7 +14,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use steadyflow_store_pg::testing::test_certificates;
 
-use super::server::ADMIN_TOKEN;
+use super::server::{ADMIN_TOKEN, free_port};
 
 fn serve(dir: &Path, port: u16, cert: &str, key: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_steadyflow"));
@@ -82,14 +82,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]
