@@ -140,13 +140,20 @@ impl Default for Config {
 /// goes `offline` (database gone) or `read-only` (database refusing writes) by itself
 /// (`outage_grace_ms`; 0: neither); where writes wait while the service is offline
 /// (`spool_dir`, relative paths under `data_dir`); how many may wait
-/// (`spool_max_entries`; beyond, they answer 503 `offline`).
+/// (`spool_max_entries`; beyond, they answer 503 `offline`). In `core-only` mode the
+/// engine's essential work goes on at a bounded pace: the timer driver fires at most
+/// `core_only_timer_batch` timers per round, a fetch-and-lock takes at most
+/// `core_only_fetch_max_tasks` tasks, and at most `core_only_fetch_concurrency` fetches
+/// run at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModesConfig {
     pub outage_grace_ms: u64,
     pub spool_dir: PathBuf,
     pub spool_max_entries: usize,
+    pub core_only_timer_batch: usize,
+    pub core_only_fetch_max_tasks: u32,
+    pub core_only_fetch_concurrency: usize,
 }
 
 impl Default for ModesConfig {
@@ -155,6 +162,9 @@ impl Default for ModesConfig {
             outage_grace_ms: 10_000,
             spool_dir: PathBuf::from("spool"),
             spool_max_entries: 100_000,
+            core_only_timer_batch: 10,
+            core_only_fetch_max_tasks: 10,
+            core_only_fetch_concurrency: 4,
         }
     }
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use steadyflow_api::accounts::Accounts;
 use steadyflow_api::modes::Modes;
 use steadyflow_api::{
-    ApiError, AppState, Degraded, Observability, ObservabilityOptions, TokenAuth,
+    ApiError, AppContext, Degraded, Observability, ObservabilityOptions, TokenAuth,
 };
 use steadyflow_engine::{Backoff, ComponentHealth, Engine, EngineOptions, SystemClock, supervise};
 use tokio::sync::watch;
@@ -58,6 +58,10 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         keys: keys.clone(),
         spool: Some(spool.clone()),
         grace: cfg.modes.outage_grace(),
+        core_only: steadyflow_api::CoreOnlyCaps::new(
+            cfg.modes.core_only_fetch_max_tasks,
+            cfg.modes.core_only_fetch_concurrency,
+        ),
     };
     let keys_for_watch = keys.clone();
     tokio::spawn(steadyflow_api::idempotency::prune(
@@ -77,6 +81,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         engine.clone(),
         timer_health,
         cfg.engine.timers.clone(),
+        cfg.modes.core_only_timer_batch,
         modes.clone(),
         stop_rx.clone(),
     ));
@@ -87,7 +92,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         redis: cache.map(|c| c as Arc<dyn steadyflow_api::Probe>),
     });
     let app = steadyflow_api::router_with(
-        AppState {
+        AppContext {
             engine: engine.clone(),
             auth: TokenAuth::shared(accounts, admin_token.as_deref()),
             degraded,
@@ -167,11 +172,13 @@ const TIMER_DRIVER: &str = "timerDriver";
 /// started again, and `/health` shows the component `timerDriver` down, with the reason, while it is not running. One corrupt
 /// instance does not fail an iteration: the engine stops that instance at an incident
 /// and fires the other timers of the batch. In `read-only` and `offline` mode it fires
-/// nothing (due timers wait for the mode to allow them).
+/// nothing (due timers wait for the mode to allow them); in `core-only` at most
+/// `core_only_batch` per round.
 async fn timer_driver(
     engine: Arc<Engine>,
     health: Arc<ComponentHealth>,
     timers: TimerConfig,
+    core_only_batch: usize,
     modes: Modes,
     stop: watch::Receiver<bool>,
 ) {
@@ -181,9 +188,15 @@ async fn timer_driver(
         let modes = modes.clone();
         async move {
             // Read-only and offline: due timers wait (they fire once the mode allows).
-            if !modes.current().runs_timers() {
+            let mode = modes.current();
+            if !mode.runs_timers() {
                 return Ok(idle);
             }
+            let batch = if mode.mode == steadyflow_store::mode::Mode::CoreOnly {
+                batch.min(core_only_batch.max(1))
+            } else {
+                batch
+            };
             match engine.fire_due_timers(batch).await {
                 Ok(0) => Ok(idle),
                 Ok(_) => Ok(Duration::ZERO),

@@ -42,6 +42,7 @@ mod e2e {
     mod outage_tests;
     mod redis_cache_tests;
     mod schemathesis_tests;
+    mod storage_full_tests;
     mod tls_tests;
     mod tour_tests;
 }

@@ -12,7 +12,8 @@ pub(crate) fn db_err(e: tokio_postgres::Error) -> StoreError {
         let unavailable = code.starts_with("08") // connection exception
             || code.starts_with("57P") // admin/crash shutdown, cannot connect now
             || code == "53300" // too many connections
-            || code == "25006" // read-only transaction (hot standby)
+            || code == "25006" // read-only transaction (hot standby, default_transaction_read_only)
+            || code == "53100" // disk full
             || code == "3D000"; // database does not exist
         let msg = format!("{} ({code})", db.message());
         return if unavailable {

@@ -47,6 +47,16 @@ pub(crate) const CUSTOM_PLANS: &str = custom_plans!();
 /// Starts a transaction with [`CUSTOM_PLANS`].
 pub(crate) const BEGIN_CUSTOM_PLANS: &str = concat!("BEGIN; ", custom_plans!());
 
+/// Starts a listing's transaction: [`CUSTOM_PLANS`] without sorts. A page of a listing
+/// (`WHERE … ORDER BY key LIMIT n`) is read by walking the key's index and stopping at
+/// the page's end. With sorts allowed, a filter whose selectivity the planner cannot
+/// estimate (JSONB containment on candidate groups: 0.6 % assumed, every task matched)
+/// made it scan and sort the whole table for every page: 30 ms a page at 4,000 tasks,
+/// against 0.1 ms for the walk. A filter that matches little walks much of the index,
+/// as a scan would have read the whole table.
+pub(crate) const BEGIN_LISTING: &str =
+    concat!("BEGIN; ", custom_plans!(), "; SET LOCAL enable_sort = off");
+
 /// Starts a transaction with the session's planner settings ([`SESSION_OPTIONS`]).
 pub(crate) const BEGIN: &str = "BEGIN";
 

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 
 use crate::PgStore;
 use crate::error::db_err;
-use crate::pipeline::{self, BEGIN_CUSTOM_PLANS, Step};
+use crate::pipeline::{self, BEGIN_CUSTOM_PLANS, BEGIN_LISTING, Step};
 use crate::rows;
 
 /// PostgreSQL's spelling of the shared listing queries.
@@ -30,10 +30,20 @@ impl PgStore {
         sql: &str,
         args: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>> {
+        self.query_rows_in(BEGIN_CUSTOM_PLANS, sql, args).await
+    }
+
+    /// [`query_rows`](Self::query_rows) in a transaction started with `begin`.
+    async fn query_rows_in(
+        &self,
+        begin: &'static str,
+        sql: &str,
+        args: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(sql).await.map_err(db_err)?;
         let steps = [
-            Step::Simple(BEGIN_CUSTOM_PLANS),
+            Step::Simple(begin),
             Step::Query(stmt, args.to_vec()),
             Step::Simple("COMMIT"),
         ];
@@ -64,7 +74,8 @@ impl PgStore {
         client.query_opt(&stmt, &[&key]).await.map_err(db_err)
     }
 
-    /// Runs a shared listing query (see [`query_rows`](Self::query_rows)).
+    /// Runs a shared listing query (see [`query_rows`](Self::query_rows)), a page in key
+    /// order without sorting ([`BEGIN_LISTING`]).
     async fn query_listing(&self, q: Listing) -> Result<Vec<Row>> {
         let args: Vec<Box<dyn ToSql + Sync + Send>> = q
             .args
@@ -80,7 +91,7 @@ impl PgStore {
             .iter()
             .map(|a| a.as_ref() as &(dyn ToSql + Sync))
             .collect();
-        self.query_rows(&q.sql, &refs).await
+        self.query_rows_in(BEGIN_LISTING, &q.sql, &refs).await
     }
 
     pub(crate) async fn read_definition(
@@ -243,5 +254,74 @@ impl PgStore {
             .iter()
             .map(rows::journal)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan of one page of tasks by candidate group, with every task in that group
+    /// (as a team's inbox is): read in key order from the primary key and stopped at
+    /// the page's end, never every match sorted. Statistics are as a busy table has
+    /// them between autovacuum runs: none.
+    #[tokio::test]
+    async fn a_listing_page_walks_the_key_index_instead_of_sorting_every_match() {
+        let Some(db) = crate::testing::fresh_database().await else {
+            return;
+        };
+        let store = PgStore::connect(db.url()).await.expect("connect");
+        let (client, conn) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let task = tokio::spawn(conn);
+        client
+            .batch_execute(
+                "INSERT INTO tasks (id, instance_id, definition_id, activity_id, name, \
+                 candidate_users, candidate_groups, created_at) \
+                 SELECT lpad(g::text, 12, '0'), 'i' || g, 'd:1', 'review', 'Review', \
+                 '[]', '[\"staff\"]', g FROM generate_series(1, 5000) g",
+            )
+            .await
+            .expect("insert tasks");
+        let filter = TaskFilter {
+            candidate_group: Some("staff".into()),
+            limit: Some(51),
+            ..Default::default()
+        };
+        let q = listing::tasks(&DIALECT, &filter);
+        let [Arg::Text(group), Arg::Int(limit)] = &q.args[..] else {
+            panic!("the group and the limit: {:?}", q.args);
+        };
+        let plan = |begin: &'static str| {
+            let (client, sql) = (&client, format!("EXPLAIN {}", q.sql));
+            let (group, limit) = (group.clone(), *limit);
+            async move {
+                client.batch_execute(begin).await.expect("begin");
+                let rows = client
+                    .query(&sql, &[&group, &limit])
+                    .await
+                    .expect("explain");
+                client.batch_execute("COMMIT").await.expect("commit");
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        };
+        let listing = plan(BEGIN_LISTING).await;
+        assert!(
+            listing.contains("Index Scan using tasks_pkey") && !listing.contains("Sort"),
+            "a page walks the primary key:\n{listing}"
+        );
+        // What the planner does with sorts allowed (the reason for BEGIN_LISTING).
+        eprintln!("with sorts allowed:\n{}", plan(BEGIN_CUSTOM_PLANS).await);
+        let page = store.read_tasks(&filter).await.expect("list");
+        assert_eq!(page.len(), 51);
+        assert_eq!(page[0].id, "000000000001");
+        drop(client);
+        let _ = task.await;
+        drop(store);
+        db.cleanup().await;
     }
 }

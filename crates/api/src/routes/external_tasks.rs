@@ -90,13 +90,20 @@ async fn get_external_task(
 /// Lock tasks for a worker.
 ///
 /// Locks up to `maxTasks` fetchable tasks of the given topics, oldest first, and returns
-/// them with their instances' variables.
+/// them with their instances' variables. In `core-only` mode a fetch takes at most
+/// `modes.core_only_fetch_max_tasks` tasks, and at most `modes.core_only_fetch_concurrency`
+/// fetches run at once (more answer 503 `core_only` with `Retry-After`).
 #[utoipa::path(
     post,
     path = "/api/v1/external-tasks/fetch-and-lock",
     tag = "external tasks",
     request_body = FetchAndLock,
-    responses((status = 200, body = Vec<ExternalTask>), (status = 400, description = "A blank `workerId`, `maxTasks` or `lockDuration` out of range, or a malformed body", body = ErrorResponse))
+    responses(
+        (status = 200, body = Vec<ExternalTask>),
+        (status = 400, description = "A blank `workerId`, `maxTasks` or `lockDuration` out of range, or a malformed body", body = ErrorResponse),
+        (status = 503, description = "`core_only`: the service is in core-only mode and its concurrent fetches are taken; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying"))),
+    )
 )]
 async fn fetch_and_lock(
     State(state): State<AppState>,
@@ -108,6 +115,31 @@ async fn fetch_and_lock(
             body.max_tasks
         )));
     }
+    // core-only: a bounded number of tasks per fetch, and of fetches at once.
+    let core_only = state.degraded.modes.current().mode == steadyflow_store::mode::Mode::CoreOnly;
+    let caps = &state.degraded.core_only;
+    let _slot = if core_only {
+        match caps.fetch_slots.clone().try_acquire_owned() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                return Err(ApiError::new(
+                    crate::Code::CoreOnly,
+                    format!(
+                        "the service is in core-only mode: at most {} fetch-and-lock requests run at once",
+                        caps.fetch_concurrency
+                    ),
+                )
+                .with_retry_after(1));
+            }
+        }
+    } else {
+        None
+    };
+    let max_tasks = if core_only {
+        body.max_tasks.min(caps.fetch_max_tasks)
+    } else {
+        body.max_tasks
+    };
     let topics: Vec<TopicLock> = body
         .topics
         .into_iter()
@@ -118,7 +150,7 @@ async fn fetch_and_lock(
         .collect();
     let locked = state
         .engine
-        .fetch_and_lock(&body.worker_id, body.max_tasks as usize, &topics)
+        .fetch_and_lock(&body.worker_id, max_tasks as usize, &topics)
         .await?;
     Ok(Json(locked.into_iter().map(Into::into).collect()))
 }

@@ -11,7 +11,7 @@ use axum::http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use steadyflow_api::access::{self, Rule};
 use steadyflow_api::accounts::Accounts;
-use steadyflow_api::{AppState, TokenAuth};
+use steadyflow_api::{AppContext, TokenAuth};
 use steadyflow_engine::{Engine, ManualClock};
 use steadyflow_store::users::Role;
 use steadyflow_store_sqlite::SqliteStore;
@@ -42,7 +42,7 @@ impl Secured {
         let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
         let accounts = Accounts::new(store.clone(), clock.clone());
         let engine = Arc::new(Engine::new(store, clock.clone()));
-        let router = steadyflow_api::router(AppState {
+        let router = steadyflow_api::router(AppContext {
             engine,
             auth: TokenAuth::shared(accounts.clone(), Some(BOOTSTRAP)),
             degraded: Default::default(),

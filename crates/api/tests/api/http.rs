@@ -5,7 +5,7 @@ use std::sync::Arc;
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use steadyflow_api::{ApiError, AppState, Authenticator, Principal};
+use steadyflow_api::{ApiError, AppContext, Authenticator, Principal};
 use steadyflow_engine::{Engine, SystemClock};
 use steadyflow_store::*;
 
@@ -354,7 +354,7 @@ impl Store for FailingStore {
 async fn get_with(store: FailingStore, uri: &str) -> (StatusCode, Value) {
     use tower::ServiceExt;
     let engine = Arc::new(Engine::new(Arc::new(store), Arc::new(SystemClock)));
-    let router = steadyflow_api::router(AppState {
+    let router = steadyflow_api::router(AppContext {
         engine,
         auth: Arc::new(steadyflow_api::AllowAll),
         // No outage grace: a dead database answers at once (the grace has its own tests).

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::body::{Body, to_bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::Value;
-use steadyflow_api::{AllowAll, AppState, Authenticator};
+use steadyflow_api::{AllowAll, AppContext, Authenticator};
 use steadyflow_engine::{Clock, Engine, SystemClock};
 use steadyflow_store::Store;
 use steadyflow_store_sqlite::SqliteStore;
@@ -104,7 +104,7 @@ impl App {
         let keys = store.clone();
         let engine = Arc::new(Engine::new(wrap(store), clock));
         let modes = steadyflow_api::modes::Modes::default();
-        let router = steadyflow_api::router(AppState {
+        let router = steadyflow_api::router(AppContext {
             engine: engine.clone(),
             auth,
             degraded: steadyflow_api::Degraded {

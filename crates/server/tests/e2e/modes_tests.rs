@@ -353,3 +353,62 @@ fn the_status_page_renders_in_chromium_in_both_languages() {
     let api = render("zh-CN", "/api/v1/process-instances");
     assert!(api.contains("Steadyflow 暂时离线"), "{api}");
 }
+
+const EXTERNAL_TASK: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:camunda="http://camunda.org/schema/1.0/bpmn" targetNamespace="t">
+  <process id="capped" isExecutable="true">
+    <startEvent id="s" />
+    <sequenceFlow id="f1" sourceRef="s" targetRef="work" />
+    <serviceTask id="work" camunda:type="external" camunda:topic="capped" />
+    <sequenceFlow id="f2" sourceRef="work" targetRef="e" />
+    <endEvent id="e" />
+  </process>
+</definitions>"#;
+
+/// `core-only` bounds what a worker takes: a fetch-and-lock asking for 10 tasks gets
+/// `modes.core_only_fetch_max_tasks` (3 here) while the mode holds, and the rest once
+/// the mode is `normal` again.
+#[test]
+fn core_only_caps_what_one_fetch_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("STEADYFLOW_MODES__CORE_ONLY_FETCH_MAX_TASKS", "3")];
+    let server = ServerProcess::start(dir.path(), None, &env);
+    assert!(server.deploy(EXTERNAL_TASK).0 < 300);
+    for n in 0..10 {
+        let (status, body) = server.call(
+            "POST",
+            "/api/v1/process-definitions/key/capped/start",
+            Some(&json!({"businessKey": format!("c{n}")})),
+        );
+        assert_eq!(status, 201, "{body}");
+    }
+    let fetch = json!({
+        "workerId": "w",
+        "maxTasks": 10,
+        "topics": [{"topicName": "capped", "lockDuration": 60000}],
+    });
+    let set = |mode: &str| {
+        let (status, body) = server.call(
+            "PUT",
+            "/api/v1/system/mode",
+            Some(&json!({"mode": mode, "reason": "test"})),
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    set("core-only");
+    let (status, locked) = server.call(
+        "POST",
+        "/api/v1/external-tasks/fetch-and-lock",
+        Some(&fetch),
+    );
+    assert_eq!(status, 200, "{locked}");
+    assert_eq!(locked.as_array().unwrap().len(), 3, "{locked}");
+    set("normal");
+    let (status, locked) = server.call(
+        "POST",
+        "/api/v1/external-tasks/fetch-and-lock",
+        Some(&fetch),
+    );
+    assert_eq!(status, 200, "{locked}");
+    assert_eq!(locked.as_array().unwrap().len(), 7, "{locked}");
+}

@@ -178,8 +178,9 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-/// `threads` clients starting instances (unique business keys) until `stop`.
-fn load(base: &str, threads: usize, stop: &AtomicBool, tally: &Tally) {
+/// `threads` clients starting instances (unique business keys) until `stop`, each
+/// pausing `pause` after every answer.
+fn load(base: &str, threads: usize, pause: Duration, stop: &AtomicBool, tally: &Tally) {
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {
@@ -188,6 +189,9 @@ fn load(base: &str, threads: usize, stop: &AtomicBool, tally: &Tally) {
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let key = format!("t{t}-{n}");
+                    if n > 1 && !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
                     tally.sent.fetch_add(1, Ordering::Relaxed);
                     let r = client
                         .post(format!("{base}{START}"))
@@ -289,7 +293,7 @@ fn postgres_restarts_under_load_cost_no_request() {
     let stop = AtomicBool::new(false);
     let tally = Tally::default();
     std::thread::scope(|s| {
-        s.spawn(|| load(&server.base, 8, &stop, &tally));
+        s.spawn(|| load(&server.base, 8, Duration::ZERO, &stop, &tally));
         let _stop = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(1500));
         let before = tally.ok.load(Ordering::Relaxed);
@@ -335,11 +339,10 @@ fn postgres_restarts_under_load_cost_no_request() {
     assert_eq!(health["mode"]["mode"], "normal", "{health}");
 }
 
-/// PostgreSQL stopped for longer than the grace (2 s here; stopped until 50 writes were
-/// spooled, about 3 s past the grace): the node goes
-/// offline by itself (`/health` says so, `setBy: auto`), writes answer 202 from the
-/// spool; PostgreSQL back, the node replays the spool, returns to normal, and every
-/// acknowledged start (201 or 202) exists once.
+/// PostgreSQL stopped for 30 s (the grace is 2 s here) under 4 clients each sending a
+/// start every 100 ms or so: the node goes offline by itself (`/health` says so,
+/// `setBy: auto`), writes answer 202 from the spool; PostgreSQL back, the node replays
+/// the spool, returns to normal, and every acknowledged start (201 or 202) exists once.
 #[test]
 fn a_long_postgres_stop_goes_offline_spools_and_comes_back() {
     let Some(pg) = OwnPostgres::start() else {
@@ -356,10 +359,11 @@ fn a_long_postgres_stop_goes_offline_spools_and_comes_back() {
     let stop = AtomicBool::new(false);
     let tally = Tally::default();
     std::thread::scope(|s| {
-        s.spawn(|| load(&server.base, 4, &stop, &tally));
+        s.spawn(|| load(&server.base, 4, Duration::from_millis(100), &stop, &tally));
         let _stop = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(1000));
         pg.down();
+        let stopped = Instant::now();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let (_, health) = server.call("GET", "/health", None);
@@ -378,7 +382,9 @@ fn a_long_postgres_stop_goes_offline_spools_and_comes_back() {
             assert!(Instant::now() < deadline, "no writes were spooled");
             std::thread::sleep(Duration::from_millis(50));
         }
+        std::thread::sleep(Duration::from_secs(30).saturating_sub(stopped.elapsed()));
         pg.up();
+        let outage = stopped.elapsed();
         // The spool replays one request at a time, in order, while the clients go on.
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
@@ -392,6 +398,11 @@ fn a_long_postgres_stop_goes_offline_spools_and_comes_back() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        eprintln!(
+            "FIGURE: PostgreSQL down {:.1} s; back to normal {:.1} s after it was up",
+            outage.as_secs_f64(),
+            (stopped.elapsed() - outage).as_secs_f64()
+        );
         let before = tally.ok.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(30);
         while tally.ok.load(Ordering::Relaxed) < before + 50 {
@@ -401,7 +412,7 @@ fn a_long_postgres_stop_goes_offline_spools_and_comes_back() {
         stop.store(true, Ordering::Relaxed);
     });
     report(
-        "PostgreSQL stopped past the grace (offline, spool, replay)",
+        "PostgreSQL stopped for 30 s (offline, spool, replay)",
         &tally,
     );
     let failed = tally.failed.lock().unwrap();
