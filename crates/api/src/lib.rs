@@ -251,7 +251,8 @@ fn document_auth_answers(doc: &mut utoipa::openapi::OpenApi) {
 }
 
 /// Every `/api/v1` write takes an optional `Idempotency-Key` ([`idempotency`]), and may
-/// answer 409 (the same key still running) and 422 (the key used for another request).
+/// answer 400 (a malformed key), 409 (the same key still running) and 422 (the key used
+/// for another request).
 fn document_idempotency_key(
     op: &mut utoipa::openapi::path::Operation,
     answer: &impl Fn(&str) -> utoipa::openapi::RefOr<utoipa::openapi::Response>,
@@ -279,6 +280,9 @@ fn document_idempotency_key(
         .get_or_insert_with(Vec::new)
         .push(utoipa::openapi::RefOr::T(parameter));
     let responses = &mut op.responses.responses;
+    responses.entry("400".into()).or_insert_with(|| {
+        answer("`bad_request`: a malformed request, or an `Idempotency-Key` that is not 1 to 255 visible ASCII characters")
+    });
     responses.entry("409".into()).or_insert_with(|| {
         answer("`idempotency_key_in_use`: a request with this `Idempotency-Key` is still running")
     });
