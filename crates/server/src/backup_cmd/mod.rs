@@ -17,6 +17,7 @@ use crate::config::{self, DbArgs};
 
 mod restore;
 pub mod schedule;
+pub mod service;
 pub mod ship;
 pub use restore::restore;
 
