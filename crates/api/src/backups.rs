@@ -204,6 +204,7 @@ pub struct BackupHealth {
     /// Age of the oldest change not yet on every target; `None` when this node does not
     /// ship the journal.
     pub shipping_lag: Option<Duration>,
-    /// What is past its limit (`backup.alerts.max_backup_age`, `max_shipping_lag`).
+    /// What is past its limit (`backup.alerts.max_backup_age`, `max_shipping_lag`), and
+    /// failures still raised as alerts (a target refusing writes, a failed backup).
     pub warnings: Vec<String>,
 }

@@ -155,8 +155,8 @@ pub struct Alert {
 pub struct Alerter {
     webhook: Option<WebhookConfig>,
     email: Option<EmailConfig>,
-    /// Raised conditions: key → kind.
-    active: Mutex<BTreeMap<String, String>>,
+    /// Raised conditions: key → (kind, message).
+    active: Mutex<BTreeMap<String, (String, String)>>,
 }
 
 impl Alerter {
@@ -176,8 +176,8 @@ impl Alerter {
     }
 
     /// Sets the gauge of `kind` from the raised conditions.
-    fn count(active: &BTreeMap<String, String>, kind: &str) {
-        let n = active.values().filter(|k| *k == kind).count();
+    fn count(active: &BTreeMap<String, (String, String)>, kind: &str) {
+        let n = active.values().filter(|(k, _)| k == kind).count();
         metrics::gauge!(ACTIVE, "kind" => kind.to_string()).set(n as f64);
     }
 
@@ -186,13 +186,23 @@ impl Alerter {
         self.active.lock().is_ok_and(|a| a.contains_key(key))
     }
 
+    /// The conditions raised now: (kind, message of the alert that raised it).
+    pub fn active(&self) -> Vec<(String, String)> {
+        self.active
+            .lock()
+            .map(|a| a.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The condition `key` failed: alerts unless it is already raised.
     pub async fn fail(&self, key: &str, alert: Alert) {
         let new = self
             .active
             .lock()
             .map(|mut a| {
-                let new = a.insert(key.to_string(), alert.kind.clone()).is_none();
+                let new = a
+                    .insert(key.to_string(), (alert.kind.clone(), alert.message.clone()))
+                    .is_none();
                 Self::count(&a, &alert.kind);
                 new
             })
@@ -219,7 +229,7 @@ impl Alerter {
     /// The condition `key` holds again.
     pub fn ok(&self, key: &str) {
         if let Ok(mut a) = self.active.lock()
-            && let Some(kind) = a.remove(key)
+            && let Some((kind, _)) = a.remove(key)
         {
             Self::count(&a, &kind);
             tracing::info!(condition = key, "backup alert condition recovered");

@@ -179,8 +179,9 @@ pub(crate) async fn ping_redis(redis: &dyn Probe) -> Result<Duration, String> {
 /// `latencyMs`: the ping's round trip, or a background component's last iteration.
 /// `backup` (when backup targets are configured): `lastBackupAgeSeconds` and
 /// `shippingLagSeconds`, `degraded` with the reason when the newest backup is older than
-/// `backup.alerts.max_backup_age` or the shipping lag exceeds
-/// `backup.alerts.max_shipping_lag`. Overall: `down` (503) when the database does not
+/// `backup.alerts.max_backup_age`, the shipping lag exceeds
+/// `backup.alerts.max_shipping_lag`, or a backup failure is raised as an alert (a target
+/// refusing writes, a failed backup). Overall: `down` (503) when the database does not
 /// answer; `degraded` (200, requests are still served) when another component is down or
 /// degraded; else `up`.
 #[utoipa::path(

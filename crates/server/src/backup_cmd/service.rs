@@ -530,7 +530,15 @@ impl Backups for BackupService {
     }
 
     fn health(&self) -> BackupHealth {
-        self.status.health(Utc::now())
+        let mut h = self.status.health(Utc::now());
+        // Failures still raised (a target refusing writes, a failed backup) degrade it
+        // too; lateness and lag are in the limits' own words already.
+        for (kind, message) in self.alerter.active() {
+            if kind != alert::BACKUP_LATE && kind != alert::SHIPPING_LAG {
+                h.warnings.push(format!("{kind}: {message}"));
+            }
+        }
+        h
     }
 }
 

@@ -483,6 +483,14 @@ fn shipping_lag_past_its_limit_degrades_health_and_alerts() {
     });
     let (b, _) = backup_component(&server);
     assert!(b["shippingLagSeconds"].as_f64().unwrap() > 2.0, "{b}");
+    // The target's failure, raised as an alert, is in the reason too.
+    assert!(
+        b["reason"]
+            .as_str()
+            .unwrap()
+            .contains("target_failed: journal shipping to s3://gone"),
+        "{b}"
+    );
     wait_for("the shipping_lag alert", || {
         bodies
             .lock()
