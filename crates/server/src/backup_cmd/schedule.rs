@@ -199,6 +199,13 @@ impl Job {
             }
             Err(e) => tracing::warn!(error = %e, "pruning after the scheduled backup failed"),
         }
+        // A full backup closes the chain before it: its incrementals (the shipped
+        // segments) become one.
+        if s.kind == Kind::Full
+            && let Err(e) = steadyflow_backup::fold::fold_all(&self.dir, &self.targets, false).await
+        {
+            tracing::warn!(error = %e, "folding the closed chain after the full backup failed");
+        }
         Ok(())
     }
 }

@@ -513,3 +513,174 @@ fn shipping_lag_past_its_limit_degrades_health_and_alerts() {
         .is_some_and(|v| v >= 1.0)
     );
 }
+
+/// Catalog compaction: the shipped segments of a chain that a newer full backup closed
+/// are folded into one incremental (`backup compact`), in the backup directory and on the
+/// target, and restoring the folded point replays exactly what restoring the chain's last
+/// segment replayed: the same rows and transactions, up to the same time, and the same
+/// tables; a point-in-time restore inside the chain too.
+#[test]
+fn compaction_folds_a_closed_chain_of_segments_and_restores_the_same() {
+    use crate::e2e::backup_support::{digests, restore, runtime, show, steadyflow};
+    let dir = tempfile::tempdir().unwrap();
+    config(
+        dir.path(),
+        "  targets: [{type: local, path: ./remote}]\n  continuous: {interval: 200ms}\n  \
+         schedules: {full: null, incremental: null}\n",
+    );
+    let mut server = ServerProcess::start(dir.path(), None, &[]);
+    let xml =
+        std::fs::read_to_string(crate::e2e::services::workspace_root().join("examples/order.bpmn"))
+            .unwrap();
+    assert_eq!(server.deploy(&xml).0, 201);
+    let incrementals = |server: &ServerProcess| {
+        let (_, page) = server.call("GET", "/api/v1/backups", None);
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "incremental")
+            .count()
+    };
+    for amount in [10, 20, 30, 40, 50] {
+        let (s, b) = server.call(
+            "POST",
+            "/api/v1/process-definitions/key/order/start",
+            Some(&json!({"variables": {"amount": amount}})),
+        );
+        assert_eq!(s, 201, "{b}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    wait_for("four shipped segments", || incrementals(&server) >= 4);
+    // A full backup closes the chain.
+    let (s, location, b) = post(&server, "/api/v1/backups", &json!({"parts": "db"}));
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(finished(&server, &location.unwrap())["state"], "completed");
+    server.kill();
+
+    let list = |d: &Path| -> Vec<Value> {
+        let out = steadyflow(
+            dir.path(),
+            &["backup", "list", "--json", "--dir", d.to_str().unwrap()],
+            &[],
+        );
+        assert!(out.status.success(), "{}", show(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = list(&dir.path().join("backups"));
+    // The first chain: its full backup, then the segments in parent order.
+    let first = before
+        .iter()
+        .find(|p| p["manifest"]["kind"] == "full")
+        .unwrap()["manifest"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut chain = Vec::new();
+    let mut tip = first.clone();
+    while let Some(child) = before
+        .iter()
+        .find(|p| p["manifest"]["parent"].as_str() == Some(tip.as_str()))
+    {
+        tip = child["manifest"]["id"].as_str().unwrap().to_string();
+        chain.push(tip.clone());
+    }
+    assert!(chain.len() >= 2, "segments after {first}: {chain:?}");
+    let last = chain.last().unwrap().clone();
+    let time_of = |id: &str| {
+        before.iter().find(|p| p["manifest"]["id"] == id).unwrap()["manifest"]["journal"]
+            ["journalLastTime"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let middle_time = time_of(&chain[chain.len() / 2 - 1]);
+    let restored = |what: &str, db: &str, extra: &[&str]| -> Value {
+        let url = format!("sqlite://{}", dir.path().join(db).display());
+        let out = restore(dir.path(), what, &url, extra, &[]);
+        assert!(out.status.success(), "{}", show(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["replay"].clone()
+    };
+    let whole_before = restored(&last, "before.db", &[]);
+    let middle_before = restored(&last, "middle-before.db", &["--to-time", &middle_time]);
+
+    let out = steadyflow(dir.path(), &["backup", "compact", "--json"], &[]);
+    assert!(out.status.success(), "{}", show(&out));
+    let folds: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let folds = folds["folds"].as_array().unwrap();
+    assert_eq!(folds.len(), 1, "{folds:?}");
+    assert_eq!(folds[0]["base"], first.as_str());
+    let folded: Vec<&str> = folds[0]["folded"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(folded, chain, "the whole chain, in order");
+    assert!(folds[0]["kept"].as_array().unwrap().is_empty(), "{folds:?}");
+    let into = folds[0]["into"].as_str().unwrap().to_string();
+
+    // Gone from the backup directory and the target; the folded point is on both.
+    let after = list(&dir.path().join("backups"));
+    let ids: Vec<&str> = after
+        .iter()
+        .map(|p| p["manifest"]["id"].as_str().unwrap())
+        .collect();
+    for id in &chain {
+        assert!(!ids.contains(&id.as_str()), "{id} still listed: {ids:?}");
+    }
+    assert_eq!(ids.len(), before.len() - chain.len() + 1, "{ids:?}");
+    let point = after
+        .iter()
+        .find(|p| p["manifest"]["id"] == into.as_str())
+        .unwrap();
+    assert_eq!(
+        point["locations"],
+        json!(["local", "local:./remote"]),
+        "{point}"
+    );
+    assert_eq!(point["manifest"]["parent"], first.as_str());
+    // Nothing left to fold.
+    let out = steadyflow(dir.path(), &["backup", "compact", "--json"], &[]);
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["folds"], json!([]), "{again}");
+
+    let whole_after = restored(&into, "after.db", &[]);
+    let middle_after = restored(&into, "middle-after.db", &["--to-time", &middle_time]);
+    for key in [
+        "rowsReplayed",
+        "transactionsReplayed",
+        "restoredTo",
+        "rowsAfterPoint",
+    ] {
+        assert_eq!(
+            whole_after[key], whole_before[key],
+            "{key}: {whole_after} vs {whole_before}"
+        );
+        assert_eq!(
+            middle_after[key], middle_before[key],
+            "{key}: {middle_after} vs {middle_before}"
+        );
+    }
+    assert!(
+        whole_before["rowsReplayed"].as_u64().unwrap() > 0,
+        "{whole_before}"
+    );
+    assert!(
+        middle_before["rowsReplayed"].as_u64() < whole_before["rowsReplayed"].as_u64(),
+        "the middle is before the end: {middle_before} {whole_before}"
+    );
+    let rt = runtime();
+    let db = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+    assert_eq!(
+        rt.block_on(digests(&db("before.db"))),
+        rt.block_on(digests(&db("after.db"))),
+        "the same tables"
+    );
+    assert_eq!(
+        rt.block_on(digests(&db("middle-before.db"))),
+        rt.block_on(digests(&db("middle-after.db"))),
+        "the same tables at the middle"
+    );
+}
