@@ -411,7 +411,7 @@ impl Backups for BackupService {
             return Err(ApiError::new(
                 Code::BackupRunning,
                 format!(
-                    "a scheduled {} backup is running on another node",
+                    "a scheduled {} backup is running (on this or another node)",
                     kind.as_str()
                 ),
             ));
