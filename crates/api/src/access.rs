@@ -4,10 +4,10 @@
 //!
 //! | role | may |
 //! |---|---|
-//! | `admin` | everything: users and tokens too (and the service mode; backups and restores once they have routes) |
-//! | `operator` | read everything; deploy; start, cancel and change instances; retry incidents; work external tasks; work any user task |
-//! | `user` | read everything; start instances; see, claim and complete the user tasks they may (assigned to them, or to one of their groups or to them as a candidate) |
-//! | `viewer` | read everything |
+//! | `admin` | everything: users and tokens too, the service mode, starting backups (restores once they have routes) |
+//! | `operator` | read everything (the backups too); deploy; start, cancel and change instances; retry incidents; work external tasks; work any user task |
+//! | `user` | read everything but the backups; start instances; see, claim and complete the user tasks they may (assigned to them, or to one of their groups or to them as a candidate) |
+//! | `viewer` | read everything but the backups |
 //!
 //! Every role reads `GET /api/v1/auth/me`; `POST /api/v1/auth/token` (logging in) and
 //! `GET /api/v1/openapi.json` (what `/api/docs` shows) are public.
@@ -56,6 +56,10 @@ pub const RULES: &[(&str, &str, Rule)] = &[
     // The service mode.
     ("GET", "/api/v1/system/mode", ADMIN),
     ("PUT", "/api/v1/system/mode", ADMIN),
+    // Backups: an administrator starts one; operators see them.
+    ("GET", "/api/v1/backups", OPERATE),
+    ("POST", "/api/v1/backups", ADMIN),
+    ("GET", "/api/v1/backups/{id}", OPERATE),
     // A spooled request's outcome: its id (128 random bits) is the capability.
     ("GET", "/api/v1/spool/{id}", Rule::Public),
     // Definitions.

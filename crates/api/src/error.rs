@@ -69,6 +69,7 @@ error_codes! {
     LockExpired => "lock_expired", CONFLICT, "The worker holds no valid lock on the external task: it expired or was released. Fetch and lock it again.";
     LockedByOtherWorker => "locked_by_other_worker", CONFLICT, "Another worker holds the lock on the external task.";
     TaskAlreadyClaimed => "task_already_claimed", CONFLICT, "The user task is assigned to another user.";
+    BackupRunning => "backup_running", CONFLICT, "A backup started through the API, or the scheduled one of the same kind, is still running; `details` has the API run's `id` when it is one.";
     IdempotencyKeyInUse => "idempotency_key_in_use", CONFLICT, "Another request with this `Idempotency-Key` is still running; retry after `Retry-After` seconds to get its answer.";
     IdempotencyKeyReused => "idempotency_key_reused", UNPROCESSABLE_ENTITY, "This `Idempotency-Key` was used for a different request (method, path or body).";
     Conflict => "conflict", CONFLICT, "Another precondition failed (fallback; no operation answers it today).";
@@ -76,6 +77,7 @@ error_codes! {
     Internal => "internal", INTERNAL_SERVER_ERROR, "An unexpected server-side failure; the cause is in the server log.";
     CorruptState => "corrupt_state", INTERNAL_SERVER_ERROR, "The process instance's stored state is corrupt; it was stopped at a `corruptState` incident until repaired.";
     Unavailable => "unavailable", SERVICE_UNAVAILABLE, "The database is unavailable; retry later.";
+    BackupsNotConfigured => "backups_not_configured", SERVICE_UNAVAILABLE, "This node has no backup targets (`backup.targets`), so it neither takes nor lists backups.";
     Busy => "busy", SERVICE_UNAVAILABLE, "Concurrent changes to the same instance kept winning; retry after `Retry-After` seconds.";
     ReadOnly => "read_only", SERVICE_UNAVAILABLE, "The service is in `read-only` mode: reads work, writes do not; `message` says why, `Retry-After` when to try again, `details` has `mode` and `until`.";
     CoreOnly => "core_only", SERVICE_UNAVAILABLE, "The service is in `core-only` mode: instances, tasks and external tasks work, deployments and listings past their first page do not; `details` has `mode` and `until`.";

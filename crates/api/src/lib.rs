@@ -24,6 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod access;
 pub mod accounts;
 mod auth;
+pub mod backups;
 mod error;
 pub mod grace;
 pub mod idempotency;
@@ -55,6 +56,9 @@ pub struct AppContext {
     /// Service modes, idempotency keys, the offline spool ([`Degraded::default`]:
     /// `normal` for good, keys in memory).
     pub degraded: Degraded,
+    /// Backups (`/api/v1/backups`, the `backup` component of `/health`); `None`: the
+    /// backup routes answer `503 backups_not_configured`.
+    pub backups: Option<Arc<dyn backups::Backups>>,
 }
 
 impl From<AppContext> for AppState {
@@ -146,6 +150,7 @@ impl Default for Degraded {
         (name = "external tasks", description = "The worker protocol"),
         (name = "incidents", description = "Where instances are stuck"),
         (name = "auth", description = "Log-in, users and API tokens"),
+        (name = "backups", description = "Recovery points: start a backup now, list them, see one verified"),
         (name = "system", description = "The service mode (read-only, core-only, offline)"),
         (name = "health", description = "Probes and metrics (open; `/metrics` may require a token)"),
         (name = "meta", description = "This document"),

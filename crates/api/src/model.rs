@@ -128,6 +128,10 @@ page!(
     /// A page of incidents, in id order (creation order).
     IncidentPage of Incident
 );
+page!(
+    /// A page of recovery points, newest first (by creation time, then id).
+    BackupPage of crate::backups::RecoveryPoint
+);
 
 // ---- definitions -------------------------------------------------------------------
 

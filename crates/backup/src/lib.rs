@@ -19,6 +19,7 @@ pub mod catalog;
 pub mod config;
 pub mod create;
 pub mod error;
+pub mod fold;
 pub mod keys;
 pub mod manifest;
 pub mod progress;

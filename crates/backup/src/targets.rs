@@ -150,7 +150,7 @@ fn remote(target: &str, what: &str, e: impl std::fmt::Display) -> BackupError {
 }
 
 /// Installs the process-wide TLS provider (ring) that the S3 client's HTTPS needs.
-fn tls_provider() {
+pub(crate) fn tls_provider() {
     // Err means one is installed already, which is all that matters.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -40,6 +40,12 @@ enum Command {
     /// Also serves /health (each component with its latency), /ready (200 while the
     /// database answers) and /metrics (Prometheus; `metrics.token` puts it behind a bearer
     /// token). Logs go to stderr: STEADYFLOW_LOG sets the filter, `log.format` text or json.
+    ///
+    /// With `backup.targets` in the configuration it backs up by itself: ships the journal
+    /// (`backup.continuous`), takes the scheduled backups (`backup.schedules`), answers
+    /// /api/v1/backups (start one now, list, show with its verification state), lists a
+    /// `backup` component in /health (degraded past `backup.alerts.max_backup_age` or
+    /// `max_shipping_lag`) and alerts by webhook and e-mail (`backup.alerts`).
     Serve(config::ServeArgs),
     /// Apply database migrations and exit.
     Migrate(config::DbArgs),

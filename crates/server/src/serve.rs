@@ -74,9 +74,37 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         engine.clock().clone(),
         stop_rx.clone(),
     ));
-    // Continuous journal shipping to the backup targets (`backup.continuous`).
-    let shipper = crate::backup_cmd::ship::spawn(&cfg, stop_rx.clone())?;
-    let scheduler = crate::backup_cmd::schedule::spawn(&cfg, stop_rx.clone())?;
+    // Backups by `serve` itself (when `backup.targets` are configured): continuous
+    // journal shipping, scheduled backups, backups over HTTP, the limits in `/health`,
+    // all reporting to one alerter and one status.
+    let alerter = Arc::new(steadyflow_backup::alert::Alerter::new(&cfg.backup.alerts));
+    let backup_status = crate::backup_cmd::service::BackupStatus::new(&cfg)?;
+    let shipper = crate::backup_cmd::ship::spawn(
+        &cfg,
+        stop_rx.clone(),
+        alerter.clone(),
+        backup_status.clone(),
+    )?;
+    let scheduler = crate::backup_cmd::schedule::spawn(
+        &cfg,
+        stop_rx.clone(),
+        alerter.clone(),
+        backup_status.clone(),
+    )?;
+    let backups = crate::backup_cmd::service::BackupService::new(
+        &cfg,
+        backup_status.clone(),
+        alerter.clone(),
+    )?;
+    let backup_monitor = match &backups {
+        Some(_) => Some(crate::backup_cmd::service::spawn_monitor(
+            &cfg,
+            backup_status,
+            alerter,
+            stop_rx.clone(),
+        )?),
+        None => None,
+    };
     let timers = tokio::spawn(timer_driver(
         engine.clone(),
         timer_health,
@@ -96,6 +124,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
             engine: engine.clone(),
             auth: TokenAuth::shared(accounts, admin_token.as_deref()),
             degraded,
+            backups: backups.map(|b| b as Arc<dyn steadyflow_api::backups::Backups>),
         },
         observability,
     );
@@ -152,7 +181,7 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     if let Some(w) = outage_watch {
         let _ = w.await;
     }
-    for task in [shipper, scheduler].into_iter().flatten() {
+    for task in [shipper, scheduler, backup_monitor].into_iter().flatten() {
         let _ = task.await;
     }
     if let Some(m) = cache_monitor {

@@ -25,6 +25,7 @@ mod e2e {
 
     mod auth_tests;
     mod backup_alert_tests;
+    mod backup_api_tests;
     mod backup_chain_tests;
     mod backup_fault_tests;
     mod backup_remote_tests;

@@ -30,7 +30,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Up,
-    /// Overall only: the database answers, but another component is down.
+    /// Overall: the database answers, but another component is down or degraded. The
+    /// `backup` component: it works, but a backup or the shipping is late (`reason`).
     Degraded,
     Down,
 }
@@ -40,9 +41,9 @@ pub enum Status {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Health {
     pub status: Status,
-    /// By name: `database`, `redis` (when a cache is configured), and every background
-    /// component of this node (`timerDriver`, and those registered later, e.g. backup
-    /// scheduler, journal shipper).
+    /// By name: `database`, `redis` (when a cache is configured), `backup` (when backup
+    /// targets are configured), and every background component of this node
+    /// (`timerDriver`, and those registered later).
     pub components: BTreeMap<String, ComponentStatus>,
     /// The service mode in force on this node: `mode`, and the `reason`, `setBy`,
     /// `setAt` and `until` it was set with.
@@ -53,7 +54,7 @@ pub struct Health {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentStatus {
-    /// `up` or `down`.
+    /// `up` or `down`; `degraded` for `backup` past a limit.
     pub status: Status,
     /// Milliseconds: for `database` and `redis` the round trip of this request's ping
     /// (absent when it timed out); for a background component, how long its last
@@ -70,6 +71,16 @@ pub struct ComponentStatus {
     /// How often a background component was restarted after a panic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restarts: Option<u64>,
+    /// `backup`: seconds since the newest backup of the database (full, incremental or
+    /// shipped journal segment); absent when there is none yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub last_backup_age_seconds: Option<f64>,
+    /// `backup`: the age in seconds of the oldest change not yet on every target; absent
+    /// when this node does not ship the journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0)]
+    pub shipping_lag_seconds: Option<f64>,
 }
 
 impl ComponentStatus {
@@ -84,6 +95,26 @@ impl ComponentStatus {
             reason,
             last_error: None,
             restarts: None,
+            last_backup_age_seconds: None,
+            shipping_lag_seconds: None,
+        }
+    }
+
+    /// The `backup` component: `degraded`, with the warnings as `reason`, past a limit.
+    fn backup(h: crate::backups::BackupHealth) -> Self {
+        let degraded = !h.warnings.is_empty();
+        ComponentStatus {
+            status: if degraded {
+                Status::Degraded
+            } else {
+                Status::Up
+            },
+            latency_ms: None,
+            reason: degraded.then(|| h.warnings.join("; ")),
+            last_error: None,
+            restarts: None,
+            last_backup_age_seconds: h.last_success_age.map(|d| d.as_secs_f64()),
+            shipping_lag_seconds: h.shipping_lag.map(|d| d.as_secs_f64()),
         }
     }
 }
@@ -96,6 +127,8 @@ impl From<ComponentReport> for ComponentStatus {
             reason: r.reason,
             last_error: r.last_error,
             restarts: Some(r.restarts),
+            last_backup_age_seconds: None,
+            shipping_lag_seconds: None,
         }
     }
 }
@@ -141,12 +174,16 @@ pub(crate) async fn ping_redis(redis: &dyn Probe) -> Result<Duration, String> {
 ///
 /// Components: `database` (answers a ping within 2 s), `redis` when a cache is
 /// configured (likewise), and every background component registered with the engine
-/// (`timerDriver`: fires due timers; later the backup scheduler and the journal
-/// shipper). A background component is `down`, with a `reason`, while it is not running
-/// (backing off after a failed or panicked iteration). `latencyMs`: the ping's round trip,
-/// or a background component's last iteration. Overall: `down` (503) when the database
-/// does not answer; `degraded` (200, requests are still served) when another component
-/// is down; else `up`.
+/// (`timerDriver`: fires due timers). A background component is `down`, with a `reason`,
+/// while it is not running (backing off after a failed or panicked iteration).
+/// `latencyMs`: the ping's round trip, or a background component's last iteration.
+/// `backup` (when backup targets are configured): `lastBackupAgeSeconds` and
+/// `shippingLagSeconds`, `degraded` with the reason when the newest backup is older than
+/// `backup.alerts.max_backup_age`, the shipping lag exceeds
+/// `backup.alerts.max_shipping_lag`, or a backup failure is raised as an alert (a target
+/// refusing writes, a failed backup). Overall: `down` (503) when the database does not
+/// answer; `degraded` (200, requests are still served) when another component is down or
+/// degraded; else `up`.
 #[utoipa::path(
     get,
     path = "/health",
@@ -170,6 +207,9 @@ async fn health(
     }
     for report in state.engine.components().snapshot() {
         components.insert(report.name.clone(), report.into());
+    }
+    if let Some(b) = &state.backups {
+        components.insert("backup".to_string(), ComponentStatus::backup(b.health()));
     }
     let all_up = components.values().all(|c| c.status == Status::Up);
     let (code, status) = match (database_up, all_up) {

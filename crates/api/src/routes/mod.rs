@@ -11,6 +11,7 @@ use utoipa_axum::routes;
 use crate::AppState;
 
 mod accounts;
+mod backups;
 mod definitions;
 mod docs;
 mod external_tasks;
@@ -32,6 +33,7 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
         .merge(incidents::router())
         .merge(accounts::router())
         .merge(system::router())
+        .merge(backups::router())
         .routes(routes!(openapi_json))
 }
 

@@ -46,6 +46,7 @@ impl Secured {
             engine,
             auth: TokenAuth::shared(accounts.clone(), Some(BOOTSTRAP)),
             degraded: Default::default(),
+            backups: None,
         });
         Secured {
             router,

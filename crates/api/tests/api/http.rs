@@ -362,6 +362,7 @@ async fn get_with(store: FailingStore, uri: &str) -> (StatusCode, Value) {
             grace: std::time::Duration::ZERO,
             ..Default::default()
         },
+        backups: None,
     });
     let req = axum::http::Request::get(uri)
         .body(axum::body::Body::empty())

@@ -10,6 +10,7 @@
 )]
 
 mod authz;
+mod backups;
 mod codes;
 mod definitions;
 mod docs;

@@ -112,6 +112,7 @@ impl App {
                 keys,
                 ..Default::default()
             },
+            backups: None,
         });
         App {
             router,

@@ -6,6 +6,7 @@
 //! missed run happens once at start-up, and a node that finds the lease taken, or the
 //! backup already there, skips the slot.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -15,12 +16,13 @@ use steadyflow_backup::{BackupOptions, Kind, Parts, Progress, Target};
 use tokio::sync::watch;
 
 use super::Db;
+use super::service::BackupStatus;
 use super::ship::{DURATION, LAST_SUCCESS, SIZE, TAKEN, lease_for};
 use crate::config::Config;
 
 /// Advisory lock keys of the scheduled runs, one per kind.
-const FULL_KEY: i64 = 0x7366_6675_6c6c;
-const INCREMENTAL_KEY: i64 = 0x7366_696e_6372;
+pub(super) const FULL_KEY: i64 = 0x7366_6675_6c6c;
+pub(super) const INCREMENTAL_KEY: i64 = 0x7366_696e_6372;
 
 /// Longest sleep between checks (a changed clock is noticed within it).
 const MAX_SLEEP: Duration = Duration::from_secs(60);
@@ -30,6 +32,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 pub fn spawn(
     cfg: &Config,
     stop: watch::Receiver<bool>,
+    alerter: Arc<Alerter>,
+    status: Arc<BackupStatus>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let b = &cfg.backup;
     let schedules = b.schedules.parse().map_err(anyhow::Error::msg)?;
@@ -43,7 +47,8 @@ pub fn spawn(
         targets,
         dir: b.dir.clone(),
         retention: b.retention.clone(),
-        alerter: Alerter::new(&b.alerts),
+        alerter,
+        status,
     };
     super::ship::describe();
     for s in &schedules {
@@ -57,7 +62,8 @@ struct Job {
     targets: Vec<Target>,
     dir: std::path::PathBuf,
     retention: steadyflow_backup::prune::Retention,
-    alerter: Alerter,
+    alerter: Arc<Alerter>,
+    status: Arc<BackupStatus>,
 }
 
 async fn run(job: Job, schedules: Vec<Schedule>, mut stop: watch::Receiver<bool>) {
@@ -72,7 +78,7 @@ async fn run(job: Job, schedules: Vec<Schedule>, mut stop: watch::Receiver<bool>
                 Ok(()) => job.alerter.ok(&key),
                 Err(e) => {
                     let alert = Alert {
-                        kind: "backup_failed".into(),
+                        kind: steadyflow_backup::alert::BACKUP_FAILED.into(),
                         message: format!("scheduled {} backup failed: {e}", s.kind.as_str()),
                         target: None,
                         at: Utc::now(),
@@ -114,6 +120,7 @@ impl Job {
             return Ok(());
         };
         let (points, _) = steadyflow_backup::targets::list_all(&self.dir, &self.targets).await?;
+        self.status.saw(points.iter().map(|p| &p.sidecar));
         if !s.due(points.iter().map(|p| &p.sidecar), now) {
             return Ok(());
         }
@@ -146,6 +153,7 @@ impl Job {
         };
         let point =
             steadyflow_backup::create(Some(exporter.as_ref()), &opts, &Progress::none()).await?;
+        self.status.saw([&point]);
         let copies = steadyflow_backup::targets::sync(&self.dir, &self.targets).await?;
         let kind = s.kind.as_str();
         metrics::counter!(TAKEN, "kind" => kind).increment(1);
@@ -163,7 +171,7 @@ impl Job {
                 }
                 Some(e) => {
                     let alert = Alert {
-                        kind: "target_failed".into(),
+                        kind: steadyflow_backup::alert::TARGET_FAILED.into(),
                         message: format!("scheduled {kind} backup not copied to {}: {e}", c.target),
                         target: Some(c.target.clone()),
                         at: Utc::now(),
@@ -190,6 +198,13 @@ impl Job {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "pruning after the scheduled backup failed"),
+        }
+        // A full backup closes the chain before it: its incrementals (the shipped
+        // segments) become one.
+        if s.kind == Kind::Full
+            && let Err(e) = steadyflow_backup::fold::fold_all(&self.dir, &self.targets, false).await
+        {
+            tracing::warn!(error = %e, "folding the closed chain after the full backup failed");
         }
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! within one interval. On SQLite one `serve` owns the database file (its `.lock`), so
 //! there is nothing to share.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -15,6 +16,7 @@ use steadyflow_backup::ship::Shipper;
 use tokio::sync::watch;
 
 use super::Db;
+use super::service::BackupStatus;
 use crate::config::Config;
 
 /// The advisory lock key of the shipping lease ("sfship" in ASCII).
@@ -142,6 +144,8 @@ pub(super) async fn lease_for(db: &Db, key: i64) -> Option<LeaseGuard> {
 pub fn spawn(
     cfg: &Config,
     stop: watch::Receiver<bool>,
+    alerter: Arc<Alerter>,
+    status: Arc<BackupStatus>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let b = &cfg.backup;
     if !b.continuous.enabled || b.targets.is_empty() {
@@ -158,11 +162,10 @@ pub fn spawn(
         },
     };
     let shipper = Shipper::new(db.exporter()?, targets, b.dir.clone());
-    let alerter = Alerter::new(&b.alerts);
     describe();
     tracing::info!(interval = ?interval, dir = %b.dir.display(), "continuous journal shipping on");
     Ok(Some(tokio::spawn(run(
-        shipper, lease, interval, stop, alerter,
+        shipper, lease, interval, stop, alerter, status,
     ))))
 }
 
@@ -171,11 +174,14 @@ async fn run(
     mut lease: Lease,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
-    alerter: Alerter,
+    alerter: Arc<Alerter>,
+    status: Arc<BackupStatus>,
 ) {
     // Start of the last round after which every target held every durable row.
     let mut safe_since: Option<Instant> = None;
     let mut leader = false;
+    // When this node became the shipper (the lag counts from there until a round succeeds).
+    let mut leading_since = Instant::now();
     loop {
         let stopping = *stop.borrow();
         if !stopping {
@@ -188,6 +194,7 @@ async fn run(
             if !leader {
                 shipper.reset();
                 leader = true;
+                leading_since = Instant::now();
             }
             metrics::gauge!(LEADER).set(1.0);
             let started = Instant::now();
@@ -196,12 +203,15 @@ async fn run(
                     metrics::histogram!(DURATION).record(started.elapsed().as_secs_f64());
                     if let Some(s) = &round.written {
                         metrics::gauge!(SIZE, "kind" => "segment").set(s.archive_size as f64);
+                        if round.failed.is_empty() {
+                            status.saw([s]);
+                        }
                     }
                     let failed: Vec<&str> = round.failed.iter().map(|(t, _)| t.as_str()).collect();
                     alerter.ok("shipping");
                     for (t, e) in &round.failed {
                         let alert = Alert {
-                            kind: "target_failed".into(),
+                            kind: steadyflow_backup::alert::TARGET_FAILED.into(),
                             message: format!("journal shipping to {t} failed: {e}"),
                             target: Some(t.clone()),
                             at: Utc::now(),
@@ -224,10 +234,17 @@ async fn run(
                     if round.failed.is_empty() {
                         safe_since = Some(started);
                     }
+                    // The lag counts from the last complete round, or from the
+                    // leadership's start when none completed since.
+                    status.shipping(Some(
+                        safe_since
+                            .filter(|s| *s >= leading_since)
+                            .unwrap_or(leading_since),
+                    ));
                 }
                 Err(e) => {
                     let alert = Alert {
-                        kind: "shipping_failed".into(),
+                        kind: steadyflow_backup::alert::SHIPPING_FAILED.into(),
                         message: format!("journal shipping round failed: {e}"),
                         target: None,
                         at: Utc::now(),
@@ -241,6 +258,7 @@ async fn run(
                 leader = false;
             }
             metrics::gauge!(LEADER).set(0.0);
+            status.shipping(None);
         }
         if let Some(s) = safe_since {
             metrics::gauge!(RPO).set(s.elapsed().as_secs_f64());

@@ -61,6 +61,12 @@ expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "422", "429", "5x
 include-name = ["POST /api/v1/process-definitions", "POST /api/v1/incidents/{id}/retry"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "404", "409", "422"]
 
+# Starting a backup: 400 for an incremental of anything but the database (a rule between
+# two fields), 409 while the previous one still runs (the fuzzer starts many).
+[[operations]]
+include-name = ["POST /api/v1/backups"]
+checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "409"]
+
 # DELETE cancels an instance; it stays readable (state `cancelled`, its history), as
 # documented: reading it afterwards is not a use after free.
 [[operations]]
@@ -109,6 +115,25 @@ fn seed(server: &ServerProcess) -> Vec<(&'static str, String)> {
         );
         assert_eq!(status, 200, "{body}");
     }
+    // Two recovery points, taken over HTTP (one after the other: one runs at a time).
+    for kind in ["full", "incremental"] {
+        let (status, body) = server.call("POST", "/api/v1/backups", Some(&json!({"kind": kind})));
+        assert_eq!(status, 202, "{body}");
+        let run = body["id"].as_str().unwrap().to_string();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let (_, b) = server.call("GET", &format!("/api/v1/backups/{run}"), None);
+            if b["state"] == "completed" {
+                break;
+            }
+            assert!(b["state"] == "running", "{kind} backup: {b}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{kind} backup still running"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     let (_, instances) = server.call("GET", "/api/v1/process-instances?limit=1", None);
     let instance = instances["items"][0]["id"].as_str().unwrap().to_string();
     [
@@ -118,6 +143,7 @@ fn seed(server: &ServerProcess) -> Vec<(&'static str, String)> {
         "external-tasks",
         "incidents",
         "process-instances/{id}/history",
+        "backups",
     ]
     .into_iter()
     .map(|list| {
@@ -140,6 +166,14 @@ fn schemathesis_finds_no_contract_violation() {
         return missing("schemathesis (pip install schemathesis)");
     };
     let dir = tempfile::tempdir().unwrap();
+    // A backup target, so that the backup routes work (and are checked).
+    std::fs::create_dir_all(dir.path().join("configs")).unwrap();
+    std::fs::write(
+        dir.path().join("configs/config.yaml"),
+        "backup:\n  targets: [{type: local, path: ./remote}]\n  continuous: {enabled: false}\n  \
+         schedules: {full: null, incremental: null}\n",
+    )
+    .unwrap();
     let token = api_token();
     let server = ServerProcess::start(dir.path(), None, &[("STEADYFLOW_ADMIN_TOKEN", &token)]);
     let cursors = seed(&server);
