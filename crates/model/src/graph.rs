@@ -10,7 +10,7 @@ pub struct ProcessDefinition {
     pub name: Option<String>,
     pub elements: Vec<Element>,
     pub flows: Vec<Flow>,
-    /// Index of the none start event.
+    /// Index of the none start event (of the process itself, not of a sub-process).
     pub start: usize,
     pub(crate) index: HashMap<String, usize>,
     /// `reach[a]` has bit `b` set when element `b` can be reached from `a` along flows.
@@ -25,6 +25,15 @@ impl ProcessDefinition {
 
     pub fn element(&self, idx: usize) -> &Element {
         &self.elements[idx]
+    }
+
+    /// The event sub-processes directly inside `container` (a sub-process element, or the
+    /// process itself for `None`), in document order.
+    pub fn event_subprocesses(&self, container: Option<usize>) -> impl Iterator<Item = usize> {
+        (0..self.elements.len()).filter(move |&i| {
+            self.elements[i].parent == container
+                && matches!(self.elements[i].kind, ElementKind::EventSubProcess { .. })
+        })
     }
 
     /// True when a token at `from` can still arrive at `to` by following sequence flows
@@ -60,6 +69,8 @@ pub struct Element {
     pub outputs: Vec<IoMapping>,
     /// Boundary events attached to this activity (element indices).
     pub boundaries: Vec<usize>,
+    /// The (event) sub-process this element sits directly in; `None` at process level.
+    pub parent: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +84,23 @@ pub enum ElementKind {
     StartEvent,
     EndEvent,
     TerminateEndEvent,
+    /// Error end event: throws the BPMN error `code` to the nearest catcher.
+    ErrorEndEvent {
+        code: String,
+    },
+    /// Embedded sub-process: a scope whose body starts at its none start event `start`.
+    SubProcess {
+        start: usize,
+    },
+    /// Event sub-process (`triggeredByEvent`): started by the event of its start event
+    /// `start` while its enclosing scope runs; interrupting (error start events always are).
+    EventSubProcess {
+        start: usize,
+    },
+    /// Error start event of an event sub-process; `code: None` catches every error.
+    ErrorStartEvent {
+        code: Option<String>,
+    },
     /// Passes the token straight on: manual task, plain task, none intermediate throw event.
     PassThrough,
     UserTask(UserTaskDef),
@@ -91,9 +119,34 @@ pub enum ElementKind {
         interrupting: bool,
         timer: TimerDef,
     },
+    /// Error boundary event on the activity `host` (always interrupting); `code: None`
+    /// catches every error.
+    BoundaryError {
+        host: usize,
+        code: Option<String>,
+    },
 }
 
 impl ElementKind {
+    /// The error code an error catch event waits for: `Some(None)` catches all, `None`
+    /// when this is no error catch event.
+    pub fn error_catch(&self) -> Option<Option<&str>> {
+        match self {
+            ElementKind::BoundaryError { code, .. } | ElementKind::ErrorStartEvent { code } => {
+                Some(code.as_deref())
+            }
+            _ => None,
+        }
+    }
+
+    /// Elements that hold a scope of their own while tokens run inside them.
+    pub fn is_scope(&self) -> bool {
+        matches!(
+            self,
+            ElementKind::SubProcess { .. } | ElementKind::EventSubProcess { .. }
+        )
+    }
+
     pub fn is_gateway(&self) -> bool {
         matches!(
             self,

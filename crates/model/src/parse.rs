@@ -61,12 +61,20 @@ pub fn parse_definitions(xml: &str) -> Result<Vec<ProcessDefinition>, ModelError
             "the root element must be a BPMN 2.0 <definitions> element",
         ));
     }
+    let errors: Errors = root
+        .children()
+        .filter(|n| is_bpmn(*n, "error"))
+        .filter_map(|n| {
+            let id = n.attribute("id")?;
+            Some((id.to_string(), n.attribute("errorCode").map(str::to_string)))
+        })
+        .collect();
     let mut out: Vec<ProcessDefinition> = Vec::new();
     for process in root.children().filter(|n| is_bpmn(*n, "process")) {
         if process.attribute("isExecutable") == Some("false") {
             continue;
         }
-        let def = parse_process(process)?;
+        let def = parse_process(process, &errors)?;
         if out.iter().any(|d| d.key == def.key) {
             return Err(ModelError::invalid(&def.key, "two processes share this id"));
         }
@@ -117,45 +125,118 @@ fn expr(text: &str, at: &str) -> Result<Expression, ModelError> {
     Expression::parse(text).map_err(|e| ModelError::invalid(at, e.to_string()))
 }
 
-fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
+/// `<error id errorCode>` of the document: id -> code (`None` when it has none).
+type Errors = HashMap<String, Option<String>>;
+
+/// Elements of a process and its sub-processes, flattened, as they are read.
+struct Collected<'a, 'i> {
+    elements: Vec<Element>,
+    index: HashMap<String, usize>,
+    /// Sequence flows with the container they sit in.
+    flow_nodes: Vec<(Node<'a, 'i>, Option<usize>)>,
+    defaults: Vec<(usize, String)>,
+    attachments: Vec<(usize, String)>,
+}
+
+impl<'a, 'i> Collected<'a, 'i> {
+    /// Reads the flow elements of `container` (the process or a sub-process element
+    /// `parent`); `event_sub` when the container is an event sub-process.
+    fn collect(
+        &mut self,
+        container: Node<'a, 'i>,
+        parent: Option<usize>,
+        event_sub: bool,
+        errors: &Errors,
+    ) -> Result<(), ModelError> {
+        for n in bpmn_children(container) {
+            let tag = n.tag_name().name();
+            if tag == "sequenceFlow" {
+                self.flow_nodes.push((n, parent));
+                continue;
+            }
+            if IGNORED.contains(&tag) {
+                continue;
+            }
+            let id = required_id(n)?;
+            let mut element = parse_element(n, &id, event_sub, errors)?;
+            element.parent = parent;
+            let me = self.elements.len();
+            if self.index.insert(id.clone(), me).is_some() {
+                return Err(ModelError::invalid(&id, "two elements share this id"));
+            }
+            if let Some(d) = n.attribute("default") {
+                self.defaults.push((me, d.to_string()));
+            }
+            if tag == "boundaryEvent" {
+                let host = n.attribute("attachedToRef").ok_or_else(|| {
+                    ModelError::invalid(&id, "a boundary event needs attachedToRef")
+                })?;
+                self.attachments.push((me, host.to_string()));
+            }
+            self.elements.push(element);
+            if tag == "subProcess" {
+                let triggered =
+                    matches!(self.elements[me].kind, ElementKind::EventSubProcess { .. });
+                self.collect(n, Some(me), triggered, errors)?;
+                let starts: Vec<usize> = (me + 1..self.elements.len())
+                    .filter(|&i| self.elements[i].parent == Some(me))
+                    .filter(|&i| {
+                        matches!(
+                            self.elements[i].kind,
+                            ElementKind::StartEvent | ElementKind::ErrorStartEvent { .. }
+                        )
+                    })
+                    .collect();
+                let start = match starts.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(ModelError::invalid(
+                            &id,
+                            "a sub-process needs one start event",
+                        ));
+                    }
+                    _ => {
+                        return Err(ModelError::unsupported(
+                            tag,
+                            &id,
+                            "a sub-process with more than one start event is not supported",
+                        ));
+                    }
+                };
+                match &mut self.elements[me].kind {
+                    ElementKind::SubProcess { start: s }
+                    | ElementKind::EventSubProcess { start: s } => *s = start,
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_process(process: Node, errors: &Errors) -> Result<ProcessDefinition, ModelError> {
     let key = required_id(process)?;
     // Process-level listeners would be silently skipped: refuse them like element ones.
     extensions(process, "process", &key)?;
-    let mut elements: Vec<Element> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut flow_nodes: Vec<Node> = Vec::new();
-    let mut defaults: Vec<(usize, String)> = Vec::new();
-    let mut attachments: Vec<(usize, String)> = Vec::new();
-
-    for n in bpmn_children(process) {
-        let tag = n.tag_name().name();
-        if tag == "sequenceFlow" {
-            flow_nodes.push(n);
-            continue;
-        }
-        if IGNORED.contains(&tag) {
-            continue;
-        }
-        let id = required_id(n)?;
-        let element = parse_element(n, &id)?;
-        if index.insert(id.clone(), elements.len()).is_some() {
-            return Err(ModelError::invalid(&id, "two elements share this id"));
-        }
-        if let Some(d) = n.attribute("default") {
-            defaults.push((elements.len(), d.to_string()));
-        }
-        if tag == "boundaryEvent" {
-            let host = n
-                .attribute("attachedToRef")
-                .ok_or_else(|| ModelError::invalid(&id, "a boundary event needs attachedToRef"))?;
-            attachments.push((elements.len(), host.to_string()));
-        }
-        elements.push(element);
-    }
+    let mut c = Collected {
+        elements: Vec::new(),
+        index: HashMap::new(),
+        flow_nodes: Vec::new(),
+        defaults: Vec::new(),
+        attachments: Vec::new(),
+    };
+    c.collect(process, None, false, errors)?;
+    let Collected {
+        mut elements,
+        index,
+        flow_nodes,
+        defaults,
+        attachments,
+    } = c;
 
     let mut flows: Vec<Flow> = Vec::new();
     let mut flow_index: HashMap<String, usize> = HashMap::new();
-    for (i, n) in flow_nodes.iter().enumerate() {
+    for (i, (n, container)) in flow_nodes.iter().enumerate() {
         let id = n
             .attribute("id")
             .map(str::to_string)
@@ -170,6 +251,12 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
         };
         let source = endpoint("sourceRef")?;
         let target = endpoint("targetRef")?;
+        if elements[source].parent != *container || elements[target].parent != *container {
+            return Err(ModelError::invalid(
+                &id,
+                "a sequence flow must connect elements of its own (sub-)process",
+            ));
+        }
         let condition = match child(*n, "conditionExpression") {
             Some(c) => {
                 if let Some(lang) = c.attribute("language") {
@@ -229,15 +316,23 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
         })?;
         if !matches!(
             elements[host].kind,
-            ElementKind::UserTask(_) | ElementKind::ExternalTask { .. }
+            ElementKind::UserTask(_)
+                | ElementKind::ExternalTask { .. }
+                | ElementKind::SubProcess { .. }
         ) {
             return Err(ModelError::unsupported(
                 "boundaryEvent",
                 &elements[b].id,
                 format!(
-                    "boundary events on <{}> are not supported yet (only on user and service tasks)",
+                    "boundary events on <{}> are not supported yet (only on user and service tasks and sub-processes)",
                     elements[host].tag
                 ),
+            ));
+        }
+        if elements[b].parent != elements[host].parent {
+            return Err(ModelError::invalid(
+                &elements[b].id,
+                "a boundary event must sit in the same (sub-)process as its activity",
             ));
         }
         if !elements[b].incoming.is_empty() {
@@ -246,13 +341,16 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
                 "a boundary event cannot have incoming flows",
             ));
         }
-        if let ElementKind::BoundaryTimer { host: h, .. } = &mut elements[b].kind {
+        if let ElementKind::BoundaryTimer { host: h, .. }
+        | ElementKind::BoundaryError { host: h, .. } = &mut elements[b].kind
+        {
             *h = host;
         }
         elements[host].boundaries.push(b);
     }
 
     let starts: Vec<usize> = (0..elements.len())
+        .filter(|i| elements[*i].parent.is_none())
         .filter(|i| matches!(elements[*i].kind, ElementKind::StartEvent))
         .collect();
     let start = match starts.as_slice() {
@@ -271,10 +369,22 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
         }
     };
     for e in &elements {
-        if matches!(e.kind, ElementKind::StartEvent) && !e.incoming.is_empty() {
+        let is_start = matches!(
+            e.kind,
+            ElementKind::StartEvent | ElementKind::ErrorStartEvent { .. }
+        );
+        if is_start && !e.incoming.is_empty() {
             return Err(ModelError::invalid(
                 &e.id,
                 "a start event cannot have incoming flows",
+            ));
+        }
+        if matches!(e.kind, ElementKind::EventSubProcess { .. })
+            && !(e.incoming.is_empty() && e.outgoing.is_empty())
+        {
+            return Err(ModelError::invalid(
+                &e.id,
+                "an event sub-process cannot have sequence flows in or out",
             ));
         }
     }
@@ -325,7 +435,12 @@ fn event_definitions<'a, 'i>(n: Node<'a, 'i>) -> Vec<Node<'a, 'i>> {
         .collect()
 }
 
-fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
+fn parse_element(
+    n: Node,
+    id: &str,
+    event_sub: bool,
+    errors: &Errors,
+) -> Result<Element, ModelError> {
     let tag = n.tag_name().name();
     let unsupported = |reason: &str| ModelError::unsupported(tag, id, reason);
     for c in bpmn_children(n) {
@@ -352,19 +467,68 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         }
     };
     let kind = match tag {
+        "startEvent" if event_sub => match only_def(&["errorEventDefinition"])? {
+            Some(d) => {
+                if n.attribute("isInterrupting") == Some("false") {
+                    return Err(ModelError::invalid(
+                        id,
+                        "an error start event is always interrupting",
+                    ));
+                }
+                ElementKind::ErrorStartEvent {
+                    code: error_code(d, tag, id, errors)?,
+                }
+            }
+            None => {
+                return Err(ModelError::invalid(
+                    id,
+                    "the start event of an event sub-process needs an event definition",
+                ));
+            }
+        },
         "startEvent" => {
             only_def(&[])?;
             ElementKind::StartEvent
         }
-        "endEvent" => match only_def(&["terminateEventDefinition"])? {
+        "endEvent" => match only_def(&["terminateEventDefinition", "errorEventDefinition"])? {
+            Some(d) if d.tag_name().name() == "errorEventDefinition" => {
+                match error_code(d, tag, id, errors)? {
+                    Some(code) => ElementKind::ErrorEndEvent { code },
+                    None => {
+                        return Err(ModelError::invalid(
+                            id,
+                            "an error end event needs errorRef naming an <error> with an errorCode",
+                        ));
+                    }
+                }
+            }
             Some(_) => ElementKind::TerminateEndEvent,
             None => ElementKind::EndEvent,
         },
+        "subProcess" => {
+            if n.attribute("triggeredByEvent") == Some("true") {
+                ElementKind::EventSubProcess { start: usize::MAX }
+            } else {
+                ElementKind::SubProcess { start: usize::MAX }
+            }
+        }
         "intermediateThrowEvent" => {
             only_def(&[])?;
             ElementKind::PassThrough
         }
-        "boundaryEvent" => match only_def(&["timerEventDefinition"])? {
+        "boundaryEvent" => match only_def(&["timerEventDefinition", "errorEventDefinition"])? {
+            Some(d) if d.tag_name().name() == "errorEventDefinition" => {
+                if n.attribute("cancelActivity") == Some("false") {
+                    return Err(ModelError::invalid(
+                        id,
+                        "an error boundary event is always interrupting (cancelActivity=\"false\")",
+                    ));
+                }
+                ElementKind::BoundaryError {
+                    host: usize::MAX,
+                    code: error_code(d, tag, id, errors)?,
+                }
+            }
             Some(t) => ElementKind::BoundaryTimer {
                 host: usize::MAX,
                 interrupting: n.attribute("cancelActivity") != Some("false"),
@@ -397,7 +561,13 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         _ => return Err(unsupported(&format!("<{tag}> is not supported yet"))),
     };
     let completes = !kind.is_gateway()
-        && !matches!(kind, ElementKind::EndEvent | ElementKind::TerminateEndEvent);
+        && !matches!(
+            kind,
+            ElementKind::EndEvent
+                | ElementKind::TerminateEndEvent
+                | ElementKind::ErrorEndEvent { .. }
+                | ElementKind::EventSubProcess { .. }
+        );
     if !ext.outputs.is_empty() && !completes {
         return Err(unsupported(
             "output mappings on this element are not supported yet",
@@ -414,7 +584,46 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         inputs: ext.inputs,
         outputs: ext.outputs,
         boundaries: Vec::new(),
+        parent: None,
     })
+}
+
+/// The error code an `<errorEventDefinition>` names: `None` without errorRef (catch-all).
+fn error_code(
+    def: Node,
+    tag: &str,
+    id: &str,
+    errors: &Errors,
+) -> Result<Option<String>, ModelError> {
+    for attr in ["errorCodeVariable", "errorMessageVariable"] {
+        if def.attribute((CAMUNDA, attr)).is_some() {
+            return Err(ModelError::unsupported(
+                tag,
+                id,
+                format!("camunda:{attr} is not supported yet"),
+            ));
+        }
+    }
+    let Some(r) = def.attribute("errorRef") else {
+        return Ok(None);
+    };
+    let found = errors
+        .get(r)
+        .or_else(|| r.split_once(':').and_then(|(_, local)| errors.get(local)));
+    match found {
+        Some(Some(code)) => Ok(Some(code.clone())),
+        Some(None) => Err(ModelError::unsupported(
+            tag,
+            id,
+            format!(
+                "<error id=\"{r}\"> has no errorCode; catching or throwing it is not supported"
+            ),
+        )),
+        None => Err(ModelError::invalid(
+            id,
+            format!("errorRef `{r}` names no <error> of the document"),
+        )),
+    }
 }
 
 /// What the `<extensionElements>` of an element say.

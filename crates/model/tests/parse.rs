@@ -42,7 +42,12 @@ fn unsupported_elements_are_refused_naming_element_and_id() {
             "java",
         ),
         (r#"<serviceTask id="bare"/>"#, "serviceTask", "bare"),
-        (r#"<subProcess id="sub"/>"#, "subProcess", "sub"),
+        (r#"<transaction id="tx"/>"#, "transaction", "tx"),
+        (
+            r#"<subProcess id="sub"><startEvent id="ss"/><startEvent id="ss2"/></subProcess>"#,
+            "subProcess",
+            "sub",
+        ),
         (
             r#"<userTask id="mi"><multiInstanceLoopCharacteristics/></userTask>"#,
             "userTask",
@@ -103,6 +108,22 @@ fn structural_errors_are_invalid() {
         (
             r#"<startEvent id="s"/><sequenceFlow id="f" sourceRef="s" targetRef="s2"><conditionExpression>${a ==}</conditionExpression></sequenceFlow><endEvent id="s2"/>"#,
             "f",
+        ),
+        (
+            r#"<startEvent id="s"/><sequenceFlow id="in" sourceRef="s" targetRef="t"/><subProcess id="sub"><startEvent id="ss"/><userTask id="t"/></subProcess>"#,
+            "in",
+        ),
+        (
+            r#"<startEvent id="s"/><sequenceFlow id="f" sourceRef="s" targetRef="x"/><endEvent id="x"><errorEventDefinition/></endEvent>"#,
+            "x",
+        ),
+        (
+            r#"<startEvent id="s"/><subProcess id="sub"><userTask id="t"/></subProcess>"#,
+            "sub",
+        ),
+        (
+            r#"<startEvent id="s"/><subProcess id="h" triggeredByEvent="true"><startEvent id="hs"/></subProcess>"#,
+            "hs",
         ),
     ] {
         match parse_definitions(&doc(xml)) {

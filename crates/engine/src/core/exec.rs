@@ -212,7 +212,7 @@ impl<'d> Transition<'d> {
             self.hist(HistoryEvent::VariablesChanged, None, detail);
         }
         let start = self.def.start;
-        self.spawn(start, None);
+        self.spawn(start, None, None);
         self.run();
     }
 
@@ -245,6 +245,31 @@ impl<'d> Transition<'d> {
         self.cs.external_removed.push(task_id.to_string());
         self.resolve_task_incidents(task_id);
         self.complete_activity(tid, Some(variables));
+        self.run();
+        Ok(())
+    }
+
+    /// A worker reports the BPMN error `code` for external task `task_id`: the task is
+    /// removed, `variables` are set on the instance, and the error is thrown from the
+    /// task's activity (see `throw_error`): caught by an error boundary event or error
+    /// event sub-process, or an `unhandledError` incident at the activity.
+    pub fn external_task_bpmn_error(
+        &mut self,
+        task_id: &str,
+        code: &str,
+        message: Option<&str>,
+        variables: Vars,
+    ) -> Result<(), CoreError> {
+        let tid = self.waiting(
+            |w| matches!(w, Wait::ExternalTask { task_id: t } if t == task_id),
+            "external task",
+            task_id,
+        )?;
+        self.cs.external_removed.push(task_id.to_string());
+        self.resolve_task_incidents(task_id);
+        self.token_mut(tid).wait = Wait::Ready;
+        self.set_vars(variables);
+        self.throw_error(tid, code, message);
         self.run();
         Ok(())
     }
@@ -331,6 +356,7 @@ impl<'d> Transition<'d> {
         self.token_mut(host_token)
             .boundary_timers
             .retain(|b| b.timer_id != timer_id);
+        let scope = self.token(host_token).scope;
         if interrupting {
             let host = self.token(host_token).element.clone();
             self.hist(
@@ -340,7 +366,7 @@ impl<'d> Transition<'d> {
             );
             self.cancel_token(host_token);
         }
-        self.spawn(el, None);
+        self.spawn(el, None, scope);
         Ok(())
     }
 
@@ -505,8 +531,9 @@ impl<'d> Transition<'d> {
             .expect("token stands at an element of its definition")
     }
 
-    /// New token at element `el`, queued for processing.
-    pub(super) fn spawn(&mut self, el: usize, via: Option<usize>) -> u64 {
+    /// New token at element `el` inside `scope` (see [`Token::scope`]), queued for
+    /// processing.
+    pub(super) fn spawn(&mut self, el: usize, via: Option<usize>, scope: Option<u64>) -> u64 {
         let id = self.rt.next_token;
         self.rt.next_token += 1;
         self.rt.tokens.push(Token {
@@ -515,6 +542,7 @@ impl<'d> Transition<'d> {
             via: via.map(|f| self.def.flows[f].id.clone()),
             wait: Wait::Ready,
             locals: Vars::new(),
+            scope,
             boundary_timers: Vec::new(),
         });
         self.queue.push_back(id);
@@ -606,8 +634,8 @@ impl<'d> Transition<'d> {
 
     /// Removes every token with its work item, and resolves open incidents.
     pub(super) fn clear_tokens(&mut self) {
-        let ids: Vec<u64> = self.rt.tokens.iter().map(|t| t.id).collect();
-        for tid in ids {
+        // Cancelling a sub-process token takes the tokens inside with it.
+        while let Some(tid) = self.rt.tokens.first().map(|t| t.id) {
             self.cancel_token(tid);
         }
         for (inc, _) in std::mem::take(&mut self.rt.task_incidents) {
@@ -616,8 +644,12 @@ impl<'d> Transition<'d> {
         self.queue.clear();
     }
 
-    /// Removes token `tid` with its work item, its boundary timers and its incidents.
+    /// Removes token `tid` with its work item, its boundary timers and its incidents; a
+    /// token at a sub-process takes every token inside it along.
     pub(super) fn cancel_token(&mut self, tid: u64) {
+        if self.token(tid).wait == Wait::SubProcess {
+            self.cancel_scope(Some(tid));
+        }
         let p = self.pos(tid);
         let t = self.rt.tokens.remove(p);
         for b in t.boundary_timers {
@@ -631,9 +663,22 @@ impl<'d> Transition<'d> {
             }
             Wait::Timer { timer_id } => self.remove_timer(timer_id),
             Wait::Incident { incident_id, .. } => self.cs.incidents_resolved.push(incident_id),
-            Wait::Ready | Wait::Join => {}
+            Wait::Ready | Wait::Join | Wait::SubProcess => {}
         }
         self.queue.retain(|q| *q != tid);
+    }
+
+    /// Cancels every token directly inside `scope` (with what is inside them).
+    pub(super) fn cancel_scope(&mut self, scope: Option<u64>) {
+        while let Some(child) = self
+            .rt
+            .tokens
+            .iter()
+            .find(|t| t.scope == scope)
+            .map(|t| t.id)
+        {
+            self.cancel_token(child);
+        }
     }
 
     /// Arms the timers of the boundary events of the activity token `tid` just entered.

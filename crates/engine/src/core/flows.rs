@@ -42,7 +42,7 @@ impl Transition<'_> {
                 }
                 self.enter(tid);
             }
-            if !self.fire_ready_inclusive_join() {
+            if !self.fire_ready_inclusive_join() && !self.complete_finished_scopes() {
                 break;
             }
         }
@@ -69,7 +69,28 @@ impl Transition<'_> {
             }
             ElementKind::TerminateEndEvent => {
                 self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
-                self.clear_tokens();
+                // Inside a sub-process it ends that sub-process only, which then
+                // completes as usual (see `complete_finished_scopes`).
+                match self.token(tid).scope {
+                    Some(scope) => self.cancel_scope(Some(scope)),
+                    None => self.clear_tokens(),
+                }
+                Ok(())
+            }
+            ElementKind::ErrorEndEvent { code } => {
+                self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
+                self.throw_error(tid, code, None);
+                Ok(())
+            }
+            ElementKind::SubProcess { start } | ElementKind::EventSubProcess { start } => {
+                let start = *start;
+                self.arm_boundaries(tid, el).map(|()| {
+                    self.token_mut(tid).wait = Wait::SubProcess;
+                    self.spawn(start, None, Some(tid));
+                })
+            }
+            ElementKind::ErrorStartEvent { .. } => {
+                self.complete_activity(tid, None);
                 Ok(())
             }
             // Boundary timers first: when either step fails, nothing is left behind.
@@ -79,7 +100,7 @@ impl Transition<'_> {
             ElementKind::ExternalTask { topic, .. } => self
                 .arm_boundaries(tid, el)
                 .and_then(|()| self.create_external_task(tid, el, topic)),
-            ElementKind::BoundaryTimer { .. } => {
+            ElementKind::BoundaryTimer { .. } | ElementKind::BoundaryError { .. } => {
                 self.complete_activity(tid, None);
                 Ok(())
             }
@@ -93,7 +114,8 @@ impl Transition<'_> {
                 if e.incoming.len() > 1 =>
             {
                 self.token_mut(tid).wait = Wait::Join;
-                self.try_join(el);
+                let scope = self.token(tid).scope;
+                self.try_join(el, scope);
                 Ok(())
             }
             ElementKind::ParallelGateway | ElementKind::InclusiveGateway => {
@@ -189,7 +211,8 @@ impl Transition<'_> {
                         first = false;
                     } else {
                         let target = self.def.flows[f].target;
-                        self.spawn(target, Some(f));
+                        let scope = self.token(tid).scope;
+                        self.spawn(target, Some(f), scope);
                     }
                 }
             }
@@ -241,25 +264,26 @@ impl Transition<'_> {
         }
     }
 
-    /// Checks the joining gateway `el` after a token arrived there.
-    fn try_join(&mut self, el: usize) {
+    /// Checks the joining gateway `el` after a token of `scope` arrived there.
+    fn try_join(&mut self, el: usize, scope: Option<u64>) {
         match self.def.elements[el].kind {
-            ElementKind::ParallelGateway => self.try_parallel_join(el),
+            ElementKind::ParallelGateway => self.try_parallel_join(el, scope),
             _ => {
-                self.try_inclusive_join(el);
+                self.try_inclusive_join(el, scope);
             }
         }
     }
 
-    /// A parallel join fires once a token waits on every incoming flow; it consumes one
-    /// token per flow.
-    fn try_parallel_join(&mut self, el: usize) {
+    /// A parallel join fires once a token of the same scope waits on every incoming
+    /// flow; it consumes one token per flow.
+    fn try_parallel_join(&mut self, el: usize, scope: Option<u64>) {
         let e = &self.def.elements[el];
         let mut picked: Vec<u64> = Vec::with_capacity(e.incoming.len());
         for &f in &e.incoming {
             let fid = &self.def.flows[f].id;
             let found = self.rt.tokens.iter().find(|t| {
                 t.wait == Wait::Join
+                    && t.scope == scope
                     && t.element == e.id
                     && t.via.as_deref() == Some(fid.as_str())
                     && !picked.contains(&t.id)
@@ -269,15 +293,16 @@ impl Transition<'_> {
                 None => return,
             }
         }
-        self.fire_join(el, &picked);
+        self.fire_join(el, &picked, scope);
     }
 
-    /// An inclusive join fires when tokens wait at it and no other token of the instance
-    /// can still reach it; it consumes every waiting token.
-    fn try_inclusive_join(&mut self, el: usize) -> bool {
+    /// An inclusive join fires when tokens of `scope` wait at it and no other token of
+    /// that scope can still reach it (a token at a sub-process stands for the tokens
+    /// inside it); it consumes every waiting token.
+    fn try_inclusive_join(&mut self, el: usize, scope: Option<u64>) -> bool {
         let id = &self.def.elements[el].id;
         let mut waiting = Vec::new();
-        for t in &self.rt.tokens {
+        for t in self.rt.tokens.iter().filter(|t| t.scope == scope) {
             if t.wait == Wait::Join && t.element == *id {
                 waiting.push(t.id);
             } else {
@@ -299,15 +324,15 @@ impl Transition<'_> {
         if waiting.is_empty() {
             return false;
         }
-        self.fire_join(el, &waiting);
+        self.fire_join(el, &waiting, scope);
         true
     }
 
-    fn fire_join(&mut self, el: usize, consumed: &[u64]) {
+    fn fire_join(&mut self, el: usize, consumed: &[u64], scope: Option<u64>) {
         for &t in consumed {
             self.remove_token(t);
         }
-        let tid = self.spawn(el, None);
+        let tid = self.spawn(el, None, scope);
         // The merged token continues at once: it does not enter the gateway again.
         self.queue.retain(|q| *q != tid);
         let id = self.def.elements[el].id.clone();
@@ -322,16 +347,108 @@ impl Transition<'_> {
     /// After the instance came to rest: an inclusive join may have become ready because
     /// a token that could have reached it went elsewhere.
     fn fire_ready_inclusive_join(&mut self) -> bool {
-        let mut joins: Vec<usize> = self
+        let mut joins: Vec<(usize, Option<u64>)> = self
             .rt
             .tokens
             .iter()
             .filter(|t| t.wait == Wait::Join)
-            .filter_map(|t| self.def.element_index(&t.element))
-            .filter(|el| matches!(self.def.elements[*el].kind, ElementKind::InclusiveGateway))
+            .filter_map(|t| self.def.element_index(&t.element).map(|el| (el, t.scope)))
+            .filter(|(el, _)| matches!(self.def.elements[*el].kind, ElementKind::InclusiveGateway))
             .collect();
         joins.sort_unstable();
         joins.dedup();
-        joins.into_iter().any(|el| self.try_inclusive_join(el))
+        joins
+            .into_iter()
+            .any(|(el, scope)| self.try_inclusive_join(el, scope))
+    }
+
+    /// After the instance came to rest: a sub-process with no token left inside has
+    /// completed, and its token leaves it (output mappings, outgoing flows).
+    fn complete_finished_scopes(&mut self) -> bool {
+        let done = self
+            .rt
+            .tokens
+            .iter()
+            .filter(|t| t.wait == Wait::SubProcess)
+            .map(|t| t.id)
+            .find(|id| !self.rt.tokens.iter().any(|t| t.scope == Some(*id)));
+        match done {
+            Some(tid) => {
+                self.token_mut(tid).wait = Wait::Ready;
+                self.complete_activity(tid, None);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Throws the BPMN error `code` from token `tid` (at an error end event, or at the
+    /// external task whose worker reported it). The nearest catcher wins, searched
+    /// outwards: an error boundary event on the activity, then an error event
+    /// sub-process of the enclosing scope, then the boundary events of that scope's
+    /// sub-process, and so on; a catcher for exactly `code` before a catch-all one on
+    /// the same activity or scope. The catcher cancels what it interrupts. With no
+    /// catcher, `tid` stops at an `unhandledError` incident naming its element.
+    pub(super) fn throw_error(&mut self, tid: u64, code: &str, message: Option<&str>) {
+        let def = self.def;
+        let pick = |candidates: &mut dyn Iterator<Item = usize>| -> Option<usize> {
+            let mut any = None;
+            for c in candidates {
+                let catch = def.elements[c].kind.error_catch();
+                let start = match def.elements[c].kind {
+                    ElementKind::EventSubProcess { start } => {
+                        def.elements[start].kind.error_catch()
+                    }
+                    _ => None,
+                };
+                match catch.or(start) {
+                    Some(Some(k)) if k == code => return Some(c),
+                    Some(None) if any.is_none() => any = Some(c),
+                    _ => {}
+                }
+            }
+            any
+        };
+        let mut holder = tid;
+        loop {
+            let el = self.element_of(holder);
+            let scope = self.token(holder).scope;
+            let thrower = self.token(tid).element.clone();
+            let detail = json!({ "errorCode": code, "errorMessage": message, "thrownAt": thrower });
+            if let Some(b) = pick(&mut def.elements[el].boundaries.iter().copied()) {
+                let host = def.elements[el].id.clone();
+                let mut detail = detail;
+                detail["by"] = json!(def.elements[b].id);
+                self.hist(HistoryEvent::ActivityCancelled, Some(&host), detail);
+                self.cancel_token(holder);
+                self.spawn(b, None, scope);
+                return;
+            }
+            let container = scope.map(|s| self.element_of(s));
+            if let Some(es) = pick(&mut def.event_subprocesses(container)) {
+                let mut detail = detail;
+                detail["by"] = json!(def.elements[es].id);
+                let at = container.map(|c| def.elements[c].id.clone());
+                self.hist(HistoryEvent::ActivityCancelled, at.as_deref(), detail);
+                self.cancel_scope(scope);
+                self.spawn(es, None, scope);
+                return;
+            }
+            match scope {
+                Some(s) => holder = s,
+                None => break,
+            }
+        }
+        let el = self.token(tid).element.clone();
+        let msg = match message {
+            Some(m) => format!(
+                "BPMN error `{code}` ({m}) thrown at `{el}` is caught by no error boundary event or error event sub-process"
+            ),
+            None => format!(
+                "BPMN error `{code}` thrown at `{el}` is caught by no error boundary event or error event sub-process"
+            ),
+        };
+        self.disarm_boundaries(tid);
+        self.incident(tid, IncidentType::UnhandledError, msg, false);
     }
 }

@@ -21,6 +21,10 @@ pub enum Wait {
     },
     /// Waiting at a joining parallel or inclusive gateway.
     Join,
+    /// Standing at a sub-process (or an event sub-process) whose body runs: the tokens
+    /// inside have this token's id as their `scope`; the sub-process completes when
+    /// none is left.
+    SubProcess,
     /// Stopped by an incident; `leaving` tells whether it stopped while choosing outgoing
     /// flows (retry re-evaluates them) or while entering (retry enters again).
     Incident {
@@ -42,6 +46,10 @@ pub struct Token {
     /// Local variables (input mappings).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub locals: Vars,
+    /// The token standing at the sub-process this token runs inside (`Wait::SubProcess`);
+    /// `None` at process level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<u64>,
     /// Timers of the boundary events of the activity the token waits in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boundary_timers: Vec<BoundaryTimer>,
@@ -113,6 +121,37 @@ impl Runtime {
             }
             if t.wait == Wait::Ready {
                 return Err(format!("token {} was stored mid-step (ready)", t.id));
+            }
+            if let Some(s) = t.scope {
+                let at = self.tokens.iter().find(|o| o.id == s);
+                let host = at.and_then(|o| def.element_index(&o.element));
+                let here = def.element_index(&t.element);
+                let fits = at.is_some_and(|o| o.wait == Wait::SubProcess)
+                    && host.is_some()
+                    && here.is_some_and(|h| def.elements[h].parent == host);
+                if !fits {
+                    return Err(format!(
+                        "token {} runs in scope {s}, which is no token at the sub-process around `{}`",
+                        t.id, t.element
+                    ));
+                }
+            } else if let Some(h) = def.element_index(&t.element)
+                && def.elements[h].parent.is_some()
+            {
+                return Err(format!(
+                    "token {} stands inside a sub-process at `{}` but has no scope",
+                    t.id, t.element
+                ));
+            }
+            if t.wait == Wait::SubProcess
+                && !def
+                    .element_index(&t.element)
+                    .is_some_and(|h| def.elements[h].kind.is_scope())
+            {
+                return Err(format!(
+                    "token {} waits in a sub-process at `{}`, which is none",
+                    t.id, t.element
+                ));
             }
             for b in &t.boundary_timers {
                 let is_boundary_timer = def.element_index(&b.boundary).is_some_and(|el| {

@@ -82,7 +82,7 @@ pub async fn check(store: &dyn Store) -> Vec<String> {
                     my_timers.insert(timer_id.clone());
                 }
                 Wait::Ready => panic!("instance {} has a token that never came to rest", i.id),
-                Wait::Join | Wait::Incident { .. } => {}
+                Wait::Join | Wait::SubProcess | Wait::Incident { .. } => {}
             }
         }
         assert_eq!(
