@@ -800,3 +800,64 @@ fn stored_scopes_that_contradict_the_model_are_corrupt() {
     }
     assert!(open(dangling).contains("scope 999"));
 }
+
+#[test]
+fn timer_event_sub_processes_interrupt_or_not_and_their_timers_go_with_the_scope() {
+    let body = |interrupting: bool| {
+        format!(
+            r#"
+    <startEvent id="s"/><sequenceFlow id="f1" sourceRef="s" targetRef="sub"/>
+    <subProcess id="sub">
+      <startEvent id="ss"/><sequenceFlow id="g1" sourceRef="ss" targetRef="work"/>
+      <userTask id="work"/><sequenceFlow id="g2" sourceRef="work" targetRef="se"/><endEvent id="se"/>
+      <subProcess id="remind" triggeredByEvent="true">
+        <startEvent id="rs" isInterrupting="{interrupting}"><timerEventDefinition><timeDuration>PT1H</timeDuration></timerEventDefinition></startEvent>
+        <sequenceFlow id="r1" sourceRef="rs" targetRef="nudge"/><userTask id="nudge"/>
+        <sequenceFlow id="r2" sourceRef="nudge" targetRef="re"/><endEvent id="re"/>
+      </subProcess>
+    </subProcess>
+    <sequenceFlow id="f2" sourceRef="sub" targetRef="after"/><userTask id="after"/>
+    <sequenceFlow id="f3" sourceRef="after" targetRef="e"/><endEvent id="e"/>
+    <subProcess id="deadline" triggeredByEvent="true">
+      <startEvent id="ds"><timerEventDefinition><timeDuration>P1D</timeDuration></timerEventDefinition></startEvent>
+      <sequenceFlow id="d1" sourceRef="ds" targetRef="late"/><userTask id="late"/>
+      <sequenceFlow id="d2" sourceRef="late" targetRef="de"/><endEvent id="de"/>
+    </subProcess>"#
+        )
+    };
+    // Non-interrupting inside the sub-process: both run; the sub-process waits for both.
+    let mut h = Harness::start(model(&body(false)), json!({}));
+    assert_eq!(
+        h.timers.len(),
+        2,
+        "the process-level and the sub-process timer"
+    );
+    h.advance(Duration::hours(1));
+    assert_eq!(h.open_tasks(), ["nudge", "work"]);
+    h.complete("work", json!({}));
+    assert_eq!(h.open_tasks(), ["nudge"], "the sub-process still runs");
+    h.complete("nudge", json!({}));
+    assert_eq!(h.open_tasks(), ["after"]);
+    assert_eq!(h.timers.len(), 1, "only the process-level timer is left");
+    h.complete("after", json!({}));
+    assert_eq!(h.inst.state, InstanceState::Completed);
+    assert!(
+        h.timers.is_empty(),
+        "the process ended: its event timer goes"
+    );
+
+    // Interrupting inside: work is cancelled; then the process-level one interrupts all.
+    let mut h = Harness::start(model(&body(true)), json!({}));
+    h.advance(Duration::hours(1));
+    assert_eq!(h.open_tasks(), ["nudge"]);
+    h.advance(Duration::days(1));
+    assert_eq!(h.open_tasks(), ["late"]);
+    assert!(h.timers.is_empty());
+    assert_eq!(
+        h.runtime().tokens.len(),
+        2,
+        "the event sub-process and its task"
+    );
+    h.complete("late", json!({}));
+    assert_eq!(h.inst.state, InstanceState::Completed);
+}

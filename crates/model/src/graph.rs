@@ -97,6 +97,11 @@ pub enum ElementKind {
     EventSubProcess {
         start: usize,
     },
+    /// Timer start event of an event sub-process: armed while the enclosing scope runs.
+    TimerStartEvent {
+        timer: TimerDef,
+        interrupting: bool,
+    },
     /// Error start event of an event sub-process; `code: None` catches every error.
     ErrorStartEvent {
         code: Option<String>,
@@ -135,6 +140,17 @@ impl ElementKind {
             ElementKind::BoundaryError { code, .. } | ElementKind::ErrorStartEvent { code } => {
                 Some(code.as_deref())
             }
+            _ => None,
+        }
+    }
+
+    /// The timer of a timer start event of an event sub-process.
+    pub fn event_sub_timer(&self) -> Option<(&TimerDef, bool)> {
+        match self {
+            ElementKind::TimerStartEvent {
+                timer,
+                interrupting,
+            } => Some((timer, *interrupting)),
             _ => None,
         }
     }

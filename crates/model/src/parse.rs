@@ -183,7 +183,9 @@ impl<'a, 'i> Collected<'a, 'i> {
                     .filter(|&i| {
                         matches!(
                             self.elements[i].kind,
-                            ElementKind::StartEvent | ElementKind::ErrorStartEvent { .. }
+                            ElementKind::StartEvent
+                                | ElementKind::ErrorStartEvent { .. }
+                                | ElementKind::TimerStartEvent { .. }
                         )
                     })
                     .collect();
@@ -371,7 +373,9 @@ fn parse_process(process: Node, errors: &Errors) -> Result<ProcessDefinition, Mo
     for e in &elements {
         let is_start = matches!(
             e.kind,
-            ElementKind::StartEvent | ElementKind::ErrorStartEvent { .. }
+            ElementKind::StartEvent
+                | ElementKind::ErrorStartEvent { .. }
+                | ElementKind::TimerStartEvent { .. }
         );
         if is_start && !e.incoming.is_empty() {
             return Err(ModelError::invalid(
@@ -467,25 +471,33 @@ fn parse_element(
         }
     };
     let kind = match tag {
-        "startEvent" if event_sub => match only_def(&["errorEventDefinition"])? {
-            Some(d) => {
-                if n.attribute("isInterrupting") == Some("false") {
+        "startEvent" if event_sub => {
+            match only_def(&["errorEventDefinition", "timerEventDefinition"])? {
+                Some(t) if t.tag_name().name() == "timerEventDefinition" => {
+                    ElementKind::TimerStartEvent {
+                        timer: timer(t, tag, id)?,
+                        interrupting: n.attribute("isInterrupting") != Some("false"),
+                    }
+                }
+                Some(d) => {
+                    if n.attribute("isInterrupting") == Some("false") {
+                        return Err(ModelError::invalid(
+                            id,
+                            "an error start event is always interrupting",
+                        ));
+                    }
+                    ElementKind::ErrorStartEvent {
+                        code: error_code(d, tag, id, errors)?,
+                    }
+                }
+                None => {
                     return Err(ModelError::invalid(
                         id,
-                        "an error start event is always interrupting",
+                        "the start event of an event sub-process needs an event definition",
                     ));
                 }
-                ElementKind::ErrorStartEvent {
-                    code: error_code(d, tag, id, errors)?,
-                }
             }
-            None => {
-                return Err(ModelError::invalid(
-                    id,
-                    "the start event of an event sub-process needs an event definition",
-                ));
-            }
-        },
+        }
         "startEvent" => {
             only_def(&[])?;
             ElementKind::StartEvent

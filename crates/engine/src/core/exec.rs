@@ -165,6 +165,11 @@ impl<'d> Transition<'d> {
             json!({ "incidentId": incident_id }),
         );
         let mut lost = Vec::new();
+        for b in &self.rt.scope_timers {
+            if !existing_timers.contains(&b.timer_id) {
+                lost.push((b.timer_id.clone(), b.boundary.clone()));
+            }
+        }
         for t in &self.rt.tokens {
             if let Wait::Timer { timer_id } = &t.wait
                 && !existing_timers.contains(timer_id)
@@ -212,7 +217,11 @@ impl<'d> Transition<'d> {
             self.hist(HistoryEvent::VariablesChanged, None, detail);
         }
         let start = self.def.start;
-        self.spawn(start, None, None);
+        let tid = self.spawn(start, None, None);
+        if let Err(message) = self.arm_event_sub_timers(None) {
+            let msg = format!("cannot arm the timer of an event sub-process: {message}");
+            self.incident(tid, IncidentType::ExpressionFailed, msg, false);
+        }
         self.run();
     }
 
@@ -308,6 +317,18 @@ impl<'d> Transition<'d> {
 
     /// Fires timer `timer_id`. `Err(NotWaiting)` when no token waits for it any more.
     pub fn fire_timer(&mut self, timer_id: &str) -> Result<(), CoreError> {
+        if let Some(p) = self
+            .rt
+            .scope_timers
+            .iter()
+            .position(|b| b.timer_id == timer_id)
+        {
+            let b = self.rt.scope_timers.remove(p);
+            self.cs.timers_removed.push(b.timer_id);
+            self.start_timer_event_sub(None, &b.boundary)?;
+            self.run();
+            return Ok(());
+        }
         let boundary = self.rt.tokens.iter().find_map(|t| {
             t.boundary_timers
                 .iter()
@@ -347,6 +368,13 @@ impl<'d> Transition<'d> {
             .map(|el| (el, &self.def.elements[el].kind));
         let (el, interrupting) = match found {
             Some((el, ElementKind::BoundaryTimer { interrupting, .. })) => (el, *interrupting),
+            Some((_, ElementKind::TimerStartEvent { .. })) => {
+                self.cs.timers_removed.push(timer_id.to_string());
+                self.token_mut(host_token)
+                    .boundary_timers
+                    .retain(|b| b.timer_id != timer_id);
+                return self.start_timer_event_sub(Some(host_token), boundary);
+            }
             _ => {
                 let reason = format!("timer {timer_id} names `{boundary}`, no boundary timer");
                 return Err(CoreError::corrupt(&self.inst.id, reason));
@@ -367,6 +395,30 @@ impl<'d> Transition<'d> {
             self.cancel_token(host_token);
         }
         self.spawn(el, None, scope);
+        Ok(())
+    }
+
+    /// The timer of the timer start event `start` fired while its scope (`scope`: the
+    /// token at the sub-process, `None` for the process) runs: the event sub-process
+    /// starts; an interrupting one first cancels everything else in the scope.
+    fn start_timer_event_sub(&mut self, scope: Option<u64>, start: &str) -> Result<(), CoreError> {
+        let found = self.def.element_index(start).and_then(|el| {
+            let interrupting = self.def.elements[el].kind.event_sub_timer()?.1;
+            Some((self.def.elements[el].parent?, interrupting))
+        });
+        let Some((es, interrupting)) = found else {
+            let reason =
+                format!("a timer names `{start}`, no timer start event of an event sub-process");
+            return Err(CoreError::corrupt(&self.inst.id, reason));
+        };
+        if interrupting {
+            let at = scope.map(|s| self.token(s).element.clone());
+            let detail = json!({ "by": self.def.elements[es].id });
+            self.hist(HistoryEvent::ActivityCancelled, at.as_deref(), detail);
+            self.disarm_event_sub_timers(scope);
+            self.cancel_scope(scope);
+        }
+        self.spawn(es, None, scope);
         Ok(())
     }
 
@@ -422,6 +474,10 @@ impl<'d> Transition<'d> {
     /// Closes the transition into the change set to commit.
     pub fn finish(mut self) -> ChangeSet {
         debug_assert!(self.rt.tokens.iter().all(|t| t.wait != Wait::Ready));
+        if self.rt.tokens.is_empty() {
+            // Nothing left for a process-level event sub-process to interrupt.
+            self.disarm_event_sub_timers(None);
+        }
         if self.inst.state != InstanceState::Cancelled {
             if self.rt.tokens.is_empty() {
                 if self.inst.state != InstanceState::Completed {
@@ -641,6 +697,7 @@ impl<'d> Transition<'d> {
         for (inc, _) in std::mem::take(&mut self.rt.task_incidents) {
             self.cs.incidents_resolved.push(inc);
         }
+        self.disarm_event_sub_timers(None);
         self.queue.clear();
     }
 
@@ -695,7 +752,60 @@ impl<'d> Transition<'d> {
                 .boundary_timers
                 .push(super::runtime::BoundaryTimer { timer_id, boundary });
         }
+        if def.elements[el].kind.is_scope() {
+            self.arm_event_sub_timers(Some(tid))?;
+        }
         Ok(())
+    }
+
+    /// Arms the timers of the timer start events of the event sub-processes directly in
+    /// `scope` (the token at a sub-process just entered, or `None`: the process).
+    pub(super) fn arm_event_sub_timers(&mut self, scope: Option<u64>) -> Result<(), String> {
+        let def = self.def;
+        let container = scope.map(|s| self.element_of(s));
+        for es in def.event_subprocesses(container) {
+            let ElementKind::EventSubProcess { start } = def.elements[es].kind else {
+                continue;
+            };
+            let Some((timer, _)) = def.elements[start].kind.event_sub_timer() else {
+                continue;
+            };
+            let due = match scope {
+                Some(tid) => self.due(tid, timer)?,
+                None => self.due_in(&self.inst.variables, timer)?,
+            };
+            let b = super::runtime::BoundaryTimer {
+                timer_id: self.add_timer(&def.elements[start].id, due),
+                boundary: def.elements[start].id.clone(),
+            };
+            match scope {
+                Some(tid) => self.token_mut(tid).boundary_timers.push(b),
+                None => self.rt.scope_timers.push(b),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the timers of the event sub-processes of `scope` (it was interrupted or
+    /// ended); the boundary timers of its sub-process stay.
+    pub(super) fn disarm_event_sub_timers(&mut self, scope: Option<u64>) {
+        let def = self.def;
+        let is_start = |b: &super::runtime::BoundaryTimer| {
+            def.element_index(&b.boundary)
+                .is_some_and(|el| def.elements[el].kind.event_sub_timer().is_some())
+        };
+        let list = match scope {
+            Some(tid) => std::mem::take(&mut self.token_mut(tid).boundary_timers),
+            None => std::mem::take(&mut self.rt.scope_timers),
+        };
+        let (gone, kept): (Vec<_>, Vec<_>) = list.into_iter().partition(|b| is_start(b));
+        match scope {
+            Some(tid) => self.token_mut(tid).boundary_timers = kept,
+            None => self.rt.scope_timers = kept,
+        }
+        for b in gone {
+            self.remove_timer(b.timer_id);
+        }
     }
 
     /// Removes the boundary timers of token `tid` (its activity completed).

@@ -89,7 +89,7 @@ impl Transition<'_> {
                     self.spawn(start, None, Some(tid));
                 })
             }
-            ElementKind::ErrorStartEvent { .. } => {
+            ElementKind::ErrorStartEvent { .. } | ElementKind::TimerStartEvent { .. } => {
                 self.complete_activity(tid, None);
                 Ok(())
             }
@@ -430,6 +430,7 @@ impl Transition<'_> {
                 detail["by"] = json!(def.elements[es].id);
                 let at = container.map(|c| def.elements[c].id.clone());
                 self.hist(HistoryEvent::ActivityCancelled, at.as_deref(), detail);
+                self.disarm_event_sub_timers(scope);
                 self.cancel_scope(scope);
                 self.spawn(es, None, scope);
                 return;

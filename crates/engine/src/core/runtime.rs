@@ -50,7 +50,8 @@ pub struct Token {
     /// `None` at process level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<u64>,
-    /// Timers of the boundary events of the activity the token waits in.
+    /// Timers of the boundary events of the activity the token waits in, and, at a
+    /// sub-process, of the timer start events of its event sub-processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boundary_timers: Vec<BoundaryTimer>,
 }
@@ -71,6 +72,9 @@ pub struct Runtime {
     /// Open incidents that hold a waiting token (failed external tasks): (incident, task).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub task_incidents: Vec<(String, String)>,
+    /// Timers of the timer start events of the process-level event sub-processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope_timers: Vec<BoundaryTimer>,
 }
 
 impl Runtime {
@@ -155,7 +159,10 @@ impl Runtime {
             }
             for b in &t.boundary_timers {
                 let is_boundary_timer = def.element_index(&b.boundary).is_some_and(|el| {
-                    matches!(def.elements[el].kind, ElementKind::BoundaryTimer { .. })
+                    matches!(
+                        def.elements[el].kind,
+                        ElementKind::BoundaryTimer { .. } | ElementKind::TimerStartEvent { .. }
+                    )
                 });
                 if !is_boundary_timer {
                     return Err(format!(
@@ -163,6 +170,20 @@ impl Runtime {
                         b.timer_id, t.id, b.boundary, def.key
                     ));
                 }
+            }
+        }
+        for b in &self.scope_timers {
+            let at_root = def.element_index(&b.boundary).is_some_and(|el| {
+                matches!(def.elements[el].kind, ElementKind::TimerStartEvent { .. })
+                    && def.elements[el]
+                        .parent
+                        .is_some_and(|es| def.elements[es].parent.is_none())
+            });
+            if !at_root {
+                return Err(format!(
+                    "timer {} names `{}`, which is not a timer start event of a process-level event sub-process of `{}`",
+                    b.timer_id, b.boundary, def.key
+                ));
             }
         }
         Ok(())

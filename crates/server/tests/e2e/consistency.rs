@@ -46,6 +46,15 @@ pub async fn check(store: &dyn Store) -> Vec<String> {
             .map(|t| t.id)
             .collect();
         let mut my_timers = HashSet::new();
+        for b in &rt.scope_timers {
+            assert!(
+                timers.contains(&b.timer_id),
+                "instance {} misses event sub-process timer {}",
+                i.id,
+                b.timer_id
+            );
+            my_timers.insert(b.timer_id.clone());
+        }
         for t in &rt.tokens {
             for b in &t.boundary_timers {
                 assert!(
