@@ -861,3 +861,43 @@ fn timer_event_sub_processes_interrupt_or_not_and_their_timers_go_with_the_scope
     h.complete("late", json!({}));
     assert_eq!(h.inst.state, InstanceState::Completed);
 }
+
+#[test]
+fn sub_process_local_variables_are_seen_inside_updated_in_place_and_never_leak_out() {
+    let xml = r#"<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:zeebe="http://camunda.org/schema/zeebe/1.0" targetNamespace="t">
+    <process id="p" isExecutable="true">
+    <startEvent id="s"/><sequenceFlow id="f1" sourceRef="s" targetRef="sub"/>
+    <subProcess id="sub">
+      <extensionElements><zeebe:ioMapping>
+        <zeebe:input source="= base + 1" target="count"/>
+        <zeebe:output source="= count * 10" target="total"/>
+      </zeebe:ioMapping></extensionElements>
+      <startEvent id="ss"/><sequenceFlow id="g1" sourceRef="ss" targetRef="gw"/>
+      <exclusiveGateway id="gw" default="g3"/>
+      <sequenceFlow id="g2" sourceRef="gw" targetRef="seen"><conditionExpression>= count = 2</conditionExpression></sequenceFlow>
+      <sequenceFlow id="g3" sourceRef="gw" targetRef="unseen"/>
+      <userTask id="seen"/><userTask id="unseen"/>
+      <sequenceFlow id="g4" sourceRef="seen" targetRef="se"/><sequenceFlow id="g5" sourceRef="unseen" targetRef="se"/>
+      <endEvent id="se"/>
+    </subProcess>
+    <sequenceFlow id="f2" sourceRef="sub" targetRef="after"/><userTask id="after"/>
+    <sequenceFlow id="f3" sourceRef="after" targetRef="e"/><endEvent id="e"/>
+    </process></definitions>"#;
+    let def = parse_definitions(xml).expect("model parses").remove(0);
+    let mut h = Harness::start(def, json!({"base": 1}));
+    assert_eq!(h.open_tasks(), ["seen"], "the input mapping is seen inside");
+    assert!(h.inst.variables.get("count").is_none(), "it is local");
+    h.complete("seen", json!({"count": 7, "note": "x"}));
+    assert_eq!(h.open_tasks(), ["after"]);
+    let v = &h.inst.variables;
+    assert!(v.get("count").is_none(), "the local did not leak: {v:?}");
+    assert_eq!(
+        v["total"], 70,
+        "the task updated the local, the output read it"
+    );
+    assert_eq!(
+        v["note"], "x",
+        "a variable no scope declares goes to the instance"
+    );
+    assert!(h.runtime().tokens.iter().all(|t| t.locals.is_empty()));
+}

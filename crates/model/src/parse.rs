@@ -681,11 +681,12 @@ fn extensions<'a, 'i>(
                         target: target.to_string(),
                     };
                     match m.tag_name().name() {
+                        "input" if tag == "subProcess" => ext.inputs.push(mapping),
                         "input" => {
                             return Err(ModelError::unsupported(
                                 tag,
                                 id,
-                                "zeebe:ioMapping input mappings are not supported yet",
+                                "zeebe:ioMapping input mappings are supported on sub-processes only yet",
                             ));
                         }
                         "output" => ext.outputs.push(mapping),

@@ -55,6 +55,21 @@ fn placeholder(inst: &InstanceRecord) -> InstanceRecord {
     }
 }
 
+/// Variables seen through several scopes: `layers` innermost first, then `root`.
+struct Chain<'a> {
+    layers: Vec<&'a Vars>,
+    root: &'a Vars,
+}
+
+impl Context for Chain<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.layers
+            .iter()
+            .find_map(|l| l.get(name))
+            .or_else(|| self.root.get(name))
+    }
+}
+
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -233,7 +248,8 @@ impl<'d> Transition<'d> {
             task_id,
         )?;
         self.cs.tasks_removed.push(task_id.to_string());
-        self.set_vars(variables);
+        let scope = self.token(tid).scope;
+        self.set_vars_in(scope, variables);
         self.complete_activity(tid, None);
         self.run();
         Ok(())
@@ -277,7 +293,8 @@ impl<'d> Transition<'d> {
         self.cs.external_removed.push(task_id.to_string());
         self.resolve_task_incidents(task_id);
         self.token_mut(tid).wait = Wait::Ready;
-        self.set_vars(variables);
+        let scope = self.token(tid).scope;
+        self.set_vars_in(scope, variables);
         self.throw_error(tid, code, message);
         self.run();
         Ok(())
@@ -622,17 +639,83 @@ impl<'d> Transition<'d> {
         self.rt.tokens.remove(p);
     }
 
-    /// Evaluates with the token's local variables over the instance's.
+    /// Evaluates with the token's local variables over those of the sub-processes around
+    /// it (innermost first) over the instance's.
     pub(super) fn with_ctx<T>(&self, tid: u64, f: impl FnOnce(&dyn Context) -> T) -> T {
-        let locals = &self.token(tid).locals;
-        if locals.is_empty() {
+        let t = self.token(tid);
+        if t.scope.is_none() {
+            return if t.locals.is_empty() {
+                f(&self.inst.variables)
+            } else {
+                f(&Layered {
+                    inner: &t.locals,
+                    outer: &self.inst.variables,
+                })
+            };
+        }
+        self.with_scope_ctx(Some(&t.locals), t.scope, f)
+    }
+
+    /// Evaluates with `own` over the local variables of `scope` and the scopes around
+    /// it, over the instance's.
+    pub(super) fn with_scope_ctx<T>(
+        &self,
+        own: Option<&Vars>,
+        scope: Option<u64>,
+        f: impl FnOnce(&dyn Context) -> T,
+    ) -> T {
+        let mut layers: Vec<&Vars> = own.into_iter().filter(|v| !v.is_empty()).collect();
+        let mut s = scope;
+        while let Some(id) = s {
+            let st = self.token(id);
+            if !st.locals.is_empty() {
+                layers.push(&st.locals);
+            }
+            s = st.scope;
+        }
+        if layers.is_empty() {
             f(&self.inst.variables)
         } else {
-            f(&Layered {
-                inner: locals,
-                outer: &self.inst.variables,
+            f(&Chain {
+                layers,
+                root: &self.inst.variables,
             })
         }
+    }
+
+    /// Sets variables as seen from `scope`: a variable that is local to that sub-process
+    /// (or one around it, innermost first) is updated there; any other is set on the
+    /// instance. So a sub-process's local variables never leak out of it.
+    pub(super) fn set_vars_in(&mut self, scope: Option<u64>, vars: Vars) {
+        if vars.is_empty() {
+            return;
+        }
+        let names: Vec<String> = vars.keys().cloned().collect();
+        for (k, v) in vars {
+            let mut s = scope;
+            let mut home = None;
+            while let Some(id) = s {
+                let st = self.token(id);
+                if st.locals.contains_key(&k) {
+                    home = Some(id);
+                    break;
+                }
+                s = st.scope;
+            }
+            match home {
+                Some(id) => {
+                    self.token_mut(id).locals.insert(k, v);
+                }
+                None => {
+                    self.inst.variables.insert(k, v);
+                }
+            }
+        }
+        self.hist(
+            HistoryEvent::VariablesChanged,
+            None,
+            json!({ "names": names }),
+        );
     }
 
     pub(super) fn new_incident(

@@ -84,10 +84,12 @@ impl Transition<'_> {
             }
             ElementKind::SubProcess { start } | ElementKind::EventSubProcess { start } => {
                 let start = *start;
-                self.arm_boundaries(tid, el).map(|()| {
-                    self.token_mut(tid).wait = Wait::SubProcess;
-                    self.spawn(start, None, Some(tid));
-                })
+                self.arm_boundaries(tid, el)
+                    .and_then(|()| self.enter_scope_inputs(tid, el))
+                    .map(|()| {
+                        self.token_mut(tid).wait = Wait::SubProcess;
+                        self.spawn(start, None, Some(tid));
+                    })
             }
             ElementKind::ErrorStartEvent { .. } | ElementKind::TimerStartEvent { .. } => {
                 self.complete_activity(tid, None);
@@ -135,6 +137,20 @@ impl Transition<'_> {
         }
     }
 
+    /// The input mappings of the sub-process `el` token `tid` enters: its local variables.
+    fn enter_scope_inputs(&mut self, tid: u64, el: usize) -> Result<(), String> {
+        let def = self.def;
+        let mut locals = Vars::new();
+        for m in &def.elements[el].inputs {
+            let v = self
+                .with_ctx(tid, |ctx| m.source.eval(ctx))
+                .map_err(|err| format!("input mapping `{}`: {err}", m.target))?;
+            locals.insert(m.target.clone(), v);
+        }
+        self.token_mut(tid).locals = locals;
+        Ok(())
+    }
+
     /// Completes the activity token `tid` stands at: output mappings (or plain
     /// variables), history, then leaves along its outgoing flows.
     pub(super) fn complete_activity(&mut self, tid: u64, completion: Option<Vars>) {
@@ -146,12 +162,9 @@ impl Transition<'_> {
             let mut scope = self.token(tid).locals.clone();
             scope.extend(completion.unwrap_or_default());
             let mut out = Vars::new();
+            let around = self.token(tid).scope;
             for m in &e.outputs {
-                let ctx = steadyflow_expr::Layered {
-                    inner: &scope,
-                    outer: &self.inst.variables,
-                };
-                match m.source.eval(&ctx) {
+                match self.with_scope_ctx(Some(&scope), around, |ctx| m.source.eval(ctx)) {
                     Ok(v) => {
                         out.insert(m.target.clone(), v);
                     }
@@ -166,25 +179,14 @@ impl Transition<'_> {
                     }
                 }
             }
-            self.set_vars_from(out);
+            let around = self.token(tid).scope;
+            self.set_vars_in(around, out);
         } else if let Some(vars) = completion {
-            self.set_vars_from(vars);
+            let around = self.token(tid).scope;
+            self.set_vars_in(around, vars);
         }
         self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
         self.leave(tid);
-    }
-
-    fn set_vars_from(&mut self, vars: Vars) {
-        if vars.is_empty() {
-            return;
-        }
-        let names: Vec<String> = vars.keys().cloned().collect();
-        self.inst.variables.extend(vars);
-        self.hist(
-            HistoryEvent::VariablesChanged,
-            None,
-            json!({ "names": names }),
-        );
     }
 
     /// Chooses the outgoing flows of the element token `tid` stands at and follows them.

@@ -117,41 +117,34 @@ impl Runtime {
                     t.id, self.next_token
                 ));
             }
-            if def.element_index(&t.element).is_none() {
+            let Some(here) = def.element_index(&t.element) else {
                 return Err(format!(
                     "token {} stands at `{}`, which process `{}` does not have",
                     t.id, t.element, def.key
                 ));
-            }
+            };
             if t.wait == Wait::Ready {
                 return Err(format!("token {} was stored mid-step (ready)", t.id));
             }
             if let Some(s) = t.scope {
                 let at = self.tokens.iter().find(|o| o.id == s);
                 let host = at.and_then(|o| def.element_index(&o.element));
-                let here = def.element_index(&t.element);
                 let fits = at.is_some_and(|o| o.wait == Wait::SubProcess)
                     && host.is_some()
-                    && here.is_some_and(|h| def.elements[h].parent == host);
+                    && def.elements[here].parent == host;
                 if !fits {
                     return Err(format!(
                         "token {} runs in scope {s}, which is no token at the sub-process around `{}`",
                         t.id, t.element
                     ));
                 }
-            } else if let Some(h) = def.element_index(&t.element)
-                && def.elements[h].parent.is_some()
-            {
+            } else if def.elements[here].parent.is_some() {
                 return Err(format!(
                     "token {} stands inside a sub-process at `{}` but has no scope",
                     t.id, t.element
                 ));
             }
-            if t.wait == Wait::SubProcess
-                && !def
-                    .element_index(&t.element)
-                    .is_some_and(|h| def.elements[h].kind.is_scope())
-            {
+            if t.wait == Wait::SubProcess && !def.elements[here].kind.is_scope() {
                 return Err(format!(
                     "token {} waits in a sub-process at `{}`, which is none",
                     t.id, t.element
