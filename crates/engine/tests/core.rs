@@ -901,3 +901,45 @@ fn sub_process_local_variables_are_seen_inside_updated_in_place_and_never_leak_o
     );
     assert!(h.runtime().tokens.iter().all(|t| t.locals.is_empty()));
 }
+
+#[test]
+fn escalations_reach_the_nearest_catcher_and_go_on_unless_it_interrupts() {
+    let escalations = r#"<escalation id="late" escalationCode="LATE"/><escalation id="odd" escalationCode="ODD"/>"#;
+    let body = |boundary_cancels: bool, code: &str| {
+        format!(
+            r#"
+    <startEvent id="s"/><sequenceFlow id="f1" sourceRef="s" targetRef="sub"/>
+    <subProcess id="sub">
+      <startEvent id="ss"/><sequenceFlow id="g1" sourceRef="ss" targetRef="shout"/>
+      <intermediateThrowEvent id="shout"><escalationEventDefinition escalationRef="{code}"/></intermediateThrowEvent>
+      <sequenceFlow id="g2" sourceRef="shout" targetRef="work"/><userTask id="work"/>
+      <sequenceFlow id="g3" sourceRef="work" targetRef="se"/><endEvent id="se"/>
+    </subProcess>
+    <sequenceFlow id="f2" sourceRef="sub" targetRef="after"/><userTask id="after"/>
+    <sequenceFlow id="f3" sourceRef="after" targetRef="e"/><endEvent id="e"/>
+    <boundaryEvent id="heard" attachedToRef="sub" cancelActivity="{boundary_cancels}"><escalationEventDefinition escalationRef="late"/></boundaryEvent>
+    <sequenceFlow id="f4" sourceRef="heard" targetRef="manager"/><userTask id="manager"/>
+    <sequenceFlow id="f5" sourceRef="manager" targetRef="e"/>"#
+        )
+    };
+    let m = |cancels: bool, code: &str| model_with_errors(escalations, &body(cancels, code));
+    let h = Harness::start(m(false, "late"), json!({}));
+    assert_eq!(
+        h.open_tasks(),
+        ["manager", "work"],
+        "non-interrupting: both go on"
+    );
+    let h = Harness::start(m(true, "late"), json!({}));
+    assert_eq!(
+        h.open_tasks(),
+        ["manager"],
+        "interrupting: the sub-process ends"
+    );
+    let h = Harness::start(m(true, "odd"), json!({}));
+    assert_eq!(
+        h.open_tasks(),
+        ["work"],
+        "uncaught: the throw event goes on"
+    );
+    assert_eq!(h.inst.state, InstanceState::Active);
+}

@@ -102,6 +102,27 @@ pub enum ElementKind {
         timer: TimerDef,
         interrupting: bool,
     },
+    /// Intermediate escalation throw event: escalates `code` to the nearest catcher and
+    /// goes on unless an interrupting catcher cancelled it.
+    EscalationThrow {
+        code: String,
+    },
+    /// Escalation end event: escalates `code`, then ends like a none end event.
+    EscalationEndEvent {
+        code: String,
+    },
+    /// Escalation boundary event on the (sub-process) activity `host`; `code: None`
+    /// catches every escalation.
+    BoundaryEscalation {
+        host: usize,
+        code: Option<String>,
+        interrupting: bool,
+    },
+    /// Escalation start event of an event sub-process; `code: None` catches every one.
+    EscalationStartEvent {
+        code: Option<String>,
+        interrupting: bool,
+    },
     /// Error start event of an event sub-process; `code: None` catches every error.
     ErrorStartEvent {
         code: Option<String>,
@@ -132,13 +153,30 @@ pub enum ElementKind {
     },
 }
 
+/// What a throw event sends to the catch events around it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thrown {
+    Error,
+    Escalation,
+}
+
 impl ElementKind {
-    /// The error code an error catch event waits for: `Some(None)` catches all, `None`
-    /// when this is no error catch event.
-    pub fn error_catch(&self) -> Option<Option<&str>> {
-        match self {
-            ElementKind::BoundaryError { code, .. } | ElementKind::ErrorStartEvent { code } => {
-                Some(code.as_deref())
+    /// What a catch event of `what` waits for: `(code, interrupting)`, where `code:
+    /// None` catches every code; `None` when this is no such catch event.
+    pub fn catches(&self, what: Thrown) -> Option<(Option<&str>, bool)> {
+        match (self, what) {
+            (ElementKind::BoundaryError { code, .. }, Thrown::Error)
+            | (ElementKind::ErrorStartEvent { code }, Thrown::Error) => {
+                Some((code.as_deref(), true))
+            }
+            (
+                ElementKind::BoundaryEscalation {
+                    code, interrupting, ..
+                },
+                Thrown::Escalation,
+            )
+            | (ElementKind::EscalationStartEvent { code, interrupting }, Thrown::Escalation) => {
+                Some((code.as_deref(), *interrupting))
             }
             _ => None,
         }

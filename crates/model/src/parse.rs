@@ -61,14 +61,19 @@ pub fn parse_definitions(xml: &str) -> Result<Vec<ProcessDefinition>, ModelError
             "the root element must be a BPMN 2.0 <definitions> element",
         ));
     }
-    let errors: Errors = root
-        .children()
-        .filter(|n| is_bpmn(*n, "error"))
-        .filter_map(|n| {
-            let id = n.attribute("id")?;
-            Some((id.to_string(), n.attribute("errorCode").map(str::to_string)))
-        })
-        .collect();
+    let codes = |tag: &str, attr: &str| -> HashMap<String, Option<String>> {
+        root.children()
+            .filter(|n| is_bpmn(*n, tag))
+            .filter_map(|n| {
+                let id = n.attribute("id")?;
+                Some((id.to_string(), n.attribute(attr).map(str::to_string)))
+            })
+            .collect()
+    };
+    let errors = Errors {
+        errors: codes("error", "errorCode"),
+        escalations: codes("escalation", "escalationCode"),
+    };
     let mut out: Vec<ProcessDefinition> = Vec::new();
     for process in root.children().filter(|n| is_bpmn(*n, "process")) {
         if process.attribute("isExecutable") == Some("false") {
@@ -125,8 +130,13 @@ fn expr(text: &str, at: &str) -> Result<Expression, ModelError> {
     Expression::parse(text).map_err(|e| ModelError::invalid(at, e.to_string()))
 }
 
-/// `<error id errorCode>` of the document: id -> code (`None` when it has none).
-type Errors = HashMap<String, Option<String>>;
+/// `<error id errorCode>` and `<escalation id escalationCode>` of the document: id ->
+/// code (`None` when it has none).
+#[derive(Default)]
+struct Errors {
+    errors: HashMap<String, Option<String>>,
+    escalations: HashMap<String, Option<String>>,
+}
 
 /// Elements of a process and its sub-processes, flattened, as they are read.
 struct Collected<'a, 'i> {
@@ -185,6 +195,7 @@ impl<'a, 'i> Collected<'a, 'i> {
                             self.elements[i].kind,
                             ElementKind::StartEvent
                                 | ElementKind::ErrorStartEvent { .. }
+                                | ElementKind::EscalationStartEvent { .. }
                                 | ElementKind::TimerStartEvent { .. }
                         )
                     })
@@ -344,7 +355,8 @@ fn parse_process(process: Node, errors: &Errors) -> Result<ProcessDefinition, Mo
             ));
         }
         if let ElementKind::BoundaryTimer { host: h, .. }
-        | ElementKind::BoundaryError { host: h, .. } = &mut elements[b].kind
+        | ElementKind::BoundaryError { host: h, .. }
+        | ElementKind::BoundaryEscalation { host: h, .. } = &mut elements[b].kind
         {
             *h = host;
         }
@@ -375,6 +387,7 @@ fn parse_process(process: Node, errors: &Errors) -> Result<ProcessDefinition, Mo
             e.kind,
             ElementKind::StartEvent
                 | ElementKind::ErrorStartEvent { .. }
+                | ElementKind::EscalationStartEvent { .. }
                 | ElementKind::TimerStartEvent { .. }
         );
         if is_start && !e.incoming.is_empty() {
@@ -472,7 +485,17 @@ fn parse_element(
     };
     let kind = match tag {
         "startEvent" if event_sub => {
-            match only_def(&["errorEventDefinition", "timerEventDefinition"])? {
+            match only_def(&[
+                "errorEventDefinition",
+                "timerEventDefinition",
+                "escalationEventDefinition",
+            ])? {
+                Some(d) if d.tag_name().name() == "escalationEventDefinition" => {
+                    ElementKind::EscalationStartEvent {
+                        code: escalation_code(d, tag, id, errors)?,
+                        interrupting: n.attribute("isInterrupting") != Some("false"),
+                    }
+                }
                 Some(t) if t.tag_name().name() == "timerEventDefinition" => {
                     ElementKind::TimerStartEvent {
                         timer: timer(t, tag, id)?,
@@ -502,7 +525,16 @@ fn parse_element(
             only_def(&[])?;
             ElementKind::StartEvent
         }
-        "endEvent" => match only_def(&["terminateEventDefinition", "errorEventDefinition"])? {
+        "endEvent" => match only_def(&[
+            "terminateEventDefinition",
+            "errorEventDefinition",
+            "escalationEventDefinition",
+        ])? {
+            Some(d) if d.tag_name().name() == "escalationEventDefinition" => {
+                ElementKind::EscalationEndEvent {
+                    code: thrown_escalation(d, tag, id, errors)?,
+                }
+            }
             Some(d) if d.tag_name().name() == "errorEventDefinition" => {
                 match error_code(d, tag, id, errors)? {
                     Some(code) => ElementKind::ErrorEndEvent { code },
@@ -524,11 +556,24 @@ fn parse_element(
                 ElementKind::SubProcess { start: usize::MAX }
             }
         }
-        "intermediateThrowEvent" => {
-            only_def(&[])?;
-            ElementKind::PassThrough
-        }
-        "boundaryEvent" => match only_def(&["timerEventDefinition", "errorEventDefinition"])? {
+        "intermediateThrowEvent" => match only_def(&["escalationEventDefinition"])? {
+            Some(d) => ElementKind::EscalationThrow {
+                code: thrown_escalation(d, tag, id, errors)?,
+            },
+            None => ElementKind::PassThrough,
+        },
+        "boundaryEvent" => match only_def(&[
+            "timerEventDefinition",
+            "errorEventDefinition",
+            "escalationEventDefinition",
+        ])? {
+            Some(d) if d.tag_name().name() == "escalationEventDefinition" => {
+                ElementKind::BoundaryEscalation {
+                    host: usize::MAX,
+                    code: escalation_code(d, tag, id, errors)?,
+                    interrupting: n.attribute("cancelActivity") != Some("false"),
+                }
+            }
             Some(d) if d.tag_name().name() == "errorEventDefinition" => {
                 if n.attribute("cancelActivity") == Some("false") {
                     return Err(ModelError::invalid(
@@ -578,6 +623,7 @@ fn parse_element(
             ElementKind::EndEvent
                 | ElementKind::TerminateEndEvent
                 | ElementKind::ErrorEndEvent { .. }
+                | ElementKind::EscalationEndEvent { .. }
                 | ElementKind::EventSubProcess { .. }
         );
     if !ext.outputs.is_empty() && !completes {
@@ -600,6 +646,52 @@ fn parse_element(
     })
 }
 
+/// The escalation code an `<escalationEventDefinition>` names: `None` without
+/// escalationRef (catch-all).
+fn escalation_code(
+    def: Node,
+    tag: &str,
+    id: &str,
+    errors: &Errors,
+) -> Result<Option<String>, ModelError> {
+    let Some(r) = def.attribute("escalationRef") else {
+        return Ok(None);
+    };
+    let found = errors.escalations.get(r).or_else(|| {
+        r.split_once(':')
+            .and_then(|(_, local)| errors.escalations.get(local))
+    });
+    match found {
+        Some(Some(code)) => Ok(Some(code.clone())),
+        Some(None) => Err(ModelError::unsupported(
+            tag,
+            id,
+            format!(
+                "<escalation id=\"{r}\"> has no escalationCode; catching or throwing it is not supported"
+            ),
+        )),
+        None => Err(ModelError::invalid(
+            id,
+            format!("escalationRef `{r}` names no <escalation> of the document"),
+        )),
+    }
+}
+
+/// An escalation code to throw: required.
+fn thrown_escalation(
+    def: Node,
+    tag: &str,
+    id: &str,
+    errors: &Errors,
+) -> Result<String, ModelError> {
+    escalation_code(def, tag, id, errors)?.ok_or_else(|| {
+        ModelError::invalid(
+            id,
+            "an escalation throw event needs escalationRef naming an <escalation> with an escalationCode",
+        )
+    })
+}
+
 /// The error code an `<errorEventDefinition>` names: `None` without errorRef (catch-all).
 fn error_code(
     def: Node,
@@ -619,9 +711,10 @@ fn error_code(
     let Some(r) = def.attribute("errorRef") else {
         return Ok(None);
     };
-    let found = errors
-        .get(r)
-        .or_else(|| r.split_once(':').and_then(|(_, local)| errors.get(local)));
+    let found = errors.errors.get(r).or_else(|| {
+        r.split_once(':')
+            .and_then(|(_, local)| errors.errors.get(local))
+    });
     match found {
         Some(Some(code)) => Ok(Some(code.clone())),
         Some(None) => Err(ModelError::unsupported(

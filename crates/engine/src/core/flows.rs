@@ -1,7 +1,7 @@
 //! Moving tokens: entering elements, choosing outgoing flows, forks and joins.
 
 use serde_json::{Value, json};
-use steadyflow_model::ElementKind;
+use steadyflow_model::{ElementKind, Thrown};
 use steadyflow_store::{HistoryEvent, IncidentType, Vars};
 
 use super::exec::Transition;
@@ -91,7 +91,29 @@ impl Transition<'_> {
                         self.spawn(start, None, Some(tid));
                     })
             }
-            ElementKind::ErrorStartEvent { .. } | ElementKind::TimerStartEvent { .. } => {
+            ElementKind::EscalationThrow { code } => {
+                self.throw_to_catcher(tid, Thrown::Escalation, code, None);
+                // Uncaught or caught without interrupting it, the throw event goes on.
+                if self.rt.tokens.iter().any(|t| t.id == tid) {
+                    self.complete_activity(tid, None);
+                }
+                Ok(())
+            }
+            ElementKind::EscalationEndEvent { code } => {
+                self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
+                self.throw_to_catcher(tid, Thrown::Escalation, code, None);
+                if self.rt.tokens.iter().any(|t| t.id == tid) {
+                    self.remove_token(tid);
+                }
+                Ok(())
+            }
+            ElementKind::BoundaryEscalation { .. } => {
+                self.complete_activity(tid, None);
+                Ok(())
+            }
+            ElementKind::ErrorStartEvent { .. }
+            | ElementKind::EscalationStartEvent { .. }
+            | ElementKind::TimerStartEvent { .. } => {
                 self.complete_activity(tid, None);
                 Ok(())
             }
@@ -364,6 +386,80 @@ impl Transition<'_> {
             .any(|(el, scope)| self.try_inclusive_join(el, scope))
     }
 
+    /// Sends `what` with `code` from token `tid` to the nearest catcher, searched
+    /// outwards: a catch boundary event on the activity, then an event sub-process of
+    /// the enclosing scope, then the boundary events of that scope's sub-process, and so
+    /// on; a catcher for exactly `code` before a catch-all one on the same activity or
+    /// scope. An interrupting catcher cancels what it interrupts (which may include
+    /// `tid`); a non-interrupting one starts beside it. `false` when nothing caught it.
+    pub(super) fn throw_to_catcher(
+        &mut self,
+        tid: u64,
+        what: Thrown,
+        code: &str,
+        message: Option<&str>,
+    ) -> bool {
+        let def = self.def;
+        let pick = |candidates: &mut dyn Iterator<Item = usize>| -> Option<(usize, bool)> {
+            let mut any = None;
+            for c in candidates {
+                let own = def.elements[c].kind.catches(what);
+                let start = match def.elements[c].kind {
+                    ElementKind::EventSubProcess { start } => {
+                        def.elements[start].kind.catches(what)
+                    }
+                    _ => None,
+                };
+                match own.or(start) {
+                    Some((Some(k), interrupting)) if k == code => return Some((c, interrupting)),
+                    Some((None, interrupting)) if any.is_none() => any = Some((c, interrupting)),
+                    _ => {}
+                }
+            }
+            any
+        };
+        let key = match what {
+            Thrown::Error => "errorCode",
+            Thrown::Escalation => "escalationCode",
+        };
+        let thrower = self.token(tid).element.clone();
+        let mut holder = tid;
+        loop {
+            let el = self.element_of(holder);
+            let scope = self.token(holder).scope;
+            let detail = json!({ key: code, "errorMessage": message, "thrownAt": thrower });
+            if let Some((b, interrupting)) = pick(&mut def.elements[el].boundaries.iter().copied())
+            {
+                if interrupting {
+                    let host = def.elements[el].id.clone();
+                    let mut detail = detail;
+                    detail["by"] = json!(def.elements[b].id);
+                    self.hist(HistoryEvent::ActivityCancelled, Some(&host), detail);
+                    self.cancel_token(holder);
+                }
+                self.spawn(b, None, scope);
+                return true;
+            }
+            let container = scope.map(|s| self.element_of(s));
+            if let Some((es, interrupting)) = pick(&mut def.event_subprocesses(container)) {
+                if interrupting {
+                    let mut detail = detail;
+                    detail["by"] = json!(def.elements[es].id);
+                    let at = container.map(|c| def.elements[c].id.clone());
+                    self.hist(HistoryEvent::ActivityCancelled, at.as_deref(), detail);
+                    self.disarm_event_sub_timers(scope);
+                    self.cancel_scope(scope);
+                }
+                self.spawn(es, None, scope);
+                return true;
+            }
+            match scope {
+                Some(s) => holder = s,
+                None => return false,
+            }
+        }
+    }
+
     /// After the instance came to rest: a sub-process with no token left inside has
     /// completed, and its token leaves it (output mappings, outgoing flows).
     fn complete_finished_scopes(&mut self) -> bool {
@@ -385,62 +481,12 @@ impl Transition<'_> {
     }
 
     /// Throws the BPMN error `code` from token `tid` (at an error end event, or at the
-    /// external task whose worker reported it). The nearest catcher wins, searched
-    /// outwards: an error boundary event on the activity, then an error event
-    /// sub-process of the enclosing scope, then the boundary events of that scope's
-    /// sub-process, and so on; a catcher for exactly `code` before a catch-all one on
-    /// the same activity or scope. The catcher cancels what it interrupts. With no
-    /// catcher, `tid` stops at an `unhandledError` incident naming its element.
+    /// external task whose worker reported it) to the nearest catcher (see
+    /// [`Self::throw_to_catcher`]). With no catcher, `tid` stops at an `unhandledError`
+    /// incident naming its element.
     pub(super) fn throw_error(&mut self, tid: u64, code: &str, message: Option<&str>) {
-        let def = self.def;
-        let pick = |candidates: &mut dyn Iterator<Item = usize>| -> Option<usize> {
-            let mut any = None;
-            for c in candidates {
-                let catch = def.elements[c].kind.error_catch();
-                let start = match def.elements[c].kind {
-                    ElementKind::EventSubProcess { start } => {
-                        def.elements[start].kind.error_catch()
-                    }
-                    _ => None,
-                };
-                match catch.or(start) {
-                    Some(Some(k)) if k == code => return Some(c),
-                    Some(None) if any.is_none() => any = Some(c),
-                    _ => {}
-                }
-            }
-            any
-        };
-        let mut holder = tid;
-        loop {
-            let el = self.element_of(holder);
-            let scope = self.token(holder).scope;
-            let thrower = self.token(tid).element.clone();
-            let detail = json!({ "errorCode": code, "errorMessage": message, "thrownAt": thrower });
-            if let Some(b) = pick(&mut def.elements[el].boundaries.iter().copied()) {
-                let host = def.elements[el].id.clone();
-                let mut detail = detail;
-                detail["by"] = json!(def.elements[b].id);
-                self.hist(HistoryEvent::ActivityCancelled, Some(&host), detail);
-                self.cancel_token(holder);
-                self.spawn(b, None, scope);
-                return;
-            }
-            let container = scope.map(|s| self.element_of(s));
-            if let Some(es) = pick(&mut def.event_subprocesses(container)) {
-                let mut detail = detail;
-                detail["by"] = json!(def.elements[es].id);
-                let at = container.map(|c| def.elements[c].id.clone());
-                self.hist(HistoryEvent::ActivityCancelled, at.as_deref(), detail);
-                self.disarm_event_sub_timers(scope);
-                self.cancel_scope(scope);
-                self.spawn(es, None, scope);
-                return;
-            }
-            match scope {
-                Some(s) => holder = s,
-                None => break,
-            }
+        if self.throw_to_catcher(tid, Thrown::Error, code, message) {
+            return;
         }
         let el = self.token(tid).element.clone();
         let msg = match message {
