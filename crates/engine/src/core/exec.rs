@@ -664,6 +664,16 @@ impl<'d> Transition<'d> {
         scope: Option<u64>,
         f: impl FnOnce(&dyn Context) -> T,
     ) -> T {
+        // At process level (the hot path): no allocation.
+        if scope.is_none() {
+            return match own.filter(|v| !v.is_empty()) {
+                Some(inner) => f(&Layered {
+                    inner,
+                    outer: &self.inst.variables,
+                }),
+                None => f(&self.inst.variables),
+            };
+        }
         let mut layers: Vec<&Vars> = own.into_iter().filter(|v| !v.is_empty()).collect();
         let mut s = scope;
         while let Some(id) = s {
