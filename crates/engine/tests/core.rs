@@ -943,3 +943,48 @@ fn escalations_reach_the_nearest_catcher_and_go_on_unless_it_interrupts() {
     );
     assert_eq!(h.inst.state, InstanceState::Active);
 }
+
+#[test]
+fn a_failed_output_mapping_is_retried_with_the_mapping_applied_to_the_same_completion() {
+    let xml = r#"<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" xmlns:zeebe="http://camunda.org/schema/zeebe/1.0" targetNamespace="t">
+    <process id="p" isExecutable="true">
+    <startEvent id="s"/><sequenceFlow id="f1" sourceRef="s" targetRef="job"/>
+    <serviceTask id="job"><extensionElements><zeebe:taskDefinition type="charge" retries="5"/>
+      <zeebe:ioMapping><zeebe:output source="${amount * rate}" target="charged"/></zeebe:ioMapping>
+    </extensionElements></serviceTask>
+    <sequenceFlow id="f2" sourceRef="job" targetRef="after"/><userTask id="after"/>
+    <sequenceFlow id="f3" sourceRef="after" targetRef="e"/><endEvent id="e"/>
+    </process></definitions>"#;
+    let def = parse_definitions(xml).expect("model parses").remove(0);
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut tr = Transition::create(&def, "p:1", Vars::new(), None, now);
+    tr.start();
+    let cs = tr.finish();
+    assert_eq!(
+        cs.external_upserted[0].retries,
+        Some(5),
+        "zeebe:taskDefinition retries is the initial count"
+    );
+    let mut h = Harness::start(def, json!({}));
+    let task = h.externals[0].0.clone();
+    h.command(|tr| {
+        tr.complete_external_task(&task, vars(json!({"amount": 4})))
+            .unwrap()
+    });
+    assert_eq!(h.inst.state, InstanceState::Incident);
+    assert!(
+        h.inst.variables.get("amount").is_none(),
+        "nothing mapped yet"
+    );
+    let inc = h.incidents[0].id.clone();
+    h.command(|tr| tr.set_variables(vars(json!({"rate": 3}))));
+    h.command(|tr| tr.retry_incident(&inc).unwrap());
+    assert_eq!(h.inst.state, InstanceState::Active);
+    assert_eq!(h.inst.variables["charged"], 12, "{:?}", h.inst.variables);
+    assert!(
+        h.inst.variables.get("amount").is_none(),
+        "only the mapping's target"
+    );
+    assert_eq!(h.open_tasks(), ["after"]);
+    assert!(h.runtime().tokens.iter().all(|t| t.locals.is_empty()));
+}

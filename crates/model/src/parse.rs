@@ -891,12 +891,20 @@ fn external_task(
             .attribute("type")
             .ok_or_else(|| ModelError::invalid(id, "zeebe:taskDefinition has no type"))?;
         let retries = match z.attribute("retries") {
-            Some(r) => Some(r.trim().parse::<i32>().map_err(|_| {
-                ModelError::invalid(
-                    id,
-                    format!("zeebe:taskDefinition retries `{r}` is not a number"),
-                )
-            })?),
+            Some(r) => Some(
+                r.trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        ModelError::invalid(
+                            id,
+                            format!(
+                                "zeebe:taskDefinition retries `{r}` is not a number of at least 1"
+                            ),
+                        )
+                    })?,
+            ),
             None => None,
         };
         return Ok(ElementKind::ExternalTask {

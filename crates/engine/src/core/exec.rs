@@ -448,12 +448,13 @@ impl<'d> Transition<'d> {
     /// Retries the element an incident stopped at (after its cause was fixed, e.g. by
     /// setting variables).
     pub fn retry_incident(&mut self, incident_id: &str) -> Result<(), CoreError> {
-        let (tid, leaving) = self.waiting_with(
+        let (tid, (leaving, completing)) = self.waiting_with(
             |w| match w {
                 Wait::Incident {
                     incident_id: i,
                     leaving,
-                } if i == incident_id => Some(*leaving),
+                    completing,
+                } if i == incident_id => Some((*leaving, *completing)),
                 _ => None,
             },
             "incident",
@@ -467,7 +468,9 @@ impl<'d> Transition<'d> {
             json!({ "incidentId": incident_id }),
         );
         self.token_mut(tid).wait = Wait::Ready;
-        if leaving {
+        if completing {
+            self.complete_activity(tid, None);
+        } else if leaving {
             self.leave(tid);
         } else {
             self.queue.push_back(tid);
@@ -768,6 +771,7 @@ impl<'d> Transition<'d> {
         self.token_mut(tid).wait = Wait::Incident {
             incident_id,
             leaving,
+            completing: false,
         };
     }
 

@@ -197,6 +197,12 @@ impl Transition<'_> {
                             format!("output mapping of `{id}` failed: {err}"),
                             true,
                         );
+                        // A retry maps the same completion again.
+                        let t = self.token_mut(tid);
+                        t.locals = scope;
+                        if let Wait::Incident { completing, .. } = &mut t.wait {
+                            *completing = true;
+                        }
                         return;
                     }
                 }

@@ -83,7 +83,11 @@ impl Transition<'_> {
             topic,
             worker_id: None,
             lock_expires_at: None,
-            retries: None,
+            // `zeebe:taskDefinition retries` sets the initial count; Camunda 7 has none.
+            retries: match &e.kind {
+                steadyflow_model::ElementKind::ExternalTask { retries, .. } => *retries,
+                _ => None,
+            },
             error_message: None,
             retry_at: None,
             created_at: self.now,

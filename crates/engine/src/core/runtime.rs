@@ -26,10 +26,15 @@ pub enum Wait {
     /// none is left.
     SubProcess,
     /// Stopped by an incident; `leaving` tells whether it stopped while choosing outgoing
-    /// flows (retry re-evaluates them) or while entering (retry enters again).
+    /// flows (retry re-evaluates them) or while entering (retry enters again);
+    /// `completing`, that an output mapping failed while the activity completed (retry
+    /// applies the mappings again, to the completion's variables kept in the token's
+    /// locals, then leaves).
     Incident {
         incident_id: String,
         leaving: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        completing: bool,
     },
 }
 
