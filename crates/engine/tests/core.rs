@@ -988,3 +988,33 @@ fn a_failed_output_mapping_is_retried_with_the_mapping_applied_to_the_same_compl
     assert_eq!(h.open_tasks(), ["after"]);
     assert!(h.runtime().tokens.iter().all(|t| t.locals.is_empty()));
 }
+
+#[test]
+fn an_error_thrown_inside_an_error_event_sub_process_goes_to_the_scope_around_it() {
+    let body = r#"
+    <startEvent id="s"/><sequenceFlow id="f1" sourceRef="s" targetRef="sub"/>
+    <subProcess id="sub">
+      <startEvent id="ss"/><sequenceFlow id="g1" sourceRef="ss" targetRef="a"/>
+      <userTask id="a"/><sequenceFlow id="g2" sourceRef="a" targetRef="boom"/>
+      <endEvent id="boom"><errorEventDefinition errorRef="e1"/></endEvent>
+      <subProcess id="handler" triggeredByEvent="true">
+        <startEvent id="hs"><errorEventDefinition/></startEvent>
+        <sequenceFlow id="h1" sourceRef="hs" targetRef="fix"/><userTask id="fix"/>
+        <sequenceFlow id="h2" sourceRef="fix" targetRef="again"/>
+        <endEvent id="again"><errorEventDefinition errorRef="e2"/></endEvent>
+      </subProcess>
+    </subProcess>
+    <sequenceFlow id="f2" sourceRef="sub" targetRef="e"/><endEvent id="e"/>
+    <boundaryEvent id="outer" attachedToRef="sub"><errorEventDefinition errorRef="e2"/></boundaryEvent>
+    <sequenceFlow id="f3" sourceRef="outer" targetRef="escalated"/><userTask id="escalated"/>"#;
+    let mut h = Harness::start(model_with_errors(ERRORS, body), json!({}));
+    h.complete("a", json!({}));
+    assert_eq!(h.open_tasks(), ["fix"]);
+    h.complete("fix", json!({}));
+    assert_eq!(
+        h.open_tasks(),
+        ["escalated"],
+        "the handler does not catch its own error again"
+    );
+    assert_eq!(h.runtime().tokens.len(), 1);
+}

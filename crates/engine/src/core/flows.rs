@@ -447,7 +447,16 @@ impl Transition<'_> {
                 return true;
             }
             let container = scope.map(|s| self.element_of(s));
-            if let Some((es, interrupting)) = pick(&mut def.event_subprocesses(container)) {
+            // Thrown inside an event sub-process: neither it nor its siblings catch it; it
+            // goes on to the boundary events of the scope around them.
+            let from_event_sub =
+                matches!(def.elements[el].kind, ElementKind::EventSubProcess { .. });
+            let event_sub = if from_event_sub {
+                None
+            } else {
+                pick(&mut def.event_subprocesses(container))
+            };
+            if let Some((es, interrupting)) = event_sub {
                 if interrupting {
                     let mut detail = detail;
                     detail["by"] = json!(def.elements[es].id);
