@@ -479,6 +479,25 @@ pub struct ExternalTaskFailure {
     pub retry_timeout: i64,
 }
 
+/// A BPMN error reported by a worker (Camunda 7's `handleBpmnError`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalTaskBpmnError {
+    #[schema(schema_with = not_blank)]
+    pub worker_id: String,
+    /// The error code, matched against the `errorCode` of error boundary events and
+    /// error event sub-processes (those without one catch every code).
+    #[schema(schema_with = not_blank)]
+    pub error_code: String,
+    /// Shown in the incident when nothing catches the error.
+    #[serde(default)]
+    pub error_message: Option<String>,
+    /// Set on the instance before the error is thrown. Absent or `null`: none.
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[schema(value_type = Option<Object>)]
+    pub variables: Vars,
+}
+
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SetRetries {
@@ -496,7 +515,8 @@ pub struct Incident {
     pub id: String,
     pub process_instance_id: String,
     pub activity_id: String,
-    /// `noMatchingFlow`, `expressionFailed`, `failedExternalTask`.
+    /// `noMatchingFlow`, `expressionFailed`, `failedExternalTask`, `loopWithoutWaitState`,
+    /// `corruptState`, `unhandledError` (a BPMN error nothing catches).
     pub incident_type: String,
     pub message: String,
     pub external_task_id: Option<String>,

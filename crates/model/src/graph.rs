@@ -10,7 +10,7 @@ pub struct ProcessDefinition {
     pub name: Option<String>,
     pub elements: Vec<Element>,
     pub flows: Vec<Flow>,
-    /// Index of the none start event.
+    /// Index of the none start event (of the process itself, not of a sub-process).
     pub start: usize,
     pub(crate) index: HashMap<String, usize>,
     /// `reach[a]` has bit `b` set when element `b` can be reached from `a` along flows.
@@ -25,6 +25,15 @@ impl ProcessDefinition {
 
     pub fn element(&self, idx: usize) -> &Element {
         &self.elements[idx]
+    }
+
+    /// The event sub-processes directly inside `container` (a sub-process element, or the
+    /// process itself for `None`), in document order.
+    pub fn event_subprocesses(&self, container: Option<usize>) -> impl Iterator<Item = usize> {
+        (0..self.elements.len()).filter(move |&i| {
+            self.elements[i].parent == container
+                && matches!(self.elements[i].kind, ElementKind::EventSubProcess { .. })
+        })
     }
 
     /// True when a token at `from` can still arrive at `to` by following sequence flows
@@ -60,6 +69,8 @@ pub struct Element {
     pub outputs: Vec<IoMapping>,
     /// Boundary events attached to this activity (element indices).
     pub boundaries: Vec<usize>,
+    /// The (event) sub-process this element sits directly in; `None` at process level.
+    pub parent: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +84,49 @@ pub enum ElementKind {
     StartEvent,
     EndEvent,
     TerminateEndEvent,
+    /// Error end event: throws the BPMN error `code` to the nearest catcher.
+    ErrorEndEvent {
+        code: String,
+    },
+    /// Embedded sub-process: a scope whose body starts at its none start event `start`.
+    SubProcess {
+        start: usize,
+    },
+    /// Event sub-process (`triggeredByEvent`): started by the event of its start event
+    /// `start` while its enclosing scope runs; interrupting (error start events always are).
+    EventSubProcess {
+        start: usize,
+    },
+    /// Timer start event of an event sub-process: armed while the enclosing scope runs.
+    TimerStartEvent {
+        timer: TimerDef,
+        interrupting: bool,
+    },
+    /// Intermediate escalation throw event: escalates `code` to the nearest catcher and
+    /// goes on unless an interrupting catcher cancelled it.
+    EscalationThrow {
+        code: String,
+    },
+    /// Escalation end event: escalates `code`, then ends like a none end event.
+    EscalationEndEvent {
+        code: String,
+    },
+    /// Escalation boundary event on the (sub-process) activity `host`; `code: None`
+    /// catches every escalation.
+    BoundaryEscalation {
+        host: usize,
+        code: Option<String>,
+        interrupting: bool,
+    },
+    /// Escalation start event of an event sub-process; `code: None` catches every one.
+    EscalationStartEvent {
+        code: Option<String>,
+        interrupting: bool,
+    },
+    /// Error start event of an event sub-process; `code: None` catches every error.
+    ErrorStartEvent {
+        code: Option<String>,
+    },
     /// Passes the token straight on: manual task, plain task, none intermediate throw event.
     PassThrough,
     UserTask(UserTaskDef),
@@ -91,9 +145,62 @@ pub enum ElementKind {
         interrupting: bool,
         timer: TimerDef,
     },
+    /// Error boundary event on the activity `host` (always interrupting); `code: None`
+    /// catches every error.
+    BoundaryError {
+        host: usize,
+        code: Option<String>,
+    },
+}
+
+/// What a throw event sends to the catch events around it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Thrown {
+    Error,
+    Escalation,
 }
 
 impl ElementKind {
+    /// What a catch event of `what` waits for: `(code, interrupting)`, where `code:
+    /// None` catches every code; `None` when this is no such catch event.
+    pub fn catches(&self, what: Thrown) -> Option<(Option<&str>, bool)> {
+        match (self, what) {
+            (ElementKind::BoundaryError { code, .. }, Thrown::Error)
+            | (ElementKind::ErrorStartEvent { code }, Thrown::Error) => {
+                Some((code.as_deref(), true))
+            }
+            (
+                ElementKind::BoundaryEscalation {
+                    code, interrupting, ..
+                },
+                Thrown::Escalation,
+            )
+            | (ElementKind::EscalationStartEvent { code, interrupting }, Thrown::Escalation) => {
+                Some((code.as_deref(), *interrupting))
+            }
+            _ => None,
+        }
+    }
+
+    /// The timer of a timer start event of an event sub-process.
+    pub fn event_sub_timer(&self) -> Option<(&TimerDef, bool)> {
+        match self {
+            ElementKind::TimerStartEvent {
+                timer,
+                interrupting,
+            } => Some((timer, *interrupting)),
+            _ => None,
+        }
+    }
+
+    /// Elements that hold a scope of their own while tokens run inside them.
+    pub fn is_scope(&self) -> bool {
+        matches!(
+            self,
+            ElementKind::SubProcess { .. } | ElementKind::EventSubProcess { .. }
+        )
+    }
+
     pub fn is_gateway(&self) -> bool {
         matches!(
             self,

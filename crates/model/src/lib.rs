@@ -11,7 +11,9 @@ mod parse;
 mod timer;
 
 pub use error::ModelError;
-pub use graph::{Element, ElementKind, Flow, IoMapping, ProcessDefinition, TimerDef, UserTaskDef};
+pub use graph::{
+    Element, ElementKind, Flow, IoMapping, ProcessDefinition, Thrown, TimerDef, UserTaskDef,
+};
 pub use parse::parse_definitions;
 pub use steadyflow_expr as expr;
 pub use timer::{IsoDuration, parse_date_time, parse_duration};

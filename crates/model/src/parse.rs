@@ -61,12 +61,25 @@ pub fn parse_definitions(xml: &str) -> Result<Vec<ProcessDefinition>, ModelError
             "the root element must be a BPMN 2.0 <definitions> element",
         ));
     }
+    let codes = |tag: &str, attr: &str| -> HashMap<String, Option<String>> {
+        root.children()
+            .filter(|n| is_bpmn(*n, tag))
+            .filter_map(|n| {
+                let id = n.attribute("id")?;
+                Some((id.to_string(), n.attribute(attr).map(str::to_string)))
+            })
+            .collect()
+    };
+    let errors = Errors {
+        errors: codes("error", "errorCode"),
+        escalations: codes("escalation", "escalationCode"),
+    };
     let mut out: Vec<ProcessDefinition> = Vec::new();
     for process in root.children().filter(|n| is_bpmn(*n, "process")) {
         if process.attribute("isExecutable") == Some("false") {
             continue;
         }
-        let def = parse_process(process)?;
+        let def = parse_process(process, &errors)?;
         if out.iter().any(|d| d.key == def.key) {
             return Err(ModelError::invalid(&def.key, "two processes share this id"));
         }
@@ -117,45 +130,126 @@ fn expr(text: &str, at: &str) -> Result<Expression, ModelError> {
     Expression::parse(text).map_err(|e| ModelError::invalid(at, e.to_string()))
 }
 
-fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
+/// `<error id errorCode>` and `<escalation id escalationCode>` of the document: id ->
+/// code (`None` when it has none).
+#[derive(Default)]
+struct Errors {
+    errors: HashMap<String, Option<String>>,
+    escalations: HashMap<String, Option<String>>,
+}
+
+/// Elements of a process and its sub-processes, flattened, as they are read.
+struct Collected<'a, 'i> {
+    elements: Vec<Element>,
+    index: HashMap<String, usize>,
+    /// Sequence flows with the container they sit in.
+    flow_nodes: Vec<(Node<'a, 'i>, Option<usize>)>,
+    defaults: Vec<(usize, String)>,
+    attachments: Vec<(usize, String)>,
+}
+
+impl<'a, 'i> Collected<'a, 'i> {
+    /// Reads the flow elements of `container` (the process or a sub-process element
+    /// `parent`); `event_sub` when the container is an event sub-process.
+    fn collect(
+        &mut self,
+        container: Node<'a, 'i>,
+        parent: Option<usize>,
+        event_sub: bool,
+        errors: &Errors,
+    ) -> Result<(), ModelError> {
+        for n in bpmn_children(container) {
+            let tag = n.tag_name().name();
+            if tag == "sequenceFlow" {
+                self.flow_nodes.push((n, parent));
+                continue;
+            }
+            if IGNORED.contains(&tag) {
+                continue;
+            }
+            let id = required_id(n)?;
+            let mut element = parse_element(n, &id, event_sub, errors)?;
+            element.parent = parent;
+            let me = self.elements.len();
+            if self.index.insert(id.clone(), me).is_some() {
+                return Err(ModelError::invalid(&id, "two elements share this id"));
+            }
+            if let Some(d) = n.attribute("default") {
+                self.defaults.push((me, d.to_string()));
+            }
+            if tag == "boundaryEvent" {
+                let host = n.attribute("attachedToRef").ok_or_else(|| {
+                    ModelError::invalid(&id, "a boundary event needs attachedToRef")
+                })?;
+                self.attachments.push((me, host.to_string()));
+            }
+            self.elements.push(element);
+            if tag == "subProcess" {
+                let triggered =
+                    matches!(self.elements[me].kind, ElementKind::EventSubProcess { .. });
+                self.collect(n, Some(me), triggered, errors)?;
+                let starts: Vec<usize> = (me + 1..self.elements.len())
+                    .filter(|&i| self.elements[i].parent == Some(me))
+                    .filter(|&i| {
+                        matches!(
+                            self.elements[i].kind,
+                            ElementKind::StartEvent
+                                | ElementKind::ErrorStartEvent { .. }
+                                | ElementKind::EscalationStartEvent { .. }
+                                | ElementKind::TimerStartEvent { .. }
+                        )
+                    })
+                    .collect();
+                let start = match starts.as_slice() {
+                    [one] => *one,
+                    [] => {
+                        return Err(ModelError::invalid(
+                            &id,
+                            "a sub-process needs one start event",
+                        ));
+                    }
+                    _ => {
+                        return Err(ModelError::unsupported(
+                            tag,
+                            &id,
+                            "a sub-process with more than one start event is not supported",
+                        ));
+                    }
+                };
+                match &mut self.elements[me].kind {
+                    ElementKind::SubProcess { start: s }
+                    | ElementKind::EventSubProcess { start: s } => *s = start,
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_process(process: Node, errors: &Errors) -> Result<ProcessDefinition, ModelError> {
     let key = required_id(process)?;
     // Process-level listeners would be silently skipped: refuse them like element ones.
     extensions(process, "process", &key)?;
-    let mut elements: Vec<Element> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
-    let mut flow_nodes: Vec<Node> = Vec::new();
-    let mut defaults: Vec<(usize, String)> = Vec::new();
-    let mut attachments: Vec<(usize, String)> = Vec::new();
-
-    for n in bpmn_children(process) {
-        let tag = n.tag_name().name();
-        if tag == "sequenceFlow" {
-            flow_nodes.push(n);
-            continue;
-        }
-        if IGNORED.contains(&tag) {
-            continue;
-        }
-        let id = required_id(n)?;
-        let element = parse_element(n, &id)?;
-        if index.insert(id.clone(), elements.len()).is_some() {
-            return Err(ModelError::invalid(&id, "two elements share this id"));
-        }
-        if let Some(d) = n.attribute("default") {
-            defaults.push((elements.len(), d.to_string()));
-        }
-        if tag == "boundaryEvent" {
-            let host = n
-                .attribute("attachedToRef")
-                .ok_or_else(|| ModelError::invalid(&id, "a boundary event needs attachedToRef"))?;
-            attachments.push((elements.len(), host.to_string()));
-        }
-        elements.push(element);
-    }
+    let mut c = Collected {
+        elements: Vec::new(),
+        index: HashMap::new(),
+        flow_nodes: Vec::new(),
+        defaults: Vec::new(),
+        attachments: Vec::new(),
+    };
+    c.collect(process, None, false, errors)?;
+    let Collected {
+        mut elements,
+        index,
+        flow_nodes,
+        defaults,
+        attachments,
+    } = c;
 
     let mut flows: Vec<Flow> = Vec::new();
     let mut flow_index: HashMap<String, usize> = HashMap::new();
-    for (i, n) in flow_nodes.iter().enumerate() {
+    for (i, (n, container)) in flow_nodes.iter().enumerate() {
         let id = n
             .attribute("id")
             .map(str::to_string)
@@ -170,6 +264,12 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
         };
         let source = endpoint("sourceRef")?;
         let target = endpoint("targetRef")?;
+        if elements[source].parent != *container || elements[target].parent != *container {
+            return Err(ModelError::invalid(
+                &id,
+                "a sequence flow must connect elements of its own (sub-)process",
+            ));
+        }
         let condition = match child(*n, "conditionExpression") {
             Some(c) => {
                 if let Some(lang) = c.attribute("language") {
@@ -229,15 +329,23 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
         })?;
         if !matches!(
             elements[host].kind,
-            ElementKind::UserTask(_) | ElementKind::ExternalTask { .. }
+            ElementKind::UserTask(_)
+                | ElementKind::ExternalTask { .. }
+                | ElementKind::SubProcess { .. }
         ) {
             return Err(ModelError::unsupported(
                 "boundaryEvent",
                 &elements[b].id,
                 format!(
-                    "boundary events on <{}> are not supported yet (only on user and service tasks)",
+                    "boundary events on <{}> are not supported yet (only on user and service tasks and sub-processes)",
                     elements[host].tag
                 ),
+            ));
+        }
+        if elements[b].parent != elements[host].parent {
+            return Err(ModelError::invalid(
+                &elements[b].id,
+                "a boundary event must sit in the same (sub-)process as its activity",
             ));
         }
         if !elements[b].incoming.is_empty() {
@@ -246,13 +354,17 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
                 "a boundary event cannot have incoming flows",
             ));
         }
-        if let ElementKind::BoundaryTimer { host: h, .. } = &mut elements[b].kind {
+        if let ElementKind::BoundaryTimer { host: h, .. }
+        | ElementKind::BoundaryError { host: h, .. }
+        | ElementKind::BoundaryEscalation { host: h, .. } = &mut elements[b].kind
+        {
             *h = host;
         }
         elements[host].boundaries.push(b);
     }
 
     let starts: Vec<usize> = (0..elements.len())
+        .filter(|i| elements[*i].parent.is_none())
         .filter(|i| matches!(elements[*i].kind, ElementKind::StartEvent))
         .collect();
     let start = match starts.as_slice() {
@@ -271,10 +383,25 @@ fn parse_process(process: Node) -> Result<ProcessDefinition, ModelError> {
         }
     };
     for e in &elements {
-        if matches!(e.kind, ElementKind::StartEvent) && !e.incoming.is_empty() {
+        let is_start = matches!(
+            e.kind,
+            ElementKind::StartEvent
+                | ElementKind::ErrorStartEvent { .. }
+                | ElementKind::EscalationStartEvent { .. }
+                | ElementKind::TimerStartEvent { .. }
+        );
+        if is_start && !e.incoming.is_empty() {
             return Err(ModelError::invalid(
                 &e.id,
                 "a start event cannot have incoming flows",
+            ));
+        }
+        if matches!(e.kind, ElementKind::EventSubProcess { .. })
+            && !(e.incoming.is_empty() && e.outgoing.is_empty())
+        {
+            return Err(ModelError::invalid(
+                &e.id,
+                "an event sub-process cannot have sequence flows in or out",
             ));
         }
     }
@@ -325,7 +452,12 @@ fn event_definitions<'a, 'i>(n: Node<'a, 'i>) -> Vec<Node<'a, 'i>> {
         .collect()
 }
 
-fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
+fn parse_element(
+    n: Node,
+    id: &str,
+    event_sub: bool,
+    errors: &Errors,
+) -> Result<Element, ModelError> {
     let tag = n.tag_name().name();
     let unsupported = |reason: &str| ModelError::unsupported(tag, id, reason);
     for c in bpmn_children(n) {
@@ -352,19 +484,108 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         }
     };
     let kind = match tag {
+        "startEvent" if event_sub => {
+            match only_def(&[
+                "errorEventDefinition",
+                "timerEventDefinition",
+                "escalationEventDefinition",
+            ])? {
+                Some(d) if d.tag_name().name() == "escalationEventDefinition" => {
+                    ElementKind::EscalationStartEvent {
+                        code: escalation_code(d, tag, id, errors)?,
+                        interrupting: n.attribute("isInterrupting") != Some("false"),
+                    }
+                }
+                Some(t) if t.tag_name().name() == "timerEventDefinition" => {
+                    ElementKind::TimerStartEvent {
+                        timer: timer(t, tag, id)?,
+                        interrupting: n.attribute("isInterrupting") != Some("false"),
+                    }
+                }
+                Some(d) => {
+                    if n.attribute("isInterrupting") == Some("false") {
+                        return Err(ModelError::invalid(
+                            id,
+                            "an error start event is always interrupting",
+                        ));
+                    }
+                    ElementKind::ErrorStartEvent {
+                        code: error_code(d, tag, id, errors)?,
+                    }
+                }
+                None => {
+                    return Err(ModelError::invalid(
+                        id,
+                        "the start event of an event sub-process needs an event definition",
+                    ));
+                }
+            }
+        }
         "startEvent" => {
             only_def(&[])?;
             ElementKind::StartEvent
         }
-        "endEvent" => match only_def(&["terminateEventDefinition"])? {
+        "endEvent" => match only_def(&[
+            "terminateEventDefinition",
+            "errorEventDefinition",
+            "escalationEventDefinition",
+        ])? {
+            Some(d) if d.tag_name().name() == "escalationEventDefinition" => {
+                ElementKind::EscalationEndEvent {
+                    code: thrown_escalation(d, tag, id, errors)?,
+                }
+            }
+            Some(d) if d.tag_name().name() == "errorEventDefinition" => {
+                match error_code(d, tag, id, errors)? {
+                    Some(code) => ElementKind::ErrorEndEvent { code },
+                    None => {
+                        return Err(ModelError::invalid(
+                            id,
+                            "an error end event needs errorRef naming an <error> with an errorCode",
+                        ));
+                    }
+                }
+            }
             Some(_) => ElementKind::TerminateEndEvent,
             None => ElementKind::EndEvent,
         },
-        "intermediateThrowEvent" => {
-            only_def(&[])?;
-            ElementKind::PassThrough
+        "subProcess" => {
+            if n.attribute("triggeredByEvent") == Some("true") {
+                ElementKind::EventSubProcess { start: usize::MAX }
+            } else {
+                ElementKind::SubProcess { start: usize::MAX }
+            }
         }
-        "boundaryEvent" => match only_def(&["timerEventDefinition"])? {
+        "intermediateThrowEvent" => match only_def(&["escalationEventDefinition"])? {
+            Some(d) => ElementKind::EscalationThrow {
+                code: thrown_escalation(d, tag, id, errors)?,
+            },
+            None => ElementKind::PassThrough,
+        },
+        "boundaryEvent" => match only_def(&[
+            "timerEventDefinition",
+            "errorEventDefinition",
+            "escalationEventDefinition",
+        ])? {
+            Some(d) if d.tag_name().name() == "escalationEventDefinition" => {
+                ElementKind::BoundaryEscalation {
+                    host: usize::MAX,
+                    code: escalation_code(d, tag, id, errors)?,
+                    interrupting: n.attribute("cancelActivity") != Some("false"),
+                }
+            }
+            Some(d) if d.tag_name().name() == "errorEventDefinition" => {
+                if n.attribute("cancelActivity") == Some("false") {
+                    return Err(ModelError::invalid(
+                        id,
+                        "an error boundary event is always interrupting (cancelActivity=\"false\")",
+                    ));
+                }
+                ElementKind::BoundaryError {
+                    host: usize::MAX,
+                    code: error_code(d, tag, id, errors)?,
+                }
+            }
             Some(t) => ElementKind::BoundaryTimer {
                 host: usize::MAX,
                 interrupting: n.attribute("cancelActivity") != Some("false"),
@@ -397,7 +618,14 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         _ => return Err(unsupported(&format!("<{tag}> is not supported yet"))),
     };
     let completes = !kind.is_gateway()
-        && !matches!(kind, ElementKind::EndEvent | ElementKind::TerminateEndEvent);
+        && !matches!(
+            kind,
+            ElementKind::EndEvent
+                | ElementKind::TerminateEndEvent
+                | ElementKind::ErrorEndEvent { .. }
+                | ElementKind::EscalationEndEvent { .. }
+                | ElementKind::EventSubProcess { .. }
+        );
     if !ext.outputs.is_empty() && !completes {
         return Err(unsupported(
             "output mappings on this element are not supported yet",
@@ -414,7 +642,93 @@ fn parse_element(n: Node, id: &str) -> Result<Element, ModelError> {
         inputs: ext.inputs,
         outputs: ext.outputs,
         boundaries: Vec::new(),
+        parent: None,
     })
+}
+
+/// The escalation code an `<escalationEventDefinition>` names: `None` without
+/// escalationRef (catch-all).
+fn escalation_code(
+    def: Node,
+    tag: &str,
+    id: &str,
+    errors: &Errors,
+) -> Result<Option<String>, ModelError> {
+    let Some(r) = def.attribute("escalationRef") else {
+        return Ok(None);
+    };
+    let found = errors.escalations.get(r).or_else(|| {
+        r.split_once(':')
+            .and_then(|(_, local)| errors.escalations.get(local))
+    });
+    match found {
+        Some(Some(code)) => Ok(Some(code.clone())),
+        Some(None) => Err(ModelError::unsupported(
+            tag,
+            id,
+            format!(
+                "<escalation id=\"{r}\"> has no escalationCode; catching or throwing it is not supported"
+            ),
+        )),
+        None => Err(ModelError::invalid(
+            id,
+            format!("escalationRef `{r}` names no <escalation> of the document"),
+        )),
+    }
+}
+
+/// An escalation code to throw: required.
+fn thrown_escalation(
+    def: Node,
+    tag: &str,
+    id: &str,
+    errors: &Errors,
+) -> Result<String, ModelError> {
+    escalation_code(def, tag, id, errors)?.ok_or_else(|| {
+        ModelError::invalid(
+            id,
+            "an escalation throw event needs escalationRef naming an <escalation> with an escalationCode",
+        )
+    })
+}
+
+/// The error code an `<errorEventDefinition>` names: `None` without errorRef (catch-all).
+fn error_code(
+    def: Node,
+    tag: &str,
+    id: &str,
+    errors: &Errors,
+) -> Result<Option<String>, ModelError> {
+    for attr in ["errorCodeVariable", "errorMessageVariable"] {
+        if def.attribute((CAMUNDA, attr)).is_some() {
+            return Err(ModelError::unsupported(
+                tag,
+                id,
+                format!("camunda:{attr} is not supported yet"),
+            ));
+        }
+    }
+    let Some(r) = def.attribute("errorRef") else {
+        return Ok(None);
+    };
+    let found = errors.errors.get(r).or_else(|| {
+        r.split_once(':')
+            .and_then(|(_, local)| errors.errors.get(local))
+    });
+    match found {
+        Some(Some(code)) => Ok(Some(code.clone())),
+        Some(None) => Err(ModelError::unsupported(
+            tag,
+            id,
+            format!(
+                "<error id=\"{r}\"> has no errorCode; catching or throwing it is not supported"
+            ),
+        )),
+        None => Err(ModelError::invalid(
+            id,
+            format!("errorRef `{r}` names no <error> of the document"),
+        )),
+    }
 }
 
 /// What the `<extensionElements>` of an element say.
@@ -460,11 +774,12 @@ fn extensions<'a, 'i>(
                         target: target.to_string(),
                     };
                     match m.tag_name().name() {
+                        "input" if tag == "subProcess" => ext.inputs.push(mapping),
                         "input" => {
                             return Err(ModelError::unsupported(
                                 tag,
                                 id,
-                                "zeebe:ioMapping input mappings are not supported yet",
+                                "zeebe:ioMapping input mappings are supported on sub-processes only yet",
                             ));
                         }
                         "output" => ext.outputs.push(mapping),
@@ -576,12 +891,20 @@ fn external_task(
             .attribute("type")
             .ok_or_else(|| ModelError::invalid(id, "zeebe:taskDefinition has no type"))?;
         let retries = match z.attribute("retries") {
-            Some(r) => Some(r.trim().parse::<i32>().map_err(|_| {
-                ModelError::invalid(
-                    id,
-                    format!("zeebe:taskDefinition retries `{r}` is not a number"),
-                )
-            })?),
+            Some(r) => Some(
+                r.trim()
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        ModelError::invalid(
+                            id,
+                            format!(
+                                "zeebe:taskDefinition retries `{r}` is not a number of at least 1"
+                            ),
+                        )
+                    })?,
+            ),
             None => None,
         };
         return Ok(ElementKind::ExternalTask {

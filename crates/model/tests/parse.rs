@@ -42,7 +42,12 @@ fn unsupported_elements_are_refused_naming_element_and_id() {
             "java",
         ),
         (r#"<serviceTask id="bare"/>"#, "serviceTask", "bare"),
-        (r#"<subProcess id="sub"/>"#, "subProcess", "sub"),
+        (r#"<transaction id="tx"/>"#, "transaction", "tx"),
+        (
+            r#"<subProcess id="sub"><startEvent id="ss"/><startEvent id="ss2"/></subProcess>"#,
+            "subProcess",
+            "sub",
+        ),
         (
             r#"<userTask id="mi"><multiInstanceLoopCharacteristics/></userTask>"#,
             "userTask",
@@ -103,6 +108,22 @@ fn structural_errors_are_invalid() {
         (
             r#"<startEvent id="s"/><sequenceFlow id="f" sourceRef="s" targetRef="s2"><conditionExpression>${a ==}</conditionExpression></sequenceFlow><endEvent id="s2"/>"#,
             "f",
+        ),
+        (
+            r#"<startEvent id="s"/><sequenceFlow id="in" sourceRef="s" targetRef="t"/><subProcess id="sub"><startEvent id="ss"/><userTask id="t"/></subProcess>"#,
+            "in",
+        ),
+        (
+            r#"<startEvent id="s"/><sequenceFlow id="f" sourceRef="s" targetRef="x"/><endEvent id="x"><errorEventDefinition/></endEvent>"#,
+            "x",
+        ),
+        (
+            r#"<startEvent id="s"/><subProcess id="sub"><userTask id="t"/></subProcess>"#,
+            "sub",
+        ),
+        (
+            r#"<startEvent id="s"/><subProcess id="h" triggeredByEvent="true"><startEvent id="hs"/></subProcess>"#,
+            "hs",
         ),
     ] {
         match parse_definitions(&doc(xml)) {
@@ -197,4 +218,71 @@ fn listeners_on_the_process_or_a_flow_are_refused() {
     assert!(
         matches!(parse_definitions(&on_flow), Err(ModelError::Unsupported { id, .. }) if id == "f0")
     );
+}
+
+#[test]
+fn sub_processes_event_sub_processes_errors_and_escalations_are_read_with_their_scopes() {
+    let xml = format!(
+        r#"<definitions {NS} targetNamespace="t">
+        <error id="err" errorCode="E1"/><escalation id="esc" escalationCode="X1"/>
+        <process id="p" isExecutable="true">
+        <startEvent id="s"/><sequenceFlow id="f1" sourceRef="s" targetRef="sub"/>
+        <subProcess id="sub">
+          <startEvent id="ss"/><sequenceFlow id="g1" sourceRef="ss" targetRef="shout"/>
+          <intermediateThrowEvent id="shout"><escalationEventDefinition escalationRef="esc"/></intermediateThrowEvent>
+          <sequenceFlow id="g2" sourceRef="shout" targetRef="boom"/>
+          <endEvent id="boom"><errorEventDefinition errorRef="err"/></endEvent>
+          <subProcess id="later" triggeredByEvent="true">
+            <startEvent id="ls" isInterrupting="false"><timerEventDefinition><timeDuration>PT1H</timeDuration></timerEventDefinition></startEvent>
+            <sequenceFlow id="l1" sourceRef="ls" targetRef="le"/><endEvent id="le"/>
+          </subProcess>
+        </subProcess>
+        <sequenceFlow id="f2" sourceRef="sub" targetRef="e"/><endEvent id="e"/>
+        <boundaryEvent id="caught" attachedToRef="sub"><errorEventDefinition/></boundaryEvent>
+        <sequenceFlow id="f3" sourceRef="caught" targetRef="e"/>
+        <boundaryEvent id="heard" attachedToRef="sub" cancelActivity="false"><escalationEventDefinition escalationRef="esc"/></boundaryEvent>
+        <sequenceFlow id="f4" sourceRef="heard" targetRef="e"/>
+        </process></definitions>"#
+    );
+    let def = parse_definitions(&xml).unwrap().remove(0);
+    let at = |id: &str| def.element(def.element_index(id).unwrap());
+    let sub = def.element_index("sub").unwrap();
+    assert!(
+        matches!(at("sub").kind, ElementKind::SubProcess { start } if def.element(start).id == "ss")
+    );
+    assert_eq!(
+        def.element(def.start).id,
+        "s",
+        "the process start, not the sub-process's"
+    );
+    assert_eq!(at("boom").parent, Some(sub));
+    assert_eq!(at("sub").parent, None);
+    assert!(matches!(&at("boom").kind, ElementKind::ErrorEndEvent { code } if code == "E1"));
+    assert!(matches!(&at("shout").kind, ElementKind::EscalationThrow { code } if code == "X1"));
+    assert!(matches!(
+        &at("caught").kind,
+        ElementKind::BoundaryError { host, code: None } if *host == sub
+    ));
+    assert!(matches!(
+        &at("heard").kind,
+        ElementKind::BoundaryEscalation { code: Some(c), interrupting: false, .. } if c == "X1"
+    ));
+    assert_eq!(at("sub").boundaries.len(), 2);
+    let later: Vec<usize> = def.event_subprocesses(Some(sub)).collect();
+    assert_eq!(later, [def.element_index("later").unwrap()]);
+    assert!(matches!(
+        at("ls").kind,
+        ElementKind::TimerStartEvent {
+            interrupting: false,
+            ..
+        }
+    ));
+    assert_eq!(def.event_subprocesses(None).count(), 0);
+
+    // A reference to an error or escalation the document lacks is invalid, naming the event.
+    let bad = xml.replace(r#"errorRef="err""#, r#"errorRef="nope""#);
+    match parse_definitions(&bad) {
+        Err(ModelError::Invalid { id, .. }) => assert_eq!(id, "boom"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -128,6 +128,9 @@ closed_set! {
         LoopWithoutWaitState = "loopWithoutWaitState",
         /// The instance's stored state cannot be executed (corrupt or mis-restored row).
         CorruptState = "corruptState",
+        /// A BPMN error was thrown (error end event, worker's `bpmnError`) and no error
+        /// boundary event or error event sub-process around it catches its code.
+        UnhandledError = "unhandledError",
     }
 }
 

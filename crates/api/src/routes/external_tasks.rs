@@ -1,4 +1,5 @@
-//! External tasks: the worker protocol (fetch-and-lock, complete, failure) and retries.
+//! External tasks: the worker protocol (fetch-and-lock, complete, failure, BPMN error) and
+//! retries.
 
 use axum::extract::State;
 use serde::Deserialize;
@@ -12,8 +13,8 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorResponse};
 use crate::json::Json;
 use crate::model::{
-    CompleteExternalTask, ExternalTask, ExternalTaskFailure, ExternalTaskPage, FetchAndLock,
-    MAX_FETCH, ProcessInstance, SetRetries, check_not_blank,
+    CompleteExternalTask, ExternalTask, ExternalTaskBpmnError, ExternalTaskFailure,
+    ExternalTaskPage, FetchAndLock, MAX_FETCH, ProcessInstance, SetRetries, check_not_blank,
 };
 use crate::params::{Path, Query, cursor, page_limit};
 
@@ -27,6 +28,7 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(fetch_and_lock))
         .routes(routes!(complete_external_task))
         .routes(routes!(fail_external_task))
+        .routes(routes!(bpmn_error_external_task))
         .routes(routes!(set_retries))
         .routes(routes!(unlock_external_task))
 }
@@ -220,6 +222,49 @@ async fn fail_external_task(
     Ok(Json(
         state.engine.fail_external_task(&id, failure).await?.into(),
     ))
+}
+
+/// Report a BPMN error for a locked external task.
+///
+/// As Camunda 7's `handleBpmnError`: the task ends, `variables` are set on the instance,
+/// and the error `errorCode` is thrown at the task's activity. The nearest error boundary
+/// event or error event sub-process whose `errorCode` matches (or that has none) catches
+/// it and the instance goes on there; when none does, the instance stands in an
+/// `unhandledError` incident at the activity (retrying it creates the task again).
+/// Returns the instance after it moved on.
+#[utoipa::path(
+    post,
+    path = "/api/v1/external-tasks/{id}/bpmnError",
+    tag = "external tasks",
+    params(("id" = String, Path, description = "External task id")),
+    request_body = ExternalTaskBpmnError,
+    responses(
+        (status = 200, body = ProcessInstance),
+        (status = 400, description = "A blank `workerId` or `errorCode`, or a malformed body", body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 409, description = "`lock_expired` (this worker's lock ran out or was released) or `locked_by_other_worker`", body = ErrorResponse),
+        (status = 503, description = "`busy`: other changes to the instance kept winning; retry after `Retry-After` seconds (or `unavailable`)", body = ErrorResponse,
+            headers(("Retry-After" = u32, description = "Seconds to wait before retrying (with `busy`)"))),
+    )
+)]
+async fn bpmn_error_external_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(body): Json<ExternalTaskBpmnError>,
+) -> Result<Json<ProcessInstance>, ApiError> {
+    check_not_blank("workerId", &body.worker_id)?;
+    check_not_blank("errorCode", &body.error_code)?;
+    let inst = state
+        .engine
+        .external_task_bpmn_error(
+            &id,
+            &body.worker_id,
+            &body.error_code,
+            body.error_message.as_deref(),
+            body.variables,
+        )
+        .await?;
+    Ok(Json(inst.into()))
 }
 
 /// Set a task's retries; above 0 resolves its incident and makes it fetchable.

@@ -241,3 +241,108 @@ async fn worker_protocol_input_is_validated() {
     let r = app.get("/api/v1/external-tasks/nope").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
 }
+
+const ERROR_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL"
+             xmlns:camunda="http://camunda.org/schema/1.0/bpmn"
+             id="defs" targetNamespace="http://example.com/pay">
+  <error id="declined" errorCode="CARD_DECLINED"/>
+  <process id="pay" isExecutable="true">
+    <startEvent id="start"/>
+    <sequenceFlow id="f1" sourceRef="start" targetRef="charge"/>
+    <serviceTask id="charge" camunda:type="external" camunda:topic="work"/>
+    <sequenceFlow id="f2" sourceRef="charge" targetRef="end"/>
+    <endEvent id="end"/>
+    <boundaryEvent id="onDeclined" attachedToRef="charge">
+      <errorEventDefinition errorRef="declined"/>
+    </boundaryEvent>
+    <sequenceFlow id="f3" sourceRef="onDeclined" targetRef="askCustomer"/>
+    <userTask id="askCustomer" name="Ask customer"/>
+    <sequenceFlow id="f4" sourceRef="askCustomer" targetRef="end"/>
+  </process>
+</definitions>
+"#;
+
+#[tokio::test]
+async fn a_bpmn_error_from_the_lock_holder_is_caught_by_its_boundary_event() {
+    let app = App::new();
+    app.deploy(ERROR_XML).await;
+    let iid = id(&app.start("pay", json!({})).await);
+    let locked = app
+        .post("/api/v1/external-tasks/fetch-and-lock", fetch("w1", 60_000))
+        .await
+        .json();
+    let tid = id(&locked[0]);
+    let uri = format!("/api/v1/external-tasks/{tid}/bpmnError");
+    let error = |worker: &str, code: &str| json!({"workerId": worker, "errorCode": code, "errorMessage": "no funds", "variables": {"reason": "funds"}});
+
+    let r = app.post(&uri, error("w1", " ")).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::BAD_REQUEST, "bad_request".into()),
+        "{}",
+        r.text
+    );
+    let r = app.post(&uri, error("w2", "CARD_DECLINED")).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (StatusCode::CONFLICT, "locked_by_other_worker".into()),
+        "{}",
+        r.text
+    );
+    let r = app
+        .post("/api/v1/external-tasks/nope/bpmnError", error("w1", "X"))
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+    let inst = app
+        .get(&format!("/api/v1/process-instances/{iid}"))
+        .await
+        .json();
+    assert_eq!(
+        inst["activeActivityIds"],
+        json!(["charge"]),
+        "nothing changed"
+    );
+
+    let r = app.post(&uri, error("w1", "CARD_DECLINED")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let inst = r.json();
+    assert_eq!(inst["state"], "active");
+    assert_eq!(inst["activeActivityIds"], json!(["askCustomer"]));
+    assert_eq!(inst["variables"], json!({"reason": "funds"}));
+    let r = app.post(&uri, error("w1", "CARD_DECLINED")).await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "the task ended: {}",
+        r.text
+    );
+}
+
+#[tokio::test]
+async fn an_uncaught_bpmn_error_is_an_incident_naming_the_task() {
+    let app = App::new();
+    app.deploy(ERROR_XML).await;
+    let iid = id(&app.start("pay", json!({})).await);
+    let locked = app
+        .post("/api/v1/external-tasks/fetch-and-lock", fetch("w1", 60_000))
+        .await
+        .json();
+    let tid = id(&locked[0]);
+    let r = app
+        .post(
+            &format!("/api/v1/external-tasks/{tid}/bpmnError"),
+            json!({"workerId": "w1", "errorCode": "OTHER"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.json()["state"], "incident");
+    let incidents = app
+        .get(&format!("/api/v1/incidents?processInstanceId={iid}"))
+        .await
+        .items();
+    assert_eq!(incidents[0]["incidentType"], "unhandledError");
+    assert_eq!(incidents[0]["activityId"], "charge");
+    let msg = incidents[0]["message"].as_str().unwrap();
+    assert!(msg.contains("`charge`") && msg.contains("`OTHER`"), "{msg}");
+}

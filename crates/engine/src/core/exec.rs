@@ -55,6 +55,21 @@ fn placeholder(inst: &InstanceRecord) -> InstanceRecord {
     }
 }
 
+/// Variables seen through several scopes: `layers` innermost first, then `root`.
+struct Chain<'a> {
+    layers: Vec<&'a Vars>,
+    root: &'a Vars,
+}
+
+impl Context for Chain<'_> {
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.layers
+            .iter()
+            .find_map(|l| l.get(name))
+            .or_else(|| self.root.get(name))
+    }
+}
+
 pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
@@ -165,6 +180,11 @@ impl<'d> Transition<'d> {
             json!({ "incidentId": incident_id }),
         );
         let mut lost = Vec::new();
+        for b in &self.rt.scope_timers {
+            if !existing_timers.contains(&b.timer_id) {
+                lost.push((b.timer_id.clone(), b.boundary.clone()));
+            }
+        }
         for t in &self.rt.tokens {
             if let Wait::Timer { timer_id } = &t.wait
                 && !existing_timers.contains(timer_id)
@@ -212,7 +232,11 @@ impl<'d> Transition<'d> {
             self.hist(HistoryEvent::VariablesChanged, None, detail);
         }
         let start = self.def.start;
-        self.spawn(start, None);
+        let tid = self.spawn(start, None, None);
+        if let Err(message) = self.arm_event_sub_timers(None) {
+            let msg = format!("cannot arm the timer of an event sub-process: {message}");
+            self.incident(tid, IncidentType::ExpressionFailed, msg, false);
+        }
         self.run();
     }
 
@@ -224,7 +248,8 @@ impl<'d> Transition<'d> {
             task_id,
         )?;
         self.cs.tasks_removed.push(task_id.to_string());
-        self.set_vars(variables);
+        let scope = self.token(tid).scope;
+        self.set_vars_in(scope, variables);
         self.complete_activity(tid, None);
         self.run();
         Ok(())
@@ -245,6 +270,32 @@ impl<'d> Transition<'d> {
         self.cs.external_removed.push(task_id.to_string());
         self.resolve_task_incidents(task_id);
         self.complete_activity(tid, Some(variables));
+        self.run();
+        Ok(())
+    }
+
+    /// A worker reports the BPMN error `code` for external task `task_id`: the task is
+    /// removed, `variables` are set on the instance, and the error is thrown from the
+    /// task's activity (see `throw_error`): caught by an error boundary event or error
+    /// event sub-process, or an `unhandledError` incident at the activity.
+    pub fn external_task_bpmn_error(
+        &mut self,
+        task_id: &str,
+        code: &str,
+        message: Option<&str>,
+        variables: Vars,
+    ) -> Result<(), CoreError> {
+        let tid = self.waiting(
+            |w| matches!(w, Wait::ExternalTask { task_id: t } if t == task_id),
+            "external task",
+            task_id,
+        )?;
+        self.cs.external_removed.push(task_id.to_string());
+        self.resolve_task_incidents(task_id);
+        self.token_mut(tid).wait = Wait::Ready;
+        let scope = self.token(tid).scope;
+        self.set_vars_in(scope, variables);
+        self.throw_error(tid, code, message);
         self.run();
         Ok(())
     }
@@ -283,6 +334,18 @@ impl<'d> Transition<'d> {
 
     /// Fires timer `timer_id`. `Err(NotWaiting)` when no token waits for it any more.
     pub fn fire_timer(&mut self, timer_id: &str) -> Result<(), CoreError> {
+        if let Some(p) = self
+            .rt
+            .scope_timers
+            .iter()
+            .position(|b| b.timer_id == timer_id)
+        {
+            let b = self.rt.scope_timers.remove(p);
+            self.cs.timers_removed.push(b.timer_id);
+            self.start_timer_event_sub(None, &b.boundary)?;
+            self.run();
+            return Ok(());
+        }
         let boundary = self.rt.tokens.iter().find_map(|t| {
             t.boundary_timers
                 .iter()
@@ -322,6 +385,13 @@ impl<'d> Transition<'d> {
             .map(|el| (el, &self.def.elements[el].kind));
         let (el, interrupting) = match found {
             Some((el, ElementKind::BoundaryTimer { interrupting, .. })) => (el, *interrupting),
+            Some((_, ElementKind::TimerStartEvent { .. })) => {
+                self.cs.timers_removed.push(timer_id.to_string());
+                self.token_mut(host_token)
+                    .boundary_timers
+                    .retain(|b| b.timer_id != timer_id);
+                return self.start_timer_event_sub(Some(host_token), boundary);
+            }
             _ => {
                 let reason = format!("timer {timer_id} names `{boundary}`, no boundary timer");
                 return Err(CoreError::corrupt(&self.inst.id, reason));
@@ -331,6 +401,7 @@ impl<'d> Transition<'d> {
         self.token_mut(host_token)
             .boundary_timers
             .retain(|b| b.timer_id != timer_id);
+        let scope = self.token(host_token).scope;
         if interrupting {
             let host = self.token(host_token).element.clone();
             self.hist(
@@ -340,7 +411,31 @@ impl<'d> Transition<'d> {
             );
             self.cancel_token(host_token);
         }
-        self.spawn(el, None);
+        self.spawn(el, None, scope);
+        Ok(())
+    }
+
+    /// The timer of the timer start event `start` fired while its scope (`scope`: the
+    /// token at the sub-process, `None` for the process) runs: the event sub-process
+    /// starts; an interrupting one first cancels everything else in the scope.
+    fn start_timer_event_sub(&mut self, scope: Option<u64>, start: &str) -> Result<(), CoreError> {
+        let found = self.def.element_index(start).and_then(|el| {
+            let interrupting = self.def.elements[el].kind.event_sub_timer()?.1;
+            Some((self.def.elements[el].parent?, interrupting))
+        });
+        let Some((es, interrupting)) = found else {
+            let reason =
+                format!("a timer names `{start}`, no timer start event of an event sub-process");
+            return Err(CoreError::corrupt(&self.inst.id, reason));
+        };
+        if interrupting {
+            let at = scope.map(|s| self.token(s).element.clone());
+            let detail = json!({ "by": self.def.elements[es].id });
+            self.hist(HistoryEvent::ActivityCancelled, at.as_deref(), detail);
+            self.disarm_event_sub_timers(scope);
+            self.cancel_scope(scope);
+        }
+        self.spawn(es, None, scope);
         Ok(())
     }
 
@@ -353,12 +448,13 @@ impl<'d> Transition<'d> {
     /// Retries the element an incident stopped at (after its cause was fixed, e.g. by
     /// setting variables).
     pub fn retry_incident(&mut self, incident_id: &str) -> Result<(), CoreError> {
-        let (tid, leaving) = self.waiting_with(
+        let (tid, (leaving, completing)) = self.waiting_with(
             |w| match w {
                 Wait::Incident {
                     incident_id: i,
                     leaving,
-                } if i == incident_id => Some(*leaving),
+                    completing,
+                } if i == incident_id => Some((*leaving, *completing)),
                 _ => None,
             },
             "incident",
@@ -372,7 +468,9 @@ impl<'d> Transition<'d> {
             json!({ "incidentId": incident_id }),
         );
         self.token_mut(tid).wait = Wait::Ready;
-        if leaving {
+        if completing {
+            self.complete_activity(tid, None);
+        } else if leaving {
             self.leave(tid);
         } else {
             self.queue.push_back(tid);
@@ -396,6 +494,10 @@ impl<'d> Transition<'d> {
     /// Closes the transition into the change set to commit.
     pub fn finish(mut self) -> ChangeSet {
         debug_assert!(self.rt.tokens.iter().all(|t| t.wait != Wait::Ready));
+        if self.rt.tokens.is_empty() {
+            // Nothing left for a process-level event sub-process to interrupt.
+            self.disarm_event_sub_timers(None);
+        }
         if self.inst.state != InstanceState::Cancelled {
             if self.rt.tokens.is_empty() {
                 if self.inst.state != InstanceState::Completed {
@@ -505,8 +607,9 @@ impl<'d> Transition<'d> {
             .expect("token stands at an element of its definition")
     }
 
-    /// New token at element `el`, queued for processing.
-    pub(super) fn spawn(&mut self, el: usize, via: Option<usize>) -> u64 {
+    /// New token at element `el` inside `scope` (see [`Token::scope`]), queued for
+    /// processing.
+    pub(super) fn spawn(&mut self, el: usize, via: Option<usize>, scope: Option<u64>) -> u64 {
         let id = self.rt.next_token;
         self.rt.next_token += 1;
         self.rt.tokens.push(Token {
@@ -515,6 +618,7 @@ impl<'d> Transition<'d> {
             via: via.map(|f| self.def.flows[f].id.clone()),
             wait: Wait::Ready,
             locals: Vars::new(),
+            scope,
             boundary_timers: Vec::new(),
         });
         self.queue.push_back(id);
@@ -538,17 +642,93 @@ impl<'d> Transition<'d> {
         self.rt.tokens.remove(p);
     }
 
-    /// Evaluates with the token's local variables over the instance's.
+    /// Evaluates with the token's local variables over those of the sub-processes around
+    /// it (innermost first) over the instance's.
     pub(super) fn with_ctx<T>(&self, tid: u64, f: impl FnOnce(&dyn Context) -> T) -> T {
-        let locals = &self.token(tid).locals;
-        if locals.is_empty() {
+        let t = self.token(tid);
+        if t.scope.is_none() {
+            return if t.locals.is_empty() {
+                f(&self.inst.variables)
+            } else {
+                f(&Layered {
+                    inner: &t.locals,
+                    outer: &self.inst.variables,
+                })
+            };
+        }
+        self.with_scope_ctx(Some(&t.locals), t.scope, f)
+    }
+
+    /// Evaluates with `own` over the local variables of `scope` and the scopes around
+    /// it, over the instance's.
+    pub(super) fn with_scope_ctx<T>(
+        &self,
+        own: Option<&Vars>,
+        scope: Option<u64>,
+        f: impl FnOnce(&dyn Context) -> T,
+    ) -> T {
+        // At process level (the hot path): no allocation.
+        if scope.is_none() {
+            return match own.filter(|v| !v.is_empty()) {
+                Some(inner) => f(&Layered {
+                    inner,
+                    outer: &self.inst.variables,
+                }),
+                None => f(&self.inst.variables),
+            };
+        }
+        let mut layers: Vec<&Vars> = own.into_iter().filter(|v| !v.is_empty()).collect();
+        let mut s = scope;
+        while let Some(id) = s {
+            let st = self.token(id);
+            if !st.locals.is_empty() {
+                layers.push(&st.locals);
+            }
+            s = st.scope;
+        }
+        if layers.is_empty() {
             f(&self.inst.variables)
         } else {
-            f(&Layered {
-                inner: locals,
-                outer: &self.inst.variables,
+            f(&Chain {
+                layers,
+                root: &self.inst.variables,
             })
         }
+    }
+
+    /// Sets variables as seen from `scope`: a variable that is local to that sub-process
+    /// (or one around it, innermost first) is updated there; any other is set on the
+    /// instance. So a sub-process's local variables never leak out of it.
+    pub(super) fn set_vars_in(&mut self, scope: Option<u64>, vars: Vars) {
+        if vars.is_empty() {
+            return;
+        }
+        let names: Vec<String> = vars.keys().cloned().collect();
+        for (k, v) in vars {
+            let mut s = scope;
+            let mut home = None;
+            while let Some(id) = s {
+                let st = self.token(id);
+                if st.locals.contains_key(&k) {
+                    home = Some(id);
+                    break;
+                }
+                s = st.scope;
+            }
+            match home {
+                Some(id) => {
+                    self.token_mut(id).locals.insert(k, v);
+                }
+                None => {
+                    self.inst.variables.insert(k, v);
+                }
+            }
+        }
+        self.hist(
+            HistoryEvent::VariablesChanged,
+            None,
+            json!({ "names": names }),
+        );
     }
 
     pub(super) fn new_incident(
@@ -591,6 +771,7 @@ impl<'d> Transition<'d> {
         self.token_mut(tid).wait = Wait::Incident {
             incident_id,
             leaving,
+            completing: false,
         };
     }
 
@@ -606,18 +787,23 @@ impl<'d> Transition<'d> {
 
     /// Removes every token with its work item, and resolves open incidents.
     pub(super) fn clear_tokens(&mut self) {
-        let ids: Vec<u64> = self.rt.tokens.iter().map(|t| t.id).collect();
-        for tid in ids {
+        // Cancelling a sub-process token takes the tokens inside with it.
+        while let Some(tid) = self.rt.tokens.first().map(|t| t.id) {
             self.cancel_token(tid);
         }
         for (inc, _) in std::mem::take(&mut self.rt.task_incidents) {
             self.cs.incidents_resolved.push(inc);
         }
+        self.disarm_event_sub_timers(None);
         self.queue.clear();
     }
 
-    /// Removes token `tid` with its work item, its boundary timers and its incidents.
+    /// Removes token `tid` with its work item, its boundary timers and its incidents; a
+    /// token at a sub-process takes every token inside it along.
     pub(super) fn cancel_token(&mut self, tid: u64) {
+        if self.token(tid).wait == Wait::SubProcess {
+            self.cancel_scope(Some(tid));
+        }
         let p = self.pos(tid);
         let t = self.rt.tokens.remove(p);
         for b in t.boundary_timers {
@@ -631,9 +817,22 @@ impl<'d> Transition<'d> {
             }
             Wait::Timer { timer_id } => self.remove_timer(timer_id),
             Wait::Incident { incident_id, .. } => self.cs.incidents_resolved.push(incident_id),
-            Wait::Ready | Wait::Join => {}
+            Wait::Ready | Wait::Join | Wait::SubProcess => {}
         }
         self.queue.retain(|q| *q != tid);
+    }
+
+    /// Cancels every token directly inside `scope` (with what is inside them).
+    pub(super) fn cancel_scope(&mut self, scope: Option<u64>) {
+        while let Some(child) = self
+            .rt
+            .tokens
+            .iter()
+            .find(|t| t.scope == scope)
+            .map(|t| t.id)
+        {
+            self.cancel_token(child);
+        }
     }
 
     /// Arms the timers of the boundary events of the activity token `tid` just entered.
@@ -650,7 +849,60 @@ impl<'d> Transition<'d> {
                 .boundary_timers
                 .push(super::runtime::BoundaryTimer { timer_id, boundary });
         }
+        if def.elements[el].kind.is_scope() {
+            self.arm_event_sub_timers(Some(tid))?;
+        }
         Ok(())
+    }
+
+    /// Arms the timers of the timer start events of the event sub-processes directly in
+    /// `scope` (the token at a sub-process just entered, or `None`: the process).
+    pub(super) fn arm_event_sub_timers(&mut self, scope: Option<u64>) -> Result<(), String> {
+        let def = self.def;
+        let container = scope.map(|s| self.element_of(s));
+        for es in def.event_subprocesses(container) {
+            let ElementKind::EventSubProcess { start } = def.elements[es].kind else {
+                continue;
+            };
+            let Some((timer, _)) = def.elements[start].kind.event_sub_timer() else {
+                continue;
+            };
+            let due = match scope {
+                Some(tid) => self.due(tid, timer)?,
+                None => self.due_in(&self.inst.variables, timer)?,
+            };
+            let b = super::runtime::BoundaryTimer {
+                timer_id: self.add_timer(&def.elements[start].id, due),
+                boundary: def.elements[start].id.clone(),
+            };
+            match scope {
+                Some(tid) => self.token_mut(tid).boundary_timers.push(b),
+                None => self.rt.scope_timers.push(b),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the timers of the event sub-processes of `scope` (it was interrupted or
+    /// ended); the boundary timers of its sub-process stay.
+    pub(super) fn disarm_event_sub_timers(&mut self, scope: Option<u64>) {
+        let def = self.def;
+        let is_start = |b: &super::runtime::BoundaryTimer| {
+            def.element_index(&b.boundary)
+                .is_some_and(|el| def.elements[el].kind.event_sub_timer().is_some())
+        };
+        let list = match scope {
+            Some(tid) => std::mem::take(&mut self.token_mut(tid).boundary_timers),
+            None => std::mem::take(&mut self.rt.scope_timers),
+        };
+        let (gone, kept): (Vec<_>, Vec<_>) = list.into_iter().partition(|b| is_start(b));
+        match scope {
+            Some(tid) => self.token_mut(tid).boundary_timers = kept,
+            None => self.rt.scope_timers = kept,
+        }
+        for b in gone {
+            self.remove_timer(b.timer_id);
+        }
     }
 
     /// Removes the boundary timers of token `tid` (its activity completed).

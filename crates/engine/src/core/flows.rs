@@ -1,7 +1,7 @@
 //! Moving tokens: entering elements, choosing outgoing flows, forks and joins.
 
 use serde_json::{Value, json};
-use steadyflow_model::ElementKind;
+use steadyflow_model::{ElementKind, Thrown};
 use steadyflow_store::{HistoryEvent, IncidentType, Vars};
 
 use super::exec::Transition;
@@ -42,7 +42,7 @@ impl Transition<'_> {
                 }
                 self.enter(tid);
             }
-            if !self.fire_ready_inclusive_join() {
+            if !self.fire_ready_inclusive_join() && !self.complete_finished_scopes() {
                 break;
             }
         }
@@ -69,7 +69,52 @@ impl Transition<'_> {
             }
             ElementKind::TerminateEndEvent => {
                 self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
-                self.clear_tokens();
+                // Inside a sub-process it ends that sub-process only, which then
+                // completes as usual (see `complete_finished_scopes`).
+                match self.token(tid).scope {
+                    Some(scope) => self.cancel_scope(Some(scope)),
+                    None => self.clear_tokens(),
+                }
+                Ok(())
+            }
+            ElementKind::ErrorEndEvent { code } => {
+                self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
+                self.throw_error(tid, code, None);
+                Ok(())
+            }
+            ElementKind::SubProcess { start } | ElementKind::EventSubProcess { start } => {
+                let start = *start;
+                self.arm_boundaries(tid, el)
+                    .and_then(|()| self.enter_scope_inputs(tid, el))
+                    .map(|()| {
+                        self.token_mut(tid).wait = Wait::SubProcess;
+                        self.spawn(start, None, Some(tid));
+                    })
+            }
+            ElementKind::EscalationThrow { code } => {
+                self.throw_to_catcher(tid, Thrown::Escalation, code, None);
+                // Uncaught or caught without interrupting it, the throw event goes on.
+                if self.rt.tokens.iter().any(|t| t.id == tid) {
+                    self.complete_activity(tid, None);
+                }
+                Ok(())
+            }
+            ElementKind::EscalationEndEvent { code } => {
+                self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
+                self.throw_to_catcher(tid, Thrown::Escalation, code, None);
+                if self.rt.tokens.iter().any(|t| t.id == tid) {
+                    self.remove_token(tid);
+                }
+                Ok(())
+            }
+            ElementKind::BoundaryEscalation { .. } => {
+                self.complete_activity(tid, None);
+                Ok(())
+            }
+            ElementKind::ErrorStartEvent { .. }
+            | ElementKind::EscalationStartEvent { .. }
+            | ElementKind::TimerStartEvent { .. } => {
+                self.complete_activity(tid, None);
                 Ok(())
             }
             // Boundary timers first: when either step fails, nothing is left behind.
@@ -79,7 +124,7 @@ impl Transition<'_> {
             ElementKind::ExternalTask { topic, .. } => self
                 .arm_boundaries(tid, el)
                 .and_then(|()| self.create_external_task(tid, el, topic)),
-            ElementKind::BoundaryTimer { .. } => {
+            ElementKind::BoundaryTimer { .. } | ElementKind::BoundaryError { .. } => {
                 self.complete_activity(tid, None);
                 Ok(())
             }
@@ -93,7 +138,8 @@ impl Transition<'_> {
                 if e.incoming.len() > 1 =>
             {
                 self.token_mut(tid).wait = Wait::Join;
-                self.try_join(el);
+                let scope = self.token(tid).scope;
+                self.try_join(el, scope);
                 Ok(())
             }
             ElementKind::ParallelGateway | ElementKind::InclusiveGateway => {
@@ -113,6 +159,20 @@ impl Transition<'_> {
         }
     }
 
+    /// The input mappings of the sub-process `el` token `tid` enters: its local variables.
+    fn enter_scope_inputs(&mut self, tid: u64, el: usize) -> Result<(), String> {
+        let def = self.def;
+        let mut locals = Vars::new();
+        for m in &def.elements[el].inputs {
+            let v = self
+                .with_ctx(tid, |ctx| m.source.eval(ctx))
+                .map_err(|err| format!("input mapping `{}`: {err}", m.target))?;
+            locals.insert(m.target.clone(), v);
+        }
+        self.token_mut(tid).locals = locals;
+        Ok(())
+    }
+
     /// Completes the activity token `tid` stands at: output mappings (or plain
     /// variables), history, then leaves along its outgoing flows.
     pub(super) fn complete_activity(&mut self, tid: u64, completion: Option<Vars>) {
@@ -124,12 +184,9 @@ impl Transition<'_> {
             let mut scope = self.token(tid).locals.clone();
             scope.extend(completion.unwrap_or_default());
             let mut out = Vars::new();
+            let around = self.token(tid).scope;
             for m in &e.outputs {
-                let ctx = steadyflow_expr::Layered {
-                    inner: &scope,
-                    outer: &self.inst.variables,
-                };
-                match m.source.eval(&ctx) {
+                match self.with_scope_ctx(Some(&scope), around, |ctx| m.source.eval(ctx)) {
                     Ok(v) => {
                         out.insert(m.target.clone(), v);
                     }
@@ -140,29 +197,24 @@ impl Transition<'_> {
                             format!("output mapping of `{id}` failed: {err}"),
                             true,
                         );
+                        // A retry maps the same completion again.
+                        let t = self.token_mut(tid);
+                        t.locals = scope;
+                        if let Wait::Incident { completing, .. } = &mut t.wait {
+                            *completing = true;
+                        }
                         return;
                     }
                 }
             }
-            self.set_vars_from(out);
+            let around = self.token(tid).scope;
+            self.set_vars_in(around, out);
         } else if let Some(vars) = completion {
-            self.set_vars_from(vars);
+            let around = self.token(tid).scope;
+            self.set_vars_in(around, vars);
         }
         self.hist(HistoryEvent::ActivityCompleted, Some(&id), Value::Null);
         self.leave(tid);
-    }
-
-    fn set_vars_from(&mut self, vars: Vars) {
-        if vars.is_empty() {
-            return;
-        }
-        let names: Vec<String> = vars.keys().cloned().collect();
-        self.inst.variables.extend(vars);
-        self.hist(
-            HistoryEvent::VariablesChanged,
-            None,
-            json!({ "names": names }),
-        );
     }
 
     /// Chooses the outgoing flows of the element token `tid` stands at and follows them.
@@ -189,7 +241,8 @@ impl Transition<'_> {
                         first = false;
                     } else {
                         let target = self.def.flows[f].target;
-                        self.spawn(target, Some(f));
+                        let scope = self.token(tid).scope;
+                        self.spawn(target, Some(f), scope);
                     }
                 }
             }
@@ -241,25 +294,26 @@ impl Transition<'_> {
         }
     }
 
-    /// Checks the joining gateway `el` after a token arrived there.
-    fn try_join(&mut self, el: usize) {
+    /// Checks the joining gateway `el` after a token of `scope` arrived there.
+    fn try_join(&mut self, el: usize, scope: Option<u64>) {
         match self.def.elements[el].kind {
-            ElementKind::ParallelGateway => self.try_parallel_join(el),
+            ElementKind::ParallelGateway => self.try_parallel_join(el, scope),
             _ => {
-                self.try_inclusive_join(el);
+                self.try_inclusive_join(el, scope);
             }
         }
     }
 
-    /// A parallel join fires once a token waits on every incoming flow; it consumes one
-    /// token per flow.
-    fn try_parallel_join(&mut self, el: usize) {
+    /// A parallel join fires once a token of the same scope waits on every incoming
+    /// flow; it consumes one token per flow.
+    fn try_parallel_join(&mut self, el: usize, scope: Option<u64>) {
         let e = &self.def.elements[el];
         let mut picked: Vec<u64> = Vec::with_capacity(e.incoming.len());
         for &f in &e.incoming {
             let fid = &self.def.flows[f].id;
             let found = self.rt.tokens.iter().find(|t| {
                 t.wait == Wait::Join
+                    && t.scope == scope
                     && t.element == e.id
                     && t.via.as_deref() == Some(fid.as_str())
                     && !picked.contains(&t.id)
@@ -269,15 +323,16 @@ impl Transition<'_> {
                 None => return,
             }
         }
-        self.fire_join(el, &picked);
+        self.fire_join(el, &picked, scope);
     }
 
-    /// An inclusive join fires when tokens wait at it and no other token of the instance
-    /// can still reach it; it consumes every waiting token.
-    fn try_inclusive_join(&mut self, el: usize) -> bool {
+    /// An inclusive join fires when tokens of `scope` wait at it and no other token of
+    /// that scope can still reach it (a token at a sub-process stands for the tokens
+    /// inside it); it consumes every waiting token.
+    fn try_inclusive_join(&mut self, el: usize, scope: Option<u64>) -> bool {
         let id = &self.def.elements[el].id;
         let mut waiting = Vec::new();
-        for t in &self.rt.tokens {
+        for t in self.rt.tokens.iter().filter(|t| t.scope == scope) {
             if t.wait == Wait::Join && t.element == *id {
                 waiting.push(t.id);
             } else {
@@ -299,15 +354,15 @@ impl Transition<'_> {
         if waiting.is_empty() {
             return false;
         }
-        self.fire_join(el, &waiting);
+        self.fire_join(el, &waiting, scope);
         true
     }
 
-    fn fire_join(&mut self, el: usize, consumed: &[u64]) {
+    fn fire_join(&mut self, el: usize, consumed: &[u64], scope: Option<u64>) {
         for &t in consumed {
             self.remove_token(t);
         }
-        let tid = self.spawn(el, None);
+        let tid = self.spawn(el, None, scope);
         // The merged token continues at once: it does not enter the gateway again.
         self.queue.retain(|q| *q != tid);
         let id = self.def.elements[el].id.clone();
@@ -322,16 +377,142 @@ impl Transition<'_> {
     /// After the instance came to rest: an inclusive join may have become ready because
     /// a token that could have reached it went elsewhere.
     fn fire_ready_inclusive_join(&mut self) -> bool {
-        let mut joins: Vec<usize> = self
+        let mut joins: Vec<(usize, Option<u64>)> = self
             .rt
             .tokens
             .iter()
             .filter(|t| t.wait == Wait::Join)
-            .filter_map(|t| self.def.element_index(&t.element))
-            .filter(|el| matches!(self.def.elements[*el].kind, ElementKind::InclusiveGateway))
+            .filter_map(|t| self.def.element_index(&t.element).map(|el| (el, t.scope)))
+            .filter(|(el, _)| matches!(self.def.elements[*el].kind, ElementKind::InclusiveGateway))
             .collect();
         joins.sort_unstable();
         joins.dedup();
-        joins.into_iter().any(|el| self.try_inclusive_join(el))
+        joins
+            .into_iter()
+            .any(|(el, scope)| self.try_inclusive_join(el, scope))
+    }
+
+    /// Sends `what` with `code` from token `tid` to the nearest catcher, searched
+    /// outwards: a catch boundary event on the activity, then an event sub-process of
+    /// the enclosing scope, then the boundary events of that scope's sub-process, and so
+    /// on; a catcher for exactly `code` before a catch-all one on the same activity or
+    /// scope. An interrupting catcher cancels what it interrupts (which may include
+    /// `tid`); a non-interrupting one starts beside it. `false` when nothing caught it.
+    pub(super) fn throw_to_catcher(
+        &mut self,
+        tid: u64,
+        what: Thrown,
+        code: &str,
+        message: Option<&str>,
+    ) -> bool {
+        let def = self.def;
+        let pick = |candidates: &mut dyn Iterator<Item = usize>| -> Option<(usize, bool)> {
+            let mut any = None;
+            for c in candidates {
+                let own = def.elements[c].kind.catches(what);
+                let start = match def.elements[c].kind {
+                    ElementKind::EventSubProcess { start } => {
+                        def.elements[start].kind.catches(what)
+                    }
+                    _ => None,
+                };
+                match own.or(start) {
+                    Some((Some(k), interrupting)) if k == code => return Some((c, interrupting)),
+                    Some((None, interrupting)) if any.is_none() => any = Some((c, interrupting)),
+                    _ => {}
+                }
+            }
+            any
+        };
+        let key = match what {
+            Thrown::Error => "errorCode",
+            Thrown::Escalation => "escalationCode",
+        };
+        let thrower = self.token(tid).element.clone();
+        let mut holder = tid;
+        loop {
+            let el = self.element_of(holder);
+            let scope = self.token(holder).scope;
+            let detail = json!({ key: code, "errorMessage": message, "thrownAt": thrower });
+            if let Some((b, interrupting)) = pick(&mut def.elements[el].boundaries.iter().copied())
+            {
+                if interrupting {
+                    let host = def.elements[el].id.clone();
+                    let mut detail = detail;
+                    detail["by"] = json!(def.elements[b].id);
+                    self.hist(HistoryEvent::ActivityCancelled, Some(&host), detail);
+                    self.cancel_token(holder);
+                }
+                self.spawn(b, None, scope);
+                return true;
+            }
+            let container = scope.map(|s| self.element_of(s));
+            // Thrown inside an event sub-process: neither it nor its siblings catch it; it
+            // goes on to the boundary events of the scope around them.
+            let from_event_sub =
+                matches!(def.elements[el].kind, ElementKind::EventSubProcess { .. });
+            let event_sub = if from_event_sub {
+                None
+            } else {
+                pick(&mut def.event_subprocesses(container))
+            };
+            if let Some((es, interrupting)) = event_sub {
+                if interrupting {
+                    let mut detail = detail;
+                    detail["by"] = json!(def.elements[es].id);
+                    let at = container.map(|c| def.elements[c].id.clone());
+                    self.hist(HistoryEvent::ActivityCancelled, at.as_deref(), detail);
+                    self.disarm_event_sub_timers(scope);
+                    self.cancel_scope(scope);
+                }
+                self.spawn(es, None, scope);
+                return true;
+            }
+            match scope {
+                Some(s) => holder = s,
+                None => return false,
+            }
+        }
+    }
+
+    /// After the instance came to rest: a sub-process with no token left inside has
+    /// completed, and its token leaves it (output mappings, outgoing flows).
+    fn complete_finished_scopes(&mut self) -> bool {
+        let done = self
+            .rt
+            .tokens
+            .iter()
+            .filter(|t| t.wait == Wait::SubProcess)
+            .map(|t| t.id)
+            .find(|id| !self.rt.tokens.iter().any(|t| t.scope == Some(*id)));
+        match done {
+            Some(tid) => {
+                self.token_mut(tid).wait = Wait::Ready;
+                self.complete_activity(tid, None);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Throws the BPMN error `code` from token `tid` (at an error end event, or at the
+    /// external task whose worker reported it) to the nearest catcher (see
+    /// [`Self::throw_to_catcher`]). With no catcher, `tid` stops at an `unhandledError`
+    /// incident naming its element.
+    pub(super) fn throw_error(&mut self, tid: u64, code: &str, message: Option<&str>) {
+        if self.throw_to_catcher(tid, Thrown::Error, code, message) {
+            return;
+        }
+        let el = self.token(tid).element.clone();
+        let msg = match message {
+            Some(m) => format!(
+                "BPMN error `{code}` ({m}) thrown at `{el}` is caught by no error boundary event or error event sub-process"
+            ),
+            None => format!(
+                "BPMN error `{code}` thrown at `{el}` is caught by no error boundary event or error event sub-process"
+            ),
+        };
+        self.disarm_boundaries(tid);
+        self.incident(tid, IncidentType::UnhandledError, msg, false);
     }
 }

@@ -83,7 +83,11 @@ impl Transition<'_> {
             topic,
             worker_id: None,
             lock_expires_at: None,
-            retries: None,
+            // `zeebe:taskDefinition retries` sets the initial count; Camunda 7 has none.
+            retries: match &e.kind {
+                steadyflow_model::ElementKind::ExternalTask { retries, .. } => *retries,
+                _ => None,
+            },
             error_message: None,
             retry_at: None,
             created_at: self.now,
@@ -108,21 +112,24 @@ impl Transition<'_> {
 
     /// When a timer definition falls due, evaluated in token `tid`'s scope.
     pub(super) fn due(&self, tid: u64, td: &TimerDef) -> Result<Timestamp, String> {
-        self.with_ctx(tid, |ctx| -> Result<Timestamp, String> {
-            match td {
-                TimerDef::Duration(x) => {
-                    let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
-                    steadyflow_model::parse_duration(&text)
-                        .and_then(|d| d.after(self.now))
-                        .ok_or_else(|| format!("`{text}` is not an ISO-8601 duration"))
-                }
-                TimerDef::Date(x) => {
-                    let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
-                    steadyflow_model::parse_date_time(&text)
-                        .ok_or_else(|| format!("`{text}` is not an ISO-8601 date-time"))
-                }
+        self.with_ctx(tid, |ctx| self.due_in(ctx, td))
+    }
+
+    /// When a timer definition falls due, evaluated in `ctx`.
+    pub(super) fn due_in(&self, ctx: &dyn Context, td: &TimerDef) -> Result<Timestamp, String> {
+        match td {
+            TimerDef::Duration(x) => {
+                let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
+                steadyflow_model::parse_duration(&text)
+                    .and_then(|d| d.after(self.now))
+                    .ok_or_else(|| format!("`{text}` is not an ISO-8601 duration"))
             }
-        })
+            TimerDef::Date(x) => {
+                let text = x.eval_string(ctx).map_err(|e| e.to_string())?;
+                steadyflow_model::parse_date_time(&text)
+                    .ok_or_else(|| format!("`{text}` is not an ISO-8601 date-time"))
+            }
+        }
     }
 
     pub(super) fn add_timer(&mut self, activity_id: &str, due: Timestamp) -> String {

@@ -21,11 +21,20 @@ pub enum Wait {
     },
     /// Waiting at a joining parallel or inclusive gateway.
     Join,
+    /// Standing at a sub-process (or an event sub-process) whose body runs: the tokens
+    /// inside have this token's id as their `scope`; the sub-process completes when
+    /// none is left.
+    SubProcess,
     /// Stopped by an incident; `leaving` tells whether it stopped while choosing outgoing
-    /// flows (retry re-evaluates them) or while entering (retry enters again).
+    /// flows (retry re-evaluates them) or while entering (retry enters again);
+    /// `completing`, that an output mapping failed while the activity completed (retry
+    /// applies the mappings again, to the completion's variables kept in the token's
+    /// locals, then leaves).
     Incident {
         incident_id: String,
         leaving: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        completing: bool,
     },
 }
 
@@ -42,7 +51,12 @@ pub struct Token {
     /// Local variables (input mappings).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub locals: Vars,
-    /// Timers of the boundary events of the activity the token waits in.
+    /// The token standing at the sub-process this token runs inside (`Wait::SubProcess`);
+    /// `None` at process level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<u64>,
+    /// Timers of the boundary events of the activity the token waits in, and, at a
+    /// sub-process, of the timer start events of its event sub-processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub boundary_timers: Vec<BoundaryTimer>,
 }
@@ -63,6 +77,9 @@ pub struct Runtime {
     /// Open incidents that hold a waiting token (failed external tasks): (incident, task).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub task_incidents: Vec<(String, String)>,
+    /// Timers of the timer start events of the process-level event sub-processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scope_timers: Vec<BoundaryTimer>,
 }
 
 impl Runtime {
@@ -105,18 +122,45 @@ impl Runtime {
                     t.id, self.next_token
                 ));
             }
-            if def.element_index(&t.element).is_none() {
+            let Some(here) = def.element_index(&t.element) else {
                 return Err(format!(
                     "token {} stands at `{}`, which process `{}` does not have",
                     t.id, t.element, def.key
                 ));
-            }
+            };
             if t.wait == Wait::Ready {
                 return Err(format!("token {} was stored mid-step (ready)", t.id));
             }
+            if let Some(s) = t.scope {
+                let at = self.tokens.iter().find(|o| o.id == s);
+                let host = at.and_then(|o| def.element_index(&o.element));
+                let fits = at.is_some_and(|o| o.wait == Wait::SubProcess)
+                    && host.is_some()
+                    && def.elements[here].parent == host;
+                if !fits {
+                    return Err(format!(
+                        "token {} runs in scope {s}, which is no token at the sub-process around `{}`",
+                        t.id, t.element
+                    ));
+                }
+            } else if def.elements[here].parent.is_some() {
+                return Err(format!(
+                    "token {} stands inside a sub-process at `{}` but has no scope",
+                    t.id, t.element
+                ));
+            }
+            if t.wait == Wait::SubProcess && !def.elements[here].kind.is_scope() {
+                return Err(format!(
+                    "token {} waits in a sub-process at `{}`, which is none",
+                    t.id, t.element
+                ));
+            }
             for b in &t.boundary_timers {
                 let is_boundary_timer = def.element_index(&b.boundary).is_some_and(|el| {
-                    matches!(def.elements[el].kind, ElementKind::BoundaryTimer { .. })
+                    matches!(
+                        def.elements[el].kind,
+                        ElementKind::BoundaryTimer { .. } | ElementKind::TimerStartEvent { .. }
+                    )
                 });
                 if !is_boundary_timer {
                     return Err(format!(
@@ -124,6 +168,20 @@ impl Runtime {
                         b.timer_id, t.id, b.boundary, def.key
                     ));
                 }
+            }
+        }
+        for b in &self.scope_timers {
+            let at_root = def.element_index(&b.boundary).is_some_and(|el| {
+                matches!(def.elements[el].kind, ElementKind::TimerStartEvent { .. })
+                    && def.elements[el]
+                        .parent
+                        .is_some_and(|es| def.elements[es].parent.is_none())
+            });
+            if !at_root {
+                return Err(format!(
+                    "timer {} names `{}`, which is not a timer start event of a process-level event sub-process of `{}`",
+                    b.timer_id, b.boundary, def.key
+                ));
             }
         }
         Ok(())

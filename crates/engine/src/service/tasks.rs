@@ -190,6 +190,39 @@ impl Engine {
         Err(too_busy("external task", id))
     }
 
+    /// A worker reports a BPMN error for the external task it holds locked (Camunda 7's
+    /// `handleBpmnError`): the task ends, `vars` are set on the instance, and the error
+    /// `code` is thrown from the task's activity, to be caught by an error boundary event
+    /// or error event sub-process; uncaught, it is an `unhandledError` incident there.
+    pub async fn external_task_bpmn_error(
+        &self,
+        id: &str,
+        worker: &str,
+        code: &str,
+        message: Option<&str>,
+        vars: Vars,
+    ) -> Result<InstanceRecord> {
+        if code.trim().is_empty() {
+            return Err(EngineError::BadRequest(
+                "errorCode must not be empty".into(),
+            ));
+        }
+        let mut f = |tr: &mut Transition<'_>| {
+            tr.guard_lock(id, worker);
+            Ok(tr.external_task_bpmn_error(id, code, message, vars.clone())?)
+        };
+        for _ in 0..MAX_ATTEMPTS {
+            let (task, instance) = self.locked_with_instance(id, worker).await?;
+            let scope = Scope::at(&task.activity_id);
+            if let Attempt::Committed(out) = self.attempt(instance, false, scope, &mut f).await? {
+                self.hot.forget_task(id);
+                return Ok(out);
+            }
+            tokio::task::yield_now().await;
+        }
+        Err(too_busy("external task", id))
+    }
+
     /// Gives a failed external task new retries (resolving its incident when above 0).
     pub async fn set_external_retries(&self, id: &str, retries: i32) -> Result<ExternalTaskRecord> {
         if retries < 0 {

@@ -46,6 +46,15 @@ pub async fn check(store: &dyn Store) -> Vec<String> {
             .map(|t| t.id)
             .collect();
         let mut my_timers = HashSet::new();
+        for b in &rt.scope_timers {
+            assert!(
+                timers.contains(&b.timer_id),
+                "instance {} misses event sub-process timer {}",
+                i.id,
+                b.timer_id
+            );
+            my_timers.insert(b.timer_id.clone());
+        }
         for t in &rt.tokens {
             for b in &t.boundary_timers {
                 assert!(
@@ -82,7 +91,7 @@ pub async fn check(store: &dyn Store) -> Vec<String> {
                     my_timers.insert(timer_id.clone());
                 }
                 Wait::Ready => panic!("instance {} has a token that never came to rest", i.id),
-                Wait::Join | Wait::Incident { .. } => {}
+                Wait::Join | Wait::SubProcess | Wait::Incident { .. } => {}
             }
         }
         assert_eq!(
