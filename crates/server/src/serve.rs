@@ -76,49 +76,38 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     ));
     // Backups by `serve` itself (when `backup.targets` are configured): continuous
     // journal shipping, scheduled backups, backups over HTTP, the limits in `/health`,
-    // all reporting to one alerter and one status.
-    let alerter = Arc::new(steadyflow_backup::alert::Alerter::new(&cfg.backup.alerts));
-    let backup_status = crate::backup_cmd::service::BackupStatus::new(&cfg)?;
-    let shipper = crate::backup_cmd::ship::spawn(
-        &cfg,
-        stop_rx.clone(),
-        alerter.clone(),
-        backup_status.clone(),
-    )?;
-    let scheduler = crate::backup_cmd::schedule::spawn(
-        &cfg,
-        stop_rx.clone(),
-        alerter.clone(),
-        backup_status.clone(),
-    )?;
-    let backups = crate::backup_cmd::service::BackupService::new(
-        &cfg,
-        backup_status.clone(),
-        alerter.clone(),
-    )?;
-    let backup_monitor = match &backups {
-        Some(_) => Some(crate::backup_cmd::service::spawn_monitor(
-            &cfg,
-            backup_status,
-            alerter,
-            stop_rx.clone(),
-        )?),
-        None => None,
+    // all reporting to one alerter and one status. A part that cannot start is logged
+    // and shown down in `/health` (component `backups`); the API serves without it.
+    let health_of = engine.clone();
+    let backup_failed = move |what: &str, e: anyhow::Error| {
+        tracing::error!(error = %format!("{e:#}"), "{what} cannot start; serving without it");
+        health_of
+            .components()
+            .register(BACKUPS)
+            .set_down(format!("{what} cannot start: {e:#}"));
     };
-    let timers = tokio::spawn(timer_driver(
-        engine.clone(),
-        timer_health,
-        cfg.engine.timers.clone(),
-        cfg.modes.core_only_timer_batch,
-        modes.clone(),
-        stop_rx.clone(),
-    ));
+    let alerter = Arc::new(steadyflow_backup::alert::Alerter::new(&cfg.backup.alerts));
+    let backup_status = crate::backup_cmd::service::BackupStatus::new(&cfg)
+        .map_err(|e| backup_failed("backups", e))
+        .ok();
+    let backups = backup_status.as_ref().and_then(|status| {
+        crate::backup_cmd::service::BackupService::new(&cfg, status.clone(), alerter.clone())
+            .map_err(|e| backup_failed("backups over HTTP", e))
+            .ok()
+            .flatten()
+    });
 
+    // The runbook's recovery priorities: database (above) → core API and authentication
+    // (the router checks every token) → executor (timers) → task processing (spool
+    // replay, outage watch) → monitoring (journal shipping, backup limits) →
+    // notifications (scheduled backups and their alerts). Each starts after the ones
+    // before it serve, and none of them can stop those.
     let observability = Observability::new(ObservabilityOptions {
         metrics_token: cfg.metrics.token.clone(),
         gauge_refresh: cfg.metrics.gauge_refresh(),
         redis: cache.map(|c| c as Arc<dyn steadyflow_api::Probe>),
     });
+    let backups_configured = backups.is_some();
     let app = steadyflow_api::router_with(
         AppContext {
             engine: engine.clone(),
@@ -138,6 +127,38 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(listen = %listener.local_addr()?, scheme, node = engine.node_id(), "steadyflow is serving");
+    // The peer address reaches handlers (log-in attempts are limited per address).
+    let service = app
+        .clone()
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = match tls {
+        Some(config) => {
+            use axum::serve::ListenerExt;
+            // `tap_io`: axum hands the peer address of any tapped listener to handlers.
+            let listener = crate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
+            tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }),
+    };
+
+    // Executor.
+    let timers = tokio::spawn(timer_driver(
+        engine.clone(),
+        timer_health,
+        cfg.engine.timers.clone(),
+        cfg.modes.core_only_timer_batch,
+        modes.clone(),
+        stop_rx.clone(),
+    ));
+    // Task processing: what the spool holds, and the automatic modes.
     let outage_watch = (!cfg.modes.outage_grace().is_zero()).then(|| {
         tokio::spawn(crate::outage::watch_database(
             engine.clone(),
@@ -152,28 +173,38 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     let replayer = tokio::spawn(replay_spool(
         spool,
         modes,
-        app.clone(),
+        app,
         engine.clone(),
         stop_rx.clone(),
     ));
-    // The peer address reaches handlers (log-in attempts are limited per address).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    match tls {
-        Some(config) => {
-            use axum::serve::ListenerExt;
-            // `tap_io`: axum hands the peer address of any tapped listener to handlers.
-            let listener = crate::tls::TlsListener::new(listener, config)?.tap_io(|_| {});
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
+    // Monitoring: journal shipping and the backup limits.
+    let mut background = Vec::new();
+    if let Some(status) = &backup_status {
+        let shipper =
+            crate::backup_cmd::ship::spawn(&cfg, stop_rx.clone(), alerter.clone(), status.clone());
+        match shipper {
+            Ok(task) => background.extend(task),
+            Err(e) => backup_failed("journal shipping", e),
         }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown_signal())
-                .await
+        if backups_configured {
+            match crate::backup_cmd::service::spawn_monitor(
+                &cfg,
+                status.clone(),
+                alerter.clone(),
+                stop_rx.clone(),
+            ) {
+                Ok(task) => background.push(task),
+                Err(e) => backup_failed("the backup monitor", e),
+            }
+        }
+        // Notifications: scheduled backups and their alerts.
+        match crate::backup_cmd::schedule::spawn(&cfg, stop_rx.clone(), alerter, status.clone()) {
+            Ok(task) => background.extend(task),
+            Err(e) => backup_failed("scheduled backups", e),
         }
     }
-    .context("HTTP server failed")?;
+
+    let served = server.await;
     let _ = stop_tx.send(true);
     let _ = timers.await;
     let _ = mode_follower.await;
@@ -181,18 +212,25 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     if let Some(w) = outage_watch {
         let _ = w.await;
     }
-    for task in [shipper, scheduler, backup_monitor].into_iter().flatten() {
+    for task in background {
         let _ = task.await;
     }
     if let Some(m) = cache_monitor {
         let _ = m.await;
     }
+    served
+        .context("the HTTP server task failed")?
+        .context("HTTP server failed")?;
     tracing::info!("stopped");
     Ok(())
 }
 
 /// The timer driver's name among the components `/health` reports.
 const TIMER_DRIVER: &str = "timerDriver";
+
+/// Backups by `serve` (shipping, schedules, the HTTP routes, the monitor) among the
+/// components `/health` reports: down, with the reason, when one of them cannot start.
+const BACKUPS: &str = "backups";
 
 /// Fires up to `timers.batch` due timers per iteration: the next one at once while there
 /// is work, else after `timers.idle_poll_ms` (the lock they are taken with is the

@@ -412,3 +412,43 @@ fn core_only_caps_what_one_fetch_takes() {
     assert_eq!(status, 200, "{locked}");
     assert_eq!(locked.as_array().unwrap().len(), 7, "{locked}");
 }
+
+/// The start-up order follows the runbook's recovery priorities, and a part that cannot
+/// start does not stop those before it: with a scheduled backup whose cron expression
+/// is wrong, `serve` still serves the API (instances start), `/health` says `degraded`
+/// with component `backups` down and the reason, and the timer driver runs.
+#[test]
+fn a_part_that_cannot_start_leaves_the_api_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken-schedule.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "backup:\n  targets:\n    - {{type: local, path: {}}}\n  schedules:\n    full: \"not a cron\"\n",
+            dir.path().join("remote").display()
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::start(
+        dir.path(),
+        None,
+        &[("STEADYFLOW_CONFIG", config.to_str().unwrap())],
+    );
+    let (status, health) = server.call("GET", "/health", None);
+    assert_eq!(status, 200, "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    let backups = &health["components"]["backups"];
+    assert_eq!(backups["status"], "down", "{health}");
+    let reason = backups["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("scheduled backups") && reason.contains("not a cron"),
+        "{health}"
+    );
+    assert_eq!(
+        health["components"]["timerDriver"]["status"], "up",
+        "{health}"
+    );
+    assert!(server.deploy(USER_TASK).0 < 300);
+    let (status, body) = server.call("POST", START, Some(&json!({"businessKey": "b"})));
+    assert_eq!(status, 201, "{body}");
+}
