@@ -36,6 +36,7 @@ mod e2e {
     mod conformance_tests;
     mod corrupt_state_tests;
     mod crash_tests;
+    mod deploy_assets_tests;
     mod hot_cache_tests;
     mod metrics_tests;
     mod modes_tests;
