@@ -440,11 +440,30 @@ fn metric_names_are_read_from_promql() {
     );
 }
 
-/// Every series the dashboard reads is one a running server exposes: a `serve` with a
-/// local backup target (so it ships the journal) after some work (instances started,
-/// completed by a timer, cancelled, an incident).
+/// The expressions of the alert rules in `deployments/prometheus/alerts.yml`.
+fn alert_expressions(root: &Path) -> Vec<String> {
+    use figment::providers::Format;
+    let rules: serde_json::Value = figment::Figment::from(figment::providers::Yaml::file(
+        root.join("deployments/prometheus/alerts.yml"),
+    ))
+    .extract()
+    .unwrap();
+    rules["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_array().unwrap().iter())
+        .map(|r| r["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every series the dashboard and the alert rules read is one a running server exposes:
+/// a `serve` with a local backup target (so it ships the journal) after some work
+/// (instances started, completed by a timer, cancelled, an incident). Not the engine's:
+/// Prometheus's `up`, postgres_exporter's `pg_up`, and the drill command's
+/// `steadyflow_drill_last_success`, which is still to come.
 #[test]
-fn grafana_dashboard_reads_only_series_the_engine_exposes() {
+fn dashboard_and_alert_rules_read_only_series_the_engine_exposes() {
     let root = root();
     let text = std::fs::read_to_string(root.join("deployments/grafana/steadyflow.json")).unwrap();
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
@@ -457,10 +476,6 @@ fn grafana_dashboard_reads_only_series_the_engine_exposes() {
     }
     assert!(exprs.len() >= 15, "{} expressions", exprs.len());
     let mut wanted: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
-    wanted.sort();
-    wanted.dedup();
-    // `up` is Prometheus's own series, not the engine's.
-    wanted.retain(|n| n != "up");
     for recovery in [
         "steadyflow_rpo_seconds",
         "steadyflow_backup_last_success_timestamp_seconds",
@@ -472,6 +487,13 @@ fn grafana_dashboard_reads_only_series_the_engine_exposes() {
             "dashboard lacks {recovery}"
         );
     }
+    let alerts = alert_expressions(&root);
+    assert_eq!(alerts.len(), 12);
+    wanted.extend(alerts.iter().flat_map(|e| metric_names(e)));
+    wanted.sort();
+    wanted.dedup();
+    assert!(wanted.iter().any(|w| w == "steadyflow_mode"));
+    wanted.retain(|n| !["up", "pg_up", "steadyflow_drill_last_success"].contains(&n.as_str()));
 
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -554,7 +576,7 @@ fn grafana_dashboard_reads_only_series_the_engine_exposes() {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the dashboard reads series /metrics does not have: {absent:?}"
+            "the dashboard or the alert rules read series /metrics does not have: {absent:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
