@@ -2,7 +2,8 @@
 //! the BPMN conformance runner over the shared corpus (in process on SQLite and
 //! PostgreSQL, and over HTTP against a started `steadyflow serve`), crash consistency,
 //! two engine nodes sharing one PostgreSQL database, two engines whose hot caches go
-//! stale under each other, and one poisoned row that must not stop a node.
+//! stale under each other, one poisoned row that must not stop a node, and the deploy
+//! assets (alert rules, compose file, manifests, playbook, dashboard) checked by their tools.
 
 // A test crate: its helpers outside `#[test]` functions may unwrap too (clippy.toml
 // exempts only test functions and `#[cfg(test)]` modules).
@@ -36,6 +37,7 @@ mod e2e {
     mod conformance_tests;
     mod corrupt_state_tests;
     mod crash_tests;
+    mod deploy_assets_tests;
     mod hot_cache_tests;
     mod metrics_tests;
     mod modes_tests;
