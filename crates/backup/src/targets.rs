@@ -7,9 +7,10 @@
 //! sidecar, and only then is the sidecar (`<id>.manifest.json`) written. A target lists
 //! only sidecars whose archive is there with the recorded size, so a half-uploaded or
 //! unverified archive is never a recovery point. An upload killed half-way leaves an
-//! archive without its sidecar (or an unfinished multipart upload, which the bucket's
-//! lifecycle rules expire); the next backup sees the point missing on that target and
-//! uploads it again ([`sync`]).
+//! archive without its sidecar (or an unfinished multipart upload); the next backup sees
+//! the point missing on that target and uploads it again ([`sync`]). On S3 that upload
+//! resumes: each part's ETag is recorded (`.uploads/` in the backup directory) before the
+//! next part goes, so only the parts the bucket lacks are sent.
 //!
 //! Restores take each archive of the chain from the nearest intact copy: the backup
 //! directory, then the targets in configuration order. A copy that does not match its
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
+use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path as ObjPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use serde::{Deserialize, Serialize};
@@ -35,9 +37,10 @@ use crate::manifest::Sidecar;
 use crate::s3lock::{Retention, S3Access};
 
 /// Multipart chunk size: S3's minimum part (5 MiB) is the floor; 8 MiB keeps two parts in
-/// flight within a few tens of MiB of memory.
+/// flight within a few tens of MiB of memory. Resumable (S3) uploads send one part at a
+/// time and record it before the next.
 const PART_SIZE: usize = 8 << 20;
-/// Parts uploaded concurrently.
+/// Parts uploaded concurrently (local targets).
 const PARTS_IN_FLIGHT: usize = 2;
 
 /// One target in `backup.targets`.
@@ -140,9 +143,43 @@ pub struct Target {
     pub name: String,
     pub spec: TargetSpec,
     store: Arc<dyn ObjectStore>,
+    /// The same bucket's multipart calls, for uploads that resume after a crash (S3
+    /// targets; a local target copies in one go).
+    parts: Option<Multipart>,
     prefix: String,
     /// S3 Object Lock: the signed retention requests and the retention to set.
     lock: Option<(S3Access, ObjectLock)>,
+}
+
+/// A bucket's multipart calls.
+#[derive(Clone)]
+struct Multipart(Arc<dyn MultipartStore>);
+
+impl std::fmt::Debug for Multipart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Multipart")
+    }
+}
+
+/// Where an upload to an S3 target stands, kept beside the archive in the backup
+/// directory (`.uploads/<target>/<archive>.json`) after every part, so that a crashed
+/// upload goes on from its last part instead of from the start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadState {
+    /// The archive's SHA-256: an upload of another archive of that name starts anew.
+    archive_sha256: String,
+    part_size: usize,
+    upload_id: String,
+    /// The ids (ETags) of the parts uploaded so far, in order.
+    parts: Vec<String>,
+}
+
+/// How an upload went: parts sent now, and parts found already uploaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadReport {
+    pub parts_sent: usize,
+    pub parts_resumed: usize,
 }
 
 fn remote(target: &str, what: &str, e: impl std::fmt::Display) -> BackupError {
@@ -159,6 +196,7 @@ impl Target {
     pub fn open(spec: &TargetSpec) -> Result<Target> {
         let name = spec.name();
         let mut lock = None;
+        let mut parts: Option<Multipart> = None;
         let (store, prefix): (Arc<dyn ObjectStore>, String) = match spec {
             TargetSpec::Local { path } => {
                 std::fs::create_dir_all(path)
@@ -230,14 +268,16 @@ impl Target {
                 if let Some(k) = secret_access_key {
                     b = b.with_secret_access_key(k);
                 }
-                let s3 = b.build().map_err(|e| remote(&name, "cannot open", e))?;
-                (Arc::new(s3), prefix.trim_matches('/').to_string())
+                let s3 = Arc::new(b.build().map_err(|e| remote(&name, "cannot open", e))?);
+                parts = Some(Multipart(s3.clone()));
+                (s3, prefix.trim_matches('/').to_string())
             }
         };
         Ok(Target {
             name,
             spec: spec.clone(),
             store,
+            parts,
             prefix,
             lock,
         })
@@ -319,13 +359,144 @@ impl Target {
     }
 
     /// Uploads the recovery point `sidecar` from the backup directory `dir`: the archive
-    /// (multipart), read back and checked, then the sidecar.
+    /// (multipart; on S3 resumed from its last part when an earlier upload was cut off),
+    /// read back and checked, then the sidecar.
     pub async fn upload(&self, dir: &Path, sidecar: &Sidecar) -> Result<()> {
-        let path = dir.join(&sidecar.archive);
+        self.upload_parts(dir, sidecar, None).await.map(|_| ())
+    }
+
+    /// [`upload`](Self::upload), stopping after `stop_after` parts of the archive have
+    /// gone up on an S3 target, as a crash would (tests of the resumption).
+    #[doc(hidden)]
+    pub async fn upload_parts(
+        &self,
+        dir: &Path,
+        sidecar: &Sidecar,
+        stop_after: Option<usize>,
+    ) -> Result<UploadReport> {
         let key = self.key(&sidecar.archive);
+        let report = match &self.parts {
+            Some(parts) => {
+                match self
+                    .resumable_upload(parts.0.as_ref(), dir, sidecar, &key, stop_after)
+                    .await?
+                {
+                    Some(report) => report,
+                    None => return Ok(UploadReport::default()),
+                }
+            }
+            None => {
+                self.whole_upload(dir, sidecar, &key).await?;
+                UploadReport::default()
+            }
+        };
+        self.finish_upload(sidecar, &key).await?;
+        Ok(report)
+    }
+
+    /// The archive in parts, each recorded in its [`UploadState`] before the next; a
+    /// state left by a cut-off upload of the same archive is continued. `None` when it
+    /// stopped early (`stop_after`).
+    async fn resumable_upload(
+        &self,
+        parts: &dyn MultipartStore,
+        dir: &Path,
+        sidecar: &Sidecar,
+        key: &ObjPath,
+        stop_after: Option<usize>,
+    ) -> Result<Option<UploadReport>> {
+        let state_path = dir
+            .join(".uploads")
+            .join(sanitize(&self.name))
+            .join(format!("{}.json", sidecar.archive));
+        let mut state = match std::fs::read(&state_path) {
+            Ok(bytes) => serde_json::from_slice::<UploadState>(&bytes)
+                .ok()
+                .filter(|s| s.archive_sha256 == sidecar.archive_sha256 && s.part_size == PART_SIZE),
+            Err(_) => None,
+        };
+        let resumed = state.as_ref().map_or(0, |s| s.parts.len());
+        if resumed > 0 {
+            tracing::info!(target = %self.name, archive = %sidecar.archive, parts = resumed, "resuming a cut-off upload");
+        }
+        let state = match &mut state {
+            Some(s) => s,
+            None => {
+                let id = parts
+                    .create_multipart(key)
+                    .await
+                    .map_err(|e| remote(&self.name, "cannot start the upload", e))?;
+                state.insert(UploadState {
+                    archive_sha256: sidecar.archive_sha256.clone(),
+                    part_size: PART_SIZE,
+                    upload_id: id,
+                    parts: Vec::new(),
+                })
+            }
+        };
+        write_state(&state_path, state)?;
+        let path = dir.join(&sidecar.archive);
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(BackupError::io(format!("cannot open {}", path.display())))?;
+        let total = (sidecar.archive_size as usize).div_ceil(PART_SIZE).max(1);
+        let mut sent = 0;
+        let mut buf = vec![0u8; PART_SIZE];
+        for idx in state.parts.len()..total {
+            if stop_after.is_some_and(|n| sent >= n) {
+                return Ok(None);
+            }
+            use tokio::io::AsyncSeekExt;
+            file.seek(std::io::SeekFrom::Start((idx * PART_SIZE) as u64))
+                .await
+                .map_err(BackupError::io(format!("cannot read {}", path.display())))?;
+            let mut len = 0;
+            while len < PART_SIZE {
+                let n = file
+                    .read(&mut buf[len..])
+                    .await
+                    .map_err(BackupError::io(format!("cannot read {}", path.display())))?;
+                if n == 0 {
+                    break;
+                }
+                len += n;
+            }
+            let part = parts
+                .put_part(
+                    key,
+                    &state.upload_id,
+                    idx,
+                    PutPayload::from(buf[..len].to_vec()),
+                )
+                .await
+                .map_err(|e| remote(&self.name, "upload failed", e))?;
+            state.parts.push(part.content_id);
+            write_state(&state_path, state)?;
+            sent += 1;
+        }
+        let ids = state
+            .parts
+            .iter()
+            .map(|id| PartId {
+                content_id: id.clone(),
+            })
+            .collect();
+        let done = parts.complete_multipart(key, &state.upload_id, ids).await;
+        // Whatever the answer, this upload is over: a failed one starts anew next time.
+        let _ = std::fs::remove_file(&state_path);
+        done.map_err(|e| remote(&self.name, "upload failed", e))?;
+        Ok(Some(UploadReport {
+            parts_sent: sent,
+            parts_resumed: resumed,
+        }))
+    }
+
+    /// The archive in one multipart upload (local targets).
+    async fn whole_upload(&self, dir: &Path, sidecar: &Sidecar, key: &ObjPath) -> Result<()> {
+        let path = dir.join(&sidecar.archive);
         let upload = self
             .store
-            .put_multipart(&key)
+            .put_multipart(key)
             .await
             .map_err(|e| remote(&self.name, "cannot start the upload", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
@@ -350,8 +521,13 @@ impl Target {
             .finish()
             .await
             .map_err(|e| remote(&self.name, "upload failed", e))?;
+        Ok(())
+    }
+
+    /// After the archive went up: read it back and check it, lock it, then the sidecar.
+    async fn finish_upload(&self, sidecar: &Sidecar, key: &ObjPath) -> Result<()> {
         // Read back whole: the bucket holds what the sidecar promises, or no sidecar goes up.
-        let (size, sha) = self.digest(&key).await?;
+        let (size, sha) = self.digest(key).await?;
         if size != sidecar.archive_size || sha != sidecar.archive_sha256 {
             return Err(BackupError::Verify(format!(
                 "{}: {} read back as {size} bytes with SHA-256 {sha}; it was uploaded as {} \
@@ -652,4 +828,30 @@ pub async fn fetch_chain(dir: &Path, targets: &[Target], what: &str) -> Result<V
         }
     }
     Ok(fetched)
+}
+
+/// A target's name as a file name.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes an upload's state atomically (a new file renamed over the old one).
+fn write_state(path: &Path, state: &UploadState) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(BackupError::io(format!("cannot create {}", dir.display())))?;
+    let tmp = path.with_extension("json.tmp");
+    let text = serde_json::to_vec(state)
+        .map_err(|e| BackupError::BadInput(format!("upload state cannot be written: {e}")))?;
+    std::fs::write(&tmp, text)
+        .map_err(BackupError::io(format!("cannot write {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(BackupError::io(format!("cannot write {}", path.display())))
 }

@@ -12,7 +12,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use steadyflow_backup::targets::{LockMode, ObjectLock, Target, TargetSpec};
+use steadyflow_backup::targets::{LockMode, ObjectLock, Target, TargetSpec, UploadReport};
 use steadyflow_backup::{BackupError, BackupOptions, ConfigFile, Kind, Parts, Progress, create};
 
 /// Moto does not check signatures; some requests only need the header.
@@ -142,4 +142,71 @@ async fn deleting_a_locked_point_is_refused_and_an_unlocked_one_goes() {
     assert_eq!(plain.retention(&point).await.unwrap(), None);
     plain.delete(&point).await.unwrap();
     assert!(plain.list().await.unwrap().is_empty());
+}
+
+/// An upload to S3 cut off after its first part goes on from the second on the next try:
+/// the part already in the bucket is not sent again, the object is whole and verified,
+/// and the point is listed once; while it was cut off it was no recovery point.
+#[tokio::test]
+async fn a_cut_off_upload_resumes_from_its_last_part() {
+    let Some(m) = moto().await else { return };
+    bucket(&m, "resume", false).await;
+    let dir = tempfile::tempdir().unwrap();
+    // 20 MiB of pseudo-random text (configuration files are text), stored uncompressed:
+    // three parts of 8 MiB.
+    let blob = dir.path().join("blob.txt");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = String::with_capacity(20 << 20);
+    while data.len() < 20 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.push_str(&format!("{x:016x}\n"));
+    }
+    std::fs::write(&blob, &data).unwrap();
+    let opts = BackupOptions {
+        dir: dir.path().join("backups"),
+        parts: Parts::ConfigOnly,
+        compress: false,
+        encrypt: None,
+        config_files: vec![ConfigFile {
+            path: blob,
+            name: "blob.txt".into(),
+        }],
+        now: chrono::Utc::now(),
+        kind: Kind::Full,
+        redis: None,
+        prune_journal: false,
+    };
+    let point = create(None, &opts, &Progress::none()).await.unwrap();
+    assert!(point.archive_size > 16 << 20, "{}", point.archive_size);
+    let t = Target::open(&spec(&m, "resume", None)).unwrap();
+
+    let cut = t.upload_parts(&opts.dir, &point, Some(1)).await.unwrap();
+    assert_eq!(cut, UploadReport::default());
+    assert!(
+        t.list().await.unwrap().is_empty(),
+        "a cut-off upload is no recovery point"
+    );
+
+    let resumed = t.upload_parts(&opts.dir, &point, None).await.unwrap();
+    assert_eq!(
+        resumed,
+        UploadReport {
+            parts_sent: 2,
+            parts_resumed: 1
+        }
+    );
+    assert_eq!(t.list().await.unwrap(), vec![point.clone()]);
+
+    // The state of the finished upload is gone: the next upload starts anew.
+    let again = t.upload_parts(&opts.dir, &point, None).await.unwrap();
+    assert_eq!(
+        again,
+        UploadReport {
+            parts_sent: 3,
+            parts_resumed: 0
+        }
+    );
+    assert_eq!(t.list().await.unwrap(), vec![point]);
 }
