@@ -257,10 +257,14 @@ async fn run(
                 shipper.reset();
                 leader = false;
             }
+            // Only the shipping node knows what is not yet on every target: another
+            // node's rounds are not this one's (its figure would only grow).
+            safe_since = None;
             metrics::gauge!(LEADER).set(0.0);
+            metrics::gauge!(RPO).set(0.0);
             status.shipping(None);
         }
-        if let Some(s) = safe_since {
+        if let Some(s) = safe_since.filter(|_| leader) {
             metrics::gauge!(RPO).set(s.elapsed().as_secs_f64());
         }
         if stopping {
