@@ -54,14 +54,27 @@ pub fn parse(kind: Kind, expr: &str) -> Result<Schedule, String> {
     })
 }
 
+/// Whether a schedule's text turns it off: YAML's `null` arrives as no value, but the
+/// environment (`STEADYFLOW_BACKUP__SCHEDULES__FULL=off`) can only give text.
+fn is_off(expr: &str) -> bool {
+    matches!(
+        expr.trim().to_ascii_lowercase().as_str(),
+        "" | "null" | "none" | "off"
+    )
+}
+
 impl Schedules {
+    /// The schedules that are on (`null`, or the text `off`, `none`, `null` or an empty
+    /// one, turn one off).
     pub fn parse(&self) -> Result<Vec<Schedule>, String> {
         let mut out = Vec::new();
-        if let Some(f) = &self.full {
-            out.push(parse(Kind::Full, f)?);
-        }
-        if let Some(i) = &self.incremental {
-            out.push(parse(Kind::Incremental, i)?);
+        for (kind, expr) in [
+            (Kind::Full, &self.full),
+            (Kind::Incremental, &self.incremental),
+        ] {
+            if let Some(e) = expr.as_deref().filter(|e| !is_off(e)) {
+                out.push(parse(kind, e)?);
+            }
         }
         Ok(out)
     }
@@ -199,5 +212,19 @@ mod tests {
         );
         let e = parse(Kind::Full, "every night").unwrap_err();
         assert!(e.contains("every night"), "{e}");
+    }
+
+    #[test]
+    fn off_in_text_turns_a_schedule_off() {
+        for off in ["off", "null", "None", "", " "] {
+            let s = Schedules {
+                full: Some(off.into()),
+                ..Schedules::default()
+            }
+            .parse()
+            .unwrap();
+            assert_eq!(s.len(), 1, "{off:?} turns the full backups off");
+            assert_eq!(s[0].kind, Kind::Incremental);
+        }
     }
 }
