@@ -46,4 +46,5 @@ mod e2e {
     mod storage_full_tests;
     mod tls_tests;
     mod tour_tests;
+    mod verify_recovery_tests;
 }
