@@ -3,7 +3,8 @@
 //! 0, human and JSON reports); the same node fails (exit 1, naming the problem) once an
 //! instance's runtime names an element its definition lacks, and once its database is
 //! gone (PostgreSQL: the database dropped under it) or the node itself is (SQLite: the
-//! process killed).
+//! process killed). A node restored from an older point than the newest backup fails the
+//! row check, naming the table and both counts.
 
 use std::path::Path;
 use std::process::Command;
@@ -84,8 +85,8 @@ fn config(dir: &Path) {
     .unwrap();
 }
 
-/// A full backup over HTTP, waited for.
-fn full_backup(server: &ServerProcess) {
+/// A full backup over HTTP, waited for; its id.
+fn full_backup(server: &ServerProcess) -> String {
     let (s, started) = server.call("POST", "/api/v1/backups", Some(&json!({"kind": "full"})));
     assert_eq!(s, 202, "{started}");
     let path = format!("/api/v1/backups/{}", started["id"].as_str().unwrap());
@@ -93,7 +94,7 @@ fn full_backup(server: &ServerProcess) {
     loop {
         let (_, b) = server.call("GET", &path, None);
         if b["state"] == "completed" {
-            return;
+            return b["run"]["backupId"].as_str().unwrap().to_string();
         }
         assert_ne!(b["state"], "failed", "{b}");
         assert!(Instant::now() < deadline, "backup did not finish: {b}");
@@ -262,4 +263,49 @@ fn postgres_verify_recovery_passes_then_names_what_is_wrong() {
     assert_eq!(outcome("ready"), "fail", "{report:#}");
     assert_eq!(outcome("smoke"), "fail", "{report:#}");
     assert!(detail(&report, "health").contains("database"), "{report:#}");
+}
+
+#[test]
+fn sqlite_a_node_restored_from_an_older_point_fails_the_row_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    config(d);
+    let mut server = ServerProcess::start(d, None, &[]);
+    waiting(&server);
+    let older = full_backup(&server);
+    waiting(&server);
+    let newer = full_backup(&server);
+    server.kill();
+    let out = Command::new(env!("CARGO_BIN_EXE_steadyflow"))
+        .args([
+            "restore",
+            &format!("backups/{older}.tar.zst"),
+            "--db-only",
+            "--force",
+        ])
+        .arg("--data-dir")
+        .arg(d)
+        .current_dir(d)
+        .env("STEADYFLOW_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = ServerProcess::start(d, None, &[]);
+    let (code, report, outcomes) = verify_json(&server.base);
+    assert_eq!(code, 1, "{report:#}");
+    let failed: Vec<&str> = outcomes
+        .iter()
+        .filter(|(_, o)| o == "fail")
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(failed, ["rows"], "{report:#}");
+    let why = detail(&report, "rows");
+    assert!(
+        why.contains(&format!("instances: 2 live, 4 in {newer}")),
+        "{why}"
+    );
 }
