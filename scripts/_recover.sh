@@ -8,6 +8,9 @@
 #   STEADYFLOW_URL         where the node answers (default: http://localhost:8080)
 #   STEADYFLOW_TOKEN       an admin's or operator's token, for verify-recovery
 #   STEADYFLOW_HEALTH_TIMEOUT  seconds to wait for /health after the start (default: 120)
+#   STEADYFLOW_BACKUP_DIR  where `backup verify` / `restore` find an id or `latest` (default:
+#                          ./backups in STEADYFLOW_HOME; set it to `backup.dir`, e.g.
+#                          /var/lib/steadyflow/backups with configs/production.yaml)
 . "$(dirname "${BASH_SOURCE[0]}")/_steadyflow.sh"
 
 RECOVER_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
