@@ -381,7 +381,8 @@ async fn journal(c: &Client, newest_full: &mut Option<FullPoint>) -> Result<(Out
                     .into(),
             ));
         }
-        if text.contains("HTTP 401") || text.contains("HTTP 403") {
+        // 403: a viewer's token (skipped); 401, a token the node refuses, fails below.
+        if text.contains("HTTP 403") {
             return Ok((
                 Outcome::Skip,
                 "the token may not list backups (operator or admin role needed)".into(),

@@ -106,6 +106,10 @@ impl Install {
     }
 
     fn script(&self, name: &str, args: &[&str]) -> Output {
+        self.script_as(name, args, ADMIN_TOKEN)
+    }
+
+    fn script_as(&self, name: &str, args: &[&str], token: &str) -> Output {
         let root = crate::e2e::services::workspace_root();
         Command::new(root.join("scripts").join(name))
             .args(args)
@@ -113,7 +117,7 @@ impl Install {
             .env("STEADYFLOW_BIN", env!("CARGO_BIN_EXE_steadyflow"))
             .env("STEADYFLOW_HOME", self.path())
             .env("STEADYFLOW_URL", &self.base)
-            .env("STEADYFLOW_TOKEN", ADMIN_TOKEN)
+            .env("STEADYFLOW_TOKEN", token)
             .env("STEADYFLOW_START_CMD", self.start_cmd())
             .env("STEADYFLOW_STOP_CMD", self.stop_cmd())
             .env("STEADYFLOW_HEALTH_TIMEOUT", "30")
@@ -234,6 +238,17 @@ fn recover_sh_brings_a_node_back_to_its_backup() {
     for id in &before {
         assert_eq!(inst.instance_state(id), 200, "{id} is back");
     }
+
+    // A node that cannot be verified fails the step (here: a token the node refuses, so
+    // the smoke cannot run).
+    let out = inst.script_as("recover-step.sh", &["verify"], "not-a-token");
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("RECOVERY NOT VERIFIED: journal, instances, smoke failed"),
+        "{}",
+        show(&out)
+    );
 
     // A wrong step or environment is refused before anything is stopped.
     let out = inst.script("recover.sh", &[&archive, "nowhere"]);
