@@ -146,6 +146,11 @@ pub struct RecoveryPoint {
     pub encrypted: bool,
     #[schema(minimum = 0)]
     pub table_rows: u64,
+    /// Rows per table in the manifest (`definitions`, `instances`, `history` ...): what a
+    /// restore of this point brings back, for `verify-recovery` to compare with the live
+    /// database. Empty for a backup without database tables.
+    #[serde(default)]
+    pub tables: std::collections::BTreeMap<String, u64>,
     /// The journal the point holds (database backups only).
     #[schema(nullable)]
     pub journal: Option<JournalRange>,

@@ -526,17 +526,29 @@ mod tests {
         assert!(missing.is_empty(), "configs/config.yaml lacks {missing:?}");
     }
 
-    /// configs/production.yaml is a valid configuration and logs JSON.
+    /// configs/production.yaml and staging.yaml are valid configurations: JSON logs, backup
+    /// targets and schedules, no database URL (it comes from the environment).
     #[test]
     fn the_production_config_logs_json() {
         jailed(production_config);
     }
 
     fn production_config() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs/production.yaml");
-        let cfg = load(Some(&path), &DbArgs::default(), None).unwrap();
-        assert_eq!(cfg.log.format, LogFormat::Json);
-        assert_eq!(log_format(Some(&path)), LogFormat::Json);
+        for name in ["production", "staging"] {
+            let path =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../configs/{name}.yaml"));
+            let cfg = load(Some(&path), &DbArgs::default(), None).unwrap();
+            assert_eq!(cfg.log.format, LogFormat::Json, "{name}");
+            assert_eq!(log_format(Some(&path)), LogFormat::Json, "{name}");
+            assert!(
+                !cfg.backup.targets.is_empty(),
+                "{name} backs up off the node"
+            );
+            assert!(cfg.backup.schedules.full.is_some(), "{name}");
+            assert!(cfg.backup.schedules.incremental.is_some(), "{name}");
+            // The database URL (a secret) comes from the environment only.
+            assert_eq!(cfg.database_url, None, "{name}");
+        }
     }
 
     /// The dotted keys of every non-null leaf of `v`.

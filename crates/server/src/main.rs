@@ -10,6 +10,7 @@ mod serve;
 mod stores;
 mod tls;
 mod user_cmd;
+mod verify_cmd;
 
 use anyhow::Result;
 
@@ -67,6 +68,14 @@ enum Command {
     /// Read or set the service mode of every node sharing the database
     /// (`mode get`, `mode set normal|read-only|core-only|offline --reason TEXT [--until RFC3339]`).
     Mode(mode_cmd::ModeArgs),
+    /// Check that a (recovered) node is whole, over its HTTP API: /health and /ready, the
+    /// newest backup's journal chain, row counts against its manifest, no instance whose
+    /// runtime cannot be read, and an end-to-end smoke process (deployed as
+    /// `steadyflow-verify-recovery`, started, its user and external tasks completed, its
+    /// history read; cancelled if it does not finish). The token comes from
+    /// STEADYFLOW_TOKEN (an admin's or operator's, to read backups). Exit 0 only when
+    /// every check holds.
+    VerifyRecovery(verify_cmd::VerifyArgs),
     /// Print the OpenAPI document of the REST API (the same one served at /api/v1/openapi.json).
     Openapi,
 }
@@ -101,6 +110,7 @@ fn main() -> Result<()> {
             }
             Command::User(args) => user_cmd::run(args, cli.config.as_deref()).await,
             Command::Mode(args) => mode_cmd::run(args, cli.config.as_deref()).await,
+            Command::VerifyRecovery(args) => std::process::exit(verify_cmd::run(args).await),
             Command::Openapi => {
                 println!("{}", steadyflow_api::openapi().to_pretty_json()?);
                 Ok(())

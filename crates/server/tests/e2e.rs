@@ -43,9 +43,11 @@ mod e2e {
     mod modes_tests;
     mod openapi_tests;
     mod outage_tests;
+    mod recover_script_tests;
     mod redis_cache_tests;
     mod schemathesis_tests;
     mod storage_full_tests;
     mod tls_tests;
     mod tour_tests;
+    mod verify_recovery_tests;
 }

@@ -35,6 +35,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "idempotency",
         sql: include_str!("../migrations/postgres/0005_idempotency.sql"),
     },
+    Migration {
+        version: 6,
+        name: "process_definitions_view",
+        sql: include_str!("../migrations/postgres/0006_process_definitions_view.sql"),
+    },
 ];
 
 /// Advisory lock key of the migration lock ("steadyfl" in ASCII).

@@ -505,3 +505,44 @@ mod idempotency {
         db.cleanup().await;
     }
 }
+
+/// The runbook's check of a restored database,
+/// `psql ... -c "SELECT COUNT(*) FROM process_definitions;"`, counts every deployed
+/// version (a view over `definitions`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_definitions_view_counts_every_version() {
+    let Some(db) = fresh_database().await else {
+        return;
+    };
+    let store = PgStore::connect(db.url()).await.unwrap();
+    let def = |key: &str, checksum: &str| NewDefinition {
+        key: key.into(),
+        name: Some("N".into()),
+        xml: "<x/>".into(),
+        checksum: checksum.into(),
+    };
+    let at = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+    store
+        .deploy(vec![def("k", "c1"), def("j", "c1")], at)
+        .await
+        .unwrap();
+    store.deploy(vec![def("k", "c2")], at).await.unwrap();
+    let client = raw_client(&db).await;
+    let row = client
+        .query_one("SELECT COUNT(*) FROM process_definitions;", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 3);
+    let row = client
+        .query_one(
+            "SELECT MAX(version), MAX(deployed_at) = to_timestamp(1700000000.123) \
+             FROM process_definitions WHERE key = 'k'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 2);
+    assert!(row.get::<_, bool>(1));
+    drop((store, client));
+    db.cleanup().await;
+}

@@ -34,6 +34,11 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         name: "idempotency",
         sql: include_str!("../migrations/sqlite/0005_idempotency.sql"),
     },
+    Migration {
+        version: 6,
+        name: "process_definitions_view",
+        sql: include_str!("../migrations/sqlite/0006_process_definitions_view.sql"),
+    },
 ];
 
 pub(crate) fn run(conn: &mut Connection) -> Result<()> {

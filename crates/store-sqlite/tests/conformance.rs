@@ -267,3 +267,41 @@ mod idempotency {
         case::concurrent_claims_have_one_winner(store(&dir)).await;
     }
 }
+
+/// The runbook's check of a restored database, `SELECT COUNT(*) FROM process_definitions`,
+/// counts every deployed version (a view over `definitions`, as on PostgreSQL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_definitions_view_counts_every_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("view.db");
+    let store = SqliteStore::open(&path).unwrap();
+    let def = |key: &str, checksum: &str| steadyflow_store::NewDefinition {
+        key: key.into(),
+        name: Some("N".into()),
+        xml: "<x/>".into(),
+        checksum: checksum.into(),
+    };
+    let at = chrono::DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+    store
+        .deploy(vec![def("k", "c1"), def("j", "c1")], at)
+        .await
+        .unwrap();
+    store.deploy(vec![def("k", "c2")], at).await.unwrap();
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM process_definitions;", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+    let (version, deployed): (i64, String) = conn
+        .query_row(
+            "SELECT MAX(version), MAX(deployed_at) FROM process_definitions WHERE key = 'k'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(version, 2);
+    assert_eq!(deployed, "2023-11-14T22:13:20.123Z");
+}

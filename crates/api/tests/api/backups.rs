@@ -40,6 +40,7 @@ fn point(n: u32, at: DateTime<Utc>) -> RecoveryPoint {
         archive_size: 100,
         encrypted: false,
         table_rows: 1,
+        tables: [("definitions".to_string(), 1)].into(),
         journal: None,
         verification: Verification {
             state: VerificationState::Verified,

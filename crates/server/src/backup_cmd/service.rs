@@ -571,6 +571,11 @@ fn recovery_points(located: &[Located]) -> Vec<RecoveryPoint> {
                 archive_size: s.archive_size,
                 encrypted: m.encryption != "none",
                 table_rows: m.table_rows(),
+                tables: m
+                    .files
+                    .iter()
+                    .filter_map(|f| Some((f.table.clone()?, f.rows?)))
+                    .collect(),
                 journal: m.journal.as_ref().map(|j| JournalRange {
                     resume_seq: j.resume_seq,
                     first_seq: j.journal_first_seq,
