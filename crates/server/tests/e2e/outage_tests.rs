@@ -231,7 +231,7 @@ fn load(base: &str, threads: usize, pause: Duration, stop: &AtomicBool, tally: &
 }
 
 /// Every instance's business key, through the API (all pages).
-fn business_keys(server: &ServerProcess) -> Vec<String> {
+pub(crate) fn business_keys(server: &ServerProcess) -> Vec<String> {
     let mut keys = Vec::new();
     let mut after = String::new();
     loop {

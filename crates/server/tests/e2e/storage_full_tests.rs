@@ -101,29 +101,25 @@ fn until_mode(server: &ServerProcess, mode: &str, within: Duration) -> Value {
     }
 }
 
-/// Every instance's business key, through the API (all pages).
-fn business_keys(server: &ServerProcess) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut after = String::new();
-    loop {
-        let (status, page) = server.call(
-            "GET",
-            &format!("/api/v1/process-instances?limit=1000{after}"),
-            None,
-        );
-        assert_eq!(status, 200, "{page}");
-        for i in page["items"].as_array().unwrap() {
-            keys.push(i["businessKey"].as_str().unwrap_or_default().to_string());
-        }
-        match page["nextCursor"].as_str() {
-            Some(c) => after = format!("&after={c}"),
-            None => return keys,
-        }
+/// Starts 20 instances with keys `<prefix>-<n>`, each answered 201; adds the keys.
+fn start_twenty(server: &ServerProcess, prefix: &str, acknowledged: &mut Vec<String>) {
+    for n in 0..20 {
+        let key = format!("{prefix}-{n}");
+        let (status, body) = start(server, &key);
+        assert_eq!(status, 201, "{prefix}: {body}");
+        acknowledged.push(key);
     }
 }
 
+/// The mode is `read-only` by the node's own doing, writes are refused and reads served.
+fn assert_auto_read_only(server: &ServerProcess) {
+    let health = until_mode(server, "read-only", Duration::from_secs(20));
+    assert_eq!(health["mode"]["setBy"], "auto", "{health}");
+    assert_refuses_writes_serves_reads(server);
+}
+
 fn assert_all_there_once(server: &ServerProcess, acknowledged: &[String]) {
-    let keys = business_keys(server);
+    let keys = crate::e2e::outage_tests::business_keys(server);
     let unique: BTreeSet<&String> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "no start was done twice");
     for key in acknowledged {
@@ -172,12 +168,7 @@ fn sqlite_on_a_full_disk_goes_read_only_and_comes_back() {
     let mut server = ServerProcess::start(&data, None, &env);
     assert!(server.deploy(USER_TASK).0 < 300);
     let mut acknowledged = Vec::new();
-    for n in 0..20 {
-        let key = format!("before-{n}");
-        let (status, body) = start(&server, &key);
-        assert_eq!(status, 201, "{body}");
-        acknowledged.push(key);
-    }
+    start_twenty(&server, "before", &mut acknowledged);
 
     let filler: PathBuf = disk.path().join("filler");
     let filled = fill(&filler);
@@ -209,18 +200,11 @@ fn sqlite_on_a_full_disk_goes_read_only_and_comes_back() {
         code == "read_only" || code == "unavailable",
         "a clear 503: {refused}"
     );
-    let health = until_mode(&server, "read-only", Duration::from_secs(20));
-    assert_eq!(health["mode"]["setBy"], "auto", "{health}");
-    assert_refuses_writes_serves_reads(&server);
+    assert_auto_read_only(&server);
 
     std::fs::remove_file(&filler).unwrap();
     until_mode(&server, "normal", Duration::from_secs(30));
-    for n in 0..20 {
-        let key = format!("after-{n}");
-        let (status, body) = start(&server, &key);
-        assert_eq!(status, 201, "writes work again: {body}");
-        acknowledged.push(key);
-    }
+    start_twenty(&server, "after", &mut acknowledged);
     assert_all_there_once(&server, &acknowledged);
 
     server.kill();
@@ -264,12 +248,7 @@ fn postgres_refusing_writes_puts_the_node_read_only_and_back() {
     let server = ServerProcess::start(dir.path(), Some(db.url()), &env);
     assert!(server.deploy(USER_TASK).0 < 300);
     let mut acknowledged = Vec::new();
-    for n in 0..20 {
-        let key = format!("before-{n}");
-        let (status, body) = start(&server, &key);
-        assert_eq!(status, 201, "{body}");
-        acknowledged.push(key);
-    }
+    start_twenty(&server, "before", &mut acknowledged);
 
     // The setting applies to new sessions: every session of the database is ended.
     let fence = |on: bool| {
@@ -287,18 +266,11 @@ fn postgres_refusing_writes_puts_the_node_read_only_and_back() {
         rt.block_on(admin_sql(db.url(), &sql, db.name()));
     };
     fence(true);
-    let health = until_mode(&server, "read-only", Duration::from_secs(20));
-    assert_eq!(health["mode"]["setBy"], "auto", "{health}");
-    assert_refuses_writes_serves_reads(&server);
+    assert_auto_read_only(&server);
 
     fence(false);
     until_mode(&server, "normal", Duration::from_secs(30));
-    for n in 0..20 {
-        let key = format!("after-{n}");
-        let (status, body) = start(&server, &key);
-        assert_eq!(status, 201, "writes work again: {body}");
-        acknowledged.push(key);
-    }
+    start_twenty(&server, "after", &mut acknowledged);
     assert_all_there_once(&server, &acknowledged);
     drop(server);
     rt.block_on(db.cleanup());
