@@ -676,6 +676,7 @@ pub struct SyncOutcome {
 /// the others; its error is in its outcome.
 pub async fn sync(dir: &Path, targets: &[Target]) -> Result<Vec<SyncOutcome>> {
     let local = catalog::list(dir)?;
+    remove_stale_upload_states(dir);
     let mut out = Vec::new();
     for t in targets {
         let mut outcome = SyncOutcome {
@@ -830,6 +831,29 @@ pub async fn fetch_chain(dir: &Path, targets: &[Target], what: &str) -> Result<V
     Ok(fetched)
 }
 
+/// Removes the states of cut-off uploads whose archive is no longer in `dir` (pruned or
+/// folded since): nothing will resume them.
+fn remove_stale_upload_states(dir: &Path) {
+    let Ok(targets) = std::fs::read_dir(dir.join(".uploads")) else {
+        return;
+    };
+    for target in targets.flatten() {
+        let Ok(states) = std::fs::read_dir(target.path()) else {
+            continue;
+        };
+        for state in states.flatten() {
+            let name = state.file_name().to_string_lossy().to_string();
+            let archive = name
+                .strip_suffix(".json.tmp")
+                .or_else(|| name.strip_suffix(".json"));
+            if archive.is_some_and(|a| !dir.join(a).exists()) {
+                tracing::debug!(state = %state.path().display(), "removing the state of an upload that will not resume");
+                let _ = std::fs::remove_file(state.path());
+            }
+        }
+    }
+}
+
 /// A target's name as a file name.
 fn sanitize(name: &str) -> String {
     name.chars()
@@ -854,4 +878,32 @@ fn write_state(path: &Path, state: &UploadState) -> Result<()> {
     std::fs::write(&tmp, text)
         .map_err(BackupError::io(format!("cannot write {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(BackupError::io(format!("cannot write {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_states_of_archives_gone_are_removed_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("kept.tar.zst"), b"archive").unwrap();
+        let states = dir.path().join(".uploads").join("s3_bucket");
+        std::fs::create_dir_all(&states).unwrap();
+        for name in [
+            "kept.tar.zst.json",
+            "gone.tar.zst.json",
+            "gone.tar.zst.json.tmp",
+        ] {
+            std::fs::write(states.join(name), b"{}").unwrap();
+        }
+        remove_stale_upload_states(dir.path());
+        let mut left: Vec<String> = std::fs::read_dir(&states)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec!["kept.tar.zst.json".to_string()]);
+    }
 }
