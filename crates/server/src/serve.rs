@@ -79,12 +79,15 @@ pub async fn run(mut cfg: Config, args: ServeArgs) -> Result<()> {
     // all reporting to one alerter and one status. A part that cannot start is logged
     // and shown down in `/health` (component `backups`); the API serves without it.
     let health_of = engine.clone();
+    let failures = std::sync::Mutex::new(Vec::<String>::new());
     let backup_failed = move |what: &str, e: anyhow::Error| {
         tracing::error!(error = %format!("{e:#}"), "{what} cannot start; serving without it");
+        let mut all = failures.lock().unwrap_or_else(|p| p.into_inner());
+        all.push(format!("{what} cannot start: {e:#}"));
         health_of
             .components()
             .register(BACKUPS)
-            .set_down(format!("{what} cannot start: {e:#}"));
+            .set_down(all.join("; "));
     };
     let alerter = Arc::new(steadyflow_backup::alert::Alerter::new(&cfg.backup.alerts));
     let backup_status = crate::backup_cmd::service::BackupStatus::new(&cfg)

@@ -434,8 +434,20 @@ fn a_part_that_cannot_start_leaves_the_api_serving() {
         None,
         &[("STEADYFLOW_CONFIG", config.to_str().unwrap())],
     );
-    let (status, health) = server.call("GET", "/health", None);
-    assert_eq!(status, 200, "{health}");
+    // The API serves before the timer driver's first round: wait for that round.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let health = loop {
+        let (status, health) = server.call("GET", "/health", None);
+        assert_eq!(status, 200, "{health}");
+        if health["components"]["timerDriver"]["status"] == "up" {
+            break health;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timer driver did not run: {health}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(health["status"], "degraded", "{health}");
     let backups = &health["components"]["backups"];
     assert_eq!(backups["status"], "down", "{health}");
