@@ -42,7 +42,7 @@ mod e2e {
     mod metrics_tests;
     mod modes_tests;
     mod openapi_tests;
-    pub mod outage_tests;
+    mod outage_tests;
     mod recover_script_tests;
     mod redis_cache_tests;
     mod schemathesis_tests;

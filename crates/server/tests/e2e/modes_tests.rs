@@ -8,37 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::e2e::server::{ServerProcess, agent};
-
-const USER_TASK: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" targetNamespace="t">
-  <process id="modes" isExecutable="true">
-    <startEvent id="s" />
-    <sequenceFlow id="f1" sourceRef="s" targetRef="t" />
-    <userTask id="t" />
-    <sequenceFlow id="f2" sourceRef="t" targetRef="e" />
-    <endEvent id="e" />
-  </process>
-</definitions>"#;
+use crate::e2e::server::{ServerProcess, agent, user_task_process};
 
 const START: &str = "/api/v1/process-definitions/key/modes/start";
-
-/// Polls `node`'s `/health` until its mode is `mode`; how long that took.
-fn until_mode(node: &ServerProcess, mode: &str, within: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let (_, health) = node.call("GET", "/health", None);
-        if health["mode"]["mode"] == mode {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{} did not reach mode {mode} within {within:?}: {health}",
-            node.base
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn steadyflow(args: &[&str], dir: &Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_steadyflow"))
@@ -64,7 +36,7 @@ fn a_mode_reaches_every_node_sharing_the_database() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = ServerProcess::start(dir_a.path(), Some(db.url()), &[]);
     let b = ServerProcess::start(dir_b.path(), Some(db.url()), &[]);
-    assert!(a.deploy(USER_TASK).0 < 300);
+    assert!(a.deploy(&user_task_process("modes")).0 < 300);
 
     let (status, view) = a.call(
         "PUT",
@@ -72,7 +44,7 @@ fn a_mode_reaches_every_node_sharing_the_database() {
         Some(&json!({"mode": "read-only", "reason": "failover drill"})),
     );
     assert_eq!(status, 200, "{view}");
-    let took = until_mode(&b, "read-only", Duration::from_secs(2));
+    let took = b.until_mode("read-only", Duration::from_secs(2)).1;
     eprintln!("FIGURE: read-only set on node A reached node B after {took:?}");
     let (status, body) = b.call("POST", START, Some(&json!({})));
     assert_eq!(status, 503, "{body}");
@@ -102,8 +74,8 @@ fn a_mode_reaches_every_node_sharing_the_database() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let t_a = until_mode(&a, "offline", Duration::from_secs(2));
-    let t_b = until_mode(&b, "offline", Duration::from_secs(2));
+    let t_a = a.until_mode("offline", Duration::from_secs(2)).1;
+    let t_b = b.until_mode("offline", Duration::from_secs(2)).1;
     eprintln!("FIGURE: offline set by the CLI reached node A after {t_a:?}, node B after {t_b:?}");
     let out = steadyflow(&["mode", "get", "--database-url", db.url()], dir_a.path());
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -112,8 +84,8 @@ fn a_mode_reaches_every_node_sharing_the_database() {
     assert!(got["setBy"].as_str().unwrap().starts_with("cli:"), "{got}");
 
     // `until` passes: both nodes return to normal by themselves.
-    until_mode(&a, "normal", Duration::from_secs(10));
-    until_mode(&b, "normal", Duration::from_secs(3));
+    a.until_mode("normal", Duration::from_secs(10));
+    b.until_mode("normal", Duration::from_secs(3));
     let (status, body) = b.call("POST", START, Some(&json!({})));
     assert_eq!(status, 201, "{body}");
     drop((a, b));
@@ -146,7 +118,7 @@ fn spool_one(base: &str, n: usize) -> Option<String> {
 fn the_spool_survives_kill_9_and_replays_every_acknowledged_request_once() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(dir.path(), None, &[]);
-    assert!(server.deploy(USER_TASK).0 < 300);
+    assert!(server.deploy(&user_task_process("modes")).0 < 300);
     let (status, _) = server.call(
         "PUT",
         "/api/v1/system/mode",
@@ -460,7 +432,7 @@ fn a_part_that_cannot_start_leaves_the_api_serving() {
         health["components"]["timerDriver"]["status"], "up",
         "{health}"
     );
-    assert!(server.deploy(USER_TASK).0 < 300);
+    assert!(server.deploy(&user_task_process("modes")).0 < 300);
     let (status, body) = server.call("POST", START, Some(&json!({"businessKey": "b"})));
     assert_eq!(status, 201, "{body}");
 }

@@ -14,19 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::e2e::server::{ServerProcess, agent};
+use crate::e2e::server::{ServerProcess, agent, user_task_process};
 use crate::e2e::services::missing;
-
-const USER_TASK: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" targetNamespace="t">
-  <process id="outage" isExecutable="true">
-    <startEvent id="s" />
-    <sequenceFlow id="f1" sourceRef="s" targetRef="t" />
-    <userTask id="t" />
-    <sequenceFlow id="f2" sourceRef="t" targetRef="e" />
-    <endEvent id="e" />
-  </process>
-</definitions>"#;
 
 const START: &str = "/api/v1/process-definitions/key/outage/start";
 
@@ -230,27 +219,6 @@ fn load(base: &str, threads: usize, pause: Duration, stop: &AtomicBool, tally: &
     });
 }
 
-/// Every instance's business key, through the API (all pages).
-pub(crate) fn business_keys(server: &ServerProcess) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut after = String::new();
-    loop {
-        let (status, page) = server.call(
-            "GET",
-            &format!("/api/v1/process-instances?limit=1000{after}"),
-            None,
-        );
-        assert_eq!(status, 200, "{page}");
-        for i in page["items"].as_array().unwrap() {
-            keys.push(i["businessKey"].as_str().unwrap_or_default().to_string());
-        }
-        match page["nextCursor"].as_str() {
-            Some(c) => after = format!("&after={c}"),
-            None => return keys,
-        }
-    }
-}
-
 fn report(what: &str, t: &Tally) {
     eprintln!(
         "FIGURE: {what}: {} sent, {} answered 2xx (201), {} answered 202, {} failed",
@@ -263,7 +231,7 @@ fn report(what: &str, t: &Tally) {
 
 /// Every key once, and every acknowledged start among them.
 fn assert_nothing_lost_or_doubled(server: &ServerProcess, t: &Tally) {
-    let keys = business_keys(server);
+    let keys = server.business_keys();
     let unique: BTreeSet<&String> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "no start was done twice");
     for (key, _) in t
@@ -289,7 +257,7 @@ fn postgres_restarts_under_load_cost_no_request() {
     };
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), Some(&pg.url()), &[]);
-    assert!(server.deploy(USER_TASK).0 < 300);
+    assert!(server.deploy(&user_task_process("outage")).0 < 300);
     let stop = AtomicBool::new(false);
     let tally = Tally::default();
     std::thread::scope(|s| {
@@ -355,7 +323,7 @@ fn a_long_postgres_stop_goes_offline_spools_and_comes_back() {
         ("STEADYFLOW_LOG", "error,steadyflow::outage=info"),
     ];
     let server = ServerProcess::start(dir.path(), Some(&pg.url()), &env);
-    assert!(server.deploy(USER_TASK).0 < 300);
+    assert!(server.deploy(&user_task_process("outage")).0 < 300);
     let stop = AtomicBool::new(false);
     let tally = Tally::default();
     std::thread::scope(|s| {

@@ -21,6 +21,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A process `id`: start, one user task, end (the tests of modes and outages).
+pub fn user_task_process(id: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" targetNamespace="t">
+  <process id="{id}" isExecutable="true">
+    <startEvent id="s" />
+    <sequenceFlow id="f1" sourceRef="s" targetRef="t" />
+    <userTask id="t" />
+    <sequenceFlow id="f2" sourceRef="t" targetRef="e" />
+    <endEvent id="e" />
+  </process>
+</definitions>"#
+    )
+}
+
 /// The bootstrap administrator token every test server accepts
 /// (`STEADYFLOW_ADMIN_TOKEN`), unless a test starts it with another.
 pub const ADMIN_TOKEN: &str = "e2e-bootstrap-admin-token-7f3a9c";
@@ -140,6 +156,44 @@ impl ServerProcess {
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Polls `/health` until the mode is `mode`: the last answer and how long it took.
+    pub fn until_mode(&self, mode: &str, within: Duration) -> (Value, Duration) {
+        let started = Instant::now();
+        loop {
+            let (_, health) = self.call("GET", "/health", None);
+            if health["mode"]["mode"] == mode {
+                return (health, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < within,
+                "{} did not reach mode {mode} within {within:?}: {health}",
+                self.base
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Every instance's business key, through the API (all pages).
+    pub fn business_keys(&self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (status, page) = self.call(
+                "GET",
+                &format!("/api/v1/process-instances?limit=1000{after}"),
+                None,
+            );
+            assert_eq!(status, 200, "{page}");
+            for i in page["items"].as_array().unwrap() {
+                keys.push(i["businessKey"].as_str().unwrap_or_default().to_string());
+            }
+            match page["nextCursor"].as_str() {
+                Some(c) => after = format!("&after={c}"),
+                None => return keys,
+            }
+        }
     }
 
     /// The process id (to signal it from another thread).

@@ -12,19 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::e2e::server::ServerProcess;
+use crate::e2e::server::{ServerProcess, user_task_process};
 use crate::e2e::services::missing;
-
-const USER_TASK: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
-<definitions xmlns="http://www.omg.org/spec/BPMN/20100524/MODEL" targetNamespace="t">
-  <process id="full" isExecutable="true">
-    <startEvent id="s" />
-    <sequenceFlow id="f1" sourceRef="s" targetRef="t" />
-    <userTask id="t" />
-    <sequenceFlow id="f2" sourceRef="t" targetRef="e" />
-    <endEvent id="e" />
-  </process>
-</definitions>"#;
 
 const START: &str = "/api/v1/process-definitions/key/full/start";
 
@@ -85,23 +74,6 @@ fn start(server: &ServerProcess, key: &str) -> (u16, Value) {
     server.call("POST", START, Some(&json!({"businessKey": key})))
 }
 
-/// Polls `/health` until the mode is `mode`; the last health answer.
-fn until_mode(server: &ServerProcess, mode: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (_, health) = server.call("GET", "/health", None);
-        if health["mode"]["mode"] == mode {
-            return health;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the node did not reach mode {mode} within {within:?}: {health}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Starts 20 instances with keys `<prefix>-<n>`, each answered 201; adds the keys.
 fn start_twenty(server: &ServerProcess, prefix: &str, acknowledged: &mut Vec<String>) {
     for n in 0..20 {
         let key = format!("{prefix}-{n}");
@@ -113,13 +85,13 @@ fn start_twenty(server: &ServerProcess, prefix: &str, acknowledged: &mut Vec<Str
 
 /// The mode is `read-only` by the node's own doing, writes are refused and reads served.
 fn assert_auto_read_only(server: &ServerProcess) {
-    let health = until_mode(server, "read-only", Duration::from_secs(20));
+    let (health, _) = server.until_mode("read-only", Duration::from_secs(20));
     assert_eq!(health["mode"]["setBy"], "auto", "{health}");
     assert_refuses_writes_serves_reads(server);
 }
 
 fn assert_all_there_once(server: &ServerProcess, acknowledged: &[String]) {
-    let keys = crate::e2e::outage_tests::business_keys(server);
+    let keys = server.business_keys();
     let unique: BTreeSet<&String> = keys.iter().collect();
     assert_eq!(unique.len(), keys.len(), "no start was done twice");
     for key in acknowledged {
@@ -166,7 +138,7 @@ fn sqlite_on_a_full_disk_goes_read_only_and_comes_back() {
         ("STEADYFLOW_LOG", "error,steadyflow::outage=info"),
     ];
     let mut server = ServerProcess::start(&data, None, &env);
-    assert!(server.deploy(USER_TASK).0 < 300);
+    assert!(server.deploy(&user_task_process("full")).0 < 300);
     let mut acknowledged = Vec::new();
     start_twenty(&server, "before", &mut acknowledged);
 
@@ -203,7 +175,7 @@ fn sqlite_on_a_full_disk_goes_read_only_and_comes_back() {
     assert_auto_read_only(&server);
 
     std::fs::remove_file(&filler).unwrap();
-    until_mode(&server, "normal", Duration::from_secs(30));
+    server.until_mode("normal", Duration::from_secs(30));
     start_twenty(&server, "after", &mut acknowledged);
     assert_all_there_once(&server, &acknowledged);
 
@@ -246,7 +218,7 @@ fn postgres_refusing_writes_puts_the_node_read_only_and_back() {
         ("STEADYFLOW_LOG", "error,steadyflow::outage=info"),
     ];
     let server = ServerProcess::start(dir.path(), Some(db.url()), &env);
-    assert!(server.deploy(USER_TASK).0 < 300);
+    assert!(server.deploy(&user_task_process("full")).0 < 300);
     let mut acknowledged = Vec::new();
     start_twenty(&server, "before", &mut acknowledged);
 
@@ -269,7 +241,7 @@ fn postgres_refusing_writes_puts_the_node_read_only_and_back() {
     assert_auto_read_only(&server);
 
     fence(false);
-    until_mode(&server, "normal", Duration::from_secs(30));
+    server.until_mode("normal", Duration::from_secs(30));
     start_twenty(&server, "after", &mut acknowledged);
     assert_all_there_once(&server, &acknowledged);
     drop(server);
