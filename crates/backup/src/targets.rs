@@ -440,16 +440,19 @@ impl Target {
             .await
             .map_err(BackupError::io(format!("cannot open {}", path.display())))?;
         let total = (sidecar.archive_size as usize).div_ceil(PART_SIZE).max(1);
+        // The parts already up are skipped once; the rest are read in order.
+        use tokio::io::AsyncSeekExt;
+        file.seek(std::io::SeekFrom::Start(
+            (state.parts.len() * PART_SIZE) as u64,
+        ))
+        .await
+        .map_err(BackupError::io(format!("cannot read {}", path.display())))?;
         let mut sent = 0;
         let mut buf = vec![0u8; PART_SIZE];
         for idx in state.parts.len()..total {
             if stop_after.is_some_and(|n| sent >= n) {
                 return Ok(None);
             }
-            use tokio::io::AsyncSeekExt;
-            file.seek(std::io::SeekFrom::Start((idx * PART_SIZE) as u64))
-                .await
-                .map_err(BackupError::io(format!("cannot read {}", path.display())))?;
             let mut len = 0;
             while len < PART_SIZE {
                 let n = file
